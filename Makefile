@@ -1,0 +1,55 @@
+# hobs_jax: the two Quick-start commands (make demo, make test) and their helpers.
+# Both bootstrap .venv with the pinned versions in requirements/constraints.txt and
+# install Debian's dataset-fashion-mnist when it is missing.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?= -n 2 --dist loadfile
+WORKDIR ?= workdir/quickstart
+
+.PHONY: demo test venv data lock parity clean help
+
+help:
+	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
+	@echo "make test   - run the test suite (bootstraps .venv and the dataset)"
+	@echo "make parity - python -m parity --all in float32 and float64"
+	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
+
+venv: $(STAMP)
+
+# Reinstall only when the dependency declaration or the lock changes.
+$(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[parity,test]'
+	@touch $(STAMP)
+
+data: $(FMNIST)
+
+$(FMNIST):
+	@echo "Fashion-MNIST missing: installing Debian package dataset-fashion-mnist"
+	export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
+	@test -f $(FMNIST)
+
+test: venv data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv data
+	$(PY) -m hobs_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
+
+parity: venv data
+	$(PY) -m parity --all --dtype float32
+	$(PY) -m parity --all --dtype float64
+
+lock: venv
+	{ head -3 requirements/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^hobs'; } > requirements/constraints.tmp
+	mv requirements/constraints.tmp requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

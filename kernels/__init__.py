@@ -1,0 +1,1 @@
+"""Block-ELL sparse format and SpMM kernels (Pallas, jax-triton, XLA fallback). Depends on jax only."""
