@@ -1,0 +1,157 @@
+"""EfficientNet-B0 (torchvision), width-parameterized.
+
+Tan and Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019. MBConv blocks
+with squeeze-and-excitation (squeeze width = block input // 4), SiLU, BN eps 1e-5,
+stochastic depth (linearly increasing to 0.2, row mode; identity in eval) and dropout 0.2
+before the classifier, as torchvision's ``efficientnet_b0``.
+
+Width entries:
+  ``features.0``              stem output;
+  ``features.{s}``            output stream of stage s = 1..7 (its residual blocks share it);
+  ``features.{s}.{j}.hidden`` expansion width of block j of stage s (expand ratio 6);
+  ``features.{s}.{j}.se``     squeeze width of that block's SE module;
+  ``features.8``              the last 1x1 conv (1280).
+The depthwise conv and the SE gate of a block with expand ratio 1 run on its input
+stream (stage 1: the stem).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from hobs_jax.models.layers import (ConvBNAct, Sequential, batch_norm, check_input,
+                                    conv, global_avg_pool, stochastic_depth)
+from hobs_jax.models.widths import Widths
+
+Array = jax.Array
+
+# torchvision _efficientnet_conf for B0: expand, kernel, stride, in, out, layers.
+B0_SETTING = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
+              (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
+              (6, 3, 1, 192, 320, 1))
+_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+
+
+def b0_layout():
+    """Per block: stage s (1-based), index j, expand, kernel, stride, in stream, residual."""
+    blocks, prev = [], "features.0"
+    for s, (e, k, st, _, _, n) in enumerate(B0_SETTING, start=1):
+        for j in range(n):
+            blocks.append(dict(s=s, j=j, expand=e, kernel=k, stride=st if j == 0 else 1,
+                               in_stream=prev, stream=f"features.{s}", residual=j > 0))
+            prev = f"features.{s}"
+    return blocks
+
+
+def b0_default_widths() -> dict[str, int]:
+    w = {"features.0": 32}
+    for s, (_, _, _, _, out, _) in enumerate(B0_SETTING, start=1):
+        w[f"features.{s}"] = out
+    for b in b0_layout():
+        inp = w[b["in_stream"]]
+        if b["expand"] != 1:
+            w[f"features.{b['s']}.{b['j']}.hidden"] = inp * b["expand"]
+        w[f"features.{b['s']}.{b['j']}.se"] = max(1, inp // 4)
+    w["features.8"] = 1280
+    return w
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision.ops.SqueezeExcitation: x * sigmoid(fc2(silu(fc1(avgpool(x)))))."""
+
+    squeeze: int
+    channels: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = x.mean(axis=(1, 2), keepdims=True)
+        s = nn.silu(conv(self.squeeze, 1, use_bias=True, name="fc1")(s))
+        s = nn.sigmoid(conv(self.channels, 1, use_bias=True, name="fc2")(s))
+        return x * s
+
+
+class MBConv(nn.Module):
+    """(1x1 expand) -> kxk depthwise -> SE -> 1x1 projection (+ stochastic depth residual)."""
+
+    hidden: int
+    squeeze: int
+    out: int
+    kernel: int
+    stride: int
+    expand: bool
+    residual: bool
+    drop_rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        layers = []
+        if self.expand:
+            layers.append(lambda n: (lambda y: ConvBNAct(self.hidden, 1, act=nn.silu, name=n)(y, train)))
+        layers.append(lambda n: (lambda y: ConvBNAct(self.hidden, self.kernel, self.stride,
+                                                     groups=self.hidden, act=nn.silu, name=n)(y, train)))
+        layers.append(lambda n: SqueezeExcitation(self.squeeze, self.hidden, name=n))
+        layers.append(lambda n: (lambda y: ConvBNAct(self.out, 1, act=None, name=n)(y, train)))
+        y = Sequential(tuple(layers), name="block")(x)
+        if not self.residual:
+            return y
+        y = stochastic_depth(y, self.drop_rate, not train, lambda: self.make_rng("dropout"))
+        return x + y
+
+
+class EfficientNetB0(nn.Module):
+    """Input [B, H, W, 3] -> logits [B, num_classes]; sows ``features.{i}`` outputs."""
+
+    widths: Widths
+    num_classes: int = 1000
+    in_channels: int = 3
+    dropout: float = 0.2
+    stochastic_depth_prob: float = 0.2
+    arch: str = "efficientnet_b0"
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        check_input(x, self.arch, self.in_channels)
+        w = self.widths
+        layout = b0_layout()
+        total = len(layout)
+        feats = [lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=nn.silu, name=n)(y, train))]
+        for s in range(1, len(B0_SETTING) + 1):
+            stage = [(idx, b) for idx, b in enumerate(layout) if b["s"] == s]
+            feats.append(lambda n, stage=stage: (lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)))
+        feats.append(lambda n: (lambda y: ConvBNAct(w["features.8"], 1, act=nn.silu, name=n)(y, train)))
+        feats = [self._sowing(f, str(k)) for k, f in enumerate(feats)]
+        x = Sequential(tuple(feats), name="features")(x)
+        x = global_avg_pool(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return Sequential((lambda n: (lambda y: y),
+                           lambda n: nn.Dense(self.num_classes, kernel_init=_linear_init, name=n)),
+                          name="classifier")(x)
+
+    def _sowing(self, factory, index: str):
+        def wrapped(name):
+            f = factory(name)
+
+            def run(y):
+                y = f(y)
+                self.sow("intermediates", f"features.{index}", y)
+                return y
+            return run
+        return wrapped
+
+
+def _stage(w, sd_prob, stage, total, name, x, train):
+    """features.{s}: the MBConv blocks of one stage, named "0", "1", ...
+
+    A plain function, not a method, so the container is created as a child of the
+    module that is running (``features``), not of the model.
+    """
+    factories = []
+    for idx, b in stage:
+        key = f"features.{b['s']}.{b['j']}"
+        hidden = w[f"{key}.hidden"] if b["expand"] != 1 else w[b["in_stream"]]
+        kw = dict(hidden=hidden, squeeze=w[f"{key}.se"], out=w[b["stream"]], kernel=b["kernel"],
+                  stride=b["stride"], expand=b["expand"] != 1, residual=b["residual"],
+                  drop_rate=sd_prob * idx / total)
+        factories.append(lambda n, kw=kw: (lambda y: MBConv(**kw, name=n)(y, train)))
+    return Sequential(tuple(factories), name=name)(x)

@@ -1,0 +1,271 @@
+"""Weight conversion between torch ``state_dict``s and Flax variables, both ways.
+
+The zoo's Flax parameter paths are torch's module paths (``layer1/0/conv1`` is
+``layer1.0.conv1``), so one rule per leaf kind converts every model:
+
+===============================  ==================================  ======================
+Flax leaf                        torch key                           transform (torch->flax)
+===============================  ==================================  ======================
+params  .../kernel (rank 4)      ...weight  [O, I/g, kh, kw]         transpose(2, 3, 1, 0)
+params  .../kernel (rank 2)      ...weight  [out, in]                transpose
+params  .../scale                ...weight  (BN / LayerNorm)         -
+params  .../bias, other leaves   ...bias, same name                  -
+batch_stats .../mean, .../var    ...running_mean, ...running_var     -
+self_attention/{query,key,value} in_proj_weight / in_proj_bias       row slices, [h*d, D]
+                                                                     -> [D, h, d]
+self_attention/out               out_proj.weight [D, h*dv]           -> [h, dv, D]
+===============================  ==================================  ======================
+
+``num_batches_tracked`` has no Flax counterpart: it is accepted on import and written as
+0 on export (it only matters for torch's momentum=None training mode).
+
+Every conversion is strict: a missing, unexpected or mis-shaped key raises a one-line
+``ValueError`` naming the key, before anything is returned (never a partial load).
+Torch files are read only with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import torch
+from torch import nn
+
+from hobs_jax import models
+from parity.torch_models import build_torch, resize_to
+
+_ATTN = ("query", "key", "value", "out")
+
+
+def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
+    return {tuple(str(getattr(p, "key", p)) for p in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = leaf
+    return out
+
+
+def _torch_key(path: tuple[str, ...], rank: int) -> tuple[str, str]:
+    """(torch key, kind) of the Flax leaf at ``path`` = (collection, *module path, leaf)."""
+    col, mods, leaf = path[0], path[1:-1], path[-1]
+    mod = ".".join(mods)
+    pre = f"{mod}." if mod else ""
+    if col == "batch_stats":
+        return pre + {"mean": "running_mean", "var": "running_var"}[leaf], "copy"
+    if len(mods) >= 2 and mods[-2] == "self_attention" and mods[-1] in _ATTN:
+        attn = ".".join(mods[:-1])
+        if mods[-1] == "out":
+            return f"{attn}.out_proj.{'weight' if leaf == 'kernel' else 'bias'}", f"out_{leaf}"
+        return f"{attn}.in_proj_{'weight' if leaf == 'kernel' else 'bias'}", f"{mods[-1]}_{leaf}"
+    if leaf == "kernel":
+        return pre + "weight", "conv" if rank == 4 else "linear"
+    if leaf == "scale":
+        return pre + "weight", "copy"
+    return pre + leaf, "copy"
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _attention_layouts(name: str, source: Any, sd: Mapping[str, np.ndarray],
+                       widths: Mapping[str, int] | None) -> dict[str, tuple[int, int, int]]:
+    """attention module path -> (heads, qk_dim, v_dim), from the module, the widths, or
+    (for a bare state_dict) the default head count with q/k/v of equal size."""
+    out = {}
+    for key in sd:
+        if not key.endswith("in_proj_weight"):
+            continue
+        path = key[: -len(".in_proj_weight")]
+        layer = path.split(".")[-2]  # encoder.layers.<encoder_layer_i>.self_attention
+        if isinstance(source, nn.Module):
+            m = source.get_submodule(path)
+            if isinstance(m, nn.MultiheadAttention):
+                out[path] = (m.num_heads, m.head_dim, m.head_dim)
+            else:
+                out[path] = (m.heads, m.qk_dim, m.v_dim)
+            continue
+        w = dict(models.default_widths(name), **(widths or {}))
+        heads = w[f"{layer}.heads"]
+        rows = sd[key].shape[0]
+        if widths and f"{layer}.qk_dim" in widths:
+            out[path] = (heads, w[f"{layer}.qk_dim"], w[f"{layer}.v_dim"])
+        elif rows % (3 * heads):
+            raise ValueError(f"{name}: {key} has {rows} rows, not divisible into q/k/v of {heads} heads; "
+                             f"pass widths with {layer}.heads/qk_dim/v_dim")
+        else:
+            out[path] = (heads, rows // (3 * heads), rows // (3 * heads))
+    return out
+
+
+def _to_flax_leaf(kind: str, t: np.ndarray, layout: tuple[int, int, int] | None, key: str) -> np.ndarray:
+    if kind == "conv":
+        if t.ndim != 4:
+            raise ValueError(f"{key}: expected a rank-4 conv weight, got shape {t.shape}")
+        return np.ascontiguousarray(t.transpose(2, 3, 1, 0))
+    if kind == "linear":
+        if t.ndim != 2:
+            raise ValueError(f"{key}: expected a rank-2 linear weight, got shape {t.shape}")
+        return np.ascontiguousarray(t.T)
+    if kind == "copy":
+        return t
+    h, dq, dv = layout
+    part, leaf = kind.split("_")
+    if part == "out":
+        if leaf == "bias":
+            return t
+        d = t.shape[0]
+        if t.shape[1] != h * dv:
+            raise ValueError(f"{key}: shape {t.shape} does not match {h} heads x v_dim {dv}")
+        return np.ascontiguousarray(t.reshape(d, h, dv).transpose(1, 2, 0))
+    start = {"query": 0, "key": h * dq, "value": 2 * h * dq}[part]
+    size = h * (dv if part == "value" else dq)
+    if t.shape[0] != 2 * h * dq + h * dv:
+        raise ValueError(f"{key}: {t.shape[0]} rows, expected {2 * h * dq + h * dv} "
+                         f"({h} heads, qk_dim {dq}, v_dim {dv})")
+    sl = t[start:start + size]
+    d = size // h
+    if leaf == "bias":
+        return np.ascontiguousarray(sl.reshape(h, d))
+    return np.ascontiguousarray(sl.reshape(h, d, -1).transpose(2, 0, 1))
+
+
+def load_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` from a ``.pt``/``.pth`` file, read with ``weights_only=True``."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state_dict (mapping of tensors), got {type(obj).__name__}")
+    return dict(obj)
+
+
+def torch_to_flax(name: str, source: nn.Module | Mapping[str, torch.Tensor], *,
+                  widths: Mapping[str, int] | None = None) -> tuple[Any, dict]:
+    """Convert a torch model (or its ``state_dict``) of zoo model ``name`` to Flax.
+
+    Widths, classes and input channels are read off the tensors, so pruned models
+    convert too (a ViT given as a bare ``state_dict`` with non-default head counts needs
+    ``widths``). Returns ``(flax_model, variables)`` with numpy leaves of the source dtype.
+    """
+    sd = source.state_dict() if isinstance(source, nn.Module) else source
+    sd = {k: _numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in sd.items()}
+    layouts = _attention_layouts(name, source, sd, widths)
+    default = models.build(name)
+    structure = _flat(jax.eval_shape(lambda: models.init(default, jax.random.key(0),
+                                                         models.input_shape(name, 1))))
+    converted, used = {}, set()
+    for path, leaf in structure.items():
+        key, kind = _torch_key(path, leaf.ndim)
+        if key not in sd:
+            raise ValueError(f"{name}: torch state_dict is missing key {key!r}")
+        layout = layouts.get(key.rsplit(".", 2)[0] if "out_proj" in key else key.rsplit(".", 1)[0])
+        converted[path] = _to_flax_leaf(kind, sd[key], layout, key)
+        used.add(key)
+    bn_counters = {k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in used if k.endswith("running_mean")}
+    unexpected = sorted(set(sd) - used - bn_counters)
+    if unexpected:
+        raise ValueError(f"{name}: unexpected key(s) in torch state_dict: {', '.join(unexpected[:5])}"
+                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+    variables = _unflat(converted)
+    found_widths, nc, ic = models.infer_widths(name, variables)
+    kw = {"scale_dim": _scale_dim(name, source)} if models.get_entry(name).family == "vit" else {}
+    model = models.build(name, widths=found_widths, num_classes=nc, in_channels=ic, **kw)
+    expected = _flat(jax.eval_shape(lambda: models.init(model, jax.random.key(0),
+                                                        models.input_shape(name, 1, in_channels=ic))))
+    for path, leaf in expected.items():
+        got = converted[path].shape
+        if tuple(got) != tuple(leaf.shape):
+            key = _torch_key(path, leaf.ndim)[0]
+            raise ValueError(f"{name}: torch key {key!r} converts to shape {tuple(got)}, "
+                             f"but the model at these widths expects {tuple(leaf.shape)}")
+    return model, variables
+
+
+def _scale_dim(name: str, source: Any) -> int:
+    if isinstance(source, nn.Module):
+        for m in source.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                return m.head_dim
+            if hasattr(m, "scale_dim"):
+                return m.scale_dim
+    w = models.default_widths(name)
+    return w["encoder_layer_0.qk_dim"]
+
+
+def flax_to_state_dict(name: str, variables: Mapping) -> "collections.OrderedDict[str, torch.Tensor]":
+    """The torch ``state_dict`` of Flax ``variables`` of zoo model ``name`` (any widths)."""
+    flat = _flat({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+    pieces: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in flat.items():
+        a = np.asarray(leaf)
+        key, kind = _torch_key(path, a.ndim)
+        if kind == "conv":
+            out[key] = a.transpose(3, 2, 0, 1)
+        elif kind == "linear":
+            out[key] = a.T
+        elif kind == "copy":
+            out[key] = a
+        elif kind == "out_kernel":
+            h, dv, d = a.shape
+            out[key] = a.transpose(2, 0, 1).reshape(d, h * dv)
+        elif kind == "out_bias":
+            out[key] = a
+        else:
+            part, leafname = kind.split("_")
+            flat_part = a.reshape(-1) if leafname == "bias" else a.transpose(1, 2, 0).reshape(-1, a.shape[0])
+            pieces.setdefault(key, {})[part] = flat_part
+        if path[0] == "batch_stats" and path[-1] == "mean":
+            out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.array(0, dtype=np.int64)
+    for key, parts in pieces.items():
+        out[key] = np.concatenate([parts["query"], parts["key"], parts["value"]], axis=0)
+    return collections.OrderedDict(
+        (k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in sorted(out.items()))
+
+
+def attention_layouts_from_flax(variables: Mapping, scale_dim: int) -> dict[str, tuple[int, int, int, int]]:
+    """torch attention path -> (heads, qk_dim, v_dim, scale_dim) from the Flax kernels."""
+    out = {}
+    for path, leaf in _flat(variables.get("params", {})).items():
+        if len(path) >= 3 and path[-3] == "self_attention" and path[-2] in ("query", "value") and path[-1] == "kernel":
+            mod = ".".join(path[:-2])
+            h, qk, v, s = out.get(mod, (0, 0, 0, scale_dim))
+            if path[-2] == "query":
+                h, qk = leaf.shape[1], leaf.shape[2]
+            else:
+                v = leaf.shape[2]
+            out[mod] = (h, qk, v, s)
+    return out
+
+
+def flax_to_torch(name: str, variables: Mapping, *, scale_dim: int | None = None) -> nn.Module:
+    """A torch module (torchvision-structured, eval mode) holding Flax ``variables``.
+
+    Works at any widths: the torch reference is rebuilt at the sizes the arrays have,
+    then loaded with ``strict=True``. float64 variables give a float64 module.
+    """
+    sd = flax_to_state_dict(name, variables)
+    _, nc, ic = models.infer_widths(name, variables)
+    model = build_torch(name, num_classes=nc, in_channels=ic)
+    dtype = next(v.dtype for k, v in sd.items() if v.is_floating_point())
+    model = model.to(dtype)
+    if scale_dim is None:
+        scale_dim = models.default_widths(name).get("encoder_layer_0.qk_dim", 0)
+    resize_to(model, {k: tuple(v.shape) for k, v in sd.items()},
+              attention_layouts_from_flax(variables, scale_dim))
+    model = model.to(dtype)
+    result = model.load_state_dict(sd, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    return model.eval()
