@@ -28,6 +28,7 @@ class LayerCost(NamedTuple):
     path: str
     kind: str  # "conv" | "dot"
     macs: int
+    valid_macs: int  # padding taps left out (XLA's convention); == macs for dots
 
 
 class CostReport(NamedTuple):
@@ -36,6 +37,11 @@ class CostReport(NamedTuple):
     macs: int
     params: int
     layers: tuple[LayerCost, ...]
+
+    @property
+    def valid_macs(self) -> int:
+        """MACs over real input only (XLA's convention for convolutions)."""
+        return sum(l.valid_macs for l in self.layers)
 
     def by_module(self, depth: int = 1) -> dict[str, int]:
         """MACs summed over module-path prefixes of ``depth`` components."""
@@ -54,15 +60,33 @@ def _sub_jaxprs(params: dict) -> Iterable[Any]:
                 yield inner
 
 
-def _conv_macs(eqn) -> int:
+def _valid_taps(size: int, out: int, k: int, stride: int, dil: int, pad_lo: int, lhs_dil: int) -> int:
+    """Kernel taps, summed over output positions, that land on real input (not padding)."""
+    dilated = (size - 1) * lhs_dil + 1
+    n = 0
+    for o in range(out):
+        for t in range(k):
+            pos = o * stride + t * dil - pad_lo
+            n += 0 <= pos < dilated and pos % lhs_dil == 0
+    return n
+
+
+def _conv_macs(eqn) -> tuple[int, int]:
+    """(MACs with padding taps, MACs over real input only) of one convolution."""
     lhs, rhs = (v.aval for v in eqn.invars[:2])
     out = eqn.outvars[0].aval
-    dn = eqn.params["dimension_numbers"]
-    # rhs spec: (out_feature_dim, in_feature_dim, *spatial)
-    rhs_spec = dn.rhs_spec
-    in_per_group = rhs.shape[rhs_spec[1]]
-    taps = math.prod(rhs.shape[d] for d in rhs_spec[2:])
-    return math.prod(out.shape) * in_per_group * taps
+    p = eqn.params
+    dn = p["dimension_numbers"]
+    # specs: lhs (batch, feature, *spatial); rhs (out feature, in feature, *spatial).
+    in_per_group = rhs.shape[dn.rhs_spec[1]]
+    ksizes = [rhs.shape[d] for d in dn.rhs_spec[2:]]
+    full = math.prod(out.shape) * in_per_group * math.prod(ksizes)
+    valid = math.prod(out.shape[d] for d in dn.out_spec[:2]) * in_per_group
+    for i, k in enumerate(ksizes):
+        valid *= _valid_taps(lhs.shape[dn.lhs_spec[2 + i]], out.shape[dn.out_spec[2 + i]], k,
+                             p["window_strides"][i], p["rhs_dilation"][i], p["padding"][i][0],
+                             p["lhs_dilation"][i])
+    return full, valid
 
 
 def _dot_macs(eqn) -> int:
@@ -78,9 +102,10 @@ def _walk(jaxpr, prefix: str, out: list[LayerCost]) -> None:
         path = "/".join(p for p in (prefix, stack) if p)
         name = eqn.primitive.name
         if name == "conv_general_dilated":
-            out.append(LayerCost(path, "conv", _conv_macs(eqn)))
+            out.append(LayerCost(path, "conv", *_conv_macs(eqn)))
         elif name == "dot_general":
-            out.append(LayerCost(path, "dot", _dot_macs(eqn)))
+            m = _dot_macs(eqn)
+            out.append(LayerCost(path, "dot", m, m))
         for sub in _sub_jaxprs(eqn.params):
             _walk(sub, path, out)
 
@@ -110,7 +135,8 @@ def count(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jnp.fl
     closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
     layers: list[LayerCost] = []
     _walk(closed.jaxpr, "", layers)
-    layers = [LayerCost(_strip_root(l.path), l.kind, l.macs // batch) for l in layers]
+    layers = [LayerCost(_strip_root(l.path), l.kind, l.macs // batch, l.valid_macs // batch)
+              for l in layers]
     return CostReport(sum(l.macs for l in layers), count_params(variables), tuple(layers))
 
 
@@ -133,6 +159,34 @@ def xla_flops(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jn
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     return float(cost["flops"])
+
+
+def xla_op_flops(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jnp.float32) -> float:
+    """XLA's FLOPs summed over exactly the ops :func:`count` counts (each convolution and
+    dot product compiled on its own), so element-wise work does not blur the
+    cross-check. Identical ops are compiled once."""
+    x = jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    cache: dict[Any, float] = {}
+    total = 0.0
+
+    def visit(jaxpr):
+        nonlocal total
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                avals = tuple(jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars)
+                key = (eqn.primitive.name, tuple((a.shape, str(a.dtype)) for a in avals),
+                       repr(sorted(eqn.params.items())))
+                if key not in cache:
+                    fn = jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params))
+                    c = fn.lower(*avals).compile().cost_analysis()
+                    cache[key] = float((c[0] if isinstance(c, (list, tuple)) else c)["flops"])
+                total += cache[key]
+            for sub in _sub_jaxprs(eqn.params):
+                visit(sub)
+
+    visit(closed.jaxpr)
+    return total
 
 
 def format_table(rows: list[tuple[str, CostReport]], input_desc: dict[str, str] | None = None) -> str:

@@ -232,7 +232,7 @@ def flax_to_state_dict(name: str, variables: Mapping) -> "collections.OrderedDic
     for key, parts in pieces.items():
         out[key] = np.concatenate([parts["query"], parts["key"], parts["value"]], axis=0)
     return collections.OrderedDict(
-        (k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in sorted(out.items()))
+        (k, torch.from_numpy(np.array(v))) for k, v in sorted(out.items()))  # copies: writable
 
 
 def attention_layouts_from_flax(variables: Mapping, scale_dim: int) -> dict[str, tuple[int, int, int, int]]:

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 
 from hobs_jax.models.layers import (ConvBNAct, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, stochastic_depth)
+                                    conv, global_avg_pool, sow_stage, stochastic_depth)
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -134,7 +134,7 @@ class EfficientNetB0(nn.Module):
 
             def run(y):
                 y = f(y)
-                self.sow("intermediates", f"features.{index}", y)
+                sow_stage(self, f"features.{index}", y)
                 return y
             return run
         return wrapped

@@ -147,3 +147,12 @@ class Sequential(nn.Module):
 def fn_layer(f: Callable[[Array], Array]) -> Callable[[str], Callable[[Array], Array]]:
     """A parameter-free Sequential entry (activation, identity dropout)."""
     return lambda name: f
+
+
+STAGE_SUFFIX = ":out"
+
+
+def sow_stage(module: nn.Module, name: str, x: Array) -> None:
+    """Record a stage output under ``<name>:out`` in the ``intermediates`` collection
+    (the suffix keeps it apart from the submodule that is also called ``name``)."""
+    module.sow("intermediates", name + STAGE_SUFFIX, x)

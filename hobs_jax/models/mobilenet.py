@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 
 from hobs_jax.models.layers import (ConvBNAct, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, relu6)
+                                    conv, global_avg_pool, relu6, sow_stage)
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -121,7 +121,7 @@ class MobileNetV2(nn.Module):
 
             def run(y):
                 y = f(y)
-                self.sow("intermediates", f"features.{index}", y)
+                sow_stage(self, f"features.{index}", y)
                 return y
             return run
         return wrapped

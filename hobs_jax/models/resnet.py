@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from hobs_jax.models.layers import (Sequential, batch_norm, check_input, conv,
-                                    global_avg_pool, max_pool_3x3_s2)
+                                    global_avg_pool, max_pool_3x3_s2, sow_stage)
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -145,7 +145,7 @@ class ResNet(nn.Module):
             x = conv(w["conv1"], 7, 2, name="conv1")(x)
             x = nn.relu(batch_norm(train, name="bn1")(x))
             x = max_pool_3x3_s2(x)
-        self.sow("intermediates", "stem", x)
+        sow_stage(self, "stem", x)
         for s, n in enumerate(self.layers, start=1):
             out = w[stream_entry(s, projects)]
             blocks = []
@@ -159,6 +159,6 @@ class ResNet(nn.Module):
                     kw["inner2"] = w[f"layer{s}.{j}.conv2"]
                 blocks.append((self.block, tuple(sorted(kw.items()))))
             x = Stage(tuple(blocks), name=f"layer{s}")(x, train)
-            self.sow("intermediates", f"layer{s}", x)
+            sow_stage(self, f"layer{s}", x)
         x = global_avg_pool(x)
         return nn.Dense(self.num_classes, kernel_init=_dense_init, name="fc")(x)

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hobs_jax.models.layers import Sequential, check_input, fn_layer, gelu_exact
+from hobs_jax.models.layers import Sequential, check_input, fn_layer, gelu_exact, sow_stage
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -128,7 +128,7 @@ class _Layers(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         for name, kw in self.blocks:
             x = EncoderBlock(**dict(kw), name=name)(x, train)
-            self.sow("intermediates", name, x)
+            sow_stage(self, name, x)
         return x
 
 
@@ -164,12 +164,12 @@ class VisionTransformer(nn.Module):
         x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID",
                     kernel_init=nn.initializers.truncated_normal((1.0 / fan_in) ** 0.5),
                     name="conv_proj")(x)
-        self.sow("intermediates", "conv_proj", x)
+        sow_stage(self, "conv_proj", x)
         b, h, wd, _ = x.shape
         x = x.reshape(b, h * wd, d)  # row-major patches, as torch's flatten(2).permute
         cls = self.param("class_token", nn.initializers.zeros, (1, 1, d))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
         x = Encoder(self.widths, self.num_layers, h * wd + 1, self.scale_dim, self.dropout,
                     name="encoder")(x, train)
-        self.sow("intermediates", "encoder", x)
+        sow_stage(self, "encoder", x)
         return _Heads(self.num_classes, name="heads")(x[:, 0])

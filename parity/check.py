@@ -1,0 +1,238 @@
+"""The parity check: a torch reference and its Flax conversion must agree.
+
+Procedure for one model (:func:`check_model`):
+
+1. build the torch reference (torchvision ``weights=None``, or the CIFAR ResNet) with a
+   fixed seed; parameters that torchvision initializes to exactly zero (ViT's head and
+   class token, BN biases) get small random values so that no stage is trivially 0;
+2. calibrate BatchNorm running statistics on real Fashion-MNIST training images
+   (cumulative average, torch ``momentum=None``), resized to 224x224 and repeated to 3
+   channels for the ImageNet models, so activations have trained-network scale;
+3. convert to Flax (:func:`parity.convert.torch_to_flax`) in the requested dtype;
+4. run both on a batch of Fashion-MNIST *test* images and compare every stage output
+   (torch forward hooks vs. Flax ``sow``) and the logits.
+
+The standard (issue "Foundation", point 4):
+  float64: max|diff| / max|ref| <= 1e-12 at every stage and the logits;
+  float32: logits ``allclose(rtol=1e-5, atol=1e-5)`` and max|diff| / max|ref| <= 1e-5
+  at every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hobs_jax import models
+from hobs_jax.models.layers import STAGE_SUFFIX
+from parity.convert import torch_to_flax
+from parity.torch_models import build_torch
+
+REL_TOL = {"float32": 1e-5, "float64": 1e-12}
+ALL_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet56",
+              "mobilenet_v2", "efficientnet_b0", "vit_b_16")
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+# Trained BN-ResNets down-weight their residual branches (the reason for Goyal et al.'s
+# zero-gamma init, arXiv:1706.02677); at unit gamma a random deep net amplifies float32
+# rounding far beyond what a trained one does (torch float32 itself then misses 1e-5
+# against torch float64). The reference therefore scales the gamma of the BN that ends
+# each residual branch by this factor before calibrating the statistics.
+RESIDUAL_GAMMA = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDiff:
+    """Agreement of one stage: max|flax - torch|, max|torch| and their ratio."""
+
+    stage: str
+    max_abs_diff: float
+    max_abs_ref: float
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs_diff / self.max_abs_ref if self.max_abs_ref > 0 else self.max_abs_diff
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityResult:
+    model: str
+    dtype: str
+    stages: tuple[StageDiff, ...]  # the last one is "logits"
+    logits_allclose: bool | None  # float32 only
+
+    @property
+    def passed(self) -> bool:
+        tol = REL_TOL[self.dtype]
+        ok = all(s.rel <= tol for s in self.stages)
+        return ok and (self.logits_allclose is not False)
+
+
+def model_setup(name: str) -> dict[str, Any]:
+    """Input size, channels and classes the parity run uses for ``name``."""
+    fam = models.get_entry(name).family
+    if fam == "cifar_resnet":
+        return dict(size=28, in_channels=1, num_classes=10)
+    return dict(size=224, in_channels=3, num_classes=1000)
+
+
+def stage_map(name: str) -> dict[str, str]:
+    """Flax sow name -> torch module path of the same stage output."""
+    fam = models.get_entry(name).family
+    if fam in ("resnet", "cifar_resnet"):
+        n = 3 if fam == "cifar_resnet" else 4
+        m = {"stem": "relu" if fam == "cifar_resnet" else "maxpool"}
+        m.update({f"layer{s}": f"layer{s}" for s in range(1, n + 1)})
+        return m
+    if fam == "vit":
+        m = {"conv_proj": "conv_proj"}
+        m.update({f"encoder_layer_{i}": f"encoder.layers.encoder_layer_{i}" for i in range(12)})
+        m["encoder"] = "encoder"
+        return m
+    n = 19 if fam == "mobilenet_v2" else 9
+    return {f"features.{i}": f"features.{i}" for i in range(n)}
+
+
+def fashion_images(split: str, n: int, size: int, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """``n`` normalized Fashion-MNIST images as NCHW, resized/repeated as requested."""
+    images = _fmnist_images(split)[:n]  # [n, 28, 28] uint8
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    x = (x - FMNIST_MEAN) / FMNIST_STD
+    if size != 28:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.repeat(1, channels, 1, 1).to(dtype)
+
+
+def _fmnist_images(split: str) -> np.ndarray:
+    # Interim reader until hobs_jax.data lands (replaced by its verified loader).
+    import gzip
+    prefix = "train" if split == "train" else "t10k"
+    with gzip.open(f"/usr/share/datasets/fashion-mnist/{prefix}-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
+
+
+def residual_branch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The BatchNorm that ends each residual branch (ResNet bn2/bn3, the projection BN of
+    MobileNetV2's and EfficientNet's residual blocks)."""
+    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from parity.torch_models import CifarBasicBlock
+
+    out = []
+    for m in model.modules():
+        if isinstance(m, Bottleneck):
+            out.append(m.bn3)
+        elif isinstance(m, (BasicBlock, CifarBasicBlock)):
+            out.append(m.bn2)
+        elif isinstance(m, InvertedResidual) and m.use_res_connect:
+            out.append(m.conv[-1])
+        elif isinstance(m, MBConv) and m.use_res_connect:
+            out.append(m.block[-1][1])
+    return out
+
+
+def calibrated_reference(name: str, dtype: torch.dtype = torch.float32, calib: int = 32,
+                         seed: int = 0, residual_gamma: float = RESIDUAL_GAMMA) -> nn.Module:
+    """The torch reference with zero-initialized tensors filled and BN statistics set
+    from ``calib`` real training images (see module docstring)."""
+    setup = model_setup(name)
+    model = build_torch(name, setup["num_classes"], setup["in_channels"], seed=seed).to(dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)  # same values in any dtype
+    with torch.no_grad():
+        for bn in residual_branch_norms(model):
+            bn.weight.mul_(residual_gamma)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if bns:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        model.train()
+        x = fashion_images("train", calib, setup["size"], setup["in_channels"], dtype)
+        with torch.no_grad():
+            for chunk in x.split(16):
+                model(chunk)
+        for m in bns:
+            m.momentum = 0.1
+    return model.eval()
+
+
+def _torch_stages(model: nn.Module, x: torch.Tensor, paths: dict[str, str]):
+    captured, hooks = {}, []
+    for stage, path in paths.items():
+        def hook(_m, _inp, out, stage=stage):
+            captured[stage] = out.detach().clone()
+        hooks.append(model.get_submodule(path).register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured, logits
+
+
+def _flax_stages(model, variables, x: np.ndarray):
+    logits, state = model.apply(variables, jnp.asarray(x), train=False, mutable=["intermediates"])
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
+        out[str(path[-2].key).removesuffix(STAGE_SUFFIX)] = np.asarray(leaf)
+    return out, np.asarray(logits)
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    a = t.numpy()
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def check_model(name: str, dtype: str = "float32", batch: int = 2, calib: int = 32,
+                seed: int = 0) -> ParityResult:
+    """Compare torch and Flax for zoo model ``name``; see the module docstring."""
+    if dtype not in REL_TOL:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    tdtype = torch.float64 if dtype == "float64" else torch.float32
+    ref = calibrated_reference(name, tdtype, calib, seed)
+    setup = model_setup(name)
+    x = fashion_images("test", batch, setup["size"], setup["in_channels"], tdtype)
+    with jax.enable_x64(dtype == "float64"):
+        flax_model, variables = torch_to_flax(name, ref)
+        paths = stage_map(name)
+        t_stages, t_logits = _torch_stages(ref, x, paths)
+        f_stages, f_logits = _flax_stages(flax_model, variables, _nhwc(x))
+    diffs = []
+    for stage in paths:
+        a, b = f_stages[stage], _nhwc(t_stages[stage])
+        if a.shape != b.shape:
+            raise ValueError(f"{name}: stage {stage} shape {a.shape} (flax) vs {b.shape} (torch)")
+        diffs.append(StageDiff(stage, float(np.abs(a - b).max()), float(np.abs(b).max())))
+    t_logits = t_logits.numpy()
+    diffs.append(StageDiff("logits", float(np.abs(f_logits - t_logits).max()), float(np.abs(t_logits).max())))
+    close = bool(np.allclose(f_logits, t_logits, rtol=1e-5, atol=1e-5)) if dtype == "float32" else None
+    return ParityResult(name, dtype, tuple(diffs), close)
+
+
+def format_result(r: ParityResult) -> str:
+    """A per-stage table for one model."""
+    tol = REL_TOL[r.dtype]
+    lines = [f"{r.model} ({r.dtype}; tolerance max|diff|/max|ref| <= {tol:g}"
+             + (", logits allclose(rtol=1e-5, atol=1e-5)" if r.dtype == "float32" else "") + ")",
+             f"  {'stage':<22} {'max|diff|':>11} {'max|ref|':>11} {'rel':>10}  ok"]
+    for s in r.stages:
+        lines.append(f"  {s.stage:<22} {s.max_abs_diff:11.3e} {s.max_abs_ref:11.3e} {s.rel:10.2e}  "
+                     f"{'yes' if s.rel <= tol else 'NO'}")
+    if r.logits_allclose is not None:
+        lines.append(f"  logits allclose(rtol=1e-5, atol=1e-5): {'yes' if r.logits_allclose else 'NO'}")
+    lines.append(f"  => {'PASS' if r.passed else 'FAIL'}")
+    return "\n".join(lines)

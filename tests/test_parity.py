@@ -1,0 +1,133 @@
+"""Parity with torchvision: every zoo model, both dtypes, both conversion directions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from hobs_jax import models
+from parity import __main__ as cli
+from parity.check import ALL_MODELS, ParityResult, StageDiff, check_model, format_result
+from parity.convert import flax_to_state_dict, flax_to_torch, load_torch_file, torch_to_flax
+from parity.torch_models import build_torch
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_parity_standard(name, dtype):
+    result = check_model(name, dtype)
+    assert result.passed, format_result(result)
+    assert [s.stage for s in result.stages][-1] == "logits"
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_torch_flax_torch_round_trip_is_bit_exact(name):
+    ic = 1 if name in ("resnet20", "resnet56") else 3
+    ref = build_torch(name, in_channels=ic)
+    _, variables = torch_to_flax(name, ref)
+    back = flax_to_state_dict(name, variables)
+    orig = ref.state_dict()
+    assert set(back) == set(orig)
+    for key, t in orig.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(back[key]) == 0  # not represented in Flax; exported as 0
+            continue
+        assert back[key].dtype == t.dtype and torch.equal(back[key], t), key
+
+
+def _random_widths(name, seed):
+    rng = np.random.RandomState(seed)
+    return {k: max(1, int(v * rng.uniform(0.2, 1.0))) for k, v in models.default_widths(name).items()}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_non_default_widths_export_to_torch_and_back(name):
+    """A model at arbitrary widths (how pruned models export) runs identically in torch
+    (float64, to 1e-12 relative) and converts back bit-exactly."""
+    ic = 1 if name in ("resnet20", "resnet56") else 3
+    widths = _random_widths(name, 0)
+    model = models.build(name, widths=widths, num_classes=5, in_channels=ic)
+    size = 224 if name == "vit_b_16" else 64
+    rng = np.random.RandomState(2)
+    v = models.init(model, jax.random.key(0), (2, size, size, ic))
+    # float64 leaves with non-trivial BN statistics, biases and heads.
+    v = jax.tree.map(lambda a: np.asarray(a, np.float64) + 0.1 * rng.uniform(size=a.shape), v)
+    x = np.random.RandomState(1).randn(2, size, size, ic)
+    with jax.enable_x64(True):
+        y = np.asarray(model.apply(v, jnp.asarray(x)))
+    tm = flax_to_torch(name, v)
+    with torch.no_grad():
+        yt = tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    assert np.abs(y - yt).max() <= 1e-12 * np.abs(yt).max()
+    _, back = torch_to_flax(name, tm)
+    flat_a = jax.tree_util.tree_flatten_with_path(v)[0]
+    flat_b = dict(jax.tree_util.tree_flatten_with_path(back)[0])
+    for path, leaf in flat_a:
+        assert np.array_equal(np.asarray(leaf), flat_b[path]), path
+
+
+def _sd():
+    return build_torch("resnet20", in_channels=1).state_dict()
+
+
+def test_missing_key_is_named():
+    sd = _sd()
+    del sd["layer2.0.conv1.weight"]
+    with pytest.raises(ValueError, match=r"missing key 'layer2.0.conv1.weight'"):
+        torch_to_flax("resnet20", sd)
+
+
+def test_unexpected_key_is_named():
+    sd = _sd()
+    sd["layer9.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) in torch state_dict: layer9.weight"):
+        torch_to_flax("resnet20", sd)
+
+
+def test_mis_shaped_key_is_named():
+    sd = _sd()
+    sd["layer1.0.bn1.weight"] = torch.zeros(15)
+    with pytest.raises(ValueError, match="layer1.0"):
+        torch_to_flax("resnet20", sd)
+
+
+def test_wrong_rank_conv_weight_is_named():
+    sd = _sd()
+    sd["layer1.0.conv1.weight"] = torch.zeros(16, 16)
+    with pytest.raises(ValueError, match=r"layer1.0.conv1.weight: expected a rank-4 conv weight"):
+        torch_to_flax("resnet20", sd)
+
+
+def test_torch_files_load_with_weights_only(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(_sd(), good)
+    model, v = torch_to_flax("resnet20", load_torch_file(good))
+    assert models.infer_widths("resnet20", v)[2] == 1
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        load_torch_file(bad)
+
+
+def test_cli_reports_pass_and_exit_code(capsys):
+    assert cli.main(["--model", "resnet20"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "PASS 1/1 models"
+
+
+def test_cli_reports_fail_and_exit_code(capsys, monkeypatch):
+    bad = ParityResult("resnet20", "float32", (StageDiff("logits", 1.0, 1.0),), False)
+    monkeypatch.setattr(cli, "check_model", lambda *a, **k: bad)
+    assert cli.main(["--model", "resnet20"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "FAIL 1/1 models (resnet20)"
+
+
+def test_cli_rejects_unknown_model():
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", "resnet5"])
+    assert e.value.code == 2
