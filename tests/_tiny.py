@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -43,5 +46,35 @@ class TinyMLP(nn.Module):
 
 
 def init_tiny(model: nn.Module, image_shape=(16, 16, 1), seed: int = 0) -> dict:
-  """Variables of ``model`` for inputs [1, *image_shape]."""
-  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)), train=False)
+  """Variables of ``model`` for inputs [1, *image_shape] (jitted: one compilation)."""
+  init = jax.jit(lambda key, x: model.init(key, x, train=False))
+  return init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)))
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILE_CACHE = os.environ.get('HOBS_TEST_COMPILE_CACHE',
+                               os.path.join(REPO_ROOT, '.cache', 'jax-compile'))
+_CACHE_ENV = {'JAX_COMPILATION_CACHE_DIR': COMPILE_CACHE,
+              'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+              'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+def enable_compile_cache() -> None:
+  """Shares XLA executables between tests and their subprocesses (persistent cache).
+
+  XLA:CPU needs ~1 s to compile even the tiny CNN's init (threefry/erf_inv); every
+  subprocess test would pay it again without the cache.
+  """
+  jax.config.update('jax_compilation_cache_dir', COMPILE_CACHE)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def subprocess_env(**extra: str) -> dict:
+  """Environment for a subprocess test: repo on PYTHONPATH, compile cache, no TTY bars."""
+  env = dict(os.environ)
+  env.update(_CACHE_ENV)
+  env['PYTHONPATH'] = REPO_ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+  env['PYTHON'] = sys.executable
+  env.update(extra)
+  return env

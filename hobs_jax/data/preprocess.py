@@ -191,6 +191,10 @@ class ImageNetImages:
   std: tuple[float, ...] = IMAGENET_MEAN_STD[1]
   noise_dim: int = 41
 
+  def __post_init__(self):
+    if not 0 < self.crop_fraction <= 1:
+      raise ValueError(f"crop_fraction={self.crop_fraction} must be in (0, 1]")
+
   @property
   def out_shape(self) -> tuple[int, int, int]:
     return (self.size, self.size, 3)

@@ -112,7 +112,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
   target = abstract_like(abstract, shardings)
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.checkpoint.keep,
                       async_save=c.checkpoint.async_save)
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, tensorboard=c.tensorboard)
 
   def record(kind: str, step: int, values: dict) -> None:
     writer.write(kind, step, values)
