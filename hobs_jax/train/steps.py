@@ -126,7 +126,7 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
         nan_skips=state.nan_skips + (~finite).astype(jnp.int32))
     metrics = {'loss': loss, 'ce': ce,
                'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-               'grad_norm': optax.global_norm(grads), 'finite': finite}
+               'grad_norm': optax.tree.norm(grads), 'finite': finite}
     return new_state, metrics
 
   rep = mesh_lib.replicated(mesh)
