@@ -6,6 +6,7 @@ import os
 import sys
 
 import flax.linen as nn
+import numpy as np
 import jax
 import jax.numpy as jnp
 
@@ -46,10 +47,27 @@ class TinyMLP(nn.Module):
 
 
 def init_tiny(model: nn.Module, image_shape=(16, 16, 1), seed: int = 0) -> dict:
-  """Variables of ``model`` for inputs [1, *image_shape] (jitted: one compilation)."""
-  init = jax.jit(lambda key, x: model.init(key, x, train=False))
-  return init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape)))
+  """Variables of ``model`` for inputs [1, *image_shape], initialized with numpy.
 
+  Shapes come from ``jax.eval_shape(model.init)`` (nothing compiled); kernels are
+  LeCun-normal, biases and BN shifts 0, BN scales and variances 1. XLA:CPU takes ~1-6 s
+  to compile flax's own initializers (threefry, erf_inv), which every test and every
+  process of a multi-process test would pay.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, *image_shape)), train=False))
+  rng = np.random.default_rng(seed)
+
+  def one(path, leaf):
+    name = str(getattr(path[-1], 'key', path[-1]))
+    if name == 'kernel':
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    return np.zeros(leaf.shape, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(one, shapes)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILE_CACHE = os.environ.get('HOBS_TEST_COMPILE_CACHE',

@@ -98,7 +98,6 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     raise ValueError("train.kd.enabled=True needs a teacher (fit(..., teacher=Teacher(...)))")
   total = total_steps(c, train_data.steps_per_epoch)
   tx = make_optimizer(c, total, extra_transform)
-  schedule = make_schedule(c, total)
   scfg = stab.StabilityConfig.from_config(c.stability)
   rep = mesh_lib.replicated(mesh)
 
@@ -147,7 +146,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
       model.apply, tx, mesh=mesh, state_shardings=shardings,
       label_smoothing=c.label_smoothing, compute_dtype=resolve_compute_dtype(
           c.mixed_precision), teacher=teacher if c.kd.enabled else None,
-      kd_temperature=c.kd.temperature, kd_alpha=c.kd.alpha, extra_loss=extra_loss)
+      kd_temperature=c.kd.temperature, kd_alpha=c.kd.alpha, extra_loss=extra_loss,
+      lr_schedule=make_schedule(c, total))
   teacher_vars = (mesh_lib.put_global(teacher.variables, jax.tree.map(
       lambda _: rep, teacher.variables)) if c.kd.enabled else {})
   evaluator = Evaluator(model.apply, mesh, c.mixed_precision) if eval_data is not None else None
@@ -156,7 +156,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
 
   step = int(mesh_lib.host_value(state.step))
   start_step = step
-  window = {'loss': 0.0, 'accuracy': 0.0, 'n': 0, 't': time.time(), 'steps': 0}
+  window = {'loss': 0.0, 'accuracy': 0.0, 'n': 0, 't': time.time(), 'steps': 0, 'lr': 0.0}
   last_train: dict = {}
   last_eval: dict = {}
   last_eval_step = -1
@@ -172,6 +172,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
       window['loss'] += float(m['loss'])
       window['accuracy'] += float(m['accuracy'])
       window['n'] += 1
+      window['lr'] = float(m['lr'])
     else:
       log.warning('stability event at step %d: %s', at_step, monitor.last_event)
       record('event', at_step, {'event': event, 'loss': float(m['loss']),
@@ -205,7 +206,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     elapsed = time.time() - window['t']
     n = max(window['n'], 1)
     last_train = {'loss': window['loss'] / n, 'accuracy': window['accuracy'] / n,
-                  'lr': float(schedule(step - 1)) * monitor.lr_scale,
+                  'lr': window['lr'],
                   'images_per_s': window['steps'] * c.batch_size / max(elapsed, 1e-9),
                   'epoch': step / train_data.steps_per_epoch,
                   'nan_events': monitor.nan_events, 'spike_events': monitor.spike_events}

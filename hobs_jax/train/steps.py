@@ -67,7 +67,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
                     state_shardings: Any, label_smoothing: float = 0.0,
                     compute_dtype=jnp.float32, teacher: Teacher | None = None,
                     kd_temperature: float = 4.0, kd_alpha: float = 0.9,
-                    extra_loss: Callable[[Any], jax.Array] | None = None
+                    extra_loss: Callable[[Any], jax.Array] | None = None,
+                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None
                     ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds ``step(state, batch, teacher_variables) -> (state, metrics)`` under jax.jit.
 
@@ -81,12 +82,14 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
     teacher: enables distillation; its variables are passed at call time (replicated).
     kd_temperature, kd_alpha: loss = (1 - a) CE + a * T^2 KL.
     extra_loss: optional ``f(params) -> scalar`` added to the loss (a regularizer).
+    lr_schedule: if given, metrics include 'lr' = schedule(step) * lr_scale (the
+      learning rate this step used).
   Returns:
     The jitted step. ``batch`` = {'image': [B, H, W, C], 'label': int32 [B]} sharded over
     'data'; the state argument is donated. A step whose loss or gradients are not finite
     leaves params, batch_stats and optimizer state unchanged and increments
     ``state.nan_skips`` (step still advances). Metrics (replicated scalars): loss, ce,
-    accuracy, grad_norm, finite.
+    accuracy, grad_norm, finite (and lr).
   """
 
   def loss_fn(params, state: TrainState, batch, teacher_vars, dropout_key):
@@ -127,6 +130,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
     metrics = {'loss': loss, 'ce': ce,
                'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
                'grad_norm': optax.tree.norm(grads), 'finite': finite}
+    if lr_schedule is not None:
+      metrics['lr'] = lr_schedule(state.step) * state.lr_scale
     return new_state, metrics
 
   rep = mesh_lib.replicated(mesh)
