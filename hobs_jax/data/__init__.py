@@ -18,8 +18,8 @@ from hobs_jax.data import synthetic as _synthetic  # noqa: F401
 from hobs_jax.data import tfds_source as _tfds_source  # noqa: F401
 
 __all__ = [
-    'SOURCES', 'DataSource', 'DatasetError', 'Preprocess', 'get_source', 'register',
-    'FASHION_MNIST_MEAN_STD', 'IMAGENET_MEAN_STD', 'ImageNetImages', 'SmallImages',
-    'bilinear_resize', 'pad_crop_flip', 'random_resized_box', 'Batch', 'EvalLoader',
-    'LoaderPosition', 'TrainLoader', 'epoch_permutation',
+    "SOURCES", "DataSource", "DatasetError", "Preprocess", "get_source", "register",
+    "FASHION_MNIST_MEAN_STD", "IMAGENET_MEAN_STD", "ImageNetImages", "SmallImages",
+    "bilinear_resize", "pad_crop_flip", "random_resized_box", "Batch", "EvalLoader",
+    "LoaderPosition", "TrainLoader", "epoch_permutation",
 ]

@@ -20,12 +20,12 @@ from hobs_jax.train.evaluate import Evaluator, evaluate
 from hobs_jax.train.loop import FitResult, fit
 
 __all__ = [
-    'get_train_config', 'total_steps', 'validate_train_config', 'decay_mask',
-    'make_optimizer', 'make_schedule', 'TrainState', 'DATA_AXIS', 'batch_sharding',
-    'fsdp_spec', 'global_batch', 'host_value', 'make_mesh', 'put_global', 'replicated',
-    'state_shardings', 'Teacher', 'cross_entropy', 'distillation_loss', 'make_eval_step',
-    'make_train_step', 'resolve_compute_dtype', 'Checkpointer', 'abstract_like',
-    'StabilityConfig', 'StabilityError', 'StabilityState', 'observe', 'summary',
-    'MetricsWriter', 'progress', 'read_metrics', 'Preemption', 'Evaluator', 'evaluate',
-    'FitResult', 'fit',
+    "get_train_config", "total_steps", "validate_train_config", "decay_mask",
+    "make_optimizer", "make_schedule", "TrainState", "DATA_AXIS", "batch_sharding",
+    "fsdp_spec", "global_batch", "host_value", "make_mesh", "put_global", "replicated",
+    "state_shardings", "Teacher", "cross_entropy", "distillation_loss", "make_eval_step",
+    "make_train_step", "resolve_compute_dtype", "Checkpointer", "abstract_like",
+    "StabilityConfig", "StabilityError", "StabilityState", "observe", "summary",
+    "MetricsWriter", "progress", "read_metrics", "Preemption", "Evaluator", "evaluate",
+    "FitResult", "fit",
 ]
