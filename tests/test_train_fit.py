@@ -47,6 +47,8 @@ def test_fit_learns_and_writes_records(tmp_path):
     assert m["val_top5"] >= m["val_top1"] and m["images_per_s"] > 0
     assert [s for k, s in seen if k == "train"] == [10, 20, 30, 40]
     assert [s for k, s in seen if k == "eval"] == [20, 40]
+    lr_end = read_metrics(str(tmp_path), "train")[-1]["lr"]  # lr used by step 40 (index 39)
+    np.testing.assert_allclose(lr_end, 0.1 * 0.5 * (1 + np.cos(np.pi * 35 / 36)), rtol=1e-5)
     evals = read_metrics(str(tmp_path), "eval")
     assert [e["count"] for e in evals] == [100, 100]
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))

@@ -94,6 +94,10 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     if train_data.batch_size != c.batch_size:
         raise ValueError(f"train.batch_size={c.batch_size} but the train loader's batch_size is "
                          f"{train_data.batch_size}")
+    eval_batch = getattr(eval_data, "batch_size", None)
+    if eval_batch is not None and eval_batch % mesh.size:
+        raise ValueError(f"eval loader batch_size={eval_batch} is not divisible by the device "
+                         f"count {mesh.size}")
     if c.kd.enabled and teacher is None:
         raise ValueError("train.kd.enabled=True needs a teacher (fit(..., teacher=Teacher(...)))")
     total = total_steps(c, train_data.steps_per_epoch)
