@@ -131,6 +131,9 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         train_data.restore(meta["data"])
         monitor = stab.StabilityState.from_dict(meta["stability"])
         early = dict(meta["early_stopping"])
+        if meta.get("total_steps") != total:
+            log.warning("resuming a run planned for %s steps with %d steps: the lr schedule "
+                        "changes", meta.get("total_steps"), total)
         record("resume", resumed_from, {"from_step": resumed_from, **meta["data"]})
     else:
         var_shardings = {"params": shardings.params}
@@ -228,45 +231,50 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
             early["bad_evals"] += 1
         record("eval", step, {**last_eval, "best_val_top1": early["best_val_top1"]})
 
-    with Preemption() as preemption, progress(total=total, initial=step, desc="train",
-                                              enabled=c.progress) as bar:
-        while step < total:
-            if c.early_stopping.patience and early["bad_evals"] >= c.early_stopping.patience:
-                stopped = "early_stopping"
-                break
-            if preemption.requested():
-                stopped = "preempted"
-                break
-            batch = mesh_lib.global_batch(next(train_data), mesh)
-            state, metrics = step_fn(state, batch, teacher_vars)
-            step += 1
-            window["steps"] += 1
-            if drain():
-                bar.n = step
-                continue
-            due_log = step % c.log_every == 0
-            due_eval = evaluator is not None and step % eval_every == 0
-            due_ckpt = bool(ckpt_every) and step % ckpt_every == 0
-            if due_log or due_eval or due_ckpt or step == total:
-                pending = (step, metrics)
+    try:
+        with Preemption() as preemption, progress(total=total, initial=step, desc="train",
+                                                  enabled=c.progress) as bar:
+            while step < total:
+                if c.early_stopping.patience and early["bad_evals"] >= c.early_stopping.patience:
+                    stopped = "early_stopping"
+                    break
+                if preemption.requested():
+                    stopped = "preempted"
+                    break
+                batch = mesh_lib.global_batch(next(train_data), mesh)
+                state, metrics = step_fn(state, batch, teacher_vars)
+                step += 1
+                window["steps"] += 1
                 if drain():
                     bar.n = step
                     continue
-                if due_log:
-                    write_train_record()
-                    bar.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
-                if due_eval:
-                    run_eval()
-                if due_ckpt or step == total:
-                    ckpt.save(step, state, meta())
-            else:
-                pending = (step, metrics)
-            bar.update(step - bar.n)
-        drain()
-        if stopped:
-            ckpt.save(step, state, meta())
-            record("stop", step, {"reason": stopped})
-    if evaluator is not None and last_eval_step != step:
+                due_log = step % c.log_every == 0
+                due_eval = evaluator is not None and step % eval_every == 0
+                due_ckpt = bool(ckpt_every) and step % ckpt_every == 0
+                if due_log or due_eval or due_ckpt or step == total:
+                    pending = (step, metrics)
+                    if drain():
+                        bar.n = step
+                        continue
+                    if due_log:
+                        write_train_record()
+                        bar.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
+                    if due_eval:
+                        run_eval()
+                    if due_ckpt or step == total:
+                        ckpt.save(step, state, meta())
+                else:
+                    pending = (step, metrics)
+                bar.update(step - bar.n)
+            drain()
+            if stopped:
+                ckpt.save(step, state, meta())
+                record("stop", step, {"reason": stopped})
+    except BaseException:
+        ckpt.close()  # let in-flight async saves finish before the error propagates
+        writer.close()
+        raise
+    if evaluator is not None and last_eval_step != step and stopped != "preempted":
         run_eval()
     ckpt.close()
     seconds = time.time() - t_start
