@@ -1,0 +1,172 @@
+"""The ``train`` section of a config: defaults and validation.
+
+    config.train = get_train_config()
+    config.train.lr = 0.05                      # overrides; typos fail (locked)
+    validate_train_config(config.train, num_devices=jax.device_count())
+
+Validation runs before any compute and raises a one-line ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+MIXED_PRECISION = ("auto", "off", "bf16")
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+    """Default training hyper-parameters (a locked ConfigDict).
+
+    Fields:
+      optimizer: 'sgd' (momentum, optional Nesterov) or 'adamw'.
+      lr: peak learning rate (after 10% linear warmup, then cosine decay to
+        ``end_lr_fraction * lr``; schedule 'constant' keeps the peak after warmup).
+      weight_decay: decoupled for AdamW, L2-in-gradient (torch style) for SGD; applied only
+        to arrays of rank >= 2 (conv/dense kernels) unless ``decay_norm_and_bias``.
+      epochs / steps: training length; ``steps > 0`` wins.
+      batch_size: the global batch (all devices and hosts); eval_batch_size 0 = same.
+      label_smoothing: optax.smooth_labels amount.
+      kd: knowledge distillation from a teacher's logits: loss = (1 - alpha) * CE +
+        alpha * temperature^2 * KL(teacher_T || student_T).
+      mixed_precision: 'auto' = bf16 compute on GPU/TPU, off on CPU; 'bf16' forces it;
+        master weights and optimizer state stay float32.
+      eval_every: steps between evaluations (0 = once per epoch); log_every likewise.
+      checkpoint: every_steps (0 = only the initial checkpoint, the stability rollback target, and the
+        end), keep (how many to keep), async_save.
+      early_stopping: stop after ``patience`` evaluations without a top-1 gain of
+        ``min_delta`` (patience 0 disables).
+      stability: spike_factor k, window W, max_consecutive_events M, lr_decay (factor
+        applied to the lr scale at every loss spike), see hobs_jax.train.stability.
+      mesh.fsdp: shard parameters and optimizer state over the 'data' axis;
+        mesh.fsdp_min_size: arrays with fewer elements stay replicated.
+      progress: tqdm bars (only on host 0 and on a terminal anyway).
+      tensorboard: write TensorBoard events besides metrics.jsonl (tensorboardX imports
+        torch when it is installed: about 2 s of start-up here).
+    """
+    c = ml_collections.ConfigDict()
+    c.optimizer = "sgd"
+    c.lr = 0.1
+    c.momentum = 0.9
+    c.nesterov = False
+    c.adam_b1 = 0.9
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.weight_decay = 5e-4
+    c.decay_norm_and_bias = False
+    c.epochs = 10.0
+    c.steps = 0
+    c.batch_size = 128
+    c.eval_batch_size = 0
+    c.warmup_fraction = 0.1
+    c.schedule = "cosine"
+    c.end_lr_fraction = 0.0
+    c.label_smoothing = 0.0
+    c.kd = ml_collections.ConfigDict({"enabled": False, "temperature": 4.0, "alpha": 0.9})
+    c.mixed_precision = "auto"
+    c.eval_every = 0
+    c.log_every = 50
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3,
+                                              "async_save": True})
+    c.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
+    c.stability = ml_collections.ConfigDict({"spike_factor": 3.0, "window": 50,
+                                             "max_consecutive_events": 5, "lr_decay": 0.5})
+    c.seed = 0
+    c.mesh = ml_collections.ConfigDict({"fsdp": False, "fsdp_min_size": 2 ** 14})
+    c.progress = True
+    c.tensorboard = True
+    c.lock()
+    return c
+
+
+def _check(ok: bool, key: str, value, why: str) -> None:
+    if not ok:
+        raise ValueError(f"train.{key}={value!r}: {why}")
+
+
+def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | None = None,
+                          process_count: int | None = None) -> None:
+    """Raises a one-line ValueError for the first invalid field of a ``train`` config.
+
+    Args:
+      c: a config like :func:`get_train_config`'s (missing keys are errors too).
+      num_devices: global device count the batch is sharded over (checked if given).
+      process_count: number of hosts (checked if given).
+    """
+    defaults = get_train_config()
+    for key in defaults.keys():
+        if key not in c:
+            raise ValueError(f"train.{key} is missing (compare hobs_jax.train.get_train_config())")
+    for key in ("kd", "checkpoint", "early_stopping", "stability", "mesh"):
+        for sub in defaults[key].keys():
+            if sub not in c[key]:
+                raise ValueError(f"train.{key}.{sub} is missing")
+
+    def num(key, value):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+               and math.isfinite(value), key, value, "must be a finite number")
+
+    _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"unknown; use one of {OPTIMIZERS}")
+    for key in ("lr", "momentum", "weight_decay", "epochs", "warmup_fraction",
+                "end_lr_fraction", "label_smoothing"):
+        num(key, c[key])
+    _check(c.lr > 0, "lr", c.lr, "must be > 0")
+    _check(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1)")
+    _check(0 < c.adam_b1 < 1 and 0 < c.adam_b2 < 1, "adam_b1/adam_b2", (c.adam_b1, c.adam_b2),
+           "must be in (0, 1)")
+    _check(c.adam_eps > 0, "adam_eps", c.adam_eps, "must be > 0")
+    _check(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
+    _check(isinstance(c.steps, int) and c.steps >= 0, "steps", c.steps, "must be an int >= 0")
+    _check(c.steps > 0 or c.epochs > 0, "epochs", c.epochs, "must be > 0 when train.steps is 0")
+    for key in ("batch_size", "eval_batch_size"):
+        _check(isinstance(c[key], int) and c[key] >= (1 if key == "batch_size" else 0), key, c[key],
+               "must be a positive int" if key == "batch_size" else "must be an int >= 0")
+    for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
+        if divisor:
+            for key in ("batch_size", "eval_batch_size"):
+                _check(c[key] % divisor == 0, key, c[key], f"not divisible by the {what} {divisor}")
+    _check(0 <= c.warmup_fraction < 1, "warmup_fraction", c.warmup_fraction, "must be in [0, 1)")
+    _check(c.schedule in SCHEDULES, "schedule", c.schedule, f"unknown; use one of {SCHEDULES}")
+    _check(0 <= c.end_lr_fraction <= 1, "end_lr_fraction", c.end_lr_fraction, "must be in [0, 1]")
+    _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "must be in [0, 1)")
+    _check(c.kd.temperature > 0, "kd.temperature", c.kd.temperature, "must be > 0")
+    _check(0 <= c.kd.alpha <= 1, "kd.alpha", c.kd.alpha, "must be in [0, 1]")
+    _check(c.mixed_precision in MIXED_PRECISION, "mixed_precision", c.mixed_precision,
+           f"unknown; use one of {MIXED_PRECISION}")
+    _check(isinstance(c.eval_every, int) and c.eval_every >= 0, "eval_every", c.eval_every,
+           "must be an int >= 0")
+    _check(isinstance(c.log_every, int) and c.log_every >= 1, "log_every", c.log_every,
+           "must be an int >= 1")
+    _check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps >= 0,
+           "checkpoint.every_steps", c.checkpoint.every_steps, "must be an int >= 0")
+    _check(isinstance(c.checkpoint.keep, int) and c.checkpoint.keep >= 1, "checkpoint.keep",
+           c.checkpoint.keep, "must be an int >= 1")
+    _check(isinstance(c.early_stopping.patience, int) and c.early_stopping.patience >= 0,
+           "early_stopping.patience", c.early_stopping.patience, "must be an int >= 0")
+    _check(c.early_stopping.min_delta >= 0, "early_stopping.min_delta",
+           c.early_stopping.min_delta, "must be >= 0")
+    _check(c.stability.spike_factor > 1, "stability.spike_factor", c.stability.spike_factor,
+           "must be > 1")
+    _check(isinstance(c.stability.window, int) and c.stability.window >= 3, "stability.window",
+           c.stability.window, "must be an int >= 3")
+    _check(isinstance(c.stability.max_consecutive_events, int)
+           and c.stability.max_consecutive_events >= 1, "stability.max_consecutive_events",
+           c.stability.max_consecutive_events, "must be an int >= 1")
+    _check(0 < c.stability.lr_decay <= 1, "stability.lr_decay", c.stability.lr_decay,
+           "must be in (0, 1]")
+    _check(isinstance(c.seed, int), "seed", c.seed, "must be an int")
+    _check(isinstance(c.mesh.fsdp_min_size, int) and c.mesh.fsdp_min_size >= 1,
+           "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be an int >= 1")
+
+
+def total_steps(c: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Training length in steps: ``c.steps`` if set, else ``ceil(epochs * steps_per_epoch)``."""
+    if c.steps > 0:
+        return int(c.steps)
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch}: the training split is smaller than "
+                         f"train.batch_size={c.batch_size}")
+    return max(1, math.ceil(c.epochs * steps_per_epoch))

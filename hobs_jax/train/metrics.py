@@ -1,0 +1,94 @@
+"""Metrics to a JSONL file and TensorBoard (host 0 only), and progress bars.
+
+``workdir/metrics.jsonl`` gets one JSON object per record: {"kind": "train"|"eval"|
+"event"|..., "step": int, "time": unix seconds, ...metrics}; it is appended to (a
+resumed run continues the same file) and flushed after every record, so it survives a
+``kill -9``. TensorBoard scalars go to ``workdir/tensorboard`` as ``kind/name``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def is_main_host() -> bool:
+    return jax.process_index() == 0
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf
+    return v
+
+
+class MetricsWriter:
+    """Writes metric records on host 0; a no-op elsewhere.
+
+    Args:
+      workdir: directory for metrics.jsonl and tensorboard/.
+      enabled: default: ``jax.process_index() == 0``.
+      tensorboard: also write TensorBoard event files (tensorboardX).
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
+        self.enabled = is_main_host() if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends one record; numeric values also go to TensorBoard as ``kind/name``."""
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + '\n')
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                v = _plain(v)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
+    """All records of ``workdir/metrics.jsonl`` (optionally of one kind), in order."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+             initial: int = 0, enabled: bool = True, unit: str = "step") -> tqdm:
+    """A tqdm bar (rate and ETA), shown only on host 0 and when stderr is a terminal."""
+    disable = not (enabled and is_main_host() and sys.stderr.isatty())
+    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=disable,
+                unit=unit, dynamic_ncols=True, leave=False)

@@ -1,0 +1,104 @@
+"""fit/evaluate end to end on the tiny CNN: learning, records, early stopping, KD, resume."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from hobs_jax.data import EvalLoader, TrainLoader, get_source
+from hobs_jax.train import Teacher, evaluate, fit, get_train_config, read_metrics
+from tests._tiny import TinyCNN, TinyMLP, enable_compile_cache, init_tiny
+
+enable_compile_cache()
+SRC = get_source("synthetic", image_shape=(8, 8, 1), num_classes=8, train_size=512,
+                 test_size=100)
+
+
+def config(steps=40, **kw):
+    c = get_train_config()
+    c.steps, c.batch_size, c.eval_batch_size, c.lr, c.log_every = steps, 32, 32, 0.1, 10
+    c.eval_every, c.checkpoint.every_steps = 20, 20
+    c.progress, c.tensorboard = False, False
+    for k, v in kw.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def loaders():
+    return TrainLoader(SRC, "train", 32, seed=0), EvalLoader(SRC, "test", 32)
+
+
+def test_fit_learns_and_writes_records(tmp_path):
+    model = TinyCNN(num_classes=8)
+    train, test = loaders()
+    seen = []
+    r = fit(model, init_tiny(model, (8, 8, 1)), train, config(tensorboard=True), str(tmp_path),
+            eval_data=test, callbacks=[lambda kind, step, rec: seen.append((kind, step))])
+    m = r.metrics
+    assert m["steps"] == m["steps_run"] == 40 and m["stopped"] == ""
+    assert m["val_top1"] > 0.5 and m["best_val_top1"] >= m["val_top1"]  # chance: 0.125
+    assert 0 < m["stability_score"] <= 1 and m["nan_events"] == m["spike_events"] == 0
+    assert m["val_top5"] >= m["val_top1"] and m["images_per_s"] > 0
+    assert [s for k, s in seen if k == "train"] == [10, 20, 30, 40]
+    assert [s for k, s in seen if k == "eval"] == [20, 40]
+    lr_end = read_metrics(str(tmp_path), "train")[-1]["lr"]  # lr used by step 40 (index 39)
+    np.testing.assert_allclose(lr_end, 0.1 * 0.5 * (1 + np.cos(np.pi * 35 / 36)), rtol=1e-5)
+    evals = read_metrics(str(tmp_path), "eval")
+    assert [e["count"] for e in evals] == [100, 100]
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "20", "40"]
+    # evaluate() on the returned variables agrees with fit's last evaluation
+    again = evaluate(model, r.variables, test)
+    np.testing.assert_allclose(again["top1"], m["val_top1"])
+    np.testing.assert_allclose(again["loss"], m["val_loss"], rtol=1e-5)
+    # and with a direct model.apply over the whole test split
+    x, y = SRC.batch("test", np.arange(100), train=False)
+    logits = model.apply(jax.device_get(r.variables), x)
+    np.testing.assert_allclose(again["top1"], np.mean(np.argmax(logits, -1) == y), atol=1e-6)
+    # a second call finds the finished run and trains nothing more
+    r2 = fit(model, init_tiny(model, (8, 8, 1)), TrainLoader(SRC, "train", 32, seed=0),
+             config(), str(tmp_path), eval_data=test)
+    assert r2.metrics["resumed_from"] == 40 and r2.metrics["steps_run"] == 0
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(r.variables),
+                 jax.device_get(r2.variables))
+
+
+def test_early_stopping_on_validation_accuracy(tmp_path):
+    model = TinyCNN(num_classes=8)
+    train, test = loaders()
+    c = config(steps=100, eval_every=5, **{"early_stopping.patience": 2,
+                                           "early_stopping.min_delta": 1.0})
+    r = fit(model, init_tiny(model, (8, 8, 1)), train, c, str(tmp_path), eval_data=test)
+    # first eval sets the best; no later eval can beat it by 1.0: stop after 2 more
+    assert r.metrics["stopped"] == "early_stopping" and r.metrics["steps"] == 15
+    assert r.metrics["best_step"] == 5
+
+
+def test_distillation_and_adamw_on_a_model_without_batch_stats(tmp_path):
+    model = TinyMLP(num_classes=8)
+    teacher_vars = init_tiny(model, (8, 8, 1), seed=1)
+    train, test = loaders()
+    c = config(steps=10, optimizer="adamw", lr=3e-3, eval_every=10,
+               **{"kd.enabled": True, "kd.alpha": 0.5, "kd.temperature": 2.0})
+    r = fit(model, init_tiny(model, (8, 8, 1)), train, c, str(tmp_path), eval_data=test,
+            teacher=Teacher(model.apply, teacher_vars))
+    assert r.metrics["steps"] == 10 and set(r.variables) == {"params"}
+    assert np.isfinite(r.metrics["train_loss"])
+
+
+def test_bad_fit_arguments_fail_before_compute(tmp_path):
+    model = TinyCNN(num_classes=8)
+    train, _ = loaders()
+    with pytest.raises(ValueError, match=r"train.batch_size=64 but the train loader"):
+        fit(model, {}, train, config(batch_size=64), str(tmp_path))
+    with pytest.raises(ValueError, match=r"kd.enabled=True needs a teacher"):
+        fit(model, {}, train, config(**{"kd.enabled": True}), str(tmp_path))
+    with pytest.raises(ValueError, match=r"train.lr=0.0: must be > 0"):
+        fit(model, {}, train, config(lr=0), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
