@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hobs_jax import models
+from hobs_jax.data.preprocess import FASHION_MNIST_MEAN_STD
 from hobs_jax.models.layers import STAGE_SUFFIX
 from parity.convert import torch_to_flax
 from parity.torch_models import build_torch
@@ -38,7 +39,7 @@ from parity.torch_models import build_torch
 REL_TOL = {"float32": 1e-5, "float64": 1e-12}
 ALL_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet56",
               "mobilenet_v2", "efficientnet_b0", "vit_b_16")
-FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+FMNIST_MEAN, FMNIST_STD = (v[0] for v in FASHION_MNIST_MEAN_STD)
 # Trained BN-ResNets down-weight their residual branches (the reason for Goyal et al.'s
 # zero-gamma init, arXiv:1706.02677); at unit gamma a random deep net amplifies float32
 # rounding far beyond what a trained one does (torch float32 itself then misses 1e-5
@@ -101,21 +102,14 @@ def stage_map(name: str) -> dict[str, str]:
 
 def fashion_images(split: str, n: int, size: int, channels: int, dtype: torch.dtype) -> torch.Tensor:
     """``n`` normalized Fashion-MNIST images as NCHW, resized/repeated as requested."""
-    images = _fmnist_images(split)[:n]  # [n, 28, 28] uint8
+    from hobs_jax.data.fashion_mnist import load_split
+
+    images = load_split(split)[0][:n, :, :, 0]  # [n, 28, 28] uint8, sha256-verified
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
     x = (x - FMNIST_MEAN) / FMNIST_STD
     if size != 28:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.repeat(1, channels, 1, 1).to(dtype)
-
-
-def _fmnist_images(split: str) -> np.ndarray:
-    # Interim reader until hobs_jax.data lands (replaced by its verified loader).
-    import gzip
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(f"/usr/share/datasets/fashion-mnist/{prefix}-images-idx3-ubyte.gz") as f:
-        raw = f.read()
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)
 
 
 def residual_branch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
