@@ -179,7 +179,8 @@ def _torch_stages(model: nn.Module, x: torch.Tensor, paths: dict[str, str]):
 
 
 def _flax_stages(model, variables, x: np.ndarray):
-    logits, state = model.apply(variables, jnp.asarray(x), train=False, mutable=["intermediates"])
+    run = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))
+    logits, state = run(variables, jnp.asarray(x))
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
         out[str(path[-2].key).removesuffix(STAGE_SUFFIX)] = np.asarray(leaf)

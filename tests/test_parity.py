@@ -49,13 +49,11 @@ def test_non_default_widths_export_to_torch_and_back(name):
     widths = _random_widths(name, 0)
     model = models.build(name, widths=widths, num_classes=5, in_channels=ic)
     size = 224 if name == "vit_b_16" else 64
-    rng = np.random.RandomState(2)
-    v = models.init(model, jax.random.key(0), (2, size, size, ic))
     # float64 leaves with non-trivial BN statistics, biases and heads.
-    v = jax.tree.map(lambda a: np.asarray(a, np.float64) + 0.1 * rng.uniform(size=a.shape), v)
+    v = models.random_variables(model, (2, size, size, ic), seed=2, dtype=np.float64)
     x = np.random.RandomState(1).randn(2, size, size, ic)
     with jax.enable_x64(True):
-        y = np.asarray(model.apply(v, jnp.asarray(x)))
+        y = np.asarray(jax.jit(model.apply)(v, jnp.asarray(x)))
     tm = flax_to_torch(name, v)
     with torch.no_grad():
         yt = tm(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()

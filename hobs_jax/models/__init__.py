@@ -4,8 +4,10 @@ torchvision. Find them by name: ``build("resnet50")``, ``build("resnet20", in_ch
 
 from hobs_jax.models import zoo as _zoo  # noqa: F401  (registers the models)
 from hobs_jax.models.registry import (MODELS, ModelEntry, build, default_widths, get_entry, infer_widths,
-                                      init, input_shape, list_models, register, width_axes)
+                                      init, input_shape, list_models, random_variables, register,
+                                      width_axes)
 from hobs_jax.models.widths import Widths, resolve_widths
 
 __all__ = ["MODELS", "ModelEntry", "Widths", "build", "default_widths", "get_entry", "init",
-           "infer_widths", "input_shape", "list_models", "register", "resolve_widths", "width_axes"]
+           "infer_widths", "input_shape", "list_models", "random_variables", "register",
+           "resolve_widths", "width_axes"]
