@@ -140,7 +140,8 @@ class BlockELL:
       meta: static ``BlockELLMeta``.
 
     A pytree: ``values`` and ``col_idx`` are leaves, ``meta`` is static, so a
-    ``BlockELL`` passes through ``jax.jit``/``jax.grad`` like any parameter tree.
+    ``BlockELL`` passes through ``jax.jit`` like any parameter tree (``jax.grad``
+    of a whole ``BlockELL`` needs ``allow_int=True`` for the integer ``col_idx``).
     A Flax layer can equally keep ``values`` as a param, ``col_idx`` in a constant
     collection and ``meta`` as a module attribute, and call ``bell_matmul_parts``.
     """
