@@ -5,7 +5,7 @@ from kernels.autotune import (cache_path, load_cache, lookup, lookup_block, prob
 from kernels.block_ell import (BlockELL, BlockELLMeta, block_mask, check_block_size,
                                column_index, densify)
 from kernels.config import (BACKENDS, CONCRETE_BACKENDS, KernelConfig, available_backends,
-                            default_config)
+                            backend_config, default_config)
 from kernels.conv import conv_kernel_to_matrix, im2col, matrix_to_conv_kernel
 from kernels.cusparse import CuSparseBlockedEll, to_cusparse_blocked_ell
 from kernels.ops import bell_matmul, bell_matmul_parts, select_config
@@ -34,6 +34,7 @@ __all__ = [
     "CONCRETE_BACKENDS",
     "available_backends",
     "default_config",
+    "backend_config",
     # pruning
     "prune",
     "prune_magnitude",

@@ -39,6 +39,7 @@ __all__ = [
     "device_kind",
     "available_backends",
     "default_config",
+    "backend_config",
 ]
 
 CONCRETE_BACKENDS = ("xla_scatter", "xla_gather", "xla_dense", "reference",
@@ -98,11 +99,12 @@ def device_kind() -> str:
     return str(jax.devices()[0].device_kind)
 
 
-def _is_hopper_or_newer() -> bool:
+def _is_hopper() -> bool:
+    """sm_90 (H100/H200): the Mosaic kernel uses wgmma, which sm_100 does not have."""
     dev = jax.devices()[0]
     cap = getattr(dev, "compute_capability", None)
     try:
-        return cap is not None and float(cap) >= 9.0
+        return cap is not None and 9.0 <= float(cap) < 10.0
     except (TypeError, ValueError):
         return False
 
@@ -121,7 +123,7 @@ def available_backends(plat: str, dtype: Any, block: int) -> tuple[str, ...]:
         if block >= 16 and dt != jnp.float64:
             out.append("pallas_triton")
             if (dt in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-                    and block <= 128 and _is_hopper_or_newer()):
+                    and block <= 128 and _is_hopper()):
                 out.append("pallas_mosaic")
             if _has_jax_triton():
                 out.append("triton")
@@ -129,6 +131,20 @@ def available_backends(plat: str, dtype: Any, block: int) -> tuple[str, ...]:
         if block % 128 == 0 and dt != jnp.float64:
             out.append("pallas_tpu")
     return tuple(out)
+
+
+def backend_config(plat: str, backend: str) -> KernelConfig:
+    """``backend`` with the tile defaults of ``plat``.
+
+    XLA forms chunk M by 128 rows on CPU (cache-sized intermediates) and by 4096
+    on accelerators (few, large kernels); Mosaic GPU tiles M by 128 (two
+    warpgroups of wgmma rows would need 256), Triton and the TPU kernel by 64/128.
+    """
+    if backend.startswith("xla_") or backend == "reference":
+        return KernelConfig(backend, chunk_m=128 if plat == "cpu" else 4096)
+    if backend in ("pallas_mosaic", "pallas_tpu"):
+        return KernelConfig(backend, block_m=128)
+    return KernelConfig(backend, block_m=64)
 
 
 def default_config(plat: str, dtype: Any, block: int) -> KernelConfig:
@@ -139,11 +155,7 @@ def default_config(plat: str, dtype: Any, block: int) -> KernelConfig:
     TPU: the Pallas TPU kernel for b % 128 == 0, else XLA.
     """
     avail = available_backends(plat, dtype, block)
-    if plat == "gpu":
-        if "pallas_mosaic" in avail:
-            return KernelConfig("pallas_mosaic", block_m=128)
-        if "pallas_triton" in avail:
-            return KernelConfig("pallas_triton", block_m=64)
-    if plat == "tpu" and "pallas_tpu" in avail:
-        return KernelConfig("pallas_tpu", block_m=128)
-    return KernelConfig("xla_scatter", chunk_m=128)
+    for name in {"gpu": ("pallas_mosaic", "pallas_triton"), "tpu": ("pallas_tpu",)}.get(plat, ()):
+        if name in avail:
+            return backend_config(plat, name)
+    return backend_config(plat, "xla_scatter")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from kernels import autotune
 from kernels.block_ell import BlockELL, BlockELLMeta
-from kernels.config import (BACKENDS, KernelConfig, available_backends,
+from kernels.config import (BACKENDS, KernelConfig, available_backends, backend_config,
                             default_config, platform)
 from kernels.operands import GatherOperands, dx_operands, forward_operands, masked_values
 from kernels.reference import reference_matmul
@@ -78,7 +78,7 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
                 backend == "auto" or cached.backend.startswith("xla_")):
             return cached
         if backend == "xla":
-            return KernelConfig("xla_scatter")
+            return backend_config(plat, "xla_scatter")
         return default_config(plat, dtype, meta.block)
     if backend == "pallas":
         default = default_config(plat, dtype, meta.block)
@@ -86,7 +86,7 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
             return default
         for name in ("pallas_triton", "pallas_interpret"):
             if name in avail:
-                return KernelConfig(name)
+                return backend_config(plat, name)
         raise ValueError(
             f"backend='pallas' has no kernel on platform={plat} for dtype="
             f"{jnp.dtype(dtype).name}, block={meta.block}")
@@ -94,7 +94,7 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
         raise ValueError(
             f"backend={backend!r} is not available on platform={plat} for dtype="
             f"{jnp.dtype(dtype).name}, block={meta.block}; available: {avail}")
-    return KernelConfig(backend)
+    return backend_config(plat, backend)
 
 
 # ------------------------------------------------------------------ kernels
@@ -154,8 +154,9 @@ def _bell_mm_bwd(cfg, meta, precision, res, dy):
     x, values, col_idx = res
     dy = dy.astype(x.dtype)
     dx = _dx(cfg, precision, dy, values, col_idx)
-    dv = sddmm_blocks(x, dy, col_idx, meta.block, chunk_m=max(cfg.chunk_m, 256),
-                      precision=precision)
+    # CPU: cache-sized chunks; accelerators: one pass (chunk loops cost launches).
+    chunk = max(cfg.chunk_m, 256) if platform() == "cpu" else max(cfg.chunk_m, 1 << 16)
+    dv = sddmm_blocks(x, dy, col_idx, meta.block, chunk_m=chunk, precision=precision)
     return dx, dv.astype(values.dtype), None
 
 

@@ -40,7 +40,7 @@ def build_triton_kernel():
         pid_m = tl.program_id(0)
         pid_j = tl.program_id(1)
         n_entries = tl.load(cnt_ptr + pid_j)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M*K may pass 2^31
         cols = tl.arange(0, B)
         acc = tl.zeros((BLOCK_M, B), dtype=tl.float32)
         for t in range(0, n_entries):
