@@ -7,7 +7,6 @@ from ``jax`` autodiff of this expression; every kernel is tested against it.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 from kernels.block_ell import BlockELLMeta, densify
