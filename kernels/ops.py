@@ -187,6 +187,8 @@ def bell_matmul_parts(x: jax.Array, values: jax.Array, col_idx: jax.Array,
     kp, _ = meta.padded_shape
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
+    if x2.shape[0] == 0:  # empty batch: nothing to launch
+        return jnp.zeros((*lead, n), x.dtype)
     if config is None:
         config = select_config(backend, x2.shape[0], meta, values.shape[1], x.dtype)
     elif not isinstance(config, KernelConfig):

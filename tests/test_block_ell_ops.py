@@ -51,6 +51,13 @@ def test_chunking_and_tiles(backend):
         np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_empty_batch(backend):
+    w = random_bell(32, 24, 8, 2)
+    y = bell_matmul(jnp.zeros((2, 0, 32)), w, backend=backend)
+    assert y.shape == (2, 0, 24) and y.dtype == jnp.float32
+
+
 def test_leading_dims_and_jit():
     w = random_bell(32, 24, 8, 2)
     x = _x(5, 32, lead=(2, 3))
