@@ -14,13 +14,13 @@ Three products cover forward and backward of Y = X @ W (see ``block_ell.py``):
   the stored blocks (zero on padding slots).
 
 All three walk M in chunks of ``chunk_m`` rows inside a ``fori_loop``: XLA:CPU
-materializes each intermediate, and keeping the per-chunk [R*S, chunk_m, b]
-intermediate in cache measured 2-3x faster than one unchunked pass (4096-class
-shapes, 2-core EPYC). Accumulation is in float32 (float64 for float64 inputs).
-On CPU, bf16/f16 operands are upcast to float32 before the dots: XLA:CPU's
-mixed bf16 x bf16 -> f32 dot measured 2-4x slower than converting and using the
-f32 one (25088x128x512, b=64: 220 ms vs 53 ms); the products of 16-bit values
-are exact in f32, so the result is the same or more accurate.
+materializes each intermediate, and a per-chunk [R*S, chunk_m, b] intermediate
+that stays in cache is much faster than one unchunked pass on CPU (``chunk_m``
+is a tunable of ``KernelConfig``; ``kernels.autotune.tune`` times it).
+Accumulation is in float32 (float64 for float64 inputs). On CPU, bf16/f16
+operands are upcast to float32 before the dots: XLA:CPU's mixed
+bf16 x bf16 -> f32 dot is much slower than converting and using the f32 one, and
+products of 16-bit values are exact in f32 (same or better result).
 
 Plain-jnp reference for all of them: ``kernels.reference`` (dense masked product).
 """
@@ -51,8 +51,8 @@ def _chunked_rows(fn, operands, m: int, chunk_m: int, out_cols: int, out_dtype):
     """Applies ``fn`` to row chunks of ``operands`` (all [M, *]) -> [M, out_cols].
 
     ``fn`` returns its chunk in any float dtype; the loop carry stays float32 (or
-    float64) and is cast to ``out_dtype`` once at the end: a bf16 carry made
-    XLA:CPU copy the whole output every iteration (10x slower at M = 25088).
+    float64) and is cast to ``out_dtype`` once at the end: with a bf16 carry
+    XLA:CPU copied the whole output every iteration.
     """
     mc = max(1, min(int(chunk_m), m))
     n_chunks = -(-m // mc)
