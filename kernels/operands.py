@@ -1,0 +1,77 @@
+"""Operands of the output-stationary ("gather") kernels, built in-graph.
+
+Every Pallas / Triton kernel computes, for each output block j::
+
+    Y[:, j] = sum_{t < cnt[j]} X[:, idx[j, t]] @ blocks[pos[j, t]]
+
+with ``blocks`` the flat stored blocks plus one trailing all-zero block. Padding
+entries (t >= cnt[j]) point at input block 0 and at the zero block, so a kernel
+may either stop at ``cnt[j]`` or run all T entries and still be exact.
+
+* forward ``Y = X @ W``: j = block-column of W, entries from the transposed index
+  (``column_index``), T = ``meta.col_slots`` (padded to the busiest column);
+* ``dX = dY @ W^T``: j = block-row of W, entries from ``col_idx`` (T = S, the
+  balanced side), blocks transposed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kernels.block_ell import BlockELLMeta, column_index
+
+__all__ = ["GatherOperands", "forward_operands", "dx_operands", "masked_values"]
+
+
+class GatherOperands(NamedTuple):
+    """Inputs of a gather kernel (see module docstring).
+
+    blocks: [NB + 1, b, b] flat blocks, the last one zero.
+    idx: [J, T] int32 input block of each entry (padding -> 0).
+    pos: [J, T] int32 index into ``blocks`` (padding -> NB, the zero block).
+    cnt: [J] int32 valid entries per output block (valid entries first).
+    """
+
+    blocks: jax.Array
+    idx: jax.Array
+    pos: jax.Array
+    cnt: jax.Array
+
+
+def masked_values(values: jax.Array, col_idx: jax.Array) -> jax.Array:
+    """``values`` with padding slots (col_idx < 0) set to zero."""
+    return jnp.where((col_idx >= 0)[:, :, None, None], values, jnp.zeros((), values.dtype))
+
+
+def _flat_with_zero(values: jax.Array) -> jax.Array:
+    r_blocks, slots, b, _ = values.shape
+    flat = values.reshape(r_blocks * slots, b, b)
+    return jnp.concatenate([flat, jnp.zeros((1, b, b), values.dtype)], axis=0)
+
+
+def forward_operands(values: jax.Array, col_idx: jax.Array, meta: BlockELLMeta
+                     ) -> GatherOperands:
+    """Operands for Y = X @ W: one output block per block-column of W."""
+    r_blocks, slots = col_idx.shape
+    t_row, t_pos, t_cnt = column_index(col_idx, meta)
+    valid = t_pos >= 0
+    idx = jnp.where(valid, t_row, 0).astype(jnp.int32)
+    pos = jnp.where(valid, t_pos, r_blocks * slots).astype(jnp.int32)
+    return GatherOperands(_flat_with_zero(values), idx, pos, t_cnt.astype(jnp.int32))
+
+
+def dx_operands(values: jax.Array, col_idx: jax.Array) -> GatherOperands:
+    """Operands for dX = dY @ W^T: one output block per block-row of W."""
+    r_blocks, slots = col_idx.shape
+    valid = col_idx >= 0
+    order = jnp.argsort(~valid, axis=1, stable=True)  # valid slots first
+    sorted_idx = jnp.take_along_axis(col_idx, order, axis=1)
+    sorted_valid = sorted_idx >= 0
+    flat_pos = jnp.arange(r_blocks, dtype=jnp.int32)[:, None] * slots + order
+    idx = jnp.where(sorted_valid, sorted_idx, 0).astype(jnp.int32)
+    pos = jnp.where(sorted_valid, flat_pos, r_blocks * slots).astype(jnp.int32)
+    cnt = jnp.sum(valid, axis=1).astype(jnp.int32)
+    return GatherOperands(_flat_with_zero(jnp.swapaxes(values, -1, -2)), idx, pos, cnt)
