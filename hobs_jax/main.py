@@ -1,0 +1,47 @@
+"""Entry point: ``python -m hobs_jax.main --config=configs/X.py --workdir=DIR``.
+
+Flags only; all logic is in :func:`hobs_jax.pipeline.run`. Config overrides use
+ml_collections syntax (``--config.prune.target=0.4``; a misspelled key fails) and
+``--config=configs/X.py:smoke`` picks a config's small variant. Multi-host runs call
+``hobs_jax.train.distributed.initialize()`` first (TPU pods, SLURM and Open MPI are
+detected; see launch/).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's outputs.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() (pods, SLURM, Open MPI).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger("hobs_jax").setLevel(logging.INFO)
+    if _MULTIHOST.value:
+        from hobs_jax.train.distributed import initialize
+
+        initialize()
+    from hobs_jax.pipeline import run
+
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except ValueError as e:  # bad config, data or workdir: one line (HOBS_JAX_TRACEBACK=1 for more)
+        if os.environ.get("HOBS_JAX_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,137 @@
+"""The pipeline's config: one ``ml_collections.ConfigDict`` for every stage.
+
+``configs/<name>.py`` files start from :func:`base_config`, set what differs, and return
+it locked (a misspelled override then fails). :func:`validate` checks values before any
+compute and raises a one-line ``ValueError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from hobs_jax.train.config import get_train_config, validate_train_config
+
+STAGES = ("train", "calibrate", "prune", "finetune", "evaluate", "benchmark", "export")
+INIT_KINDS = ("scratch", "checkpoint", "torch")
+METRICS = ("macs", "params")
+
+# The config sections each stage's result depends on (cumulative along the pipeline):
+# a finished stage is reused only while these are unchanged.
+STAGE_SECTIONS = {
+    "train": ("model", "num_classes", "in_channels", "data", "init", "train", "seed"),
+    "calibrate": ("calibrate",),
+    "prune": ("prune",),
+    "finetune": ("finetune",),
+    "evaluate": (),
+    "benchmark": ("benchmark",),
+    "export": ("export",),
+}
+
+
+def stage_sections(stage: str) -> tuple[str, ...]:
+    """Every section ``stage`` depends on, its upstream stages' included."""
+    out: list[str] = []
+    for s in STAGES:
+        out.extend(STAGE_SECTIONS[s])
+        if s == stage:
+            return tuple(out)
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
+    """Defaults for every section (unlocked; configs override, then ``lock()``).
+
+    Sections:
+      model, num_classes, in_channels: the zoo model and its head/input.
+      data: source ('fashion_mnist' | 'synthetic' | 'tfds'), tfds_dataset, data_dir,
+        image_size (0 = the source's own), augment.
+      init: kind 'scratch' | 'checkpoint' (a hobs_jax export directory) | 'torch' (a torch
+        state_dict file, converted by the parity layer); path; train: also train a loaded
+        network (a scratch one is always trained).
+      train: the training engine's section (hobs_jax.train.get_train_config); epochs 0
+        skips training (for init.kind != 'scratch').
+      calibrate: num_images, batch_size, split for activation statistics.
+      prune: method (registry name), target (kept fraction of MACs or params, in (0, 1)),
+        metric, round_to, and one sub-section per method.
+      finetune: a train section for fine-tuning the pruned model (epochs 0 skips it).
+      benchmark: batch sizes, warm-up and timed iterations for dense vs pruned latency.
+      export: torch (state_dict next to the orbax checkpoint), onnx.
+      stages: comma-separated subset of train,calibrate,prune,finetune,evaluate,
+        benchmark,export, run in that order.
+    """
+    c = ml_collections.ConfigDict()
+    c.model = model
+    c.num_classes = 10
+    c.in_channels = 1
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(source="fashion_mnist", tfds_dataset="", data_dir="",
+                                            image_size=0, augment=True, eval_batch_size=500))
+    c.init = ml_collections.ConfigDict(dict(kind="scratch", path="", train=False))
+    c.train = get_train_config()
+    c.calibrate = ml_collections.ConfigDict(dict(num_images=2048, batch_size=256, split="train"))
+    c.prune = ml_collections.ConfigDict(dict(method="magnitude", target=0.5, metric="macs",
+                                             round_to=1))
+    c.finetune = get_train_config()
+    c.finetune.epochs = 1.0
+    c.finetune.lr = 0.01
+    c.finetune.warmup_fraction = 0.0
+    c.benchmark = ml_collections.ConfigDict(dict(batch_sizes="1,64", warmup=3, iters=20))
+    c.export = ml_collections.ConfigDict(dict(torch=True, onnx=False))
+    c.stages = ",".join(STAGES)
+    return c
+
+
+def stages_of(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in c.stages.split(",") if s.strip())
+    for s in names:
+        if s not in STAGES:
+            raise ValueError(f"stages: unknown stage {s!r}; use a subset of {','.join(STAGES)}")
+    return tuple(s for s in STAGES if s in names)
+
+
+def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
+    """One-line ``ValueError`` for the first invalid value (before any compute)."""
+    from hobs_jax import models
+
+    models.get_entry(c.model)
+    for key in ("num_classes", "in_channels"):
+        if not isinstance(c[key], int) or c[key] < 1:
+            raise ValueError(f"{key}={c[key]!r}: must be a positive int")
+    if c.init.kind not in INIT_KINDS:
+        raise ValueError(f"init.kind={c.init.kind!r}: use one of {INIT_KINDS}")
+    if c.init.kind != "scratch" and not c.init.path:
+        raise ValueError(f"init.path is empty but init.kind={c.init.kind!r} needs it")
+    stages = stages_of(c)
+    if "train" in stages:
+        validate_train_config(c.train, num_devices=num_devices)
+    if "finetune" in stages:
+        try:
+            validate_train_config(c.finetune, num_devices=num_devices)
+        except ValueError as e:
+            raise ValueError(str(e).replace("train.", "finetune.", 1)) from None
+    p = c.prune
+    if not isinstance(p.target, (int, float)) or not 0 < p.target < 1:
+        raise ValueError(f"prune.target={p.target!r}: the kept fraction must be in (0, 1)")
+    if p.metric not in METRICS:
+        raise ValueError(f"prune.metric={p.metric!r}: use one of {METRICS}")
+    if not isinstance(p.round_to, int) or p.round_to < 1:
+        raise ValueError(f"prune.round_to={p.round_to!r}: must be an int >= 1")
+    if c.calibrate.num_images < 1 or c.calibrate.batch_size < 1:
+        raise ValueError(f"calibrate.num_images/batch_size={c.calibrate.num_images}/"
+                         f"{c.calibrate.batch_size}: must be >= 1")
+    sizes = batch_sizes(c)
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"benchmark.batch_sizes={c.benchmark.batch_sizes!r}: positive ints, comma-separated")
+    if c.benchmark.iters < 1 or c.benchmark.warmup < 0:
+        raise ValueError(f"benchmark.iters/warmup={c.benchmark.iters}/{c.benchmark.warmup}: iters >= 1, warmup >= 0")
+    if c.data.eval_batch_size < 1 or (num_devices and c.data.eval_batch_size % num_devices):
+        raise ValueError(f"data.eval_batch_size={c.data.eval_batch_size}: must be a positive "
+                         f"multiple of the device count {num_devices or 1}")
+
+
+def batch_sizes(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in str(c.benchmark.batch_sizes).split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"benchmark.batch_sizes={c.benchmark.batch_sizes!r}: positive ints, "
+                         "comma-separated") from None

@@ -1,0 +1,93 @@
+"""``summary.json`` and ``report.md`` in the workdir, from the stage records."""
+
+from __future__ import annotations
+
+import jax
+
+from hobs_jax.pipeline.context import Context
+
+
+def _get(d: dict | None, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def summarize(ctx: Context) -> dict:
+    """The run's summary (keys documented in the README)."""
+    c = ctx.config
+    ev = ctx.results.get("evaluate")
+    bench = ctx.results.get("benchmark")
+    seconds = {}
+    for stage in ctx.results:
+        rec = ctx.workdir.done(stage)
+        if rec:
+            seconds[stage] = round(rec["seconds"], 2)
+    prune = ctx.results.get("prune", {})
+    return {
+        "model": c.model,
+        "method": c.prune.method if "prune" in ctx.results else None,
+        "target": c.prune.target if "prune" in ctx.results else None,
+        "metric": c.prune.metric if "prune" in ctx.results else None,
+        "acc_dense": _get(ev, "dense", "top1"),
+        "acc_pruned": _get(ev, "pruned", "top1"),
+        "top5_dense": _get(ev, "dense", "top5"),
+        "top5_pruned": _get(ev, "pruned", "top5"),
+        "acc_oneshot": prune.get("acc_oneshot"),
+        "macs_dense": _get(ev, "dense", "macs"),
+        "macs_pruned": _get(ev, "pruned", "macs"),
+        "params_dense": _get(ev, "dense", "params"),
+        "params_pruned": _get(ev, "pruned", "params"),
+        "macs_ratio": _get(ev, "macs_ratio"),
+        "params_ratio": _get(ev, "params_ratio"),
+        "latency_speedup": _get(bench, "speedup"),
+        "latency": _get(bench, "rows"),
+        "device": jax.devices()[0].device_kind,
+        "stage_seconds": seconds,
+    }
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "-"
+    if pct:
+        return f"{100 * v:.2f}%"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def render(s: dict) -> str:
+    lines = [f"# {s['model']}: " + (f"{s['method']} to {s['target']} of the {s['metric']}"
+                                     if s["method"] else "dense"), ""]
+    lines += ["| | dense | pruned |", "|---|---:|---:|",
+              f"| top-1 | {_fmt(s['acc_dense'], True)} | {_fmt(s['acc_pruned'], True)} |"]
+    if s["top5_dense"] is not None:
+        lines.append(f"| top-5 | {_fmt(s['top5_dense'], True)} | {_fmt(s['top5_pruned'], True)} |")
+    lines += [f"| MACs / example | {_fmt(s['macs_dense'])} | {_fmt(s['macs_pruned'])} |",
+              f"| params | {_fmt(s['params_dense'])} | {_fmt(s['params_pruned'])} |", ""]
+    if s["macs_ratio"] is not None:
+        lines.append(f"MACs ratio {s['macs_ratio']:.4f} ({1 / s['macs_ratio']:.2f}x fewer), params "
+                     f"ratio {s['params_ratio']:.4f}; top-1 right after pruning (no fine-tuning): "
+                     f"{_fmt(s['acc_oneshot'], True)}.")
+    if s["latency"]:
+        lines += ["", f"Latency on {s['device']} (median, ms):", "",
+                  "| batch | dense | pruned | speedup |", "|---:|---:|---:|---:|"]
+        for r in s["latency"]:
+            lines.append(f"| {r['batch']} | {r['dense_ms']:.3f} | {r['pruned_ms']:.3f} | "
+                         f"{r['speedup']:.2f}x |")
+    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                        s["stage_seconds"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(ctx: Context) -> dict:
+    s = summarize(ctx)
+    if jax.process_index() == 0:
+        ctx.workdir.write_json("summary.json", s)
+        with open(f"{ctx.workdir.root}/report.md", "w") as f:
+            f.write(render(s))
+        print(render(s))
+    return s

@@ -1,0 +1,49 @@
+"""Stage ``train``: the dense network, trained from scratch, or loaded from a hobs_jax
+checkpoint or a torch state_dict (optionally trained further)."""
+
+from __future__ import annotations
+
+import jax
+
+from hobs_jax import models
+from hobs_jax.pipeline.context import Context, log
+
+
+def initial_variables(ctx: Context) -> dict:
+    c = ctx.config
+    model = ctx.dense_model()
+    if c.init.kind == "scratch":
+        return models.init(model, jax.random.key(c.seed), ctx.input_shape)
+    if c.init.kind == "checkpoint":
+        from hobs_jax import export
+
+        _model, variables, meta = export.load(c.init.path)
+        if meta.get("model") != c.model:
+            raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')!r}, "
+                             f"but model={c.model!r}")
+        return variables
+    # A torch state_dict, converted by the parity layer (torch needed only here).
+    from parity.convert import load_torch_file, torch_to_flax
+
+    _model, variables = torch_to_flax(c.model, load_torch_file(c.init.path))
+    return variables
+
+
+def run(ctx: Context) -> dict:
+    from hobs_jax.train import fit
+
+    c = ctx.config
+    model = ctx.dense_model()
+    variables = initial_variables(ctx)
+    out: dict = {"init": c.init.kind}
+    if c.init.kind == "scratch" or c.init.train:
+        result = fit(model, variables, ctx.train_loader(c.train), c.train,
+                     ctx.workdir.stage_dir("train"), eval_data=ctx.eval_loader())
+        variables = result.variables
+        m = result.metrics
+        out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
+                                          "val_top1", "stability_score", "stopped")})
+        log.info("train: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
+    out["model_dir"] = ctx.save_model("train", c.model, variables, num_classes=c.num_classes,
+                                      in_channels=c.in_channels)
+    return out
