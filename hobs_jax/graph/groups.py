@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Iterable, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 
@@ -124,17 +124,19 @@ class IndexMap:
 
     @staticmethod
     def from_channels(channels: np.ndarray, size: int) -> "IndexMap":
-        pos = [np.flatnonzero(channels == c) for c in range(size)]
+        """The map of a group whose channel at each axis position is ``channels`` (-1:
+        another group's or no group's position)."""
+        counts = np.bincount(channels[channels >= 0], minlength=size)
+        n = int(counts[0]) if size else 0
+        if n == 0 or not (counts == n).all():
+            return IndexMap(affine=False)
+        pos = np.argsort(channels, kind="stable")[len(channels) - size * n:].reshape(size, n)
         p0 = pos[0]
-        n = len(p0)
-        if n == 0 or any(len(p) != n for p in pos):
+        stride = int(pos[1, 0] - p0[0]) if size > 1 else 1
+        if not np.array_equal(pos, p0[None, :] + stride * np.arange(size)[:, None]):
             return IndexMap(affine=False)
-        stride = int(pos[1][0] - p0[0]) if size > 1 else 1
-        if any(not np.array_equal(p, p0 + c * stride) for c, p in enumerate(pos)):
-            return IndexMap(affine=False)
-        block = 1
-        while block < n and p0[block] == p0[0] + block:
-            block += 1
+        runs = np.flatnonzero(np.diff(p0) != 1)
+        block = int(runs[0] + 1) if len(runs) else n
         repeat = n // block
         rstride = int(p0[block] - p0[0]) if repeat > 1 else 0
         expect = (p0[0] + np.arange(repeat)[:, None] * rstride + np.arange(block)[None, :]).reshape(-1)
@@ -287,12 +289,15 @@ class Graph:
         return "\n".join(lines)
 
 
-def members_of(axes: Iterable[VarAxis], group: int, size: int) -> tuple[Member, ...]:
-    """Every variable axis holding channels of ``group`` (of ``size`` channels)."""
-    out = []
+def members_by_group(axes: Iterable[VarAxis], sizes: Sequence[int]) -> list[tuple[Member, ...]]:
+    """For every group id (``sizes[g]`` channels): the variable axes holding it, in
+    ``axes`` order, with their index maps."""
+    out: list[list[Member]] = [[] for _ in sizes]
     for va in axes:
-        if group in layout_groups(va.layout):
-            ch = layout_channels(va.layout, group)
-            out.append(Member(va.collection, va.path, va.axis, va.layout.size,
-                              IndexMap.from_channels(ch, size)))
-    return tuple(out)
+        for gid in dict.fromkeys(layout_groups(va.layout)):
+            if isinstance(va.layout, Atom):
+                imap = IndexMap()
+            else:
+                imap = IndexMap.from_channels(layout_channels(va.layout, gid), sizes[gid])
+            out[gid].append(Member(va.collection, va.path, va.axis, va.layout.size, imap))
+    return [tuple(m) for m in out]

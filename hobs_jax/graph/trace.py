@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from hobs_jax.graph.groups import Atom, Composite, Graph, Group, Layout, VarAxis, layout_groups, members_of
+from hobs_jax.graph.groups import Atom, Composite, Graph, Group, Layout, VarAxis, layout_groups, members_by_group
 from hobs_jax.graph.rules import RULES, RuleContext, unsupported
 from hobs_jax.graph.spaces import SpaceTable
 
@@ -244,17 +244,18 @@ def _freeze(table: SpaceTable, leaves, var_axes, model, name, input_shape, stric
     axes = tuple(VarAxis(col, path, d, _final_layout(raw, ids)) for col, path, d, raw in raws
                  if any(a in ids for a in _raw_atoms(raw)))
     entries = _width_entries(name, axes)
+    by_key = {va.key: va for va in axes}
+    members = members_by_group(axes, [table.size(atom) for _, _, atom in listed])
     groups = []
     for gid, (_, _, atom) in enumerate(listed):
         tags = table.tags(atom)
         blocking = [t for t in tags if t.kind == "pinned"] + [t for t in tags if t.kind == "opaque"]
         roles = {t.text for t in tags if t.kind == "role"}
         kind = next((k for k in ("residual", "heads", "head_dim") if k in roles), "channels")
-        size = table.size(atom)
-        members = members_of(axes, gid, size)
-        first = next(va for va in axes if gid in layout_groups(va.layout))
-        anchor = (first.collection, first.path, first.axis, layout_groups(first.layout).index(gid))
-        groups.append(Group(gid, size, members, tuple(sorted(entries.get(gid, ()))), not blocking,
+        first = members[gid][0]
+        anchor = (first.collection, first.path, first.axis,
+                  layout_groups(by_key[(first.collection, first.path, first.axis)].layout).index(gid))
+        groups.append(Group(gid, table.size(atom), members[gid], tuple(sorted(entries.get(gid, ()))), not blocking,
                             blocking[0].text if blocking else "",
                             tuple(t.text for t in tags if t.kind == "note"), kind, anchor))
     graph = Graph(name, tuple(input_shape), tuple(groups), axes)
