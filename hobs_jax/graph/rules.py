@@ -282,8 +282,9 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
         parts, size = [], 1
         while size < n:
             if not leaves:
-                ctx.opaque(list(ins[0]), f"{ctx.site} cannot be followed")
-                return [tuple(ctx.fresh(m, "opaque", ctx.site) for m in _shape(eqn.outvars[0]))]
+                why = f"{ctx.site} cannot be followed"
+                ctx.opaque(list(ins[0]), why)
+                return [tuple(ctx.fresh(m, "opaque", why) for m in _shape(eqn.outvars[0]))]
             leaf = leaves.pop(0)
             ls = table.size(leaf)
             if size * ls <= n:
@@ -292,9 +293,9 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
                 continue
             need = n // size
             if n % size or ls % need:
-                ctx.opaque(list(ins[0]), f"{ctx.site} mixes axes (sizes {_shape(eqn.invars[0])} -> "
-                                         f"{_shape(eqn.outvars[0])})")
-                return [tuple(ctx.fresh(m, "opaque", ctx.site) for m in _shape(eqn.outvars[0]))]
+                why = f"{ctx.site} mixes axes (sizes {_shape(eqn.invars[0])} -> {_shape(eqn.outvars[0])})"
+                ctx.opaque(list(ins[0]), why)
+                return [tuple(ctx.fresh(m, "opaque", why) for m in _shape(eqn.outvars[0]))]
             head, tail = table.decompose(leaf, "prod", (need, ls // need), ctx.site)
             parts.append(head)
             size *= need
