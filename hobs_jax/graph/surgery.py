@@ -48,6 +48,13 @@ def _removing(graph: Graph, plan: PrunePlan) -> dict[int, np.ndarray]:
     return {g: np.asarray(idx, dtype=np.int64) for g, idx in plan.keep if len(idx) < graph.group(g).size}
 
 
+def _like(leaf, a: np.ndarray):
+    """``a`` as the same kind of array as ``leaf``: numpy stays numpy (float64 stays
+    float64 without x64), a jax array becomes one (``device_put``: ``jnp.asarray`` would
+    compile a conversion per shape)."""
+    return jax.device_put(a) if isinstance(leaf, jax.Array) else a
+
+
 def slice_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
     """``variables`` with every removed channel cut out of every member axis.
 
@@ -64,7 +71,7 @@ def slice_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
         a = np.asarray(leaf)
         for va in vas:
             a = np.take(a, layout_indices(va.layout, keep), axis=va.axis)
-        return jax.device_put(a)  # jnp.asarray would compile a conversion per shape
+        return _like(leaf, a)
 
     return jax.tree_util.tree_map_with_path(cut, variables)
 
@@ -91,7 +98,7 @@ def mask_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
             shape = [1] * a.ndim
             shape[va.axis] = -1
             a = np.where(alive.reshape(shape), a, np.zeros((), a.dtype))
-        return jax.device_put(a)
+        return _like(leaf, a)
 
     return jax.tree_util.tree_map_with_path(zero, variables)
 
