@@ -284,3 +284,37 @@ def test_reshape_that_mixes_channels_is_not_prunable():
     conv = next(grp for grp in g.groups if grp.members[0].name == "conv/kernel" and grp.size == 6)
     assert not conv.prunable and conv.reason.startswith("reshape at <top> mixes axes")
     assert not g.prunable or all(grp.members[0].name != "conv/kernel" for grp in g.prunable)
+
+
+@jax.custom_vjp
+def _tanh(x):
+    return jnp.tanh(x)
+
+
+_tanh.defvjp(lambda x: (_tanh(x), x), lambda x, g: (g,))
+
+
+class _Block(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return _tanh(nn.relu(nn.Dense(6, name="d")(x)))
+
+
+class _CallNet(nn.Module):
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        block = nn.remat(_Block) if self.remat else _Block
+        return nn.Dense(3, name="o")(block(name="b")(x))  # relu is custom_jvp around a jit
+
+
+def test_tracer_recurses_into_custom_vjp_jit_and_remat():
+    graphs = []
+    for remat in (False, True):
+        m = _CallNet(remat)
+        v = m.init(jax.random.key(0), jnp.zeros((1, 4)))
+        graphs.append(G.build_graph(m, v, (1, 4), apply_kwargs={}))
+    plain, remat = graphs
+    assert plain.fingerprint == remat.fingerprint
+    assert [(grp.size, grp.prunable) for grp in remat.groups] == [(4, False), (6, True), (3, False)]

@@ -236,9 +236,9 @@ class Graph:
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the model name and every group's size, prunability and members."""
+        """Hash of the model name and every group's size, prunability and (sorted) members."""
         desc = [self.model, [[g.id, g.size, g.prunable,
-                              [[m.collection, m.name, m.axis, m.size] for m in g.members]]
+                              sorted([m.collection, m.name, m.axis, m.size] for m in g.members)]
                              for g in self.groups]]
         return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
 

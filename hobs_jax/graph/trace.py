@@ -34,7 +34,8 @@ from hobs_jax.graph.spaces import SpaceTable
 
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-         "custom_vjp_call_jaxpr": "fun_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr"}
+         "custom_vjp_call_jaxpr": "fun_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr",
+         "remat2": "jaxpr"}
 _SKIP_STACK = ("jit(", "pjit(", "jvp(", "transpose(", "vmap(", "checkpoint", "remat")
 
 
