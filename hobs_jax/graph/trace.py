@@ -20,7 +20,6 @@ rules on the jaxpr, which also covers attention einsums and reshapes.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
