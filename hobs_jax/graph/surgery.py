@@ -138,7 +138,9 @@ def apply_plan(model: nn.Module | str, variables: Mapping, plan: PrunePlan, *,
     """Prune a zoo model: ``(pruned_model, pruned_variables)``.
 
     Args:
-      model: zoo name or zoo module (built by ``hobs_jax.models.build``).
+      model: zoo name or zoo module (built by ``hobs_jax.models.build``). A name is built
+        at the widths ``variables`` have with default constructor fields; pass the module
+        when it was built with others (e.g. a ViT with a non-default ``scale_dim``).
       variables: its variables (``params``, ``batch_stats``).
       plan: a plan for this model's graph.
       graph: the graph, if already built (saves a trace).
