@@ -18,11 +18,14 @@ def run(ctx: Context) -> dict:
     model, variables, meta = ctx.load_model(stage)
     root = ctx.workdir.stage_dir("export")
     out = {"from_stage": stage, "orbax": os.path.join(root, "model")}
-    export.save(out["orbax"], c.model, variables, plan=meta.get("plan"),
-                num_classes=c.num_classes, in_channels=c.in_channels)
+    export.save(out["orbax"], model, variables, plan=meta.get("plan"), overwrite=True)
     if c.export.torch:
-        out["torch"] = export.save_torch(os.path.join(root, "model.pt"), c.model, variables)
+        import torch  # the parity layer's dependency; only this optional output needs it
+
+        _module, state_dict = export.to_torch(model, variables)
+        out["torch"] = os.path.join(root, "model.pt")
+        torch.save(state_dict, out["torch"])
     if c.export.onnx:
-        out["onnx"] = export.save_onnx(os.path.join(root, "model.onnx"), c.model, variables,
-                                       ctx.input_shape)
+        out["onnx"] = export.to_onnx(model, variables, os.path.join(root, "model.onnx"),
+                                     input_shape=ctx.input_shape)
     return out

@@ -21,6 +21,5 @@ def run(ctx: Context) -> dict:
     log.info("finetune: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
     out = {k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1", "val_top1",
                                  "stability_score", "stopped")}
-    out["model_dir"] = ctx.save_model("finetune", c.model, result.variables, plan=meta.get("plan"),
-                                      num_classes=c.num_classes, in_channels=c.in_channels)
+    out["model_dir"] = ctx.save_model("finetune", model, result.variables, plan=meta.get("plan"))
     return out

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax import macs, models
 from hobs_jax.pipeline.context import Context, log
 
 
@@ -49,36 +46,44 @@ def _accuracy(ctx: Context, model, variables) -> float:
     return float(evaluate(model, variables, ctx.eval_loader(), desc="one-shot eval")["top1"])
 
 
+def finetune_fn(ctx: Context):
+    """The narrow training callback methods may use (DepGraph's sparse-learning phase):
+    trains the unpruned network with the ``finetune`` recipe for ``steps`` steps, with an
+    extra loss or gradient transformation, resumably under ``prune/method_training``."""
+    def train(variables, steps, extra_loss=None, extra_transform=None):
+        from hobs_jax.train import fit
+
+        c = ctx.config
+        section = c.finetune.copy_and_resolve_references()
+        with section.unlocked():
+            section.steps, section.epochs = int(steps), 0.0
+        model = ctx.dense_model()
+        result = fit(model, variables, ctx.train_loader(section), section,
+                     os.path.join(ctx.workdir.stage_dir("prune"), "method_training"),
+                     extra_loss=extra_loss, extra_transform=extra_transform)
+        return result.variables
+    return train
+
+
 def run(ctx: Context) -> dict:
-    from hobs_jax.allocation import TOLERANCE, build_cost_model
-    from hobs_jax.graph import apply_plan, build_graph
-    from hobs_jax.methods import PruneTask, get_method
+    from hobs_jax.methods import get_method, make_task
+    from hobs_jax.methods import run as run_method
     from hobs_jax.stats import reestimate_bn
 
     c = ctx.config
-    model, variables, _ = ctx.load_model("train")
+    _, variables, _ = ctx.load_model("train")
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
-    graph = build_graph(c.model, variables, ctx.input_shape)
-    widths = dict(model.widths)
-    cost = build_cost_model(c.model, graph, widths, ctx.input_shape, c.num_classes, c.in_channels)
-    task = PruneTask(model_name=c.model, model=model, variables=variables, graph=graph, cost=cost,
-                     target=c.prune.target, metric=c.prune.metric, round_to=c.prune.round_to,
-                     input_shape=ctx.input_shape, calib=calib, options=c.prune[c.prune.method],
-                     seed=c.seed)
-    outcome = spec.prune(task)
-    pruned, pvars = apply_plan(c.model, outcome.variables, outcome.plan, graph=graph)
-    dense_cost = macs.count(model, variables, ctx.input_shape)
-    new_cost = macs.count(pruned, pvars, ctx.input_shape)
-    metric_ratio = (new_cost.macs / dense_cost.macs if c.prune.metric == "macs"
-                    else new_cost.params / dense_cost.params)
-    if abs(metric_ratio / c.prune.target - 1) > TOLERANCE:
-        raise ValueError(f"method {c.prune.method!r} kept {metric_ratio:.4f} of the {c.prune.metric}, "
-                         f"target {c.prune.target} (tolerance {TOLERANCE:.0%})")
-    out = {"method": c.prune.method, "macs_ratio": new_cost.macs / dense_cost.macs,
-           "params_ratio": new_cost.params / dense_cost.params,
+    task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
+                     metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
+                     calib=calib, options=c.prune[c.prune.method], seed=c.seed,
+                     finetune=finetune_fn(ctx))
+    result = run_method(c.prune.method, task)
+    pruned, pvars, outcome = result.model, result.variables, result.outcome
+    out = {"method": c.prune.method, "macs_ratio": result.macs_ratio,
+           "params_ratio": result.params_ratio,
            "groups_pruned": sum(1 for g, idx in outcome.plan.keep
-                                if len(idx) < graph.group(g).size),
+                                if len(idx) < task.graph.group(g).size),
            "info": outcome.info}
     if c.prune.evaluate_oneshot:
         out["acc_oneshot"] = _accuracy(ctx, pruned, pvars)
@@ -86,14 +91,9 @@ def run(ctx: Context) -> dict:
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)
-    probe = jnp.asarray(calib.images[:8] if calib is not None else
-                        np.zeros((2,) + ctx.input_shape[1:], np.float32))
-    if not bool(jnp.all(jnp.isfinite(jax.jit(pruned.apply)(pvars, probe)))):
-        raise ValueError(f"method {c.prune.method!r} produced a network with non-finite outputs")
     with open(os.path.join(ctx.workdir.stage_dir("prune"), "plan.json"), "w") as f:
         f.write(outcome.plan.to_json())
-    out["model_dir"] = ctx.save_model("prune", c.model, pvars, plan=outcome.plan,
-                                      num_classes=c.num_classes, in_channels=c.in_channels)
+    out["model_dir"] = ctx.save_model("prune", pruned, pvars, plan=outcome.plan)
     log.info("prune: %s kept %.4f of the MACs; one-shot top-1 %s", c.prune.method,
              out["macs_ratio"], out.get("acc_oneshot"))
     return out
