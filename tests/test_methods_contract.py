@@ -1,0 +1,110 @@
+"""The contract every registered pruning method keeps (one test per method, as optax's
+``_common_test.py`` does for optimizers): methods found by ``list_methods()``, so new
+ones are checked the day they are registered.
+
+On ResNet-20 at 16x16x1 (random variables, 32 random calibration images):
+  * the target is met within 1% for MACs at 0.5 and 0.33 and for params at 0.5;
+  * same seed -> identical plan JSON and bit-identical variables (outcome and pruned);
+  * the pruned network runs: finite logits of shape [N, 10];
+  * ``outcome.variables`` is full-size: the input's tree structure and leaf shapes.
+
+Methods that train (DepGraph's sparse phase) get a real, minimal training callback:
+2 SGD steps on the calibration images with the method's gradient transformation. The
+model's gradient is jitted once per module (and kept in the persistent compile cache);
+the transformation runs eagerly, so a new transformation per run costs no compile.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hobs_jax import models
+from hobs_jax.methods import Calibration, get_method, list_methods, make_task, run
+from hobs_jax.train import cross_entropy
+from tests._tiny import enable_compile_cache
+
+enable_compile_cache()
+
+NAME, SHAPE = "resnet20", (1, 16, 16, 1)
+TOL = 0.01
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+    model = models.build(NAME, num_classes=10, in_channels=1)
+    variables = models.random_variables(model, SHAPE, seed=0)
+    rng = np.random.default_rng(0)
+    calib = Calibration(rng.normal(size=(32,) + SHAPE[1:]).astype(np.float32),
+                        rng.integers(0, 10, 32).astype(np.int32))
+
+    @jax.jit
+    def grads(params, batch_stats, x, y):
+        def loss(p):
+            logits, state = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                        mutable=["batch_stats"])
+            return cross_entropy(logits, y).mean(), state["batch_stats"]
+        (_, new_stats), g = jax.value_and_grad(loss, has_aux=True)(params)
+        return new_stats, g
+
+    def finetune(variables, steps, extra_loss=None, extra_transform=None):
+        """Trains the dense model ``steps`` SGD steps (batch 16) on the calibration set."""
+        params, stats = variables["params"], variables["batch_stats"]
+        tx = optax.chain(extra_transform or optax.identity(), optax.sgd(0.01, momentum=0.9))
+        opt_state = tx.init(params)
+        for i in range(steps):
+            sl = slice(16 * (i % 2), 16 * (i % 2) + 16)
+            stats, g = grads(params, stats, calib.images[sl], calib.labels[sl])
+            if extra_loss is not None:
+                g = jax.tree.map(jnp.add, g, jax.grad(extra_loss)(params))
+            updates, opt_state = tx.update(g, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return {"params": params, "batch_stats": stats}
+
+    # One graph and cost model for every run (tracing ResNet-20 dominates a run's time).
+    base = make_task("magnitude", NAME, variables, target=0.5, calib=calib, finetune=finetune)
+    return variables, calib, base
+
+
+def _run(method, target, metric="macs"):
+    _, _, base = _setup()
+    options = get_method(method).default_config()
+    if method == "depgraph":
+        options.sparse_steps = 2
+    return run(method, dataclasses.replace(base, target=target, metric=metric, options=options))
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda a: tuple(np.shape(a)), tree)
+
+
+def test_registry_lists_the_baselines():
+    assert {"magnitude", "depgraph", "udfc"} <= set(list_methods())
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_contract(method):
+    variables, calib, _ = _setup()
+    first = None
+    for target, metric in ((0.5, "macs"), (0.33, "macs"), (0.5, "params")):
+        r = _run(method, target, metric)
+        got = r.macs_ratio if metric == "macs" else r.params_ratio
+        assert abs(got / target - 1) <= TOL, (method, metric, target, got)
+        # Full-size outcome variables: the input's structure and shapes.
+        assert (jax.tree_util.tree_structure(r.outcome.variables)
+                == jax.tree_util.tree_structure(variables))
+        assert _shapes(r.outcome.variables) == _shapes(variables)
+        logits = np.asarray(r.model.apply(r.variables, jnp.asarray(calib.images[:8]), train=False))
+        assert logits.shape == (8, 10)
+        assert np.isfinite(logits).all()
+        if first is None:
+            first = r
+    again = _run(method, 0.5, "macs")
+    assert again.outcome.plan.to_json() == first.outcome.plan.to_json()
+    for a, b in ((first.outcome.variables, again.outcome.variables), (first.variables, again.variables)):
+        same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)
+        assert all(jax.tree.leaves(same)), method
