@@ -50,8 +50,9 @@ SHAPE = (1, 28, 28, 1)
 
 
 def parse_row(row: str, overrides: dict | None = None) -> dict:
-    """'tp-l1-global' -> torch-pruning row; 'magnitude-uniform' -> ours with allocation;
-    ``overrides``: {method: {key: value}} from ``--set``."""
+    """'tp-l1-global' -> a Torch-Pruning row; 'METHOD[-uniform|-global][@KEY=VALUE]' -> ours
+    (allocation and one option set in the row name, e.g. 'udfc-uniform@compensate=false');
+    ``overrides``: {method: {key: value}} from ``--set``, for every row of that method."""
     if row.startswith("tp-"):
         parts = row.split("-")
         if len(parts) != 3 or parts[2] not in ("local", "global"):
@@ -61,17 +62,30 @@ def parse_row(row: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"row {row!r}: unknown Torch-Pruning criterion; use one of {KINDS}")
         return {"framework": "torch-pruning", "kind": parts[1], "global": parts[2] == "global"}
     from hobs_jax.methods import get_method
-    method, _, alloc = row.partition("-")
+    base, at, setting = row.partition("@")
+    method, _, alloc = base.partition("-")
     spec = get_method(method)  # one-line error naming the registered methods
     options = dict((overrides or {}).get(method, {}))
+    if at:
+        key, eq, value = setting.partition("=")
+        if not eq:
+            raise ValueError(f"row {row!r}: use METHOD[-ALLOCATION]@KEY=VALUE")
+        options[key] = _value(value)
     for key in options:
         if key not in spec.default_config():
-            raise ValueError(f"--set {method}.{key}: method {method!r} has no option {key!r}")
+            raise ValueError(f"row {row!r}: method {method!r} has no option {key!r}")
     if alloc:
         if alloc not in ("uniform", "global") or "allocation" not in spec.default_config():
             raise ValueError(f"row {row!r}: '-{alloc}' is not an allocation of method {method!r}")
         options["allocation"] = alloc
     return {"framework": "hobs_jax", "method": method, "options": options}
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 class Bench:
@@ -352,11 +366,7 @@ def main(argv=None) -> None:
         method, dot, opt = key.partition(".")
         if not (eq and dot and method and opt):
             raise SystemExit(f"--set {item!r}: use METHOD.KEY=VALUE")
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-        args.overrides.setdefault(method, {})[opt] = value
+        args.overrides.setdefault(method, {})[opt] = _value(value)
     if args.quick:
         args.steps, args.calib_images, args.latency_iters = "20,60", 256, 5
     out = args.out or (os.path.join(args.workdir, "oneshot_fmnist_quick") if args.quick
@@ -372,8 +382,8 @@ def main(argv=None) -> None:
         run_rows = []
         for r in rows:
             if (args.skip_unavailable and not r.startswith("tp-")
-                    and r.partition("-")[0] not in list_methods()):
-                print(f"skipping {r}: method {r.partition('-')[0]!r} is not registered here")
+                    and r.partition("@")[0].partition("-")[0] not in list_methods()):
+                print(f"skipping {r}: its method is not registered in this checkout")
                 continue
             parse_row(r, args.overrides)  # every bad row name fails before any compute
             run_rows.append(r)

@@ -87,9 +87,10 @@ BN_EPS = 1e-5  # the zoo's BatchNorm epsilon (hobs_jax.models.layers.batch_norm)
 
 def default_config() -> ml_collections.ConfigDict:
     """allocation: 'uniform' | 'global'; normalize/min_ratio: see magnitude; scope:
-    'compensable' | 'all'; ridge: lambda relative to the mean kept second moment."""
+    'compensable' | 'all'; ridge: lambda relative to the mean kept second moment;
+    compensate: False keeps the same selection without folding (the ablation)."""
     return ml_collections.ConfigDict(dict(allocation="uniform", normalize="mean", min_ratio=0.1,
-                                          scope="compensable", ridge=1e-3))
+                                          scope="compensable", ridge=1e-3, compensate=True))
 
 
 def _phi(x: np.ndarray) -> np.ndarray:
@@ -242,6 +243,8 @@ def _validate(task: PruneTask) -> None:
         raise ValueError(f"udfc: scope={o.scope!r}: use 'compensable' or 'all'")
     if not o.ridge >= 0:
         raise ValueError(f"udfc: ridge={o.ridge!r} must be >= 0")
+    if not isinstance(o.compensate, bool):
+        raise ValueError(f"udfc: compensate={o.compensate!r} must be True or False")
     if not task.model_name.startswith("resnet"):
         raise ValueError(f"udfc: model {task.model_name!r} is not a ReLU network; UDFC's ReLU "
                          f"moments support the resnet family only")
@@ -273,7 +276,7 @@ def prune(task: PruneTask) -> PruneOutcome:
     plan = plan_from_scores(task.graph, scores, keep, round_to=task.round_to)
     diag = {}
     for gid, idx in plan.keep:
-        if gid in chains:
+        if gid in chains and o.compensate:
             kept = np.asarray(idx, np.int64)
             S, d = compensation(variables, chains[gid], kept, float(o.ridge))
             variables = fold(variables, chains[gid], kept, S)
