@@ -346,7 +346,9 @@ def main(argv=None) -> None:
     p.add_argument("--targets", default="0.5,0.333", help="kept MACs fractions")
     p.add_argument("--methods", default=DEFAULT_ROWS, help="rows (see module doc)")
     p.add_argument("--checkpoint-dir", default="runs", help="holds MODEL_fmnist/train/model")
-    p.add_argument("--steps", default="50,200,epoch", help="fine-tuning steps to evaluate ('' = none)")
+    p.add_argument("--steps", default=None,
+                   help="fine-tuning steps to evaluate, 'epoch' = one epoch; '' = none "
+                        "(default 50,200,epoch; 20,60 with --quick)")
     p.add_argument("--workdir", default="runs/oneshot_fmnist")
     p.add_argument("--calib-images", type=int, default=2048)
     p.add_argument("--latency-iters", type=int, default=20)
@@ -368,7 +370,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"--set {item!r}: use METHOD.KEY=VALUE")
         args.overrides.setdefault(method, {})[opt] = _value(value)
     if args.quick:
-        args.steps, args.calib_images, args.latency_iters = "20,60", 256, 5
+        args.calib_images, args.latency_iters = 256, 5
+    if args.steps is None:
+        args.steps = "20,60" if args.quick else "50,200,epoch"
     out = args.out or (os.path.join(args.workdir, "oneshot_fmnist_quick") if args.quick
                        else "docs/results/oneshot_fmnist")
     rows = [r for r in args.methods.split(",") if r]
