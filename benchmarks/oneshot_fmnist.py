@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -278,7 +279,8 @@ class Bench:
             rec = {"model": name, "method": row, "framework": spec["framework"],
                    "target_macs_ratio": target, "macs_ratio": m / dense_rec["macs"],
                    "params_ratio": p / dense_rec["params"], "acc_dense": dense_rec["acc_dense"],
-                   "options": spec.get("options"), "prune_seconds": time.time() - t0, **extra}
+                   "options": spec.get("options"), "command": self.args.command,
+                   "prune_seconds": time.time() - t0, **extra}
             miss = abs(rec["macs_ratio"] / target - 1)
             if miss > TOL:
                 rec["refused"] = (f"kept {rec['macs_ratio']:.4f} of the MACs, target {target}: off "
@@ -310,6 +312,7 @@ class Bench:
             per_epoch = self.source.size("train") // self.recipe.batch_size
             rec.update(acc_by_steps={str(k): v for k, v in sorted(curve.items())},
                        acc_finetuned=curve.get(per_epoch), schedule_steps=max(steps),
+                       finetune_command=self.args.command,
                        finetune_seconds=time.time() - t0)
             _write_json(path, rec)
             print(f"{name} {target} {row}: fine-tuned {rec['acc_by_steps']} "
@@ -362,6 +365,8 @@ def main(argv=None) -> None:
     p.add_argument("--skip-unavailable", action="store_true",
                    help="skip rows of methods not registered in this checkout (listed as not run)")
     args = p.parse_args(argv)
+    args.command = "PYTHONPATH=. python benchmarks/oneshot_fmnist.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     args.overrides = {}
     for item in args.set:
         key, eq, value = item.partition("=")
@@ -397,9 +402,7 @@ def main(argv=None) -> None:
                 for r in run_rows:
                     bench.row(name, t, r)
     from benchmarks.oneshot_report import write_report
-    command = "PYTHONPATH=. python benchmarks/oneshot_fmnist.py " + " ".join(
-        (sys.argv[1:] if argv is None else argv))
-    write_report(cached_rows(args.workdir), args.workdir, out, command, models_, targets, rows)
+    write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows)
 
 
 if __name__ == "__main__":
