@@ -177,7 +177,7 @@ def write_report(records: list[dict], workdir: str, out: str, command: str, mode
           "never tabulated).", ""]
     made = sorted({c for r in sel for c in (r.get("command"), r.get("finetune_command")) if c})
     if made:
-        md += ["Commands that produced the rows (run in this order; each adds what the cache lacks):", ""]
+        md += ["Commands that produced the rows (each run adds what the row cache lacks):", ""]
         md += [f"    {c}" for c in made] + [""]
     md += goals(done, models) + [""]
     for m in models:
