@@ -53,13 +53,15 @@ bivariate normal; Rosenbaum, J. R. Stat. Soc. B 1961):
 **What this module takes from the paper and what it derives.** UDFC's assumption, the
 reconstruction form (folding into the next layer's input channels) and the closed-form
 minimization of the reconstruction error are the paper's. The paper's exact error
-expression (its Eqs. 11-18, with its two weighting hyper-parameters) could not be
-consulted offline; the expectation above, evaluated exactly under the BN-derived
+expression (its Eqs. 11-18 and hyper-parameters alpha_1, alpha_2) could not be
+consulted offline (only its abstract and secondary summaries were reachable); the expectation above, evaluated exactly under the BN-derived
 Gaussian model, is this module's derivation of that error. Quantization (the paper's
 other half) is not implemented.
 
 **Scope and selection.** Only groups with exactly one BN'd producer conv and ReLU are
-compensable (ResNet inner block widths, as Neuron Merging and UDFC prune ResNets);
+compensable: the inner widths of ResNet blocks (the setting of Neuron Merging's ResNet
+experiments, which prune only the first conv of each block); residual streams have many
+producers and a ReLU after the sum, outside the reconstruction form;
 ``scope='compensable'`` (default) prunes only those, ``scope='all'`` also prunes the
 other groups (residual streams) by group norm without compensation. Channels are chosen
 by group L2 norm (``hobs_jax.graph.group_l2_scores``), allocation uniform or global.
