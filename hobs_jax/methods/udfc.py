@@ -52,10 +52,10 @@ bivariate normal; Rosenbaum, J. R. Stat. Soc. B 1961):
 
 **What this module takes from the paper and what it derives.** UDFC's assumption, the
 reconstruction form (folding into the next layer's input channels) and the closed-form
-minimization of the reconstruction error are the paper's. The paper's exact error
-expression (its Eqs. 11-18 and hyper-parameters alpha_1, alpha_2) could not be
-consulted offline (only its abstract and secondary summaries were reachable); the expectation above, evaluated exactly under the BN-derived
-Gaussian model, is this module's derivation of that error. Quantization (the paper's
+minimization of the reconstruction error are the paper's. Its exact error expression
+(Eqs. 11-18, hyper-parameters alpha_1, alpha_2) could not be consulted offline (only
+the abstract and secondary summaries were reachable); the expectation above, evaluated
+exactly under the BN-derived Gaussian model, is this module's derivation of that error. Quantization (the paper's
 other half) is not implemented.
 
 **Scope and selection.** Only groups with exactly one BN'd producer conv and ReLU are
