@@ -210,6 +210,7 @@ class Bench:
         if name not in self._jit:
             self._jit[name] = jax.jit(dense.apply)
         fd, fp = self._jit[name], jax.jit(model.apply)
+        dvars, variables = jax.device_put(dvars), jax.device_put(variables)  # no per-call copies
         out = {}
         for batch, iters in ((1, self.args.latency_iters * 3), (64, self.args.latency_iters)):
             x = jnp.zeros((batch,) + SHAPE[1:], jnp.float32)
