@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.gram import gram_depthwise, gram_rows
-from hobs_jax.stats.layers import LayerInfo, intercepting, layer_rows, trace_layers
+from hobs_jax.stats.gram import gram_conv, gram_depthwise, gram_rows
+from hobs_jax.stats.layers import LayerInfo, conv_patches, dense_rows, intercepting, trace_layers
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,15 @@ def _key(path: tuple[str, ...]) -> str:
 
 def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | None, int]:
     """(X^T X, X^T 1 or None, rows per example) of one batch of layer input ``x``."""
-    rows = layer_rows(info, x)
-    rpe = int(rows.shape[0] // x.shape[0])
-    s = rows.sum(0) if info.use_bias else None
+    if info.kind == "dense":
+        rows = dense_rows(info, x)
+        return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
+    p = conv_patches(info, x)  # [n, C, kk]
+    rpe = int(p.shape[0] // x.shape[0])
     if info.kind == "depthwise":
-        return gram_depthwise(rows), s, rpe
-    return gram_rows(rows), s, rpe
+        return gram_depthwise(p), (p.sum(0) if info.use_bias else None), rpe
+    s = jnp.swapaxes(p.sum(0), 0, 1).reshape(-1) if info.use_bias else None
+    return gram_conv(p), s, rpe
 
 
 def _make_step(model: nn.Module, infos: Mapping[tuple[str, ...], LayerInfo], dtype,
