@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
     """
     return ml_collections.ConfigDict(dict(
         damp=0.01, channels_per_step=1, refit=False, allocation="global", normalize="cost",
-        min_ratio=0.1, dtype="float32", calib_batch_size=256, bn_weighted=True,
+        min_ratio=0.1, dtype="float32", calib_batch_size=256, bn_weighted=True, relative=False,
         max_damp_retries=6, blas_threads=1, progress=True))
 
 
@@ -143,8 +143,19 @@ def _layer_weights(flat, info: LayerInfo, with_bias: bool) -> np.ndarray:
     return w
 
 
-def _col_weights(flat, info: LayerInfo) -> np.ndarray | None:
-    """gamma^2 / (var + eps) of the BatchNorm right after ``info``, or None."""
+def _col_weights(flat, info: LayerInfo, opts=None, w=None, h=None) -> np.ndarray | None:
+    """Per-output weights c_j: gamma^2 / (var + eps) of the BatchNorm right after ``info``
+    (``bn_weighted``), divided by the layer's output energy 1/2 sum_j c_j w_j^T H w_j
+    (``relative``: losses become relative reconstruction errors)."""
+    c = _bn_weights(flat, info) if (opts is None or opts.bn_weighted) else None
+    if opts is not None and opts.relative:
+        cw = np.ones(w.shape[1]) if c is None else c
+        energy = 0.5 * float(np.sum(cw * w * (h @ w)))
+        c = cw / max(energy, 1e-30)
+    return c
+
+
+def _bn_weights(flat, info: LayerInfo) -> np.ndarray | None:
     if info.bn is None:
         return None
     var = flat.get(("batch_stats",) + info.bn + ("var",))
@@ -215,7 +226,7 @@ def _consumers(role: GroupRole, flat, solved: _Solved, opts) -> list[Consumer]:
         w = _layer_weights(flat, info, info.use_bias)
         w[dead] = 0.0
         rows = channel_rows(site.channel, role.group.size, info.name)
-        colw = _col_weights(flat, info) if opts.bn_weighted else None
+        colw = _col_weights(flat, info, opts, w, hd)
         if role.compensate:
             out.append(Consumer(info.name, w, hinv.copy(), rows, colw))
         else:

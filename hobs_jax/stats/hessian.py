@@ -25,6 +25,7 @@ zero diagonal) get diagonal 1 (their weights then neither matter nor move), and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Mapping, Sequence
 
@@ -123,11 +124,19 @@ def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | N
     return gram_conv(p), s, rpe
 
 
-def _make_step(model: nn.Module, infos: Mapping[tuple[str, ...], LayerInfo], dtype,
-               rows_per_example: dict):
+@functools.lru_cache(maxsize=8)
+def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo], ...], dtype_name: str):
+    """(jitted step, rows-per-example dict filled while tracing), cached per model, layer
+    set and dtype so repeated calibrations (experiments, tests) compile once."""
+    infos = dict(infos)
+    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
+    rows_per_example: dict = {}
+
     def step(acc, variables, x, w):
         grams: dict[str, list] = {}
-        rows_per_example.clear()  # filled while tracing (static shapes)
+        shape = tuple(x.shape)
+        for k in [k for k in rows_per_example if k[0] == shape]:
+            del rows_per_example[k]  # filled while tracing (static shapes), per input shape
 
         def on_layer(mod, xin, y):
             p = tuple(mod.path)
@@ -135,7 +144,7 @@ def _make_step(model: nn.Module, infos: Mapping[tuple[str, ...], LayerInfo], dty
                 return
             mask = w.reshape((-1,) + (1,) * (xin.ndim - 1)).astype(dtype)
             g, s, rpe = _layer_gram(infos[p], xin.astype(dtype) * mask)
-            rows_per_example[p] = rows_per_example.get(p, 0) + rpe
+            rows_per_example[shape, p] = rows_per_example.get((shape, p), 0) + rpe
             k = _key(p)
             if k in grams:
                 grams[k][0] = grams[k][0] + g
@@ -155,7 +164,7 @@ def _make_step(model: nn.Module, infos: Mapping[tuple[str, ...], LayerInfo], dty
                 ok = ok & jnp.all(jnp.isfinite(s))
             finite[k] = ok
         return new, finite
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0), rows_per_example
 
 
 def check_images(images, input_shape: Sequence[int] | None, what: str = "calibration images") -> np.ndarray:
@@ -222,8 +231,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
     bs = min(int(batch_size), n)
     with jax.enable_x64(dtype == "float64"):
         jdt = jnp.float64 if dtype == "float64" else jnp.float32
-        rpe: dict = {}
-        step = _make_step(model, want, jdt, rpe)
+        step, rpe = _make_step(model, tuple(want.items()), dtype)
         acc = {}
         for p, info in want.items():
             d = info.d_in
@@ -235,6 +243,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
                 acc[_key(p)] = {"xtx": jnp.zeros((d, d), jdt)}
                 if info.use_bias:
                     acc[_key(p)]["xsum"] = jnp.zeros((d,), jdt)
+        order = {_key(p): info.order for p, info in want.items()}  # report the first bad layer
         nb = -(-n // bs)
         for i in bar(range(nb), total=nb, desc="hessians", unit="batch", enabled=progress):
             x = images[i * bs:(i + 1) * bs]
@@ -243,7 +252,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
                 w[len(x):] = 0.0
                 x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
             acc, finite = step(acc, variables, jnp.asarray(x, jnp.float32), jnp.asarray(w))
-            bad = [k for k, ok in finite.items() if not bool(ok)]
+            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=order.get)
             if bad:
                 raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
                                  f"values (activations overflow or the weights are not finite)")
@@ -254,5 +263,5 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
         a = host[_key(p)]
         layers[p] = LayerStats(info, np.asarray(a["xtx"], npdt),
                                np.asarray(a["xsum"], npdt) if "xsum" in a else None,
-                               int(n * rpe[p]))
+                               int(n * rpe[(bs,) + images.shape[1:], p]))
     return HessianStats(layers, n, dtype)
