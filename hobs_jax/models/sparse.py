@@ -292,9 +292,14 @@ def find_pattern(module: nn.Module) -> tuple[str, BlockPattern] | None:
 
 
 class Conv(nn.Conv):
-    """The zoo's convolution: ``nn.Conv``, or Block-ELL where its model's spec names it."""
+    """The zoo's convolution: ``nn.Conv``, or Block-ELL where its model's spec names it.
 
-    @nn.compact
+    ``__call__`` only dispatches (``nowrap``: no scope of its own), so a dense layer runs
+    exactly ``nn.Conv.__call__`` under its own name scope (MACs and graph paths are those
+    of a plain ``nn.Conv``); a Block-ELL layer runs :meth:`block_ell_call`.
+    """
+
+    @nn.nowrap
     def __call__(self, x: Array) -> Array:
         found = find_pattern(self)
         if found is None:
@@ -303,18 +308,26 @@ class Conv(nn.Conv):
         reason = _conv_ineligible(self)
         if reason is not None:
             raise ValueError(f"{path}: {reason} is not eligible for Block-ELL ({ELIGIBLE})")
+        return self.block_ell_call(x, path, pattern)
+
+    @nn.compact
+    def block_ell_call(self, x: Array, path: str, pattern: BlockPattern) -> Array:
         return _conv1x1(self, x, pattern, path)
 
 
 class Dense(nn.Dense):
-    """The zoo's dense layer: ``nn.Dense``, or Block-ELL where its model's spec names it."""
+    """The zoo's dense layer: ``nn.Dense``, or Block-ELL where its model's spec names it
+    (dispatch as in :class:`Conv`)."""
 
-    @nn.compact
+    @nn.nowrap
     def __call__(self, x: Array) -> Array:
         found = find_pattern(self)
         if found is None:
             return super().__call__(x)
-        path, pattern = found
+        return self.block_ell_call(x, *found)
+
+    @nn.compact
+    def block_ell_call(self, x: Array, path: str, pattern: BlockPattern) -> Array:
         return _block_ell_apply(self, x, pattern, path, pattern.shape)
 
 
@@ -400,7 +413,8 @@ def eligible_layers(model: nn.Module, input_shape: tuple[int, ...],
 
     def interceptor(next_fun, args, kwargs, context):
         m = context.module
-        if context.method_name == "__call__" and isinstance(m, (Conv, Dense)) and args:
+        if (context.method_name in ("__call__", "block_ell_call")
+                and isinstance(m, (Conv, Dense)) and args):
             path = ".".join(m.path)
             k = int(args[0].shape[-1])
             if isinstance(m, Dense):
