@@ -252,7 +252,7 @@ def _conv_ineligible(m: nn.Module) -> str | None:
     if m.feature_group_count != 1:
         return f"a grouped conv (groups={m.feature_group_count})"
     pad = m.padding
-    zero = pad == "VALID" or pad == 0 or (not isinstance(pad, str) and all(
+    zero = pad in ("VALID", "SAME", 0) or (not isinstance(pad, str) and all(
         (p == 0 if isinstance(p, int) else tuple(p) == (0, 0)) for p in pad))
     if not zero:
         return f"a padded 1x1 conv (padding={pad!r})"
