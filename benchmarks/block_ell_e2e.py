@@ -72,7 +72,9 @@ def run(args) -> list[dict]:
     shape1 = (1, args.size, args.size, 3)
     variables = models.random_variables(model, shape1, seed=0)
     full = macs.count_zoo(MODEL, size=args.size).macs
-    pruned = macs.count(model, jax.eval_shape(lambda: variables), shape1).macs
+    report = macs.count(model, jax.eval_shape(lambda: variables), shape1)
+    pruned = report.macs
+    bell_macs = sum(l.macs for l in report.layers if bottleneck_1x1(l.path.replace("/", ".")))
     configs = [(b, s) for b in args.blocks for s in args.sparsities]
     sparse_models = {}
     for b, s in configs:
@@ -85,6 +87,7 @@ def run(args) -> list[dict]:
     meta = dict(command=command.strip(), cpu_model=cpu_model(), jax_version=jax.__version__,
                 image_size=args.size, widths=f"x{args.keep} rounded to {args.multiple}",
                 pruning="reduced widths (graph not merged)", macs_ratio=round(pruned / full, 4),
+                bell_macs_fraction=round(bell_macs / pruned, 4),
                 layers=len(next(iter(sparse_models.values()))[0].block_ell))
     dense_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
     records = []
@@ -104,16 +107,17 @@ def run(args) -> list[dict]:
         iters = args.iters if batch < 256 else max(2, args.iters - 2)
         dense_ms, sparse_ms = time_group(dense_fn, (variables, x), fns, iters, args.warmup,
                                          min_ms=0.0, max_iters=iters)
+        seconds = round(time.time() - t0, 1)
         print(f"batch {batch}: dense {dense_ms:.1f} ms; " + ", ".join(
             f"b={b} s={s}: {dense_ms / ms:.2f}x" for (b, s), ms in sparse_ms.items())
-              + f" ({time.time() - t0:.0f} s)", flush=True)
+              + f" ({seconds:.0f} s)", flush=True)
         for (b, s), ms in sparse_ms.items():
             sm = sparse_models[(b, s)][0]
             records.append(dict(device=device, backend=layer_backends(sm, batch, args.size),
                                 dtype="float32", model=f"{MODEL} (channel-pruned)", batch=batch,
                                 sparsity=s, block=b, dense_ms=round(dense_ms, 3),
                                 sparse_ms=round(ms, 3), speedup=round(dense_ms / ms, 4),
-                                **meta))
+                                batch_seconds=seconds, **meta))
     return records
 
 
@@ -141,12 +145,30 @@ def render_section(records: list[dict], blocks=(32, 64), sparsities=(0.75, 0.9),
              "convs, stem and fc dense). Speedup = dense ms / sparse ms, medians of "
              "round-robin runs in one process.", ""]
     if cpu:
-        r0 = cpu[-1]
+        r0 = next((r for r in reversed(cpu) if "bell_macs_fraction" in r), cpu[-1])
         lines += [f"* channel pruning: {r0['pruning']}, widths {r0['widths']}: "
                   f"{100 * r0['macs_ratio']:.1f}% of ResNet-50's MACs; {r0['layers']} "
-                  "Block-ELL layers.",
+                  "Block-ELL layers."]
+        if "bell_macs_fraction" in r0:
+            f = r0["bell_macs_fraction"]
+            lines.append(f"* the Block-ELL layers hold {100 * f:.1f}% of the pruned model's MACs, "
+                         "so a perfect kernel would give at most " + ", ".join(
+                             f"{1 / (1 - f * s):.2f}x at {100 * s:.0f}%" for s in sparsities)
+                         + " (Amdahl).")
+        lines += [
                   f"* device `cpu` ({r0['cpu_model']}, shared), jax {r0['jax_version']}, "
-                  f"backend `{r0['backend']}`; command: `{r0['command']}`", ""]
+                  f"backend `{r0['backend']}` (`auto`, no autotune cache)."]
+        for command in sorted({r["command"] for r in cpu}):
+            rows = [r for r in cpu if r["command"] == command]
+            sizes = sorted({(r["image_size"], r["batch"]) for r in rows})
+            secs = {r["batch"]: r.get("batch_seconds") for r in rows}
+            wall = ", ".join(f"batch {b}: {secs[b]:.0f} s" for _, b in sizes
+                             if secs.get(b) is not None)
+            lines.append(f"* `{command}` measured " + ", ".join(
+                f"{sz}x{sz} batch {b}" for sz, b in sizes)
+                + (f" (wall time incl. compiling the {1 + len(blocks) * len(sparsities)} "
+                   f"models: {wall})" if wall else ""))
+        lines.append("")
         measured = sorted({r["batch"] for r in cpu if r["image_size"] == 224})
         missing = [b for b in batches if b not in measured]
         if missing:
