@@ -6,3 +6,12 @@ The core library never imports torch; the PyTorch parity layer lives in the sepa
 """
 
 __version__ = "0.1.0"
+
+
+def load(path):
+    """``(model, variables, meta)`` from a checkpoint written by
+    :func:`hobs_jax.export.save` (imported on first use, so ``import hobs_jax`` stays
+    light)."""
+    from hobs_jax.export import load as _load
+
+    return _load(path)

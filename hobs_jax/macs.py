@@ -190,9 +190,28 @@ def xla_op_flops(model: Any, variables: Any, input_shape: tuple[int, ...], dtype
 
 
 def format_table(rows: list[tuple[str, CostReport]], input_desc: dict[str, str] | None = None) -> str:
-    """A Markdown table: model, input, GMACs, params."""
-    lines = ["| model | input | GMACs | params |", "|---|---|---:|---:|"]
+    """A Markdown table: model, input, GMACs (2 decimals, as torchvision publishes), MMACs, params."""
+    lines = ["| model | input | GMACs | MMACs | params |", "|---|---|---:|---:|---:|"]
     for name, rep in rows:
         inp = (input_desc or {}).get(name, "")
-        lines.append(f"| {name} | {inp} | {rep.macs / 1e9:.2f} | {rep.params:,} |")
+        lines.append(f"| {name} | {inp} | {rep.macs / 1e9:.2f} | {rep.macs / 1e6:,.1f} | {rep.params:,} |")
     return "\n".join(lines)
+
+
+def zoo_table() -> str:
+    """MACs and params of every zoo model at its default input (Markdown)."""
+    from hobs_jax import models
+
+    rows, inputs = [], {}
+    for name in models.list_models():
+        e = models.get_entry(name)
+        ic = 1 if e.family == "cifar_resnet" else e.in_channels
+        size = 28 if e.family == "cifar_resnet" else e.input_size
+        rows.append((name, count_zoo(name, in_channels=ic, size=size)))
+        inputs[name] = f"{size}x{size}x{ic}, {e.num_classes} classes"
+    return format_table(rows, inputs)
+
+
+if __name__ == "__main__":
+    print("MACs per image (torchvision/fvcore convention) and parameters of the zoo:\n")
+    print(zoo_table())

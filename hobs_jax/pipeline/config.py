@@ -52,7 +52,9 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
         skips training (for init.kind != 'scratch').
       calibrate: num_images, batch_size, split for activation statistics.
       prune: method (registry name), target (kept fraction of MACs or params, in (0, 1)),
-        metric, round_to, and one sub-section per method.
+        metric, round_to, bn_recalibrate (re-estimate BN statistics on the calibration
+        data after pruning), evaluate_oneshot (test accuracy right after pruning), and one
+        sub-section per registered method (its options).
       finetune: a train section for fine-tuning the pruned model (epochs 0 skips it).
       benchmark: batch sizes, warm-up and timed iterations for dense vs pruned latency.
       export: torch (state_dict next to the orbax checkpoint), onnx.
@@ -69,8 +71,13 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(kind="scratch", path="", train=False))
     c.train = get_train_config()
     c.calibrate = ml_collections.ConfigDict(dict(num_images=2048, batch_size=256, split="train"))
+    from hobs_jax.methods import config_sections
+
     c.prune = ml_collections.ConfigDict(dict(method="magnitude", target=0.5, metric="macs",
-                                             round_to=1))
+                                             round_to=1, bn_recalibrate=True,
+                                             evaluate_oneshot=True))
+    for name, section in config_sections().items():
+        c.prune[name] = section
     c.finetune = get_train_config()
     c.finetune.epochs = 1.0
     c.finetune.lr = 0.01
@@ -110,6 +117,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
         except ValueError as e:
             raise ValueError(str(e).replace("train.", "finetune.", 1)) from None
     p = c.prune
+    from hobs_jax.methods import get_method
+
+    get_method(p.method)
     if not isinstance(p.target, (int, float)) or not 0 < p.target < 1:
         raise ValueError(f"prune.target={p.target!r}: the kept fraction must be in (0, 1)")
     if p.metric not in METRICS:

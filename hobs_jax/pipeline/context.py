@@ -85,9 +85,11 @@ class Context:
 
         return export.load(self.model_dir(stage))
 
-    def save_model(self, stage: str, model_name: str, variables: dict, plan=None, **meta) -> str:
+    def save_model(self, stage: str, model, variables: dict, plan=None) -> str:
+        """Save ``stage``'s network (a zoo module or name) with its plan; replaces a
+        leftover from an interrupted attempt (the stage record is written after this)."""
         from hobs_jax import export
 
         path = self.model_dir(stage)
-        export.save(path, model_name, jax.device_get(variables), plan=plan, **meta)
+        export.save(path, model, jax.device_get(variables), plan=plan, overwrite=True)
         return path

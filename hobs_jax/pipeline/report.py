@@ -36,6 +36,7 @@ def summarize(ctx: Context) -> dict:
         "top5_dense": _get(ev, "dense", "top5"),
         "top5_pruned": _get(ev, "pruned", "top5"),
         "acc_oneshot": prune.get("acc_oneshot"),
+        "acc_bn_recalibrated": prune.get("acc_bn_recalibrated"),
         "macs_dense": _get(ev, "dense", "macs"),
         "macs_pruned": _get(ev, "pruned", "macs"),
         "params_dense": _get(ev, "dense", "params"),
@@ -70,8 +71,9 @@ def render(s: dict) -> str:
               f"| params | {_fmt(s['params_dense'])} | {_fmt(s['params_pruned'])} |", ""]
     if s["macs_ratio"] is not None:
         lines.append(f"MACs ratio {s['macs_ratio']:.4f} ({1 / s['macs_ratio']:.2f}x fewer), params "
-                     f"ratio {s['params_ratio']:.4f}; top-1 right after pruning (no fine-tuning): "
-                     f"{_fmt(s['acc_oneshot'], True)}.")
+                     f"ratio {s['params_ratio']:.4f}. Top-1 right after pruning (no fine-tuning): "
+                     f"{_fmt(s['acc_oneshot'], True)}; after BN re-estimation: "
+                     f"{_fmt(s['acc_bn_recalibrated'], True)}.")
     if s["latency"]:
         lines += ["", f"Latency on {s['device']} (median, ms):", "",
                   "| batch | dense | pruned | speedup |", "|---:|---:|---:|---:|"]

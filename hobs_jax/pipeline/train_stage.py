@@ -44,6 +44,5 @@ def run(ctx: Context) -> dict:
         out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
                                           "val_top1", "stability_score", "stopped")})
         log.info("train: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
-    out["model_dir"] = ctx.save_model("train", c.model, variables, num_classes=c.num_classes,
-                                      in_channels=c.in_channels)
+    out["model_dir"] = ctx.save_model("train", model, variables)
     return out

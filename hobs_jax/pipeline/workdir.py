@@ -86,6 +86,7 @@ class Workdir:
                seconds: float) -> dict:
         rec = {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
                "fingerprint": fingerprint(config, stage), "outputs": outputs}
+        self.stage_dir(stage)
         _write_json(self.record_path(stage), rec)
         return rec
 

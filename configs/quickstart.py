@@ -1,0 +1,33 @@
+"""The quickstart (``make demo``): prune the shipped Fashion-MNIST ResNet-20 to half its
+MACs, fine-tune briefly, evaluate, benchmark dense vs pruned, export.
+
+    python -m hobs_jax.main --config=configs/quickstart.py --workdir=workdir/quickstart
+
+Starts from ``checkpoints/resnet20_fmnist`` (trained by configs/resnet20_fmnist.py; see
+docs/results/fmnist_baselines.md), so nothing is trained from scratch. Expected result
+and run time on the 2-core CPU: see README "Quick start" (figures from this command).
+"""
+
+from hobs_jax.pipeline import base_config
+
+
+def get_config(arg: str | None = None):
+    c = base_config("resnet20")
+    c.num_classes, c.in_channels = 10, 1
+    c.init.kind, c.init.path = "checkpoint", "checkpoints/resnet20_fmnist"
+    c.stages = "train,calibrate,prune,finetune,evaluate,benchmark,export"
+    c.calibrate.num_images, c.calibrate.batch_size = 2048, 256
+    c.prune.method, c.prune.target = "magnitude", 0.5
+    f = c.finetune
+    f.optimizer, f.lr, f.momentum, f.nesterov, f.weight_decay = "sgd", 0.01, 0.9, True, 5e-4
+    f.steps, f.batch_size, f.warmup_fraction, f.eval_every = 300, 128, 0.0, 300
+    f.checkpoint.every_steps = 100
+    c.benchmark.batch_sizes, c.benchmark.iters = "1,64", 20
+    if arg == "smoke":
+        c.calibrate.num_images = 256
+        f.steps, f.eval_every, f.checkpoint.every_steps = 4, 4, 2
+        c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3
+    elif arg not in (None, ""):
+        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
+    c.lock()
+    return c

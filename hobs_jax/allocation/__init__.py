@@ -1,0 +1,9 @@
+"""Shared allocation machinery: exact cost models and target searches (uniform and
+global-threshold), used by every pruning method (R-SPAR adds a learned allocation)."""
+
+from hobs_jax.allocation.cost import CostModel, build_cost_model
+from hobs_jax.allocation.search import (TOLERANCE, check_reachable, floors, global_threshold,
+                                        normalize, uniform)
+
+__all__ = ["TOLERANCE", "CostModel", "build_cost_model", "check_reachable", "floors",
+           "global_threshold", "normalize", "uniform"]

@@ -1,0 +1,152 @@
+"""Allocation without RL: how many channels each group keeps so the pruned model has a
+target fraction of the MACs (or params), met within 1%.
+
+* :func:`uniform` - one keep ratio for every group (binary search on the ratio), then
+  single-step adjustments of the groups with the most rounding slack until the target
+  holds within tolerance (a uniform ratio alone moves in coarse steps on small nets).
+* :func:`global_threshold` - one saliency threshold over all channels of all groups
+  (binary search), with a per-group floor; the caller normalizes saliencies so they
+  compare across groups (:func:`normalize`).
+
+Both respect ``round_to`` (kept counts are multiples of it unless a group keeps all) and
+return kept counts per group; :func:`hobs_jax.graph.plan_from_scores` turns counts and
+per-channel scores into a :class:`~hobs_jax.graph.PrunePlan`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from hobs_jax.allocation.cost import CostModel
+
+TOLERANCE = 0.01
+
+
+def _round(n: float, size: int, round_to: int, floor: int) -> int:
+    n = max(floor, min(size, int(math.ceil(n - 1e-9))))
+    if round_to > 1 and n < size:
+        n = min(size, int(math.ceil(n / round_to)) * round_to)
+    return n
+
+
+def floors(cost: CostModel, min_ratio: float, round_to: int) -> np.ndarray:
+    """Smallest count each group may keep: ceil(min_ratio * size), >= 1, rounded."""
+    return np.array([_round(max(1.0, min_ratio * s), s, round_to, 1) for s in cost.sizes], np.float64)
+
+
+def check_reachable(cost: CostModel, target: float, metric: str, floor: np.ndarray) -> None:
+    """One-line error when even the floors (maximum pruning) miss ``target``."""
+    if not 0 < target < 1:
+        raise ValueError(f"target={target!r}: the kept fraction must be in (0, 1)")
+    best = cost.ratio(floor, metric)
+    if best > target * (1 + TOLERANCE):
+        raise ValueError(f"target {target:.4f} of the {metric} is unreachable: pruning every prunable "
+                         f"group to its floor still keeps {best:.4f} (the rest is in layers no prunable "
+                         f"group sizes, e.g. the stem's input and the classifier's outputs)")
+
+
+def _adjust(cost: CostModel, keep: np.ndarray, target: float, metric: str, round_to: int,
+            floor: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Step single groups (by ``round_to``) toward the target, in ``order`` of preference,
+    until |ratio / target - 1| <= TOLERANCE or no step helps."""
+    keep = keep.copy()
+    step = float(max(1, round_to))
+    for _ in range(10 * len(keep) + 100):
+        r = cost.ratio(keep, metric)
+        if abs(r / target - 1) <= TOLERANCE:
+            return keep
+        best, best_err = None, abs(r / target - 1)
+        for g in order:
+            cand = keep[g] - step if r > target else keep[g] + step
+            cand = min(cost.sizes[g], max(floor[g], cand))
+            if cand == keep[g]:
+                continue
+            trial = keep.copy()
+            trial[g] = cand
+            err = abs(cost.ratio(trial, metric) / target - 1)
+            if err < best_err - 1e-12:
+                best, best_err = (g, cand), err
+                if err <= TOLERANCE:
+                    break
+        if best is None:
+            return keep
+        keep[best[0]] = best[1]
+    return keep
+
+
+def uniform(cost: CostModel, target: float, metric: str = "macs", *, round_to: int = 1,
+            min_ratio: float = 0.0) -> np.ndarray:
+    """[G] kept counts: one ratio for all groups, then rounding repair (see module doc)."""
+    floor = floors(cost, min_ratio, round_to)
+    check_reachable(cost, target, metric, floor)
+    sizes = cost.sizes.astype(np.float64)
+
+    def keep_at(r: float) -> np.ndarray:
+        return np.array([_round(r * s, int(s), round_to, int(f)) for s, f in zip(sizes, floor)], np.float64)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cost.ratio(keep_at(mid), metric) > target:
+            hi = mid
+        else:
+            lo = mid
+    keep = keep_at(lo)
+    slack = keep - lo * sizes  # rounding surplus: these groups drift furthest from the ratio
+    return _adjust(cost, keep, target, metric, round_to, floor, np.argsort(-slack, kind="stable"))
+
+
+def normalize(scores: Mapping[int, np.ndarray], cost: CostModel, how: str = "mean",
+              metric: str = "macs") -> dict[int, np.ndarray]:
+    """Make per-channel saliencies comparable across groups.
+
+    how: 'none'; 'mean' (divide by the group's mean saliency); 'max'; 'cost' (divide by
+    the MACs or params one channel of the group costs, so a channel's score is saliency
+    per unit of budget).
+    """
+    out = {}
+    full = cost.full
+    for i, gid in enumerate(cost.group_ids):
+        s = np.asarray(scores[gid], np.float64)
+        if how == "none":
+            out[gid] = s
+        elif how in ("mean", "max"):
+            d = s.mean() if how == "mean" else s.max()
+            out[gid] = s / d if d > 0 else s
+        elif how == "cost":
+            less = full.copy()
+            less[i] -= 1
+            f = cost.macs if metric == "macs" else cost.params
+            unit = max(f(full) - f(less), 1e-12)
+            out[gid] = s / unit
+        else:
+            raise ValueError(f"normalize: unknown how={how!r}; use none, mean, max or cost")
+    return out
+
+
+def global_threshold(cost: CostModel, scores: Mapping[int, np.ndarray], target: float,
+                     metric: str = "macs", *, round_to: int = 1, min_ratio: float = 0.1) -> np.ndarray:
+    """[G] kept counts from one threshold on comparable scores (higher survives)."""
+    floor = floors(cost, min_ratio, round_to)
+    check_reachable(cost, target, metric, floor)
+    per_group = [np.sort(np.asarray(scores[g], np.float64))[::-1] for g in cost.group_ids]
+
+    def keep_at(tau: float) -> np.ndarray:
+        return np.array([_round(np.count_nonzero(s >= tau), len(s), round_to, int(f))
+                         for s, f in zip(per_group, floor)], np.float64)
+
+    values = np.unique(np.concatenate(per_group))
+    lo, hi = 0, len(values) - 1  # keep_at(values[0]) keeps all; larger index -> fewer kept
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost.ratio(keep_at(values[mid]), metric) >= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep = keep_at(values[lo])
+    # Prefer to drop the lowest-scored surviving channel first when stepping down.
+    worst_kept = np.array([s[int(k) - 1] if k > 0 else np.inf for s, k in zip(per_group, keep)])
+    return _adjust(cost, keep, target, metric, round_to, floor, np.argsort(worst_kept, kind="stable"))

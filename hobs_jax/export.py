@@ -1,0 +1,204 @@
+"""Export a (pruned) zoo model: an orbax checkpoint that reloads with one call, a
+torchvision-structured PyTorch module, or an ONNX graph.
+
+The only module of the core library that reaches torch, and only inside
+:func:`to_torch` / :func:`to_onnx`, which call into ``parity`` lazily: a user without
+PyTorch can save and load.
+
+Checkpoint layout (a directory)::
+
+    <path>/meta.json     {"format": "hobs_jax.export", "version": 1, "model": ...,
+                          "widths": {...}, "num_classes": ..., "in_channels": ...,
+                          "scale_dim": ... (ViT), "plan": <PrunePlan JSON> | null,
+                          "shapes": {leaf path: shape}}
+    <path>/variables/    orbax StandardCheckpointer tree (params, batch_stats)
+
+It is written under ``<path>.tmp-<random>`` and renamed into place when complete, so a
+half-written checkpoint is never found at ``<path>``; :func:`load` checks every array
+against the model the metadata describes and reports problems in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+FORMAT, VERSION = "hobs_jax.export", 1
+
+
+def _zoo(model_or_name) -> tuple[str, Any]:
+    from hobs_jax.graph.surgery import zoo_name
+
+    name = zoo_name(model_or_name)
+    return name, (None if isinstance(model_or_name, str) else model_or_name)
+
+
+def _scale_dim(name: str, module, scale_dim: int | None) -> int | None:
+    from hobs_jax import models
+
+    if models.get_entry(name).family != "vit":
+        return None
+    if scale_dim is not None:
+        return int(scale_dim)
+    if module is not None:
+        return int(module.scale_dim)
+    return models.default_widths(name)["encoder_layer_0.qk_dim"]
+
+
+def _flat(tree) -> dict[str, Any]:
+    return {"/".join(str(getattr(p, "key", p)) for p in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _build(meta: Mapping):
+    from hobs_jax import models
+
+    kw = {"scale_dim": meta["scale_dim"]} if meta.get("scale_dim") is not None else {}
+    return models.build(meta["model"], widths=meta["widths"], num_classes=meta["num_classes"],
+                        in_channels=meta["in_channels"], **kw)
+
+
+def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
+         scale_dim: int | None = None, overwrite: bool = False) -> str:
+    """Write a checkpoint of zoo model ``model_name`` (a name or a zoo module).
+
+    Args:
+      path: the checkpoint directory (must not exist unless ``overwrite``).
+      variables: ``params`` and ``batch_stats`` (any widths; read off the arrays).
+      plan: the :class:`~hobs_jax.graph.plan.PrunePlan` that produced them, kept in the
+        metadata for provenance.
+      scale_dim: ViT's softmax temperature dim (default: the module's, else 64).
+    Returns:
+      the absolute path.
+    """
+    from hobs_jax import models
+
+    name, module = _zoo(model_name)
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"{path} exists; pass overwrite=True to replace it")
+    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    widths, nc, ic = models.infer_widths(name, variables)
+    meta = {"format": FORMAT, "version": VERSION, "model": name, "widths": widths, "num_classes": nc,
+            "in_channels": ic, "scale_dim": _scale_dim(name, module, scale_dim),
+            "plan": None if plan is None else json.loads(plan.to_json()),
+            "shapes": {k: list(np.shape(v)) for k, v in _flat(variables).items()}}
+    import orbax.checkpoint as ocp
+
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.join(tmp, "variables"), jax.tree.map(np.asarray, variables))
+        ckptr.wait_until_finished()
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+        if os.path.exists(path):
+            old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
+    """``(model, variables, meta)`` from a checkpoint written by :func:`save`.
+
+    ``model`` is the zoo model at the saved widths (ready for ``model.apply(variables,
+    x)``), ``variables`` hold numpy arrays of the saved dtypes, ``meta`` the metadata
+    (with ``plan`` as a :class:`~hobs_jax.graph.plan.PrunePlan` or None). A missing,
+    half-written or corrupt checkpoint raises a one-line ``ValueError``.
+    """
+    from hobs_jax import models
+    from hobs_jax.graph.plan import PrunePlan
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ValueError(f"no hobs_jax checkpoint at {path} (not a directory)")
+    meta_file = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta_file):
+        raise ValueError(f"{path} is not a complete hobs_jax checkpoint (no meta.json)")
+    try:
+        with open(meta_file) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: meta.json unreadable ({_one_line(e)})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"{path} is not a version-{VERSION} {FORMAT} checkpoint")
+    try:
+        model = _build(meta)
+        plan = None if meta.get("plan") is None else PrunePlan.from_json(json.dumps(meta["plan"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: bad metadata ({_one_line(e)})") from None
+    import orbax.checkpoint as ocp
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            variables = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"))
+    except Exception as e:  # orbax raises many types for truncated/corrupt files
+        raise ValueError(f"corrupt checkpoint {path}: variables do not restore ({_one_line(e)})") from None
+    shape = models.input_shape(meta["model"], 1, in_channels=meta["in_channels"])
+    expected = _flat(jax.eval_shape(lambda: models.init(model, jax.random.key(0), shape)))
+    got = _flat(variables)
+    for key, leaf in expected.items():
+        if key not in got:
+            raise ValueError(f"corrupt checkpoint {path}: variables lack {key}")
+        if tuple(np.shape(got[key])) != tuple(leaf.shape):
+            raise ValueError(f"corrupt checkpoint {path}: {key} has shape {tuple(np.shape(got[key]))}, "
+                             f"the model at the saved widths expects {tuple(leaf.shape)}")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise ValueError(f"corrupt checkpoint {path}: unexpected variable {extra[0]}")
+    return model, variables, dict(meta, plan=plan)
+
+
+def to_torch(model_name, variables: Mapping, *, scale_dim: int | None = None):
+    """``(module, state_dict)``: a torchvision-structured ``torch.nn.Module`` (eval mode)
+    at the widths of ``variables`` (float64 arrays give a float64 module); pruned ViT
+    attention becomes ``parity.torch_models.HeadAttention``. Needs torch."""
+    from parity.convert import flax_to_torch
+
+    name, module = _zoo(model_name)
+    torch_module = flax_to_torch(name, variables, scale_dim=_scale_dim(name, module, scale_dim))
+    return torch_module, torch_module.state_dict()
+
+
+def to_onnx(model_name, variables: Mapping, path: str | os.PathLike, *, input_shape=None,
+            scale_dim: int | None = None, opset: int = 17) -> str:
+    """Export to ONNX with ``torch.onnx.export`` (the TorchScript exporter: the dynamo
+    exporter needs ``onnxscript``). Input ``"input"`` is NCHW with a dynamic batch,
+    output ``"logits"``. ``input_shape`` is NHWC (default: the zoo's, batch 1)."""
+    import torch
+
+    from hobs_jax import models
+
+    name, _ = _zoo(model_name)
+    module, _ = to_torch(model_name, variables, scale_dim=scale_dim)
+    _, _, ic = models.infer_widths(name, variables)
+    b, h, w, c = tuple(input_shape) if input_shape is not None else models.input_shape(name, 1, in_channels=ic)
+    dtype = next(p.dtype for p in module.parameters())
+    x = torch.zeros((b, c, h, w), dtype=dtype)
+    path = os.fspath(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated, still supported
+        torch.onnx.export(module, (x,), path, dynamo=False, input_names=["input"], output_names=["logits"],
+                          opset_version=opset, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path

@@ -1,0 +1,93 @@
+"""The pruning-method protocol: every method is one function over the same task.
+
+A method scores channels (and optionally compensates weights or allocates sparsity); the
+shared machinery does the rest once: the channel groups (:mod:`hobs_jax.graph`), cost
+models and target searches (:mod:`hobs_jax.allocation`), surgery
+(:func:`hobs_jax.graph.apply_plan`), BN re-estimation (:mod:`hobs_jax.stats.bn`).
+
+    outcome = get_method("hobs").prune(task)        # task: PruneTask
+    model, variables = apply_plan(task.model_name, outcome.variables, outcome.plan)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import ml_collections
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Calibration examples: ``images`` [N, H, W, C] float32 (preprocessed, not augmented)
+    and ``labels`` [N] int32 (methods that need no labels ignore them)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def batches(self, batch_size: int):
+        """Consecutive [<=batch_size, H, W, C] slices (the last may be shorter)."""
+        for i in range(0, len(self.images), batch_size):
+            yield self.images[i:i + batch_size], self.labels[i:i + batch_size]
+
+
+class FinetuneFn(Protocol):
+    """The narrow training callback some methods need (DepGraph's sparse-learning phase):
+    train the *unpruned* model for ``steps`` with an extra loss term; returns variables."""
+
+    def __call__(self, variables: dict, steps: int, extra_loss: Callable | None = None,
+                 extra_transform: Any = None) -> dict: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneTask:
+    """Everything a method may use.
+
+    Attributes:
+      model_name: zoo name; ``model`` the Flax module of the unpruned network.
+      variables: its variables {'params', 'batch_stats'?} (host arrays).
+      graph: its channel groups; ``cost`` the exact cost model over the prunable groups.
+      target: kept fraction of ``metric`` ('macs' | 'params'), in (0, 1).
+      round_to: kept counts are multiples of this (unless a group keeps all).
+      input_shape: [1, H, W, C] the costs are counted at.
+      calib: calibration data (None for data-free methods).
+      options: the method's config section (``default_config()`` with overrides).
+      seed: for any randomness (methods must be deterministic given it).
+      finetune: see :class:`FinetuneFn` (None when no training data is wired up).
+    """
+
+    model_name: str
+    model: Any
+    variables: Mapping
+    graph: Any
+    cost: Any
+    target: float
+    metric: str
+    round_to: int
+    input_shape: tuple[int, ...]
+    calib: Calibration | None
+    options: ml_collections.ConfigDict
+    seed: int = 0
+    finetune: FinetuneFn | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneOutcome:
+    """A method's answer: the plan, the full-size variables to slice (compensated where the
+    method compensates; else the input variables), and JSON-able facts (scores, timings)."""
+
+    plan: Any
+    variables: Mapping
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: ``prune(task) -> PruneOutcome`` and its config defaults."""
+
+    name: str
+    prune: Callable[[PruneTask], PruneOutcome]
+    default_config: Callable[[], ml_collections.ConfigDict]
+    needs_data: bool
+    summary: str
