@@ -1,13 +1,13 @@
 """End-to-end latency: a channel-pruned ResNet-50 with and without Block-ELL 1x1 convs.
 
-Model: ResNet-50 at 224x224, channel-pruned to about half its MACs. Until the channel
-graph (``hobs_jax.graph``) is merged this is the zoo ResNet-50 built at reduced widths
-(every entry x ``--keep``, rounded to a multiple of ``--multiple``, at least one
-multiple), which is exactly the shape a channel-pruned model has; the MAC ratio is
-reported. Sparse variant: the same model with every bottleneck 1x1 conv (conv1, conv3
-and the strided downsample conv) converted to balanced Block-ELL by
-``hobs_jax.sparse.to_block_ell`` (magnitude, block b, block sparsity s); the 3x3 convs,
-the stem and fc stay dense.
+Model: ResNet-50 at 224x224 (random weights), channel-pruned to ``--target`` (0.5) of its
+MACs by the ``magnitude`` method (group L2 scores, uniform allocation over the channel
+graph's groups, kept counts rounded up to multiples of ``--multiple`` = 64 so that both
+block sizes tile every layer) and ``hobs_jax.graph.apply_plan`` surgery
+(``hobs_jax.methods.api.prune``); the achieved MAC ratio is reported. Sparse variant:
+the same model with every bottleneck 1x1 conv (conv1, conv3 and the strided downsample
+conv) converted to balanced Block-ELL by ``hobs_jax.sparse.to_block_ell`` (magnitude,
+block b, block sparsity s); the 3x3 convs, the stem and fc stay dense.
 
 Timing: every configuration is jitted once, warmed up, then dense and all sparse
 variants of one batch size run round-robin (``block_until_ready``), median of the runs;
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -39,17 +40,12 @@ import numpy as np
 
 from benchmarks.block_ell import cpu_model, time_group
 from hobs_jax import macs, models, sparse
+from hobs_jax.methods import api as methods_api
 from kernels import select_config
 
 MODEL = "resnet50"
 BEGIN, END = "<!-- block_ell_e2e:begin -->", "<!-- block_ell_e2e:end -->"
 GPU_NOTE = "not yet measured (no GPU lent)"
-
-
-def pruned_widths(keep: float, multiple: int) -> dict[str, int]:
-    """Every ResNet-50 width entry x ``keep``, rounded to a multiple of ``multiple``."""
-    return {k: max(multiple, int(round(v * keep / multiple)) * multiple)
-            for k, v in models.default_widths(MODEL).items()}
 
 
 def bottleneck_1x1(path: str) -> bool:
@@ -67,11 +63,11 @@ def layer_backends(model, batch: int, size: int) -> str:
 
 
 def run(args) -> list[dict]:
-    widths = pruned_widths(args.keep, args.multiple)
-    model = models.build(MODEL, widths=widths)
     shape1 = (1, args.size, args.size, 3)
-    variables = models.random_variables(model, shape1, seed=0)
-    full = macs.count_zoo(MODEL, size=args.size).macs
+    full_model = models.build(MODEL)
+    result = methods_api.prune("magnitude", MODEL, models.random_variables(full_model, shape1),
+                               target=args.target, round_to=args.multiple, input_shape=shape1)
+    model, variables = result.model, result.variables
     report = macs.count(model, jax.eval_shape(lambda: variables), shape1)
     pruned = report.macs
     bell_macs = sum(l.macs for l in report.layers if bottleneck_1x1(l.path.replace("/", ".")))
@@ -85,8 +81,9 @@ def run(args) -> list[dict]:
     device = str(jax.devices()[0].device_kind)
     command = "PYTHONPATH=. python benchmarks/block_ell_e2e.py " + shlex.join(args.argv)
     meta = dict(command=command.strip(), cpu_model=cpu_model(), jax_version=jax.__version__,
-                image_size=args.size, widths=f"x{args.keep} rounded to {args.multiple}",
-                pruning="reduced widths (graph not merged)", macs_ratio=round(pruned / full, 4),
+                image_size=args.size, macs_ratio=round(result.macs_ratio, 4),
+                widths=",".join(map(str, sorted(set(model.widths.values())))),
+                pruning=f"magnitude plan (uniform, round_to {args.multiple}) + apply_plan",
                 bell_macs_fraction=round(bell_macs / pruned, 4),
                 layers=len(next(iter(sparse_models.values()))[0].block_ell))
     dense_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -108,16 +105,18 @@ def run(args) -> list[dict]:
         dense_ms, sparse_ms = time_group(dense_fn, (variables, x), fns, iters, args.warmup,
                                          min_ms=0.0, max_iters=iters)
         seconds = round(time.time() - t0, 1)
+        load = round(os.getloadavg()[0], 2)  # a shared machine: how busy it was
         print(f"batch {batch}: dense {dense_ms:.1f} ms; " + ", ".join(
             f"b={b} s={s}: {dense_ms / ms:.2f}x" for (b, s), ms in sparse_ms.items())
               + f" ({seconds:.0f} s)", flush=True)
         for (b, s), ms in sparse_ms.items():
             sm = sparse_models[(b, s)][0]
             records.append(dict(device=device, backend=layer_backends(sm, batch, args.size),
-                                dtype="float32", model=f"{MODEL} (channel-pruned)", batch=batch,
+                                dtype="float32", batch=batch,
+                                model=f"{MODEL} (channel-pruned to {args.target:.0%} MACs)",
                                 sparsity=s, block=b, dense_ms=round(dense_ms, 3),
                                 sparse_ms=round(ms, 3), speedup=round(dense_ms / ms, 4),
-                                batch_seconds=seconds, **meta))
+                                batch_seconds=seconds, load_avg_1m=load, **meta))
     return records
 
 
@@ -146,7 +145,7 @@ def render_section(records: list[dict], blocks=(32, 64), sparsities=(0.75, 0.9),
              "round-robin runs in one process.", ""]
     if cpu:
         r0 = next((r for r in reversed(cpu) if "bell_macs_fraction" in r), cpu[-1])
-        lines += [f"* channel pruning: {r0['pruning']}, widths {r0['widths']}: "
+        lines += [f"* channel pruning: {r0['pruning']} (widths {{{r0['widths']}}}): "
                   f"{100 * r0['macs_ratio']:.1f}% of ResNet-50's MACs; {r0['layers']} "
                   "Block-ELL layers."]
         if "bell_macs_fraction" in r0:
@@ -162,8 +161,10 @@ def render_section(records: list[dict], blocks=(32, 64), sparsities=(0.75, 0.9),
             rows = [r for r in cpu if r["command"] == command]
             sizes = sorted({(r["image_size"], r["batch"]) for r in rows})
             secs = {r["batch"]: r.get("batch_seconds") for r in rows}
-            wall = ", ".join(f"batch {b}: {secs[b]:.0f} s" for _, b in sizes
-                             if secs.get(b) is not None)
+            load = {r["batch"]: r.get("load_avg_1m") for r in rows}
+            wall = ", ".join(f"batch {b}: {secs[b]:.0f} s" + (
+                f" at load {load[b]:.1f}" if load.get(b) is not None else "")
+                for _, b in sizes if secs.get(b) is not None)
             lines.append(f"* `{command}` measured " + ", ".join(
                 f"{sz}x{sz} batch {b}" for sz, b in sizes)
                 + (f" (wall time incl. compiling the {1 + len(blocks) * len(sparsities)} "
@@ -216,8 +217,8 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="1,32,256")
     p.add_argument("--blocks", default="32,64")
     p.add_argument("--sparsities", default="0.75,0.9")
-    p.add_argument("--keep", type=float, default=0.65, help="width multiplier of the pruned model")
-    p.add_argument("--multiple", type=int, default=64, help="round pruned widths to this")
+    p.add_argument("--target", type=float, default=0.5, help="kept MAC fraction of the pruning")
+    p.add_argument("--multiple", type=int, default=64, help="round kept channels to this")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

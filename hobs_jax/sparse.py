@@ -97,8 +97,8 @@ def select_layers(model: nn.Module, block: int | Mapping[str, int],
         info = eligible[path]
         if not fits(path, info):
             b = _per_layer(block, path, "block")
-            raise ValueError(f"{path}: block={b} exceeds W [K={info.k}, N={info.n}] (K and N "
-                             "are zero-padded to multiples of the block; it must not exceed either)")
+            raise ValueError(f"{path}: block={b} exceeds W [K={info.k}, N={info.n}] (K and N are "
+                             "zero-padded to multiples of the block; it must not exceed either)")
         out[path] = info
     return out
 
@@ -145,7 +145,8 @@ def to_block_ell(model: str | nn.Module, variables: Mapping,
     old_spec = dict(model.block_ell or {})
     chosen = select_layers(model, block, layers, input_shape=input_shape, exclude=tuple(old_spec))
     if not chosen:
-        raise ValueError(f"no layer of {model.arch} to convert (block={block!r}, layers={layers!r})")
+        raise ValueError(f"no layer of {model.arch} to convert (block={block!r}, "
+                         f"layers={layers!r})")
     flat = traverse_util.flatten_dict(unfreeze(variables["params"]))
     new_spec = dict(old_spec)
     for path, info in chosen.items():
