@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hobs_jax import models, sparse
+from hobs_jax.graph import apply_plan, build_graph, random_plan
 from hobs_jax.models import sparse as msparse
 from kernels import keep_per_row, prune, prune_obs
 from tests._tiny import enable_compile_cache
@@ -44,35 +45,40 @@ def check_dropped_blocks_zero(sparse_model, dense_vars):
 
 @pytest.fixture(scope="module")
 def resnet50():
-    """A narrow ResNet-50 (channel-"pruned" widths), 64x64 inputs, every eligible layer
+    """A ResNet-50 channel-pruned by the graph (narrow widths, then a random plan with
+    kept counts rounded to 8, ``apply_plan``), 64x64 inputs, every eligible layer
     (bottleneck 1x1 convs, strided downsample convs, fc) Block-ELL at b=8, 50%."""
-    model = models.build("resnet50", widths=narrow("resnet50", 8, 8), num_classes=10)
-    v = models.random_variables(model, (1, 64, 64, 3), seed=0)
+    shape = (1, 64, 64, 3)
+    dense = models.build("resnet50", widths=narrow("resnet50", 4, 16), num_classes=10)
+    v0 = models.random_variables(dense, shape, seed=0)
+    graph = build_graph(dense, v0, shape, name="resnet50")
+    plan = random_plan(graph, seed=0, min_ratio=0.4, max_ratio=0.8, round_to=8)
+    model, v = apply_plan(dense, v0, plan, graph=graph)
     sm, sv = sparse.to_block_ell("resnet50", v, 0.5, 8)
     dm, dv = sparse.to_dense(sm, sv)
     x = np.random.RandomState(1).randn(2, 64, 64, 3).astype(np.float32)
-    return dict(model=model, v=v, sm=sm, sv=sv, dm=dm, dv=dv, x=x,
+    return dict(model=model, v=v, sm=sm, sv=sv, dm=dm, dv=dv, x=x, dense=dense,
                 ys=np.asarray(jax.jit(sm.apply)(sv, x)))
 
 
 def test_resnet50_block_ell_equals_dense_with_zeroed_blocks(resnet50):
     r = resnet50
+    assert dict(r["model"].widths) != dict(r["dense"].widths)  # channel-pruned
     spec = r["sm"].block_ell
     eligible = msparse.eligible_layers(r["model"], (1, 64, 64, 3))
-    bottleneck_1x1 = [p for p in eligible if p != "fc"]
-    assert sorted(spec) == sorted(bottleneck_1x1 + ["fc"]) and len(spec) == 16 * 2 + 4 + 1
+    assert sorted(spec) == sorted(eligible) and len(spec) == 16 * 2 + 4 + 1
     assert all(p.endswith(("conv1", "conv3", "downsample.0", "fc")) for p in spec)
     assert eligible["layer2.0.downsample.0"].stride == (2, 2)  # subsampled, then Block-ELL
-    assert spec["layer2.0.downsample.0"].shape == (32, 64)
-    flat = jax.tree_util.tree_flatten_with_path(r["sv"]["params"])[0]
-    kinds = {str(path[-1].key) for path, _ in flat}
-    assert msparse.VALUES in kinds and "kernel" in kinds  # 3x3 convs stay dense
-    assert r["sv"]["params"]["layer1"]["0"]["conv1"][msparse.VALUES].shape == (1, 1, 8, 8)
-    assert r["sv"]["params"]["layer4"]["0"]["conv3"][msparse.VALUES].shape == (8, 16, 8, 8)
-    for p in spec.values():  # balanced: round(C / 2) blocks in every block-row
-        c = p.meta.n_col_blocks
-        assert p.slots == keep_per_row(c, 0.5) and (p.col_idx >= 0).all()
-        assert p.density() == keep_per_row(c, 0.5) / c
+    for path, p in spec.items():  # balanced: round(C / 2) blocks in every block-row
+        info = eligible[path]
+        r_blocks, c_blocks = -(-info.k // 8), -(-info.n // 8)
+        assert p.shape == (info.k, info.n) and p.slots == keep_per_row(c_blocks, 0.5)
+        assert (p.col_idx >= 0).all() and p.density() == keep_per_row(c_blocks, 0.5) / c_blocks
+        node = r["sv"]["params"]
+        for k in path.split("."):
+            node = node[k]
+        assert node[msparse.VALUES].shape == (r_blocks, p.slots, 8, 8) and "kernel" not in node
+    assert r["sv"]["params"]["layer1"]["0"]["conv2"]["kernel"].ndim == 4  # 3x3 stays dense
     check_dropped_blocks_zero(r["sm"], r["dv"])
     yd = np.asarray(jax.jit(r["dm"].apply)(r["dv"], r["x"]))
     assert r["dm"].block_ell is None and r["ys"].shape == (2, 10)
