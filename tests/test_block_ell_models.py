@@ -295,3 +295,15 @@ def test_bad_spec_in_build(resnet20):
         models.build("resnet20", in_channels=1, block_ell={"fc": np.zeros((8, 1))})
     with pytest.raises(ValueError, match="out of range"):
         msparse.BlockPattern.from_col_idx(np.full((8, 1), 5), (64, 10), 8)
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(kernel_size=(3, 3)), "a 3x3 conv"),
+    (dict(kernel_size=(1, 1), feature_group_count=2), "a grouped conv (groups=2)"),
+    (dict(kernel_size=(1, 1), padding=((1, 1), (1, 1))), "a padded 1x1 conv"),
+    (dict(kernel_size=(1, 1), padding="SAME", strides=2), None),
+    (dict(kernel_size=(1, 1), padding=0), None),
+])
+def test_conv_eligibility_rule(kw, reason):
+    got = msparse._conv_ineligible(msparse.Conv(4, **kw))
+    assert got == reason if reason is None else got.startswith(reason)

@@ -252,8 +252,10 @@ def _conv_ineligible(m: nn.Module) -> str | None:
     if m.feature_group_count != 1:
         return f"a grouped conv (groups={m.feature_group_count})"
     pad = m.padding
-    zero = pad in ("VALID", "SAME", 0) or (not isinstance(pad, str) and all(
-        (p == 0 if isinstance(p, int) else tuple(p) == (0, 0)) for p in pad))
+    if isinstance(pad, (str, int)):
+        zero = pad in ("VALID", "SAME", 0)  # 'SAME' pads nothing for a 1x1 window
+    else:
+        zero = all((p == 0 if isinstance(p, int) else tuple(p) == (0, 0)) for p in pad)
     if not zero:
         return f"a padded 1x1 conv (padding={pad!r})"
     if m.input_dilation not in (None, 1) and _pair(m.input_dilation) != (1, 1):
