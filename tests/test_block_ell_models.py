@@ -307,3 +307,23 @@ def test_bad_spec_in_build(resnet20):
 def test_conv_eligibility_rule(kw, reason):
     got = msparse._conv_ineligible(msparse.Conv(4, **kw))
     assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_block_ell_model_saves_and_loads_with_its_pattern(tmp_path):
+    import hobs_jax
+    from hobs_jax import export, macs
+    from hobs_jax.sparse import to_block_ell
+
+    m = models.build("resnet20", in_channels=1)
+    v = models.random_variables(m, (1, 28, 28, 1))
+    sm, sv = to_block_ell(m, v, sparsity=0.5, block=16, input_shape=(1, 28, 28, 1))
+    export.save(str(tmp_path / "ck"), sm, sv)
+    lm, lv, meta = hobs_jax.load(str(tmp_path / "ck"))
+    assert lm == sm and meta["block_ell"]
+    x = np.random.RandomState(0).randn(2, 28, 28, 1).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(sm.apply(sv, x)), np.asarray(lm.apply(lv, x)))
+    # The counter sees every chunk of the Block-ELL loop (the executed MACs, 50% of dense
+    # blocks; rows padded to the kernel's chunk).
+    dense = {l.path: l.macs for l in macs.count(m, v, (1, 28, 28, 1)).layers}
+    sparse = {l.path.split(".block_ell")[0]: l.macs for l in macs.count(sm, sv, (1, 28, 28, 1)).layers}
+    assert sparse["layer3/0/downsample/0"] == dense["layer3/0/downsample/0"] // 2
