@@ -41,6 +41,8 @@ test: venv data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv data
+	$(PY) -m parity --model resnet50 resnet20
+	$(PY) -m hobs_jax.macs
 	$(PY) -m hobs_jax.main --config=configs/quickstart.py --workdir=$(WORKDIR)
 
 parity: venv data

@@ -61,6 +61,10 @@ def _build(meta: Mapping):
     from hobs_jax import models
 
     kw = {"scale_dim": meta["scale_dim"]} if meta.get("scale_dim") is not None else {}
+    if meta.get("block_ell"):
+        from hobs_jax.models.sparse import spec_from_dict
+
+        kw["block_ell"] = spec_from_dict(meta["block_ell"])
     return models.build(meta["model"], widths=meta["widths"], num_classes=meta["num_classes"],
                         in_channels=meta["in_channels"], **kw)
 
@@ -75,6 +79,8 @@ def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
       plan: the :class:`~hobs_jax.graph.plan.PrunePlan` that produced them, kept in the
         metadata for provenance.
       scale_dim: ViT's softmax temperature dim (default: the module's, else 64).
+    A model with Block-ELL layers (``model.block_ell``) must be passed as the module: its
+    sparsity pattern is configuration and is stored in the metadata.
     Returns:
       the absolute path.
     """
@@ -85,9 +91,16 @@ def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path} exists; pass overwrite=True to replace it")
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    widths, nc, ic = models.infer_widths(name, variables)
+    spec = getattr(module, "block_ell", None)
+    if spec:  # Block-ELL layers hold `bell_values`, not kernels: widths come from the module
+        from hobs_jax.models.sparse import spec_to_dict
+
+        widths, nc, ic = dict(module.widths), module.num_classes, module.in_channels
+    else:
+        widths, nc, ic = models.infer_widths(name, variables)
     meta = {"format": FORMAT, "version": VERSION, "model": name, "widths": widths, "num_classes": nc,
             "in_channels": ic, "scale_dim": _scale_dim(name, module, scale_dim),
+            "block_ell": spec_to_dict(spec) if spec else None,
             "plan": None if plan is None else json.loads(plan.to_json()),
             "shapes": {k: list(np.shape(v)) for k, v in _flat(variables).items()}}
     import orbax.checkpoint as ocp

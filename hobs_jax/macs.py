@@ -96,18 +96,22 @@ def _dot_macs(eqn) -> int:
     return math.prod(eqn.outvars[0].aval.shape) * contract
 
 
-def _walk(jaxpr, prefix: str, out: list[LayerCost]) -> None:
+def _walk(jaxpr, prefix: str, out: list[LayerCost], times: int = 1) -> None:
     for eqn in jaxpr.eqns:
         stack = str(eqn.source_info.name_stack)
         path = "/".join(p for p in (prefix, stack) if p)
         name = eqn.primitive.name
         if name == "conv_general_dilated":
-            out.append(LayerCost(path, "conv", *_conv_macs(eqn)))
+            full, valid = _conv_macs(eqn)
+            out.append(LayerCost(path, "conv", full * times, valid * times))
         elif name == "dot_general":
-            m = _dot_macs(eqn)
+            m = _dot_macs(eqn) * times
             out.append(LayerCost(path, "dot", m, m))
+        # A scan body runs `length` times (e.g. the Block-ELL kernels' loop over row chunks);
+        # a while loop's trip count is not static, so its body counts once.
+        inner = times * int(eqn.params.get("length", 1)) if name == "scan" else times
         for sub in _sub_jaxprs(eqn.params):
-            _walk(sub, path, out)
+            _walk(sub, path, out, inner)
 
 
 def _strip_root(path: str) -> str:

@@ -2,9 +2,10 @@
 
 Flags only; all logic is in :func:`hobs_jax.pipeline.run`. Config overrides use
 ml_collections syntax (``--config.prune.target=0.4``; a misspelled key fails) and
-``--config=configs/X.py:smoke`` picks a config's small variant. Multi-host runs call
-``hobs_jax.train.distributed.initialize()`` first (TPU pods, SLURM and Open MPI are
-detected; see launch/).
+``--config=configs/X.py:smoke`` picks a config's small variant. Every run first calls
+``hobs_jax.train.distributed.initialize()``, which joins a multi-host process group when
+there is one (TPU pods, SLURM, Open MPI, launch/local_multihost.sh) and does nothing
+otherwise.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's outputs.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() (pods, SLURM, Open MPI).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,11 +27,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("hobs_jax").setLevel(logging.INFO)
-    if _MULTIHOST.value:
-        from hobs_jax.train.distributed import initialize
-
-        initialize()
     from hobs_jax.pipeline import run
+    from hobs_jax.train.distributed import initialize
+
+    initialize()  # joins a TPU pod / SLURM / Open MPI / HOBS_* process group; no-op alone
 
     try:
         run(_CONFIG.value, _WORKDIR.value)

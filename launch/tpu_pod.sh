@@ -2,7 +2,7 @@
 # Run hobs_jax.main on every worker of a Cloud TPU VM slice (v4-32, v5e-64, ...).
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh \
-#       --config=configs/resnet50_imagenet.py --workdir=gs://my-bucket/runs/r50
+#       --config=configs/resnet50.py --workdir=gs://my-bucket/runs/r50
 #
 # The same command starts on all workers (--worker=all); hobs_jax.train.distributed.initialize()
 # calls jax.distributed.initialize() with no arguments, and JAX finds the coordinator and

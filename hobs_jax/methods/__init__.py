@@ -5,6 +5,7 @@ from hobs_jax.methods.base import Calibration, MethodSpec, PruneOutcome, PruneTa
 from hobs_jax.methods.registry import METHODS, config_sections, get_method, list_methods, register
 from hobs_jax.methods.api import PruneResult, make_task, prune, run
 from hobs_jax.methods import magnitude as _magnitude  # noqa: F401  (registers)
+from hobs_jax.methods import hobs as _hobs  # noqa: F401  (registers hobs, hobs_nohessian)
 from hobs_jax.methods import depgraph as _depgraph  # noqa: F401
 from hobs_jax.methods import udfc as _udfc  # noqa: F401
 

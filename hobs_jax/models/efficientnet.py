@@ -20,8 +20,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Sequential, batch_norm, check_input,
+from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
                                     conv, global_avg_pool, sow_stage, stochastic_depth)
+from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -108,6 +109,7 @@ class EfficientNetB0(nn.Module):
     dropout: float = 0.2
     stochastic_depth_prob: float = 0.2
     arch: str = "efficientnet_b0"
+    block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -125,7 +127,7 @@ class EfficientNetB0(nn.Module):
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return Sequential((lambda n: (lambda y: y),
-                           lambda n: nn.Dense(self.num_classes, kernel_init=_linear_init, name=n)),
+                           lambda n: Dense(self.num_classes, kernel_init=_linear_init, name=n)),
                           name="classifier")(x)
 
     def _sowing(self, factory, index: str):

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hobs_jax.models.sparse import Conv, Dense  # noqa: F401  (Dense: the zoo's dense layer)
+
 Array = jax.Array
 
 
@@ -28,14 +30,15 @@ def symmetric_padding(kernel: int, dilation: int = 1) -> tuple[tuple[int, int], 
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-         use_bias: bool = False, padding: int | None = None, name: str | None = None) -> nn.Conv:
+         use_bias: bool = False, padding: int | None = None, name: str | None = None) -> Conv:
     """A ``flax.linen.Conv`` with torchvision's explicit symmetric padding.
 
     Returned directly (not wrapped) so its parameters sit at ``<name>/kernel`` like
-    torch's ``<name>.weight``.
+    torch's ``<name>.weight``. It is a :class:`hobs_jax.models.sparse.Conv`: a plain
+    ``nn.Conv`` unless the model's ``block_ell`` spec names it (1x1 convs only).
     """
     p = (kernel - 1) // 2 if padding is None else padding
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),

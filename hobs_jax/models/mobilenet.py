@@ -16,8 +16,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Sequential, batch_norm, check_input,
+from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
                                     conv, global_avg_pool, relu6, sow_stage)
+from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -91,6 +92,7 @@ class MobileNetV2(nn.Module):
     in_channels: int = 3
     dropout: float = 0.2
     arch: str = "mobilenet_v2"
+    block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -112,7 +114,7 @@ class MobileNetV2(nn.Module):
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return Sequential((lambda n: (lambda y: y),  # classifier.0 is Dropout (applied above)
-                           lambda n: nn.Dense(self.num_classes, kernel_init=_linear_init, name=n)),
+                           lambda n: Dense(self.num_classes, kernel_init=_linear_init, name=n)),
                           name="classifier")(x)
 
     def _sowing(self, factory, index: str):

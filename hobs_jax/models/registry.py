@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hobs_jax.models import sparse
 from hobs_jax.models.widths import Widths, resolve_widths
 
 
@@ -73,6 +74,10 @@ def build(name: str, *, widths: Mapping[str, int] | None = None, num_classes: in
     """Build zoo model ``name``, optionally at other ``widths`` (a partial mapping of
     entry -> channels; the rest keep their defaults).
 
+    ``block_ell`` (a mapping layer path -> :class:`hobs_jax.models.sparse.BlockPattern`)
+    builds those layers as Block-ELL; it is checked against the model (shape-only) and a
+    bad entry raises a one-line ``ValueError`` naming the path.
+
     Returns an unbound Flax module; ``init``/``apply`` with NHWC inputs.
     """
     entry = get_entry(name)
@@ -82,7 +87,13 @@ def build(name: str, *, widths: Mapping[str, int] | None = None, num_classes: in
     for key, val in (("num_classes", nc), ("in_channels", ic)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ValueError(f"{name}: {key} must be a positive int, got {val!r}")
-    return entry.factory(w, nc, ic, **kwargs)
+    if "block_ell" in kwargs:
+        kwargs["block_ell"] = sparse.as_spec(kwargs["block_ell"])
+    model = entry.factory(w, nc, ic, **kwargs)
+    if kwargs.get("block_ell"):
+        sparse.check_block_ell(model, input_shape(name, 1, in_channels=ic,
+                                                  size=getattr(model, "image_size", None)))
+    return model
 
 
 def input_shape(name: str, batch: int = 1, *, in_channels: int | None = None,

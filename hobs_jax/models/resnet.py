@@ -22,8 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hobs_jax.models.layers import (Sequential, batch_norm, check_input, conv,
+from hobs_jax.models.layers import (Dense, Sequential, batch_norm, check_input, conv,
                                     global_avg_pool, max_pool_3x3_s2, sow_stage)
+from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -132,6 +133,7 @@ class ResNet(nn.Module):
     in_channels: int = 3
     cifar: bool = False
     arch: str = "resnet"
+    block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -161,4 +163,4 @@ class ResNet(nn.Module):
             x = Stage(tuple(blocks), name=f"layer{s}")(x, train)
             sow_stage(self, f"layer{s}", x)
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes, kernel_init=_dense_init, name="fc")(x)
+        return Dense(self.num_classes, kernel_init=_dense_init, name="fc")(x)

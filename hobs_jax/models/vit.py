@@ -26,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hobs_jax.models.layers import Sequential, check_input, fn_layer, gelu_exact, sow_stage
+from hobs_jax.models.layers import Dense, Sequential, check_input, fn_layer, gelu_exact, sow_stage
+from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
@@ -85,8 +86,8 @@ class EncoderBlock(nn.Module):
         y = nn.Dropout(self.dropout, deterministic=not train)(y)
         x = x + y
         y = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name="ln_2")(x)
-        dense = lambda f: (lambda n: nn.Dense(f, kernel_init=nn.initializers.xavier_uniform(),
-                                              bias_init=nn.initializers.normal(1e-6), name=n))
+        dense = lambda f: (lambda n: Dense(f, kernel_init=nn.initializers.xavier_uniform(),
+                                           bias_init=nn.initializers.normal(1e-6), name=n))
         drop = nn.Dropout(self.dropout, deterministic=not train)
         y = Sequential((dense(self.mlp), fn_layer(gelu_exact), fn_layer(drop),
                         dense(self.hidden), fn_layer(drop)), name="mlp")(y)
@@ -139,7 +140,7 @@ class _Heads(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
+        return Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
 
 
 class VisionTransformer(nn.Module):
@@ -154,6 +155,7 @@ class VisionTransformer(nn.Module):
     scale_dim: int = 64
     dropout: float = 0.0
     arch: str = "vit_b_16"
+    block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:

@@ -44,7 +44,8 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     Sections:
       model, num_classes, in_channels: the zoo model and its head/input.
       data: source ('fashion_mnist' | 'synthetic' | 'tfds'), tfds_dataset, data_dir,
-        image_size (0 = the source's own), augment.
+        image_size (0 = the source's own), augment, eval_batch_size, synthetic_examples
+        (training examples of the synthetic source; its test split has a quarter).
       init: kind 'scratch' | 'checkpoint' (a hobs_jax export directory) | 'torch' (a torch
         state_dict file, converted by the parity layer); path; train: also train a loaded
         network (a scratch one is always trained).
@@ -67,7 +68,8 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.in_channels = 1
     c.seed = 0
     c.data = ml_collections.ConfigDict(dict(source="fashion_mnist", tfds_dataset="", data_dir="",
-                                            image_size=0, augment=True, eval_batch_size=500))
+                                            image_size=0, augment=True, eval_batch_size=500,
+                                            synthetic_examples=1024))
     c.init = ml_collections.ConfigDict(dict(kind="scratch", path="", train=False))
     c.train = get_train_config()
     c.calibrate = ml_collections.ConfigDict(dict(num_images=2048, batch_size=256, split="train"))
@@ -86,6 +88,40 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict(dict(torch=True, onnx=False))
     c.stages = ",".join(STAGES)
     return c
+
+
+def imagenet_config(model: str, *, epochs: float, batch_size: int, lr_per_256: float,
+                    weight_decay: float, optimizer: str = "sgd") -> ml_collections.ConfigDict:
+    """ImageNet-1k (tensorflow-datasets ``imagenet2012`` under ``TFDS_DATA_DIR``) at 224x224:
+    the shared part of the ImageNet configs (unlocked)."""
+    c = base_config(model)
+    c.num_classes, c.in_channels = 1000, 3
+    c.data.source, c.data.tfds_dataset, c.data.image_size = "tfds", "imagenet2012", 224
+    c.data.eval_batch_size = 1000
+    c.calibrate.num_images, c.calibrate.batch_size, c.calibrate.split = 256, 32, "train"
+    for t, ep in ((c.train, epochs), (c.finetune, epochs / 3)):
+        t.optimizer, t.epochs, t.batch_size = optimizer, float(ep), batch_size
+        t.lr = lr_per_256 * batch_size / 256
+        t.weight_decay, t.label_smoothing = weight_decay, 0.1
+        t.nesterov = optimizer == "sgd"
+        t.mixed_precision = "auto"
+        t.checkpoint.every_steps = 2000
+    c.finetune.lr = c.train.lr / 10
+    c.finetune.kd.enabled = True
+    c.prune.method, c.prune.target, c.prune.round_to = "hobs", 0.5, 8
+    c.benchmark.batch_sizes = "1,32,256"
+    return c
+
+
+def imagenet_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrink an ImageNet config to seconds-to-minutes on a CPU: synthetic 224x224 images
+    (no dataset needed), a few steps, tiny calibration and benchmark."""
+    c.data.source, c.data.eval_batch_size, c.data.synthetic_examples = "synthetic", 8, 32
+    for t in (c.train, c.finetune):
+        t.steps, t.epochs, t.batch_size, t.checkpoint.every_steps = 2, 0.0, 8, 1
+        t.mixed_precision = "off"
+    c.calibrate.num_images, c.calibrate.batch_size = 16, 8
+    c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup = "1,8", 2, 1
 
 
 def stages_of(c: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -43,8 +43,9 @@ class Context:
                 kw["channels"] = self.config.in_channels
         elif d.source == "synthetic":
             size = d.image_size or 28
+            n = d.synthetic_examples
             kw.update(image_shape=(size, size, self.config.in_channels),
-                      num_classes=self.config.num_classes)
+                      num_classes=self.config.num_classes, train_size=n, test_size=max(8, n // 4))
         if d.source != "synthetic":
             kw["augment"] = d.augment
         src = get_source(d.source, **kw)

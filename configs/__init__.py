@@ -1,0 +1,1 @@
+"""Config files: each exposes get_config(arg) returning a locked ConfigDict."""

@@ -1,0 +1,31 @@
+"""efficientnet_b0 on ImageNet-1k (tensorflow-datasets imagenet2012 under TFDS_DATA_DIR), 224x224.
+
+Dense training (or start from torchvision weights), H-OBS to half the MACs, fine-tuning with
+distillation from the dense network, evaluation, latency benchmark and export:
+
+    python -m hobs_jax.main --config=configs/efficientnet_b0.py --workdir=runs/efficientnet_b0_imagenet
+
+From torchvision's pretrained weights instead of training (a .pth file you downloaded):
+
+    python -m hobs_jax.main --config=configs/efficientnet_b0.py --workdir=runs/efficientnet_b0_imagenet \
+        --config.init.kind=torch --config.init.path=/path/to/efficientnet_b0.pth
+
+On a TPU pod or a SLURM GPU cluster: launch/tpu_pod.sh, launch/slurm_gpu.sbatch (README).
+Expected result: not measured in this repository (no ImageNet on the machines it is developed
+on); the project plan's ResNet-50 target is 75.96% top-1 at 3.10x speedup. The smoke variant
+(`--config=configs/efficientnet_b0.py:smoke`: synthetic 224x224 images, 2 steps per training stage)
+checks every stage end to end on a CPU.
+"""
+
+from hobs_jax.pipeline.config import imagenet_config, imagenet_smoke
+
+
+def get_config(arg: str | None = None):
+    c = imagenet_config("efficientnet_b0", epochs=350, batch_size=1024, lr_per_256=0.064, weight_decay=1e-5,
+                        optimizer="sgd")
+    if arg == "smoke":
+        imagenet_smoke(c)
+    elif arg not in (None, ""):
+        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
+    c.lock()
+    return c

@@ -1,0 +1,267 @@
+"""Layer-wise Hessians of the reconstruction loss, streamed over calibration data.
+
+For a linear layer ``Y = X W`` (X: [n, d] input rows, see :mod:`hobs_jax.stats.layers`)
+the layer-wise loss ``||X W - X W'||_F^2 / n`` has Hessian ``H = (2/n) X^T X`` in every
+output column (Hassibi & Stork, "Optimal Brain Surgeon", NIPS 1993; OBC, Frantar &
+Alistarh, NeurIPS 2022). :func:`collect_hessians` runs the network once over the
+calibration images and accumulates, for every requested layer, ``X^T X`` (and the
+column sums ``X^T 1`` when the layer has a bias), inside ONE jitted function per batch:
+each layer's input is intercepted (``flax.linen.intercept_methods``) and reduced to its
+Gram matrix on the spot, so memory is bounded by one batch of activations plus the
+``d x d`` accumulators, whatever the number of images.
+
+Depthwise convs mix no channels: their statistics are per channel, ``[C, k*k, k*k]``.
+
+Accumulation is float32 by default; ``dtype='float64'`` runs the Gram products and the
+cross-batch sums in float64 (``jax.enable_x64`` around the calibration pass only; the
+network itself still runs in its own dtype).
+
+:func:`dampen` prepares a Hessian for inversion as SparseGPT does (Frantar & Alistarh,
+"SparseGPT", ICML 2023): inputs that are always zero on the calibration data ("dead":
+zero diagonal) get diagonal 1 (their weights then neither matter nor move), and
+``damp * mean(diag H)`` is added to the diagonal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hobs_jax.stats.gram import gram_conv, gram_depthwise, gram_rows
+from hobs_jax.stats.layers import LayerInfo, conv_patches, dense_rows, intercepting, trace_layers
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerStats:
+    """Accumulated input statistics of one layer.
+
+    Attributes:
+      info: the layer (:class:`~hobs_jax.stats.layers.LayerInfo`).
+      xtx: [d, d] sum of x x^T over all input rows (depthwise: [C, k*k, k*k]).
+      xsum: [d] sum of the rows (None unless the layer has a bias).
+      count: number of rows n (examples x output positions).
+    """
+
+    info: LayerInfo
+    xtx: np.ndarray
+    xsum: np.ndarray | None
+    count: int
+
+    def hessian(self, *, bias: bool = False) -> np.ndarray:
+        """H = (2/n) X^T X, float64. With ``bias`` (layers with a bias only) the input
+        gets a constant-1 column appended: H = (2/n) [[X^T X, X^T 1], [1^T X, n]]."""
+        h = self.xtx.astype(np.float64) * (2.0 / self.count)
+        if not bias:
+            return h
+        if self.xsum is None:
+            raise ValueError(f"layer {self.info.name}: no bias statistics were collected")
+        s = self.xsum.astype(np.float64) * (2.0 / self.count)
+        d = h.shape[0]
+        out = np.empty((d + 1, d + 1))
+        out[:d, :d], out[:d, d], out[d, :d], out[d, d] = h, s, s, 2.0
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class HessianStats:
+    """Statistics of every collected layer (keyed by module path) over ``num_examples``
+    calibration examples, accumulated in ``dtype``."""
+
+    layers: Mapping[tuple[str, ...], LayerStats]
+    num_examples: int
+    dtype: str
+
+    def __getitem__(self, path) -> LayerStats:
+        return self.layers[tuple(path)]
+
+    def __contains__(self, path) -> bool:
+        return tuple(path) in self.layers
+
+
+def dampen(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H with dead inputs' diagonal set to 1 and ``damp * mean(diag)`` added, dead mask).
+
+    Args:
+      h: [d, d] Hessian (float64).
+      damp: relative dampening lambda (SparseGPT's ``percdamp``), >= 0.
+    """
+    if not damp >= 0:
+        raise ValueError(f"damp={damp!r}: dampening must be >= 0")
+    h = np.array(h, dtype=np.float64)
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    idx = np.flatnonzero(dead)
+    h[idx, idx] = 1.0
+    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    return h, dead
+
+
+def _key(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | None, int]:
+    """(X^T X, X^T 1 or None, rows per example) of one batch of layer input ``x``."""
+    if info.kind == "dense":
+        rows = dense_rows(info, x)
+        return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
+    p = conv_patches(info, x)  # [n, C, kk]
+    rpe = int(p.shape[0] // x.shape[0])
+    if info.kind == "depthwise":
+        return gram_depthwise(p), (p.sum(0) if info.use_bias else None), rpe
+    s = jnp.swapaxes(p.sum(0), 0, 1).reshape(-1) if info.use_bias else None
+    return gram_conv(p), s, rpe
+
+
+@functools.lru_cache(maxsize=8)
+def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo], ...], dtype_name: str):
+    """(jitted step, rows-per-example dict filled while tracing), cached per model, layer
+    set and dtype so repeated calibrations (experiments, tests) compile once."""
+    infos = dict(infos)
+    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
+    rows_per_example: dict = {}
+
+    def step(acc, variables, x, w):
+        grams: dict[str, list] = {}
+        shape = tuple(x.shape)
+        for k in [k for k in rows_per_example if k[0] == shape]:
+            del rows_per_example[k]  # filled while tracing (static shapes), per input shape
+
+        def on_layer(mod, xin, y):
+            p = tuple(mod.path)
+            if p not in infos:
+                return
+            mask = w.reshape((-1,) + (1,) * (xin.ndim - 1)).astype(dtype)
+            g, s, rpe = _layer_gram(infos[p], xin.astype(dtype) * mask)
+            rows_per_example[shape, p] = rows_per_example.get((shape, p), 0) + rpe
+            k = _key(p)
+            if k in grams:
+                grams[k][0] = grams[k][0] + g
+                if s is not None:
+                    grams[k][1] = grams[k][1] + s
+            else:
+                grams[k] = [g, s]
+
+        with nn.intercept_methods(intercepting(on_layer)):
+            model.apply(variables, x, train=False)
+        new, finite = {}, {}
+        for k, (g, s) in grams.items():
+            new[k] = {"xtx": acc[k]["xtx"] + g}
+            ok = jnp.all(jnp.isfinite(g))
+            if s is not None:
+                new[k]["xsum"] = acc[k]["xsum"] + s
+                ok = ok & jnp.all(jnp.isfinite(s))
+            finite[k] = ok
+        return new, finite
+    return jax.jit(step, donate_argnums=0), rows_per_example
+
+
+def check_images(images, input_shape: Sequence[int] | None, what: str = "calibration images") -> np.ndarray:
+    """One-line ``ValueError`` unless ``images`` is a finite float [N>=1, H, W, C] array of
+    ``input_shape[1:]``."""
+    a = np.asarray(images)
+    if a.ndim != 4:
+        raise ValueError(f"{what} must be [N, H, W, C], got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what} must be floating point (preprocessed), got dtype {a.dtype}")
+    if a.shape[0] < 1:
+        raise ValueError(f"{what}: need at least one image, got shape {a.shape}")
+    if input_shape is not None and tuple(a.shape[1:]) != tuple(input_shape[1:]):
+        raise ValueError(f"{what} have shape {a.shape[1:]} per image, the model expects "
+                         f"{tuple(input_shape[1:])}")
+    if not np.all(np.isfinite(a)):
+        bad = int(np.flatnonzero(~np.isfinite(a).reshape(len(a), -1).all(1))[0])
+        raise ValueError(f"{what}: image {bad} has NaN/Inf values")
+    return a
+
+
+def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *,
+                     paths: Sequence[Sequence[str]] | None = None, batch_size: int = 256,
+                     dtype: str = "float32", progress: bool = True, infos: Mapping[tuple[str, ...], LayerInfo] | None = None
+                     ) -> HessianStats:
+    """Stream ``images`` through ``model`` (eval mode) and accumulate every layer's input
+    statistics (see module docstring).
+
+    Args:
+      model, variables: a Flax model (zoo calling contract) and its variables.
+      images: [N, H, W, C] float calibration images (preprocessed).
+      paths: module paths of the layers to collect; default every Conv/Dense/
+        DenseGeneral except grouped (non-depthwise) convs.
+      batch_size: images per jitted step; the last batch is padded and its padding rows
+        masked out, so one executable serves every batch.
+      dtype: 'float32' or 'float64' accumulation.
+      progress: tqdm bar (``hobs_jax.train.progress``).
+      infos: the :func:`~hobs_jax.stats.layers.trace_layers` result if already traced.
+    Returns:
+      :class:`HessianStats`. Raises a one-line ``ValueError`` for malformed images, an
+      unknown layer path, or non-finite activations (naming the layer and batch).
+    """
+    from hobs_jax.train import progress as bar
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: use one of {DTYPES}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    images = check_images(images, None)
+    all_infos = dict(infos) if infos is not None else trace_layers(model, variables, (1,) + images.shape[1:])
+    if paths is None:
+        want = {p: i for p, i in all_infos.items() if i.kind != "grouped"}
+    else:
+        want = {}
+        for p in paths:
+            p = tuple(p)
+            if p not in all_infos:
+                raise ValueError(f"no Conv/Dense layer at {'/'.join(p)!r}; layers: "
+                                 f"{', '.join(_key(q) for q in list(all_infos)[:6])}...")
+            if all_infos[p].kind == "grouped":
+                raise ValueError(f"layer {'/'.join(p)} is a grouped conv: no Hessian statistics")
+            want[p] = all_infos[p]
+    n = len(images)
+    bs = min(int(batch_size), n)
+    with jax.enable_x64(dtype == "float64"):
+        jdt = jnp.float64 if dtype == "float64" else jnp.float32
+        step, rpe = _make_step(model, tuple(want.items()), dtype)
+        acc = {}
+        for p, info in want.items():
+            d = info.d_in
+            if info.kind == "depthwise":
+                acc[_key(p)] = {"xtx": jnp.zeros((info.kernel_shape[-1], d, d), jdt)}
+                if info.use_bias:
+                    acc[_key(p)]["xsum"] = jnp.zeros((info.kernel_shape[-1], d), jdt)
+            else:
+                acc[_key(p)] = {"xtx": jnp.zeros((d, d), jdt)}
+                if info.use_bias:
+                    acc[_key(p)]["xsum"] = jnp.zeros((d,), jdt)
+        order = {_key(p): info.order for p, info in want.items()}  # report the first bad layer
+        nb = -(-n // bs)
+        for i in bar(range(nb), total=nb, desc="hessians", unit="batch", enabled=progress):
+            x = images[i * bs:(i + 1) * bs]
+            w = np.ones(bs, np.float32)
+            if len(x) < bs:
+                w[len(x):] = 0.0
+                x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
+            acc, finite = step(acc, variables, jnp.asarray(x, jnp.float32), jnp.asarray(w))
+            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=order.get)
+            if bad:
+                raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
+                                 f"values (activations overflow or the weights are not finite)")
+        host = jax.device_get(acc)
+    npdt = np.float64 if dtype == "float64" else np.float32
+    layers = {}
+    for p, info in want.items():
+        a = host[_key(p)]
+        layers[p] = LayerStats(info, np.asarray(a["xtx"], npdt),
+                               np.asarray(a["xsum"], npdt) if "xsum" in a else None,
+                               int(n * rpe[(bs,) + images.shape[1:], p]))
+    return HessianStats(layers, n, dtype)

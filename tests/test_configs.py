@@ -1,0 +1,42 @@
+"""Every config file loads, validates and documents its command."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from hobs_jax.pipeline import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_issue_configs_exist():
+    names = {os.path.basename(p)[:-3] for p in CONFIGS}
+    assert {"resnet50", "mobilenet_v2", "efficientnet_b0", "vit_b16", "resnet56_fmnist",
+            "resnet20_fmnist", "quickstart"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+@pytest.mark.parametrize("variant", [None, "smoke"])
+def test_config_validates_and_is_locked(path, variant):
+    mod = _load(path)
+    c = mod.get_config(variant)
+    validate(c)
+    assert c.is_locked
+    assert f"--config=configs/{os.path.basename(path)}" in mod.__doc__
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_unknown_variant_is_an_error(path):
+    with pytest.raises(ValueError, match="unknown config variant 'smol'"):
+        _load(path).get_config("smol")

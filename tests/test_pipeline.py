@@ -1,0 +1,112 @@
+"""The main job: config validation, stage records, resume guard, and one end-to-end run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hobs_jax.pipeline import base_config, run, validate
+from hobs_jax.pipeline.workdir import Workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(stages="train,calibrate,prune,finetune,evaluate,benchmark,export"):
+    c = base_config("resnet20")
+    c.data.source, c.data.image_size, c.data.eval_batch_size = "synthetic", 16, 64
+    c.train.steps, c.train.epochs, c.train.batch_size = 6, 0.0, 32
+    c.train.checkpoint.every_steps, c.train.progress, c.train.tensorboard = 3, False, False
+    c.calibrate.num_images, c.calibrate.batch_size = 64, 32
+    c.finetune.steps, c.finetune.epochs, c.finetune.batch_size = 3, 0.0, 32
+    c.finetune.progress, c.finetune.tensorboard = False, False
+    c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup = "1,4", 2, 1
+    c.export.torch = True
+    c.stages = stages
+    c.lock()
+    return c
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("prune.target", 1.0, r"prune.target=1.0: the kept fraction must be in \(0, 1\)"),
+    ("prune.target", 0.0, r"prune.target=0.0"),
+    ("train.lr", -0.1, r"train.lr=-0.1: must be > 0"),
+    ("prune.method", "nope", r"unknown pruning method 'nope'"),
+    ("stages", "train,oops", r"unknown stage 'oops'"),
+    ("init.kind", "checkpoint", r"init.path is empty"),
+    ("model", "resnet5", r"unknown model 'resnet5'"),
+])
+def test_invalid_values_fail_before_compute(key, value, match):
+    c = _tiny()
+    with c.unlocked():
+        section, _, leaf = key.rpartition(".")
+        (c[section] if section else c)[leaf] = value
+    with pytest.raises(ValueError, match=match) as e:
+        validate(c)
+    assert "\n" not in str(e.value)
+
+
+def test_batch_not_divisible_by_device_count():
+    c = _tiny()
+    with c.unlocked():
+        c.train.batch_size = 30
+    with pytest.raises(ValueError, match="train.batch_size=30: not divisible by the device count 4"):
+        validate(c, num_devices=4)
+
+
+def test_locked_config_rejects_misspelled_override():
+    from configs import resnet20_fmnist
+
+    c = resnet20_fmnist.get_config()
+    with pytest.raises(AttributeError):
+        c.prune.targte = 0.4
+
+
+def test_workdir_refuses_a_different_config(tmp_path):
+    c = _tiny()
+    wd = Workdir(str(tmp_path))
+    wd.finish("train", c, {"ok": 1}, 1.0)
+    wd.check_compatible(c, ("train",))  # same config: fine
+    with c.unlocked():
+        c.train.lr = 0.05
+        c.prune.target = 0.3  # prune has not run: irrelevant
+    with pytest.raises(ValueError, match=r"stage 'train' made with another config \(train.lr: 0.1 -> 0.05\)"):
+        wd.check_compatible(c, ("train", "prune"))
+
+
+def test_end_to_end_then_rerun_skips_every_stage(tmp_path):
+    c = _tiny()
+    summary = run(c, str(tmp_path))
+    for key in ("model", "method", "acc_dense", "acc_pruned", "macs_ratio", "params_ratio",
+                "latency_speedup", "stage_seconds"):
+        assert key in summary, key
+    assert summary["model"] == "resnet20" and summary["method"] == "magnitude"
+    assert abs(summary["macs_ratio"] / 0.5 - 1) <= 0.01
+    assert 0 <= summary["acc_pruned"] <= 1 and summary["latency_speedup"] > 0
+    assert set(summary["stage_seconds"]) == {"train", "calibrate", "prune", "finetune", "evaluate",
+                                             "benchmark", "export"}
+    with open(tmp_path / "summary.json") as f:
+        assert json.load(f)["macs_ratio"] == summary["macs_ratio"]
+    assert (tmp_path / "report.md").read_text().startswith("# resnet20: magnitude")
+    assert (tmp_path / "export" / "model.pt").exists()
+    # The exported checkpoint reloads into a runnable pruned model.
+    import hobs_jax
+    from hobs_jax import models
+    model, variables, meta = hobs_jax.load(str(tmp_path / "export" / "model"))
+    assert meta["plan"] is not None and dict(model.widths) != models.default_widths("resnet20")
+    # Rerun: every stage is skipped (records unchanged).
+    before = {s: os.path.getmtime(tmp_path / s / "stage.json") for s in summary["stage_seconds"]}
+    run(c, str(tmp_path))
+    after = {s: os.path.getmtime(tmp_path / s / "stage.json") for s in summary["stage_seconds"]}
+    assert before == after
+
+
+def test_main_prints_one_line_error_for_bad_override(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hobs_jax.main", "--config=configs/resnet20_fmnist.py",
+                          f"--workdir={tmp_path}", "--config.prune.target=1.5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: prune.target=1.5: the kept fraction must be in (0, 1)")
+    assert not os.listdir(tmp_path)  # nothing written before the error
