@@ -65,7 +65,7 @@ def record(model: str, runs: str) -> dict:
             "goal": GOALS.get(model), "epochs": t["epochs"], "batch_size": t["batch_size"],
             "lr": t["lr"], "optimizer": t["optimizer"], "weight_decay": t["weight_decay"],
             "train_seconds": wall, "images_per_s": rec["outputs"].get("images_per_s"),
-            "steps": rec["outputs"].get("steps"),
+            "steps": rec["outputs"].get("steps"), "device": rec["outputs"].get("device") or _cpu(),
             "curve": [(e["step"], e["top1"]) for e in evals], "checkpoint": os.path.relpath(dst, REPO),
             "command": f"python -m hobs_jax.main --config=configs/{model}_fmnist.py "
                        f"--workdir=runs/{model}_fmnist --config.stages=train"}
@@ -88,7 +88,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_ylim(80, 96)
     ax.grid(alpha=0.3)
     ax.legend(title="dotted: goal")
-    ax.set_title("Dense baselines trained with hobs_jax.train.fit (CPU)")
+    ax.set_title("Dense baselines trained with hobs_jax.train.fit")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -104,16 +104,16 @@ def main() -> None:
         json.dump(rows, f, indent=1)
     plot(rows, os.path.join(out, "fmnist_baselines.png"))
     lines = ["# Fashion-MNIST dense baselines", "",
-             f"Trained by the pipeline's train stage on {_cpu()} (shared with other jobs), "
+             "Trained by the pipeline's train stage (device per row), "
              f"recorded {datetime.date.today()} by `python benchmarks/fmnist_baselines.py "
              f"--models {args.models}`.", "",
-             "| model | test top-1 | goal | met | epochs | batch | optimizer | train wall time | images/s | command |",
-             "|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
+             "| model | test top-1 | goal | met | epochs | batch | optimizer | device | train wall time | images/s | command |",
+             "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
     for r in rows:
         met = "yes" if r["goal"] is None or r["top1"] >= r["goal"] else "**no**"
         lines.append(f"| {r['model']} | {100 * r['top1']:.2f}% | {100 * r['goal']:.1f}% | {met} | "
                      f"{r['epochs']:g} | {r['batch_size']} | {r['optimizer']} lr {r['lr']} wd "
-                     f"{r['weight_decay']} | {r['train_seconds'] / 60:.1f} min | "
+                     f"{r['weight_decay']} | {r['device']} | {r['train_seconds'] / 60:.1f} min | "
                      f"{r['images_per_s'] or 0:.0f} | `{r['command']}` |")
     lines += ["", "Test accuracy is re-measured on all 10,000 test images from the saved model. "
               "The shipped checkpoints (`checkpoints/<model>_fmnist`, orbax, read by "

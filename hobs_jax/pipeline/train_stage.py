@@ -35,7 +35,8 @@ def run(ctx: Context) -> dict:
     c = ctx.config
     model = ctx.dense_model()
     variables = initial_variables(ctx)
-    out: dict = {"init": c.init.kind}
+    out: dict = {"init": c.init.kind,
+                 "device": f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"}
     if c.init.kind == "scratch" or c.init.train:
         result = fit(model, variables, ctx.train_loader(c.train), c.train,
                      ctx.workdir.stage_dir("train"), eval_data=ctx.eval_loader())
