@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
     c.num_classes, c.in_channels = 10, 1
     t = c.train
     t.optimizer, t.lr, t.momentum, t.nesterov = "sgd", 0.1, 0.9, True
-    t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, 18.0
+    t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, 30.0
     t.checkpoint.every_steps = 500
     c.prune.method, c.prune.target = "magnitude", 0.5
     if arg == "smoke":
