@@ -424,7 +424,7 @@ def plot(result: dict, out_dir: str) -> list[str]:
     allg = result["groups"]
     x = np.arange(len(allg))
     colors = ["C3" if g["kind"] == "residual" else "C0" for g in allg]
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.22 * len(allg) + 2), 5.6), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.22 * len(allg) + 2), 5.8), sharex=True)
     axes[0].bar(x, [g["fisher_trace"] for g in allg], color=colors)
     axes[0].set_ylabel("trace (sum over group)", fontsize=8)
     axes[1].bar(x, [g["fisher_per_param"] for g in allg], color=colors)
@@ -435,7 +435,7 @@ def plot(result: dict, out_dir: str) -> list[str]:
         ax.tick_params(labelsize=7)
     axes[1].set_xticks(x)
     axes[1].set_xticklabels([_group_label(g) for g in allg], rotation=90, fontsize=6)
-    axes[0].set_title(f"{result['model']}: empirical Fisher trace per group, log scale "
+    axes[0].set_title(f"{result['model']}: empirical Fisher trace per group, log scale\n"
                       f"({result.get('fisher_examples', '?')} examples; red: residual streams)", fontsize=9)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "fisher.png"))
@@ -444,17 +444,21 @@ def plot(result: dict, out_dir: str) -> list[str]:
 
     fe = result["feature_error"]
     n = len(fe["layers"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * n + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.14 * n + 2), 4.0))
+    zero = np.all([np.asarray(fe[k]) == 0 for k in styles], axis=0)  # e.g. the stem: input unpruned
     for k, (label, color, ls) in styles.items():
-        ax.plot(np.maximum(fe[k], floor), ls, marker="o", ms=2.5, color=color, label=label, lw=1.3)
+        y = np.where(zero, np.nan, np.asarray(fe[k], np.float64))
+        ax.plot(np.maximum(y, floor), ls, marker="o", ms=2.5, color=color, label=label, lw=1.3)
     ax.set_yscale("log")
     ax.set_xlabel("layer (forward order)", fontsize=8)
     ax.set_ylabel("relative feature-map error", fontsize=8)
     step = max(1, n // 30)
     ax.set_xticks(range(0, n, step))
     ax.set_xticklabels([fe["layers"][i] for i in range(0, n, step)], rotation=60, ha="right", fontsize=6)
-    ax.set_title(f"{result['model']} pruned to {fe['macs_ratio']:.2f} of the MACs (uniform, no BN "
-                 f"re-estimation): error of each layer's output vs dense, log scale", fontsize=8)
+    skipped = [fe["layers"][i] for i in np.flatnonzero(zero)]
+    ax.set_title(f"{result['model']} pruned to {fe['macs_ratio']:.2f} of the MACs (uniform, no BN re-estimation):\n"
+                 f"error of each layer's output vs the dense network, log scale"
+                 + (f" (exactly 0, not drawn: {', '.join(skipped[:3])})" if skipped else ""), fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both", lw=0.4)
     fig.tight_layout()
@@ -467,7 +471,7 @@ def plot(result: dict, out_dir: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hobs_jax.analysis.sensitivity",
                                 description="Per-group pruning sensitivity of a saved model (JSON + PNGs).")
-    p.add_argument("--checkpoint", required=True, help="directory written by hobs_jax.export.save")
+    p.add_argument("--checkpoint", default="", help="directory written by hobs_jax.export.save")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--calib", type=int, default=1024, help="calibration images (training split)")
     p.add_argument("--dataset", default="fashion_mnist")
@@ -479,6 +483,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--damp", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--plot-only", action="store_true",
+                   help="redraw the PNGs from an existing <out>/sensitivity.json (no computation)")
     return p
 
 
@@ -487,9 +493,17 @@ def run(a: argparse.Namespace) -> list[str]:
     import hobs_jax
     from hobs_jax.data import get_source
 
+    if a.plot_only:
+        path = os.path.join(a.out, "sensitivity.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"--plot-only: no {path}")
+        with open(path) as f:
+            return [path] + plot(json.load(f), a.out)
     for key in ("calib", "fisher_examples", "feature_examples", "batch_size"):
         if getattr(a, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')}={getattr(a, key)} must be >= 1")
+    if not a.checkpoint:
+        raise ValueError("--checkpoint is required (a directory written by hobs_jax.export.save)")
     if not 0.0 < a.target < 1.0:
         raise ValueError(f"--target={a.target} must be in (0, 1)")
     if a.resize < 0:
