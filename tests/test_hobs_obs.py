@@ -184,3 +184,19 @@ def test_blas_threads_context_restores():
     with blas_threads(1):
         b = a @ a
     np.testing.assert_allclose(b, a @ a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "float32"])
+def test_in_place_downdate_matches_numpy(layout):
+    from hobs_jax.methods.obs_math import _subtract_product
+
+    rng = np.random.default_rng(13)
+    base = rng.normal(size=(40, 40))
+    a, b = rng.normal(size=(30, 3)), rng.normal(size=(3, 20))  # c [30, 20]: not square
+    c = {"C": np.ascontiguousarray(base[:30, :20]), "F": np.asfortranarray(base[:30, :20]),
+         "strided": base[:30, :20], "float32": base[:30, :20].astype(np.float32)}[layout]
+    want = c - a @ b
+    ptr = c.__array_interface__["data"][0]
+    _subtract_product(c, a, b)
+    assert c.__array_interface__["data"][0] == ptr  # updated in place
+    np.testing.assert_allclose(c, want, rtol=1e-6 if layout == "float32" else 1e-12, atol=1e-6)

@@ -133,6 +133,26 @@ def channel_rows(row_channel: np.ndarray, size: int, what: str = "layer") -> np.
     return order[len(row_channel) - size * counts[0]:].reshape(size, counts[0])
 
 
+def _subtract_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """``c -= a @ b`` in place: c [d, m], a [d, k], b [k, m] float64, k small.
+
+    One BLAS dgemm with beta=1 writing into ``c`` (through its Fortran-ordered transpose
+    view when ``c`` is C-ordered: ``c^T -= b^T a^T``), instead of numpy's ``a @ b``
+    temporary plus a separate subtraction: the rank-k downdate of a large inverse Hessian
+    is memory-bound, and this touches ``c`` once instead of three times (no d x d
+    temporary). Falls back to numpy for other layouts/dtypes."""
+    from scipy.linalg.blas import dgemm
+
+    if c.dtype == np.float64 and a.dtype == np.float64 and b.dtype == np.float64:
+        if c.flags.c_contiguous:
+            dgemm(-1.0, b.T, a.T, beta=1.0, c=c.T, overwrite_c=True)
+            return
+        if c.flags.f_contiguous:
+            dgemm(-1.0, a, b, beta=1.0, c=c, overwrite_c=True)
+            return
+    c -= a @ b
+
+
 @dataclasses.dataclass
 class Consumer:
     """Mutable working state of one consumer layer during greedy removal.
@@ -201,8 +221,8 @@ class Consumer:
                              f"definiteness; raise the dampening") from None
         bw = scipy.linalg.cho_solve(cf, wq)
         loss = 0.5 * float(np.sum(self._weighted(wq * bw)))
-        self.w -= u @ bw
-        self.hinv -= u @ scipy.linalg.cho_solve(cf, u.T)
+        _subtract_product(self.w, u, bw)
+        _subtract_product(self.hinv, u, scipy.linalg.cho_solve(cf, u.T))
         self.w[q] = 0.0
         self.hinv[q, :] = 0.0
         self.hinv[:, q] = 0.0
