@@ -1,5 +1,6 @@
 """The quickstart (``make demo``): prune the shipped Fashion-MNIST ResNet-20 to half its
-MACs, fine-tune briefly, evaluate, benchmark dense vs pruned, export.
+MACs with H-OBS (2048 calibration images, global allocation, BN re-estimation), fine-tune
+briefly, evaluate, benchmark dense vs pruned, export.
 
     python -m hobs_jax.main --config=configs/quickstart.py --workdir=workdir/quickstart
 
@@ -17,7 +18,7 @@ def get_config(arg: str | None = None):
     c.init.kind, c.init.path = "checkpoint", "checkpoints/resnet20_fmnist"
     c.stages = "train,calibrate,prune,finetune,evaluate,benchmark,export"
     c.calibrate.num_images, c.calibrate.batch_size = 2048, 256
-    c.prune.method, c.prune.target = "magnitude", 0.5
+    c.prune.method, c.prune.target = "hobs", 0.5
     f = c.finetune
     f.optimizer, f.lr, f.momentum, f.nesterov, f.weight_decay = "sgd", 0.01, 0.9, True, 5e-4
     f.steps, f.batch_size, f.warmup_fraction, f.eval_every = 300, 128, 0.0, 300

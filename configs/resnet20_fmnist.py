@@ -6,8 +6,8 @@ Train the dense baseline (the checkpoint the demo and the one-shot experiments s
         --config.stages=train,evaluate,export
 
 Expected: >= 93.0% test top-1 (the recorded run and its wall time are in
-docs/results/fmnist_baselines.md). The full pipeline (prune to half the MACs, fine-tune,
-evaluate, benchmark, export) is the same command without --config.stages.
+docs/results/fmnist_baselines.md). The full pipeline (prune to half the MACs with H-OBS,
+fine-tune, evaluate, benchmark, export) is the same command without --config.stages.
 ``configs/resnet20_fmnist.py:smoke`` runs every stage in seconds (synthetic-sized).
 """
 
@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
     t.optimizer, t.lr, t.momentum, t.nesterov = "sgd", 0.1, 0.9, True
     t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, 12.0
     t.checkpoint.every_steps = 500
-    c.prune.method, c.prune.target = "magnitude", 0.5
+    c.prune.method, c.prune.target = "hobs", 0.5
     if arg == "smoke":
         t.epochs, t.steps, t.checkpoint.every_steps = 0.0, 8, 4
         c.calibrate.num_images, c.calibrate.batch_size = 64, 32
