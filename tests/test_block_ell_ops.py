@@ -109,7 +109,10 @@ def test_check_grads_float64(backend):
         w = random_bell(12, 20, 4, 2, slots=3, empty_rows=(0,), dtype=np.float64)
         x = jnp.asarray(np.random.default_rng(2).standard_normal((6, 12)), jnp.float64)
         f = lambda a, v: bell_matmul_parts(a, v, w.col_idx, w.meta, backend=backend)
-        check_grads(f, (x, w.values), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
+        check_grads(f, (x, w.values), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)  # raises
+        gx, gv = jax.grad(lambda a, v: jnp.sum(f(a, v) ** 2), argnums=(0, 1))(x, w.values)
+        assert gx.shape == x.shape and gv.shape == w.values.shape
+        assert gx.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(gv)))
 
 
 def test_gradient_flows_through_pytree():

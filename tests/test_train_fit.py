@@ -72,12 +72,24 @@ def test_fit_learns_and_writes_records(tmp_path):
 def test_early_stopping_on_validation_accuracy(tmp_path):
     model = TinyCNN(num_classes=8)
     train, test = loaders()
-    c = config(steps=100, eval_every=5, **{"early_stopping.patience": 2,
-                                           "early_stopping.min_delta": 1.0})
+    c = config(steps=100, eval_every=5, schedule="constant", warmup_fraction=0.0,
+               **{"early_stopping.patience": 2, "early_stopping.min_delta": 1.0})
     r = fit(model, init_tiny(model, (8, 8, 1)), train, c, str(tmp_path), eval_data=test)
     # first eval sets the best; no later eval can beat it by 1.0: stop after 2 more
     assert r.metrics["stopped"] == "early_stopping" and r.metrics["steps"] == 15
-    assert r.metrics["best_step"] == 5
+    assert r.metrics["best_step"] == 5 and r.metrics["restored_best"] == 5
+    # The returned variables are step 5's (restore_best), as a 5-step run gives them.
+    train, test = loaders()  # fresh iterators: the same batches again
+    r5 = fit(model, init_tiny(model, (8, 8, 1)), train, config(steps=5, eval_every=5, schedule="constant",
+                                                           warmup_fraction=0.0),
+             str(tmp_path / "five"), eval_data=test)
+    for a, b in zip(jax.tree.leaves(r.variables), jax.tree.leaves(r5.variables)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert r.metrics["val_top1"] == r5.metrics["val_top1"]
+    c.early_stopping.restore_best = False
+    train, test = loaders()
+    last = fit(model, init_tiny(model, (8, 8, 1)), train, c, str(tmp_path / "last"), eval_data=test)
+    assert last.metrics["restored_best"] is None and last.metrics["steps"] == 15
 
 
 def test_distillation_and_adamw_on_a_model_without_batch_stats(tmp_path):

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 
 from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, sow_stage, stochastic_depth)
+                                    conv, global_avg_pool, sowing, stochastic_depth)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
@@ -122,24 +122,13 @@ class EfficientNetB0(nn.Module):
             stage = [(idx, b) for idx, b in enumerate(layout) if b["s"] == s]
             feats.append(lambda n, stage=stage: (lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)))
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.8"], 1, act=nn.silu, name=n)(y, train)))
-        feats = [self._sowing(f, str(k)) for k, f in enumerate(feats)]
+        feats = [sowing(self, f, f"features.{k}") for k, f in enumerate(feats)]
         x = Sequential(tuple(feats), name="features")(x)
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return Sequential((lambda n: (lambda y: y),
                            lambda n: Dense(self.num_classes, kernel_init=_linear_init, name=n)),
                           name="classifier")(x)
-
-    def _sowing(self, factory, index: str):
-        def wrapped(name):
-            f = factory(name)
-
-            def run(y):
-                y = f(y)
-                sow_stage(self, f"features.{index}", y)
-                return y
-            return run
-        return wrapped
 
 
 def _stage(w, sd_prob, stage, total, name, x, train):

@@ -159,3 +159,18 @@ def sow_stage(module: nn.Module, name: str, x: Array) -> None:
     """Record a stage output under ``<name>:out`` in the ``intermediates`` collection
     (the suffix keeps it apart from the submodule that is also called ``name``)."""
     module.sow("intermediates", name + STAGE_SUFFIX, x)
+
+
+def sowing(module: nn.Module, factory: Callable[[str], Callable[[Array], Array]], name: str
+           ) -> Callable[[str], Callable[[Array], Array]]:
+    """Wrap a Sequential entry factory so its output is sown as stage ``name``
+    (see :func:`sow_stage`); used for torchvision's ``features.<k>`` stages."""
+    def wrapped(entry_name: str):
+        f = factory(entry_name)
+
+        def run(y: Array) -> Array:
+            y = f(y)
+            sow_stage(module, name, y)
+            return y
+        return run
+    return wrapped

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 
 from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, relu6, sow_stage)
+                                    conv, global_avg_pool, relu6, sowing)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
@@ -109,21 +109,10 @@ class MobileNetV2(nn.Module):
             feats.append(lambda n, kw=kw: (lambda y: InvertedResidual(**kw, name=n)(y, train)))
             prev = blk["stream"]
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.18"], 1, act=relu6, name=n)(y, train)))
-        feats = [self._sowing(f, str(k)) for k, f in enumerate(feats)]
+        feats = [sowing(self, f, f"features.{k}") for k, f in enumerate(feats)]
         x = Sequential(tuple(feats), name="features")(x)
         x = global_avg_pool(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return Sequential((lambda n: (lambda y: y),  # classifier.0 is Dropout (applied above)
                            lambda n: Dense(self.num_classes, kernel_init=_linear_init, name=n)),
                           name="classifier")(x)
-
-    def _sowing(self, factory, index: str):
-        def wrapped(name):
-            f = factory(name)
-
-            def run(y):
-                y = f(y)
-                sow_stage(self, f"features.{index}", y)
-                return y
-            return run
-        return wrapped

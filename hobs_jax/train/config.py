@@ -38,7 +38,9 @@ def get_train_config() -> ml_collections.ConfigDict:
       checkpoint: every_steps (0 = only the initial checkpoint, the stability rollback target, and the
         end), keep (how many to keep), async_save.
       early_stopping: stop after ``patience`` evaluations without a top-1 gain of
-        ``min_delta`` (patience 0 disables).
+        ``min_delta`` (patience 0 disables); ``restore_best``: with early stopping on,
+        return the variables of the best evaluation (kept in ``workdir/best``), not the
+        last step's.
       stability: spike_factor k, window W, max_consecutive_events M, lr_decay (factor
         applied to the lr scale at every loss spike), see hobs_jax.train.stability.
       mesh.fsdp: shard parameters and optimizer state over the 'data' axis;
@@ -71,7 +73,8 @@ def get_train_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3,
                                               "async_save": True})
-    c.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0})
+    c.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0,
+                                                 "restore_best": True})
     c.stability = ml_collections.ConfigDict({"spike_factor": 3.0, "window": 50,
                                              "max_consecutive_events": 5, "lr_decay": 0.5})
     c.seed = 0

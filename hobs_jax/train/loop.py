@@ -116,6 +116,12 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.checkpoint.keep,
                         async_save=c.checkpoint.async_save)
     writer = MetricsWriter(workdir, tensorboard=c.tensorboard)
+    # With early stopping, the state of the best evaluation is kept (one checkpoint, written
+    # when an evaluation improves) and returned at the end instead of the last state.
+    keep_best = bool(c.early_stopping.patience) and bool(c.early_stopping.restore_best) \
+        and eval_data is not None
+    best_ckpt = (Checkpointer(os.path.join(workdir, "best"), keep=1, async_save=False)
+                 if keep_best else None)
 
     def record(kind: str, step: int, values: dict) -> None:
         writer.write(kind, step, values)
@@ -227,6 +233,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         last_eval_step = step
         if last_eval["top1"] > early["best_val_top1"] + c.early_stopping.min_delta:
             early.update(best_val_top1=last_eval["top1"], best_step=step, bad_evals=0)
+            if best_ckpt is not None:
+                best_ckpt.save(step, state, {"val": last_eval})
         else:
             early["bad_evals"] += 1
         record("eval", step, {**last_eval, "best_val_top1": early["best_val_top1"]})
@@ -272,11 +280,22 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                 record("stop", step, {"reason": stopped})
     except BaseException:
         ckpt.close()  # let in-flight async saves finish before the error propagates
+        if best_ckpt is not None:
+            best_ckpt.close()
         writer.close()
         raise
     if evaluator is not None and last_eval_step != step and stopped != "preempted":
         run_eval()
     ckpt.close()
+    restored_best = None
+    if best_ckpt is not None:
+        best = best_ckpt.restore(target) if early["best_step"] not in (-1, step) else None
+        best_ckpt.close()
+        if best is not None:
+            restored_best, state, best_meta = best
+            last_eval = dict(best_meta["val"])
+            log.info("early stopping: returning the best evaluation's variables (step %d, "
+                     "top-1 %.4f) instead of step %d's", restored_best, last_eval["top1"], step)
     seconds = time.time() - t_start
     steps_run = step - start_step
     metrics_out = {
@@ -285,6 +304,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         "train_loss": last_train.get("loss", float("nan")), "stopped": stopped,
         "resumed_from": resumed_from, "best_val_top1": early["best_val_top1"],
         "best_step": early["best_step"],
+        "restored_best": restored_best,
         **{f"val_{k}": v for k, v in last_eval.items() if k != "count"},
         **stab.summary(monitor),
     }
