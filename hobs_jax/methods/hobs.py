@@ -43,6 +43,7 @@ ZipLM / oBERT structured OBS (Kurtic et al.). Math and conventions: docs/hobs.md
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Mapping
@@ -324,10 +325,43 @@ def _unreachable_detail(task: PruneTask) -> str:
     return ", ".join(f"{g.id} ({g.reason or 'pinned'})" for g in fixed[:4])
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What H-OBS knows after its selection phase, handed to an external allocator
+    (``prune(task, allocate=...)``; R-SPAR uses it).
+
+    Attributes:
+      task: the task; ``opts`` its options; ``images`` the Hessian calibration images.
+      roles: group id -> :class:`GroupRole`; ``flat`` the variables by path tuple;
+      solved: per-layer (H, H_damped, H_damped^-1, dead) cache (call it with a LayerInfo).
+      paths: group id -> (removal order [n], marginal OBS losses [n]) down to the floor.
+      floor: [G] the smallest kept counts the paths reach (``min_ratio``).
+    """
+
+    task: PruneTask
+    opts: ml_collections.ConfigDict
+    images: np.ndarray
+    roles: Mapping[int, GroupRole]
+    flat: Mapping
+    solved: "_Solved"
+    paths: Mapping[int, tuple[np.ndarray, np.ndarray]]
+    floor: np.ndarray
+
+    def global_keep(self) -> np.ndarray:
+        """[G] the kept counts of H-OBS's own global allocation (see module doc, phase 4)."""
+        cost, task = self.task.cost, self.task
+        raw = {g: path_scores(self.roles[g].group.size, *self.paths[g]) for g in cost.group_ids}
+        normed = _normalized(cost, raw, self.opts.normalize, task.metric)
+        return allocation.global_threshold(cost, normed, task.target, task.metric,
+                                           round_to=task.round_to, min_ratio=float(self.opts.min_ratio))
+
+
 @register("hobs", default_config=default_config, needs_data=True,
           summary="structured OBS: layer Hessians, greedy channel removal with compensation, "
                   "uniform/global allocation")
-def prune(task: PruneTask) -> PruneOutcome:
+def prune(task: PruneTask, *, allocate=None) -> PruneOutcome:
+    """H-OBS (module doc). ``allocate``: optional ``Selection -> (keep [G], info dict)``
+    replacing phase 4 (the paths then run to the ``min_ratio`` floor, as for 'global')."""
     opts = task.options
     _check_options(opts)
     _check_target(task)
@@ -337,6 +371,8 @@ def prune(task: PruneTask) -> PruneOutcome:
     timer = _Timer()
     try:
         keep_uniform, n_remove = _keep_counts(task, opts)
+        if allocate is not None:  # an external allocator needs the paths down to the floor
+            keep_uniform, n_remove = None, _keep_counts(task, _with(opts, allocation="global"))[1]
     except ValueError as e:
         raise ValueError(f"{e}; groups that cannot be pruned: {_unreachable_detail(task)}") from None
     infos = trace_layers(task.model, task.variables, task.input_shape)
@@ -350,10 +386,17 @@ def prune(task: PruneTask) -> PruneOutcome:
                                  batch_size=int(opts.calib_batch_size), dtype=opts.dtype,
                                  progress=bool(opts.progress), infos=infos)
     with blas_threads(int(opts.blas_threads) or None):
-        return _prune_host(task, opts, images, roles, stats, keep_uniform, n_remove, timer)
+        return _prune_host(task, opts, images, roles, stats, keep_uniform, n_remove, timer, allocate)
 
 
-def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_remove, timer) -> PruneOutcome:
+def _with(opts, **kw):
+    o = ml_collections.ConfigDict(opts.to_dict())
+    o.update(kw)
+    return o
+
+
+def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_remove, timer,
+                allocate=None) -> PruneOutcome:
     """Phases 2-5 (host linear algebra) of :func:`prune`."""
     flat = _flat(task.variables)
     solved = _Solved(stats, opts, timer)
@@ -368,7 +411,12 @@ def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_rem
             order, losses, kind = _select(role, int(n_remove[i]), flat, solved, opts)
         paths[gid], how[gid] = (order, losses), kind
     cost = task.cost
-    if keep_uniform is not None:
+    extra = {}
+    if allocate is not None:
+        floor = (cost.sizes - np.asarray(n_remove)).astype(np.float64)
+        keep, extra = allocate(Selection(task, opts, images, roles, flat, solved, paths, floor))
+        keep = np.asarray(keep, np.float64)
+    elif keep_uniform is not None:
         keep = keep_uniform
     else:
         raw = {g: path_scores(roles[g].group.size, *paths[g]) for g in cost.group_ids}
@@ -396,6 +444,7 @@ def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_rem
         "notes": {str(g): roles[g].note for g in cost.group_ids if roles[g].note},
         "bn_reestimate": "caller (hobs_jax.stats.reestimate_bn on the pruned network)",
     }
+    info.update(extra)
     return PruneOutcome(plan, variables, info)
 
 
