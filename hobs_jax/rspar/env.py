@@ -150,8 +150,9 @@ class AllocationEnv:
         want = int(np.argmin(np.abs(grid - float(action) * self.sizes[t])))
         return min(want, top)
 
-    def rollout(self, act: Callable[[np.ndarray, int], float]) -> Episode:
-        """Run one episode with ``act(state [F], t) -> ratio`` (clipped to [lbound, 1])."""
+    def rollout(self, act: Callable[[np.ndarray, int], float], *, repair: bool = True) -> Episode:
+        """Run one episode with ``act(state [F], t) -> ratio`` (clipped to [lbound, 1]);
+        ``repair=False`` returns the clipped allocation before the final repair."""
         keep = self.sizes.copy()
         states, actions, index = [], [], np.zeros(self.G, np.int64)
         prev = 1.0
@@ -164,7 +165,8 @@ class AllocationEnv:
             actions.append(a)
             prev = a
         actions = np.asarray(actions, np.float32)
-        keep, index = self.repair(keep, actions)
+        if repair:
+            keep, index = self.repair(keep, actions)
         return Episode(np.stack(states), actions, index, keep, self.budget.ratio(keep))
 
     def repair(self, keep: np.ndarray, actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -105,34 +105,48 @@ def prune(task: PruneTask) -> PruneOutcome:
     htask = dataclasses.replace(task, calib=hess, options=hopts)
 
     def allocate(sel: hobs.Selection):
-        t0 = time.perf_counter()
-        cost = task.cost
-        grids = [kept_grid(int(s), int(f), task.round_to, int(o.grid)) for s, f in zip(cost.sizes, sel.floor)]
-        reward = build_grid_reward(sel, grids, reward_x, reward_y, bn=o.bn)
-        env = AllocationEnv(budget, task.target, cost.sizes, grids, group_features(sel), lbound=lbound,
-                            round_to=task.round_to)
-        refs = {}
-        if o.references:
-            refs["uniform"] = allocation.uniform(cost, task.target, task.metric, round_to=task.round_to)
-            refs["global"] = sel.global_keep()
-        t1 = time.perf_counter()
-        res = search(env, reward, episodes=int(o.episodes), warmup=int(o.warmup), seed=int(task.seed),
-                     agent_config=o.agent, references=refs, cost_weight=float(o.cost_weight),
-                     workdir=o.workdir or None, checkpoint_every=int(o.checkpoint_every),
-                     progress=bool(o.progress))
-        keep = res.best_keep
-        info = {"rspar": {
-            "budget": kind, "budget_ratio": budget.ratio(keep), "lbound": lbound,
-            "allocations": {"rspar": keep.tolist(), **{k: np.asarray(v).tolist() for k, v in refs.items()}},
-            "group_ids": [int(g) for g in cost.group_ids], "sizes": cost.sizes.astype(int).tolist(),
-            "best": {"reward": res.best_reward, "loss": res.best_loss, "acc": res.best_acc,
-                     "source": res.best_source},
-            "references": res.references, "curve": res.curve, "episodes": res.episodes,
-            "grid_points": [len(g) for g in grids], "reward_traces": reward.traces,
-            "timings": {"precompute": t1 - t0, "search": res.seconds,
-                        "per_episode": res.seconds_per_episode},
-            "reward_images": n_reward, "hessian_images": int(len(hess.images)),
-        }}
-        return keep, info
+        return search_allocation(sel, task.target, budget=budget, options=o, seed=int(task.seed),
+                                 reward_images=reward_x, reward_labels=reward_y)
 
     return hobs.prune(htask, allocate=allocate)
+
+
+def search_allocation(sel: hobs.Selection, target: float, *, budget, options, seed: int,
+                      reward_images: np.ndarray, reward_labels: np.ndarray) -> tuple[np.ndarray, dict]:
+    """R-SPAR on an H-OBS selection: (kept counts [G], info) at ``target`` of ``budget``.
+
+    The grids start at the larger of the selection's floor and ``lbound``; the reward uses
+    ``reward_images`` [N, H, W, C] / ``reward_labels`` [N] (held out from the Hessians)."""
+    o = options
+    task = sel.task
+    cost = task.cost
+    lbound = float(o.lbound)
+    t0 = time.perf_counter()
+    lb = allocation.floors(cost, lbound, task.round_to)
+    grids = [kept_grid(int(s), int(max(f, l)), task.round_to, int(o.grid))
+             for s, f, l in zip(cost.sizes, sel.floor, lb)]
+    reward = build_grid_reward(sel, grids, reward_images, reward_labels, bn=o.bn)
+    env = AllocationEnv(budget, target, cost.sizes, grids, group_features(sel), lbound=lbound,
+                        round_to=task.round_to)
+    refs = {}
+    if o.references:
+        refs["uniform"] = allocation.uniform(cost, target, task.metric, round_to=task.round_to)
+        refs["global"] = sel.global_keep(target)
+    t1 = time.perf_counter()
+    res = search(env, reward, episodes=int(o.episodes), warmup=int(o.warmup), seed=int(seed),
+                 agent_config=o.agent, references=refs, cost_weight=float(o.cost_weight),
+                 workdir=o.workdir or None, checkpoint_every=int(o.checkpoint_every),
+                 progress=bool(o.progress))
+    keep = res.best_keep
+    info = {"rspar": {
+        "budget": budget.kind, "budget_ratio": budget.ratio(keep), "lbound": lbound,
+        "allocations": {"rspar": keep.tolist(), **{k: np.asarray(v).tolist() for k, v in refs.items()}},
+        "group_ids": [int(g) for g in cost.group_ids], "sizes": cost.sizes.astype(int).tolist(),
+        "best": {"reward": res.best_reward, "loss": res.best_loss, "acc": res.best_acc,
+                 "source": res.best_source},
+        "references": res.references, "curve": res.curve, "episodes": res.episodes,
+        "grid_points": [len(g) for g in grids], "reward_traces": reward.traces,
+        "timings": {"precompute": t1 - t0, "search": res.seconds, "per_episode": res.seconds_per_episode},
+        "reward_images": int(len(reward_images)), "hessian_images": int(len(sel.images)),
+    }}
+    return keep, info
