@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax.methods.hobs import Selection, _layer_weights
-from hobs_jax.methods.obs_math import channel_rows, compensate
+from hobs_jax.methods.obs_math import blas_threads, channel_rows, compensate
 from hobs_jax.stats.hessian import dampen
 
 BN_MODES = ("batch", "running")
@@ -191,6 +191,7 @@ def _compiled(model, structure: tuple, bn: str):
 def build_grid_reward(sel: Selection, grids: Sequence[np.ndarray], images: np.ndarray, labels: np.ndarray,
                       *, bn: str = "batch") -> GridReward:
     """The :class:`GridReward` of H-OBS's selection ``sel`` on ``grids`` (module doc)."""
-    stacks = compensation_stacks(sel, grids)
+    with blas_threads(int(sel.opts.blas_threads) or None):  # see obs_math.blas_threads: 10x here
+        stacks = compensation_stacks(sel, grids)
     return GridReward(sel.task.model, jax.device_get(dict(sel.task.variables)), stacks,
                       np.asarray(images, np.float32), np.asarray(labels, np.int32), bn=bn)
