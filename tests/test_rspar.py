@@ -171,3 +171,54 @@ def test_bad_input_fails_in_one_line():
         prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, budget="flops"))
     with pytest.raises(ValueError, match="lbound"):
         _env(0.5, lbound=0.0)
+
+
+def _fake_lut(task):
+    """A table whose layer 'times' are the layers' MACs: bilinear in (C_in, C_out), so the
+    latency budget must reproduce the exact MACs ratio (no timing in tests)."""
+    from hobs_jax.rspar.latency import VERSION, count_grid, device_string, layer_table
+
+    entries = layer_table(task.model, task.variables, task.input_shape, task.graph)
+    prunable = set(task.cost.group_ids)
+    for e in entries:
+        e["cin_grid"] = count_grid(e["cin"], 3) if e["in_group"] in prunable else [e["cin"]]
+        e["cout_grid"] = count_grid(e["cout"], 3) if e["out_group"] in prunable else [e["cout"]]
+        pos = int(np.prod(e["input_shape"][:-1]) / np.prod(e["strides"] or [1]))
+        taps = int(np.prod(e["kernel"] or [1]))
+        e["seconds"] = [[float(pos * taps * ci * co) for co in e["cout_grid"]] for ci in e["cin_grid"]]
+    return {"version": VERSION, "model": task.model_name, "input_shape": list(task.input_shape),
+            "batch": 1, "device": device_string(), "jax_version": jax.__version__,
+            "fingerprint": task.graph.fingerprint, "dense_seconds": 0.0, "rest_seconds": 0.0,
+            "layers": entries}
+
+
+def test_latency_budget_from_a_table_and_mismatch_errors(tmp_path):
+    import json
+
+    from hobs_jax.rspar.latency import LatencyBudget
+
+    task = _setup()[3]
+    table = _fake_lut(task)
+    budget = LatencyBudget.for_task(table, task)
+    env = _env(0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        keep = env.rollout(lambda s, t: rng.uniform(0.2, 1)).keep
+        assert abs(budget.ratio(keep) - task.cost.ratio(keep, "macs")) <= 1e-9
+        t = int(rng.integers(0, env.G))
+        counts = env.grids[t][:5]
+        np.testing.assert_allclose(budget.ratio_along(keep, t, counts),
+                                   env.budget.ratio_along(keep, t, counts), rtol=1e-9)
+    for key, value, msg in (("device", "gpu:H100", "device"), ("model", "resnet56", "model"),
+                            ("fingerprint", "x", "widths")):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(dict(table, **{key: value})))
+        with pytest.raises(ValueError, match=msg):
+            LatencyBudget.from_file(str(path), task)
+    _, variables, calib, _ = _setup()
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(dict(table, device="gpu:H100")))
+    with pytest.raises(ValueError, match="device"):  # before any search
+        prune("rspar", NAME, variables, target=0.5, calib=calib,
+              options=dict(episodes=2, warmup=1, reward_images=8, progress=False, budget="latency",
+                           latency_lut=str(path)))

@@ -350,13 +350,16 @@ class Selection:
     how: Mapping[int, str]
     timer: "_Timer"
 
-    def global_keep(self, target: float | None = None) -> np.ndarray:
+    def global_keep(self, target: float | None = None, budget=None) -> np.ndarray:
         """[G] the kept counts of H-OBS's own global allocation (see module doc, phase 4)
-        at ``target`` (default: the task's)."""
+        at ``target`` (default: the task's); ``budget``: another cost with the
+        ``ratio(keep, metric)`` / ``sizes`` interface to meet the target in (R-SPAR's
+        latency budget; saliencies stay normalized per MAC/param)."""
         cost, task = self.task.cost, self.task
         raw = {g: path_scores(self.roles[g].group.size, *self.paths[g]) for g in cost.group_ids}
         normed = _normalized(cost, raw, self.opts.normalize, task.metric)
-        return allocation.global_threshold(cost, normed, task.target if target is None else target, task.metric,
+        return allocation.global_threshold(budget or cost, normed, task.target if target is None else target,
+                                           task.metric,
                                            round_to=task.round_to, min_ratio=float(self.opts.min_ratio))
 
 

@@ -23,7 +23,7 @@ from hobs_jax.methods import hobs
 from hobs_jax.methods.base import Calibration, PruneOutcome, PruneTask
 from hobs_jax.methods.registry import register
 from hobs_jax.rspar import agent as agent_lib
-from hobs_jax.rspar.env import AllocationEnv, MonomialBudget, check_lbound, kept_grid
+from hobs_jax.rspar.env import AllocationEnv, MonomialBudget, _AsCost, check_lbound, kept_grid
 from hobs_jax.rspar.features import group_features
 from hobs_jax.rspar.reward import BN_MODES, build_grid_reward
 from hobs_jax.rspar.search import search
@@ -129,9 +129,10 @@ def search_allocation(sel: hobs.Selection, target: float, *, budget, options, se
     env = AllocationEnv(budget, target, cost.sizes, grids, group_features(sel), lbound=lbound,
                         round_to=task.round_to)
     refs = {}
-    if o.references:
-        refs["uniform"] = allocation.uniform(cost, target, task.metric, round_to=task.round_to)
-        refs["global"] = sel.global_keep(target)
+    if o.references:  # met in the search's own budget (MACs, params or the latency table)
+        as_cost = _AsCost(budget)
+        refs["uniform"] = allocation.uniform(as_cost, target, budget.kind, round_to=task.round_to)
+        refs["global"] = sel.global_keep(target, budget=as_cost)
     t1 = time.perf_counter()
     res = search(env, reward, episodes=int(o.episodes), warmup=int(o.warmup), seed=int(seed),
                  agent_config=o.agent, references=refs, cost_weight=float(o.cost_weight),
