@@ -190,6 +190,7 @@ class _AsCost:
         self.budget = budget
         cost = getattr(budget, "cost", None)
         self.sizes = cost.sizes if cost is not None else budget.sizes
+        self.group_ids = cost.group_ids if cost is not None else budget.group_ids
 
     def ratio(self, keep, metric=None) -> float:
         return self.budget.ratio(keep)
