@@ -167,6 +167,10 @@ class Bench:
                "search_seconds": info.get("search_seconds"), "load_avg_at_start": load0,
                "keep": [int(k) for k in keep]}
         if info:
+            # Search cost across resumes: precompute + the episodes' own time (a resumed search's
+            # wall time covers only its last part).
+            info["search_seconds"] = info["timings"]["precompute"] + info["timings"]["per_episode"] * info["episodes"]
+            rec["search_seconds"] = info["search_seconds"]
             rec.update(episodes=info["episodes"], seconds_per_episode=info["timings"]["per_episode"],
                        precompute_seconds=info["timings"]["precompute"], reward_best=info["best"],
                        reward_references={k: {kk: v[kk] for kk in ("reward", "loss", "acc")}
@@ -201,14 +205,15 @@ def report(args, rows: list[dict]) -> None:
              f"H-OBS compensation and BN re-estimation, no training; fine-tuned = after "
              f"{args.finetune_steps} SGD steps (same recipe for every row). R-SPAR: mean ± std over "
              "seeds; uniform and global are deterministic (one row each).", "",
-             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s | s/episode | episodes |",
+             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes) | s/episode | episodes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
         for alloc in ("uniform", "global", "rspar"):
             rs = [r for r in rows if r["target_macs_ratio"] == target and r["allocation"] == alloc]
             if not rs:
                 continue
-            srch = [r["search_seconds"] for r in rs if r.get("search_seconds")]
+            srch = [r["precompute_seconds"] + r["seconds_per_episode"] * r["episodes"] for r in rs
+                    if r.get("seconds_per_episode")]
             spe = [r["seconds_per_episode"] for r in rs if r.get("seconds_per_episode")]
             mr = statistics.mean(r["macs_ratio"] for r in rs)
             srch_s = f"{statistics.mean(srch):.0f}" if srch else "-"
@@ -221,6 +226,7 @@ def report(args, rows: list[dict]) -> None:
         if r["allocation"] == "rspar":
             refs = r.get("reward_references", {})
             lines.append(f"- target {r['target_macs_ratio']} seed {r['seed']}: best reward "
+                         f"{max(c['reward'] for c in _curve(args, r)):.4f} among the agent's episodes; overall "
                          f"{r['reward_best']['reward']:.4f} ({r['reward_best']['source']}); uniform "
                          f"{refs.get('uniform', {}).get('reward', float('nan')):.4f}, global "
                          f"{refs.get('global', {}).get('reward', float('nan')):.4f}; load avg {r['load_avg_at_start']}")
@@ -253,6 +259,11 @@ def report(args, rows: list[dict]) -> None:
 
 
 _GROUPS = {}
+
+
+def _curve(args, r) -> list:
+    path = os.path.join(args.workdir, f"{args.model}-rspar-{r['target_macs_ratio']}-s{r['seed']}", "curve.json")
+    return json.load(open(path)) if os.path.exists(path) else [{"reward": float("nan")}]
 
 
 def _groups(args):

@@ -8,6 +8,7 @@ forward of a masked full-size network built from precomputed per-group compensat
 method ``rspar`` (:mod:`method`) hands the best allocation to H-OBS. See docs/rspar.md.
 """
 
+import hobs_jax.methods  # noqa: F401  (first: it registers rspar, whose modules import hobs)
 from hobs_jax.rspar.agent import DDPG, Replay
 from hobs_jax.rspar.env import AllocationEnv, Episode, MonomialBudget, check_lbound, kept_grid
 from hobs_jax.rspar.report import allocation_record, save_allocation, save_learning_curve
