@@ -110,6 +110,8 @@ class Bench:
         o = get_method("rspar").default_config()
         o.update(dict(episodes=self.args.episodes, warmup=self.args.warmup, lbound=self.args.lbound,
                       workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20))
+        if alloc == "rspar-imitate":  # exploration starts around the best reference (agent.imitate)
+            o.agent.imitate = 500
         t = time.perf_counter()
         task = dataclasses.replace(sel.task, target=target)
         keep, info = search_allocation(dataclasses.replace(sel, task=task), target,
@@ -208,7 +210,7 @@ def report(args, rows: list[dict]) -> None:
              "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes) | s/episode | episodes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
-        for alloc in ("uniform", "global", "rspar"):
+        for alloc in ("uniform", "global", "rspar", "rspar-imitate"):
             rs = [r for r in rows if r["target_macs_ratio"] == target and r["allocation"] == alloc]
             if not rs:
                 continue
@@ -223,9 +225,9 @@ def report(args, rows: list[dict]) -> None:
     lines += ["", "Reward-split figures (the search's own objective, CE on the held-out calibration images; "
               "higher reward is better):", ""]
     for r in rows:
-        if r["allocation"] == "rspar":
+        if r["allocation"].startswith("rspar"):
             refs = r.get("reward_references", {})
-            lines.append(f"- target {r['target_macs_ratio']} seed {r['seed']}: best reward "
+            lines.append(f"- {r['allocation']} target {r['target_macs_ratio']} seed {r['seed']}: best reward "
                          f"{max(c['reward'] for c in _curve(args, r)):.4f} among the agent's episodes; overall "
                          f"{r['reward_best']['reward']:.4f} ({r['reward_best']['source']}); uniform "
                          f"{refs.get('uniform', {}).get('reward', float('nan')):.4f}, global "
@@ -233,11 +235,11 @@ def report(args, rows: list[dict]) -> None:
     lines.append("")
     curves = {}
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
-        rs = {r["allocation"] + (f"-s{r['seed']}" if r["allocation"] == "rspar" else ""): r for r in rows
-              if r["target_macs_ratio"] == target}
+        rs = {r["allocation"] + (f"-s{r['seed']}" if r["allocation"].startswith("rspar") else ""): r
+              for r in rows if r["target_macs_ratio"] == target}
         if not rs:
             continue
-        first = next((r for k, r in sorted(rs.items()) if k.startswith("rspar")), None)
+        first = next((r for k, r in sorted(rs.items()) if k.startswith("rspar-s")), None)
         allocs = {k: rs[k]["keep"] for k in ("uniform", "global") if k in rs}
         if first is not None:
             allocs = {"rspar": first["keep"], **allocs}
@@ -247,7 +249,7 @@ def report(args, rows: list[dict]) -> None:
                         title=f"{args.model}: keep ratio per group at {target} of the MACs")
         lines.append(f"![allocation at {target}]({os.path.basename(prefix)}.png)")
         for k, r in sorted(rs.items()):
-            cpath = os.path.join(args.workdir, f"{args.model}-rspar-{target}-s{r['seed']}", "curve.json")
+            cpath = os.path.join(args.workdir, f"{args.model}-{r['allocation']}-{target}-s{r['seed']}", "curve.json")
             if k.startswith("rspar") and os.path.exists(cpath):
                 curves[f"{target} {k}"] = json.load(open(cpath))
     if curves:
@@ -262,7 +264,8 @@ _GROUPS = {}
 
 
 def _curve(args, r) -> list:
-    path = os.path.join(args.workdir, f"{args.model}-rspar-{r['target_macs_ratio']}-s{r['seed']}", "curve.json")
+    path = os.path.join(args.workdir, f"{args.model}-{r['allocation']}-{r['target_macs_ratio']}-s{r['seed']}",
+                        "curve.json")
     return json.load(open(path)) if os.path.exists(path) else [{"reward": float("nan")}]
 
 
@@ -281,7 +284,8 @@ def main(argv=None):
     p.add_argument("--model", default="resnet56")
     p.add_argument("--targets", default="0.5,0.333")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--allocations", default="uniform,global,rspar")
+    p.add_argument("--allocations", default="uniform,global,rspar",
+                   help="also: rspar-imitate (R-SPAR with agent.imitate=500)")
     p.add_argument("--episodes", type=int, default=120)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--lbound", type=float, default=0.2)
@@ -303,7 +307,7 @@ def main(argv=None):
     rows = []
     for target in targets:
         for alloc in allocs:
-            for seed in (seeds if alloc == "rspar" else [0]):
+            for seed in (seeds if alloc.startswith("rspar") else [0]):
                 path = os.path.join(args.workdir, f"{args.model}-{alloc}-{target}-s{seed}", "row.json")
                 if args.report_only:
                     if os.path.exists(path):

@@ -222,3 +222,16 @@ def test_latency_budget_from_a_table_and_mismatch_errors(tmp_path):
         prune("rspar", NAME, variables, target=0.5, calib=calib,
               options=dict(episodes=2, warmup=1, reward_images=8, progress=False, budget="latency",
                            latency_lut=str(path)))
+
+
+def test_imitation_starts_the_agent_at_the_best_allocation():
+    env = _env(0.5)
+    fn = _toy_reward(env)
+    cfg = _cfg()
+    cfg.imitate, cfg.noise = 300, 0.0  # no noise: the first agent episode is the cloned policy
+    refs = {"uniform": allocation.uniform(env.budget.cost, 0.5, "macs")}
+    r = search(env, fn, episodes=3, warmup=2, seed=0, agent_config=cfg, references=refs, progress=False)
+    ref = r.references["uniform"]["reward"]
+    assert r.curve[1]["best_reward"] == ref  # the warm-up episodes did not beat the reference
+    warm = max(abs(c["reward"] - ref) for c in r.curve[:2])
+    assert abs(r.curve[2]["reward"] - ref) < 0.25 * warm  # the cloned policy acts near it

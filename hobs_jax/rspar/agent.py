@@ -38,10 +38,12 @@ def default_config() -> ml_collections.ConfigDict:
     batch: transitions per update; replay: buffer capacity (transitions); updates: gradient
     updates per episode (0 = one per group, as AMC); noise/noise_decay: initial sigma of the
     truncated-normal exploration and its per-episode decay (AMC: 0.5, 0.95);
-    baseline_decay: moving-average reward baseline (AMC: 0.95)."""
+    baseline_decay: moving-average reward baseline (AMC: 0.95); imitate: behaviour-cloning
+    steps toward the best allocation so far when the warm-up ends (0 = off, AMC), so the
+    agent's exploration starts around the best reference instead of from scratch."""
     return ml_collections.ConfigDict(dict(hidden=300, actor_lr=1e-4, critic_lr=1e-3, batch=64,
                                           replay=20000, updates=0, noise=0.5, noise_decay=0.95,
-                                          baseline_decay=0.95))
+                                          baseline_decay=0.95, imitate=0))
 
 
 class MLP(nn.Module):
@@ -115,7 +117,19 @@ def _functions(state_dim: int, hidden: int, actor_lr: float, critic_lr: float):
         pa = optax.apply_updates(st["actor"], upd)
         return {"actor": pa, "critic": pc, "actor_opt": aopt, "critic_opt": copt}, lc, la
 
-    return actor, critic, actor_tx, critic_tx, jax.jit(act), jax.jit(update)
+    clone_tx = optax.adam(1e-3)  # its own (faster) optimizer: a one-off supervised fit
+
+    def clone(pa, opt, s, a):
+        """One behaviour-cloning step: the actor regresses on actions ``a`` [B, 1]."""
+        def loss(pa):
+            return jnp.mean((jax.nn.sigmoid(actor.apply(pa, s)) - a) ** 2)
+
+        l, g = jax.value_and_grad(loss)(pa)
+        upd, opt = clone_tx.update(g, opt, pa)
+        return optax.apply_updates(pa, upd), opt, l
+
+
+    return actor, critic, actor_tx, critic_tx, jax.jit(act), jax.jit(update), (clone_tx.init, jax.jit(clone))
 
 
 class DDPG:
@@ -124,7 +138,7 @@ class DDPG:
     def __init__(self, state_dim: int, config: ml_collections.ConfigDict, seed: int):
         self.config, self.state_dim = config, int(state_dim)
         (self.actor, self.critic, actor_tx, critic_tx, self._act,
-         self._update) = _functions(int(state_dim), int(config.hidden), float(config.actor_lr),
+         self._update, self._clone) = _functions(int(state_dim), int(config.hidden), float(config.actor_lr),
                                     float(config.critic_lr))
         ka, kc = jax.random.split(jax.random.key(seed))
         pa = self.actor.init(ka, jnp.zeros((1, state_dim)))
@@ -135,6 +149,18 @@ class DDPG:
     def act(self, state: np.ndarray) -> float:
         """Deterministic policy action in [0, 1] for one state [F]."""
         return float(self._act(self.state["actor"], jnp.asarray(state[None]))[0])
+
+    def imitate(self, states: np.ndarray, actions: np.ndarray, steps: int) -> float:
+        """``steps`` behaviour-cloning steps toward ``actions`` [G] in states [G, F] (the
+        best allocation so far), so that exploration continues around it; returns the
+        final mean squared error."""
+        s, a = jnp.asarray(states, jnp.float32), jnp.asarray(np.reshape(actions, (-1, 1)), jnp.float32)
+        init, step = self._clone
+        pa, opt, loss = self.state["actor"], init(self.state["actor"]), float("nan")
+        for _ in range(int(steps)):
+            pa, opt, loss = step(pa, opt, s, a)
+        self.state = dict(self.state, actor=pa)
+        return float(loss)
 
     def update(self, replay: Replay, rng: np.random.Generator, steps: int) -> tuple[float, float]:
         """``steps`` updates on minibatches from ``replay``; returns the last (critic, actor) losses."""

@@ -143,7 +143,8 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
         replay.add(ep.states, actions_unit, r - st["baseline"])
         if st["best"] is None or r > st["best"]["reward"]:
             st["best"] = {"reward": r, "loss": loss, "acc": acc, "keep": ep.keep.tolist(),
-                          "index": ep.index.tolist(), "source": source}
+                          "index": ep.index.tolist(), "source": source,
+                          "states": np.asarray(ep.states).tolist(), "actions": actions_unit.tolist()}
         return r
 
     def save():
@@ -171,6 +172,8 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
                total=episodes, initial=st["episode"])
     for e in pbar:
         t0 = time.perf_counter()
+        if e == warmup and int(cfg.get("imitate", 0)):
+            agent.imitate(np.asarray(st["best"]["states"]), np.asarray(st["best"]["actions"]), int(cfg.imitate))
         if e < warmup:
             act = lambda s, t: env.lbound + (1 - env.lbound) * float(rng.uniform())
         else:
