@@ -243,6 +243,9 @@ def report(args, rows: list[dict]) -> None:
         allocs = {k: rs[k]["keep"] for k in ("uniform", "global") if k in rs}
         if first is not None:
             allocs = {"rspar": first["keep"], **allocs}
+        imitate = rs.get("rspar-imitate-s0")
+        if imitate is not None:
+            allocs["rspar-imitate"] = imitate["keep"]
         sizes, gids = _groups(args)
         prefix = f"{out}_allocation_{target}"
         save_allocation(prefix, allocation_record(gids, sizes, allocs, model=args.model, target=target),

@@ -44,7 +44,8 @@ def save_allocation(prefix: str, record: dict, title: str = "") -> tuple[str, st
     ax.set_ylabel("keep ratio")
     ax.set_ylim(0, 1.05)
     ax.set_title(title or "per-group keep ratio")
-    ax.legend(fontsize=8, ncol=len(names))
+    if names:
+        ax.legend(fontsize=8, ncol=len(names))
     fig.tight_layout()
     fig.savefig(prefix + ".png", dpi=110)
     plt.close(fig)
