@@ -189,6 +189,9 @@ def report(args, rows: list[dict]) -> None:
     from hobs_jax.rspar import allocation_record, save_allocation, save_learning_curve
     out = args.out
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    for r in rows:  # search cost across resumes (rows cached by older runs held one call's wall time)
+        if r.get("seconds_per_episode"):
+            r["search_seconds"] = r["precompute_seconds"] + r["seconds_per_episode"] * r["episodes"]
     _write_json(out + ".json", rows)
 
     def ms(vals):
