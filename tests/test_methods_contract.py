@@ -75,6 +75,9 @@ def _run(method, target, metric="macs"):
     options = get_method(method).default_config()
     if method == "depgraph":
         options.sparse_steps = 2
+    if method == "rspar":  # a handful of episodes: the contract, not the search quality
+        options.update(dict(episodes=4, warmup=2, reward_images=8, progress=False))
+        options.agent.hidden = 16
     return run(method, dataclasses.replace(base, target=target, metric=metric, options=options))
 
 

@@ -3,7 +3,7 @@ global-threshold), used by every pruning method (R-SPAR adds a learned allocatio
 
 from hobs_jax.allocation.cost import CostModel, build_cost_model
 from hobs_jax.allocation.search import (TOLERANCE, check_reachable, floors, global_threshold,
-                                        normalize, uniform)
+                                        normalize, repair, uniform)
 
 __all__ = ["TOLERANCE", "CostModel", "build_cost_model", "check_reachable", "floors",
-           "global_threshold", "normalize", "uniform"]
+           "global_threshold", "normalize", "repair", "uniform"]

@@ -77,6 +77,18 @@ def _adjust(cost: CostModel, keep: np.ndarray, target: float, metric: str, round
     return keep
 
 
+def repair(cost: CostModel, keep: np.ndarray, target: float, metric: str = "macs", *,
+           round_to: int = 1, floor: np.ndarray | None = None,
+           order: np.ndarray | None = None) -> np.ndarray:
+    """[G] ``keep`` moved toward ``target`` one ``round_to`` step of one group at a time
+    (groups tried in ``order``, default graph order) until within :data:`TOLERANCE` or no
+    step helps: the rounding repair of :func:`uniform` / :func:`global_threshold`, for
+    allocations made elsewhere (R-SPAR's episodes)."""
+    floor = np.ones(len(keep)) if floor is None else np.asarray(floor, np.float64)
+    order = np.arange(len(keep)) if order is None else np.asarray(order)
+    return _adjust(cost, np.asarray(keep, np.float64), target, metric, round_to, floor, order)
+
+
 def uniform(cost: CostModel, target: float, metric: str = "macs", *, round_to: int = 1,
             min_ratio: float = 0.0) -> np.ndarray:
     """[G] kept counts: one ratio for all groups, then rounding repair (see module doc)."""

@@ -11,3 +11,4 @@ from hobs_jax.methods import udfc as _udfc  # noqa: F401
 
 __all__ = ["Calibration", "METHODS", "MethodSpec", "PruneOutcome", "PruneResult", "PruneTask",
            "config_sections", "get_method", "list_methods", "make_task", "prune", "register", "run"]
+from hobs_jax.rspar import method as _rspar  # noqa: F401,E402  (registers rspar: R-SPAR + H-OBS)

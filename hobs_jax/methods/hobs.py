@@ -43,6 +43,7 @@ ZipLM / oBERT structured OBS (Kurtic et al.). Math and conventions: docs/hobs.md
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Mapping
@@ -324,21 +325,89 @@ def _unreachable_detail(task: PruneTask) -> str:
     return ", ".join(f"{g.id} ({g.reason or 'pinned'})" for g in fixed[:4])
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What H-OBS knows after its selection phase, handed to an external allocator
+    (``prune(task, allocate=...)``; R-SPAR uses it).
+
+    Attributes:
+      task: the task; ``opts`` its options; ``images`` the Hessian calibration images.
+      roles: group id -> :class:`GroupRole`; ``flat`` the variables by path tuple;
+      solved: per-layer (H, H_damped, H_damped^-1, dead) cache (call it with a LayerInfo).
+      paths: group id -> (removal order [n], marginal OBS losses [n]) down to the floor.
+      floor: [G] the smallest kept counts the paths reach (``min_ratio``).
+      how: group id -> how its saliency was computed; ``timer`` phase timings.
+    """
+
+    task: PruneTask
+    opts: ml_collections.ConfigDict
+    images: np.ndarray
+    roles: Mapping[int, GroupRole]
+    flat: Mapping
+    solved: "_Solved"
+    paths: Mapping[int, tuple[np.ndarray, np.ndarray]]
+    floor: np.ndarray
+    how: Mapping[int, str]
+    timer: "_Timer"
+
+    def global_keep(self, target: float | None = None, budget=None) -> np.ndarray:
+        """[G] the kept counts of H-OBS's own global allocation (see module doc, phase 4)
+        at ``target`` (default: the task's); ``budget``: another cost with the
+        ``ratio(keep, metric)`` / ``sizes`` interface to meet the target in (R-SPAR's
+        latency budget; saliencies stay normalized per MAC/param)."""
+        cost, task = self.task.cost, self.task
+        raw = {g: path_scores(self.roles[g].group.size, *self.paths[g]) for g in cost.group_ids}
+        normed = _normalized(cost, raw, self.opts.normalize, task.metric)
+        return allocation.global_threshold(budget or cost, normed, task.target if target is None else target,
+                                           task.metric,
+                                           round_to=task.round_to, min_ratio=float(self.opts.min_ratio))
+
+
 @register("hobs", default_config=default_config, needs_data=True,
           summary="structured OBS: layer Hessians, greedy channel removal with compensation, "
                   "uniform/global allocation")
-def prune(task: PruneTask) -> PruneOutcome:
+def prune(task: PruneTask, *, allocate=None) -> PruneOutcome:
+    """H-OBS (module doc). ``allocate``: optional ``Selection -> (keep [G], info dict)``
+    replacing phase 4 (the paths then run to the ``min_ratio`` floor, as for 'global')."""
     opts = task.options
     _check_options(opts)
     _check_target(task)
+    try:
+        keep_uniform, n_remove = _keep_counts(task, opts)
+        if allocate is not None:  # an external allocator needs the paths down to the floor
+            keep_uniform, n_remove = None, _keep_counts(task, _with(opts, allocation="global"))[1]
+    except ValueError as e:
+        raise ValueError(f"{e}; groups that cannot be pruned: {_unreachable_detail(task)}") from None
+    sel = _selection(task, n_remove)
+    extra = {}
+    if allocate is not None:
+        with blas_threads(int(opts.blas_threads) or None):
+            keep, extra = allocate(sel)
+    elif keep_uniform is not None:
+        keep = keep_uniform
+    else:
+        keep = sel.global_keep()
+    return finish(sel, keep, extra)
+
+
+def select(task: PruneTask) -> Selection:
+    """Phases 1-3 of H-OBS alone, the greedy paths running down to the ``min_ratio``
+    floor: one selection serves any number of allocations (:func:`finish`), e.g. every
+    target and allocation of an experiment on one model (the paths do not depend on the
+    target: a path to a higher count is a prefix of the path to a lower one)."""
+    opts = task.options
+    _check_options(opts)
+    floor = allocation.floors(task.cost, float(opts.min_ratio), task.round_to)
+    return _selection(task, (task.cost.sizes - floor).astype(int))
+
+
+def _selection(task: PruneTask, n_remove) -> Selection:
+    """Calibration, inverses and greedy selection (phases 1-3)."""
+    opts = task.options
     if task.calib is None:
         raise ValueError("hobs needs calibration data (task.calib is None)")
     images = check_images(task.calib.images, task.input_shape)
     timer = _Timer()
-    try:
-        keep_uniform, n_remove = _keep_counts(task, opts)
-    except ValueError as e:
-        raise ValueError(f"{e}; groups that cannot be pruned: {_unreachable_detail(task)}") from None
     infos = trace_layers(task.model, task.variables, task.input_shape)
     roles = {gid: r for gid, r in group_roles(task.graph, infos).items() if gid in task.cost.group_ids}
     need = {}
@@ -349,32 +418,39 @@ def prune(task: PruneTask) -> PruneOutcome:
         stats = collect_hessians(task.model, task.variables, images, paths=list(need),
                                  batch_size=int(opts.calib_batch_size), dtype=opts.dtype,
                                  progress=bool(opts.progress), infos=infos)
-    with blas_threads(int(opts.blas_threads) or None):
-        return _prune_host(task, opts, images, roles, stats, keep_uniform, n_remove, timer)
-
-
-def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_remove, timer) -> PruneOutcome:
-    """Phases 2-5 (host linear algebra) of :func:`prune`."""
     flat = _flat(task.variables)
     solved = _Solved(stats, opts, timer)
     paths, how = {}, {}
     from hobs_jax.train import progress as bar
-    for i, gid in enumerate(bar(task.cost.group_ids, desc="H-OBS selection", unit="group",
-                                enabled=bool(opts.progress))):
-        role = roles[gid]
-        for site in role.consumers or role.producers:
-            solved(site.layer)  # inverses first, so their time is not counted as selection
-        with timer("selection"):
-            order, losses, kind = _select(role, int(n_remove[i]), flat, solved, opts)
-        paths[gid], how[gid] = (order, losses), kind
+    with blas_threads(int(opts.blas_threads) or None):
+        for i, gid in enumerate(bar(task.cost.group_ids, desc="H-OBS selection", unit="group",
+                                    enabled=bool(opts.progress))):
+            role = roles[gid]
+            for site in role.consumers or role.producers:
+                solved(site.layer)  # inverses first, so their time is not counted as selection
+            with timer("selection"):
+                order, losses, kind = _select(role, int(n_remove[i]), flat, solved, opts)
+            paths[gid], how[gid] = (order, losses), kind
+    floor = (task.cost.sizes - np.asarray(n_remove)).astype(np.float64)
+    return Selection(task, opts, images, roles, flat, solved, paths, floor, how, timer)
+
+
+def _with(opts, **kw):
+    o = ml_collections.ConfigDict(opts.to_dict())
+    o.update(kw)
+    return o
+
+
+def finish(sel: Selection, keep, extra: Mapping | None = None) -> PruneOutcome:
+    """Phase 5 for kept counts ``keep`` [G] (>= the selection's floor): the plan keeps the
+    channels each group's path removes last, every consumer is refit on its kept rows."""
+    task, opts, roles, paths, timer = sel.task, sel.opts, sel.roles, sel.paths, sel.timer
     cost = task.cost
-    if keep_uniform is not None:
-        keep = keep_uniform
-    else:
-        raw = {g: path_scores(roles[g].group.size, *paths[g]) for g in cost.group_ids}
-        normed = _normalized(cost, raw, opts.normalize, task.metric)
-        keep = allocation.global_threshold(cost, normed, task.target, task.metric,
-                                           round_to=task.round_to, min_ratio=float(opts.min_ratio))
+    keep = np.asarray(keep, np.float64)
+    if np.any(keep < sel.floor):
+        g = int(np.flatnonzero(keep < sel.floor)[0])
+        raise ValueError(f"group {cost.group_ids[g]} keeps {int(keep[g])}, below the floor "
+                         f"{int(sel.floor[g])} its removal path reached")
     keep_map = {g: int(k) for g, k in zip(cost.group_ids, keep)}
     ranks = {g: rank_scores(roles[g].group.size, paths[g][0]) for g in cost.group_ids}
     plan = plan_from_scores(task.graph, ranks, keep_map, round_to=task.round_to)
@@ -383,19 +459,20 @@ def _prune_host(task: PruneTask, opts, images, roles, stats, keep_uniform, n_rem
         kept = plan.kept(g)
         if kept is not None:
             removed[g] = np.setdiff1d(np.arange(int(size)), np.asarray(kept))
-    with timer("compensation"):
-        variables = _compensate_all(task, roles, removed, flat, solved, opts)
+    with blas_threads(int(opts.blas_threads) or None), timer("compensation"):
+        variables = _compensate_all(task, roles, removed, sel.flat, sel.solved, opts)
     info = {
         "keep": {str(g): k for g, k in keep_map.items()},
         "timings": {k: round(v, 4) for k, v in timer.times.items()},
-        "calibration_images": int(len(images)),
-        "saliency": {str(g): how[g] for g in cost.group_ids},
+        "calibration_images": int(len(sel.images)),
+        "saliency": {str(g): sel.how[g] for g in cost.group_ids},
         "path_loss": {str(g): float(np.sum(paths[g][1][:int(s) - keep_map[g]]))
                       for g, s in zip(cost.group_ids, cost.sizes)},
-        "damping_raised": dict(solved.raised),
+        "damping_raised": dict(sel.solved.raised),
         "notes": {str(g): roles[g].note for g in cost.group_ids if roles[g].note},
         "bn_reestimate": "caller (hobs_jax.stats.reestimate_bn on the pruned network)",
     }
+    info.update(extra or {})
     return PruneOutcome(plan, variables, info)
 
 

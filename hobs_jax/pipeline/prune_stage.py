@@ -74,9 +74,14 @@ def run(ctx: Context) -> dict:
     _, variables, _ = ctx.load_model("train")
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
+    options = c.prune[c.prune.method]
+    if c.prune.method == "rspar" and not options.workdir:  # the search resumes with the stage
+        options = options.copy_and_resolve_references()
+        with options.unlocked():
+            options.workdir = os.path.join(ctx.workdir.stage_dir("prune"), "rspar_search")
     task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
-                     calib=calib, options=c.prune[c.prune.method], seed=c.seed,
+                     calib=calib, options=options, seed=c.seed,
                      finetune=finetune_fn(ctx))
     result = run_method(c.prune.method, task)
     pruned, pvars, outcome = result.model, result.variables, result.outcome
@@ -91,6 +96,15 @@ def run(ctx: Context) -> dict:
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)
+    if "rspar" in outcome.info:  # R-SPAR: allocation bar chart and learning curve
+        from hobs_jax.rspar import allocation_record, save_allocation, save_learning_curve
+        r = outcome.info["rspar"]
+        stage = ctx.workdir.stage_dir("prune")
+        save_allocation(os.path.join(stage, "rspar_allocation"),
+                        allocation_record(r["group_ids"], r["sizes"], r["allocations"], model=c.model,
+                                          target=c.prune.target, budget=r["budget"]))
+        save_learning_curve(os.path.join(stage, "rspar_curve"), {"rspar": r["curve"]})
+        out["rspar_plots"] = [os.path.join(stage, "rspar_allocation.png"), os.path.join(stage, "rspar_curve.png")]
     with open(os.path.join(ctx.workdir.stage_dir("prune"), "plan.json"), "w") as f:
         f.write(outcome.plan.to_json())
     out["model_dir"] = ctx.save_model("prune", pruned, pvars, plan=outcome.plan)

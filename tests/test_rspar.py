@@ -1,0 +1,237 @@
+"""R-SPAR: the environment keeps the budget by construction, the grid reward network is
+the H-OBS-pruned network, the jitted reward compiles once, the agent is deterministic for
+a seed, an interrupted search resumes to the uninterrupted result, bad input fails in
+one line. Random ResNet-20 at 16x16x1 (exactness is algebraic, no training needed)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hobs_jax import allocation, models
+from hobs_jax.graph import apply_plan
+from hobs_jax.methods import Calibration, make_task, prune
+from hobs_jax.methods import hobs
+from hobs_jax.rspar import AllocationEnv, MonomialBudget, build_grid_reward, kept_grid, search
+from hobs_jax.rspar.agent import default_config as agent_config
+from hobs_jax.rspar.features import group_features
+from tests._tiny import enable_compile_cache
+
+enable_compile_cache()
+
+NAME, SHAPE = "resnet20", (1, 16, 16, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+    model = models.build(NAME, num_classes=10, in_channels=1)
+    variables = models.random_variables(model, SHAPE, seed=0)
+    rng = np.random.default_rng(0)
+    calib = Calibration(rng.normal(size=(48,) + SHAPE[1:]).astype(np.float32),
+                        rng.integers(0, 10, 48).astype(np.int32))
+    task = make_task("hobs", NAME, variables, target=0.5, calib=calib,
+                     options=dict(progress=False, min_ratio=0.2))
+    return model, variables, calib, task
+
+
+@functools.lru_cache(maxsize=None)
+def _selection():
+    return hobs.select(_setup()[3])
+
+
+def _env(target=0.5, lbound=0.2, round_to=1, static=None):
+    task = _setup()[3]
+    cost = task.cost
+    floor = allocation.floors(cost, lbound, round_to)
+    grids = [kept_grid(int(s), int(f), round_to, 64) for s, f in zip(cost.sizes, floor)]
+    static = np.zeros((len(grids), 3), np.float32) if static is None else static
+    return AllocationEnv(MonomialBudget(cost, "macs"), target, cost.sizes, grids, static,
+                         lbound=lbound, round_to=round_to)
+
+
+@pytest.mark.parametrize("target,round_to", [(0.5, 1), (0.3, 2)])
+def test_clipping_keeps_the_budget_for_random_actions(target, round_to):
+    env = _env(target, round_to=round_to)
+    for seed in range(15):
+        rng = np.random.default_rng(seed)
+        ep = env.rollout(lambda s, t: rng.uniform(0, 1), repair=False)
+        assert ep.ratio <= target + 1e-9, (seed, ep.ratio)
+        fixed = env.rollout(lambda s, t: np.random.default_rng(seed + t).uniform(0, 1))
+        assert abs(fixed.ratio / target - 1) <= allocation.TOLERANCE, (seed, fixed.ratio)
+        for k, size in zip(fixed.keep, env.sizes):
+            assert k == size or k % round_to == 0
+        assert np.all(fixed.keep >= env.floor) and np.all(fixed.keep <= env.sizes)
+        assert np.array_equal(np.array([g[i] for g, i in zip(env.grids, fixed.index)]), fixed.keep)
+    # All-ones actions still end at the target (later groups forced down).
+    ep = env.rollout(lambda s, t: 1.0, repair=False)
+    assert ep.ratio <= target + 1e-9 and ep.keep[0] == env.sizes[0]
+
+
+def test_grid_network_equals_the_hobs_pruned_network():
+    model, variables, calib, task = _setup()
+    sel = _selection()
+    cost = task.cost
+    grids = [kept_grid(int(s), int(f), 1, 64) for s, f in zip(cost.sizes, sel.floor)]
+    reward = build_grid_reward(sel, grids, calib.images[:16], calib.labels[:16], bn="running")
+    env = _env(0.5)
+    rng = np.random.default_rng(1)
+    # One stream and one inner group pruned, then a whole random allocation.
+    one = np.array([len(g) - 1 for g in grids])
+    one[0], one[1] = len(grids[0]) // 2, 1
+    full = env.rollout(lambda s, t: rng.uniform(0.2, 1)).index
+    for index in (one, full):
+        keep = np.array([g[i] for g, i in zip(grids, index)])
+        outcome = hobs.finish(sel, keep)
+        pruned, pvars = apply_plan(NAME, outcome.variables, outcome.plan, graph=task.graph)
+        x = jnp.asarray(calib.images[:16])
+        ref = np.asarray(pruned.apply(pvars, x, train=False))
+        got = np.asarray(model.apply(reward.variables_at(index), x, train=False))
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), np.abs(got - ref).max()
+        logp = ref - np.log(np.exp(ref - ref.max(1, keepdims=True)).sum(1, keepdims=True)) - ref.max(1, keepdims=True)
+        ce = -logp[np.arange(16), calib.labels[:16]].mean()
+        assert abs(reward(index)[0] - ce) <= 1e-4 * max(1.0, abs(ce))
+
+
+def test_reward_compiles_once_and_batches():
+    _, _, calib, task = _setup()
+    sel = _selection()
+    cost = task.cost
+    grids = [kept_grid(int(s), int(f), 1, 64) for s, f in zip(cost.sizes, sel.floor)]
+    reward = build_grid_reward(sel, grids, calib.images[:8], calib.labels[:8])
+    rng = np.random.default_rng(0)
+    idx = np.stack([[rng.integers(0, len(g)) for g in grids] for _ in range(4)])
+    first = reward(idx[0])
+    traces = reward.traces
+    assert traces <= 1
+    values = [reward(i) for i in idx]
+    assert reward.traces == traces  # no retrace across episodes
+    assert values[0] == first
+    assert len({v[0] for v in values}) > 1  # allocations differ in loss
+    batch_ce, _ = reward.batch(idx)
+    np.testing.assert_allclose(batch_ce, [v[0] for v in values], rtol=1e-4)
+
+
+def _toy_reward(env):
+    """A cheap deterministic reward with an optimum away from the references."""
+    pref = np.linspace(0.3, 1.0, env.G)
+
+    def fn(index):
+        r = np.array([g[i] for g, i in zip(env.grids, index)]) / env.sizes
+        return float(np.sum((r - pref) ** 2)), 0.0
+    return fn
+
+
+def _cfg():
+    c = agent_config()
+    c.hidden, c.batch = 32, 16
+    return c
+
+
+def test_search_is_deterministic_for_a_seed_and_learns():
+    env = _env(0.5, static=group_features(_selection()))
+    fn = _toy_reward(env)
+    a = search(env, fn, episodes=30, warmup=8, seed=3, agent_config=_cfg(), progress=False)
+    b = search(env, fn, episodes=30, warmup=8, seed=3, agent_config=_cfg(), progress=False)
+    c = search(env, fn, episodes=30, warmup=8, seed=4, agent_config=_cfg(), progress=False)
+    assert [x["reward"] for x in a.curve] == [x["reward"] for x in b.curve]
+    assert np.array_equal(a.best_keep, b.best_keep)
+    assert [x["reward"] for x in a.curve] != [x["reward"] for x in c.curve]
+    assert len(a.curve) == 30 and a.best_reward == max(x["reward"] for x in a.curve)
+    assert abs(env.budget.ratio(a.best_keep) / 0.5 - 1) <= allocation.TOLERANCE
+
+
+def test_interrupted_search_resumes_to_the_same_result(tmp_path):
+    env = _env(0.5)
+    fn = _toy_reward(env)
+    refs = {"uniform": allocation.uniform(env.budget.cost, 0.5, "macs")}
+    kw = dict(episodes=12, warmup=4, seed=0, agent_config=_cfg(), references=refs, progress=False)
+    whole = search(env, fn, **kw)
+    part = search(env, fn, workdir=str(tmp_path), checkpoint_every=3, stop_after=7, **kw)
+    assert part.episodes == 7
+    rest = search(env, fn, workdir=str(tmp_path), checkpoint_every=3, **kw)
+    assert rest.episodes == 12
+    assert [x["reward"] for x in rest.curve] == [x["reward"] for x in whole.curve]
+    assert np.array_equal(rest.best_keep, whole.best_keep) and rest.best_reward == whole.best_reward
+    assert rest.references == whole.references
+
+
+def test_bad_input_fails_in_one_line():
+    _, variables, calib, _ = _setup()
+    small = dict(episodes=2, warmup=1, reward_images=8, progress=False)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="lbound"):
+            prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, lbound=bad))
+    with pytest.raises(ValueError, match="unreachable"):
+        prune("rspar", NAME, variables, target=0.05, calib=calib, options=dict(small, lbound=0.5))
+    with pytest.raises(ValueError, match="reward_images"):
+        prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, reward_images=48))
+    with pytest.raises(ValueError, match="budget"):
+        prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, budget="flops"))
+    with pytest.raises(ValueError, match="lbound"):
+        _env(0.5, lbound=0.0)
+
+
+def _fake_lut(task):
+    """A table whose layer 'times' are the layers' MACs: bilinear in (C_in, C_out), so the
+    latency budget must reproduce the exact MACs ratio (no timing in tests)."""
+    from hobs_jax.rspar.latency import VERSION, count_grid, device_string, layer_table
+
+    entries = layer_table(task.model, task.variables, task.input_shape, task.graph)
+    prunable = set(task.cost.group_ids)
+    for e in entries:
+        e["cin_grid"] = count_grid(e["cin"], 3) if e["in_group"] in prunable else [e["cin"]]
+        e["cout_grid"] = count_grid(e["cout"], 3) if e["out_group"] in prunable else [e["cout"]]
+        pos = int(np.prod(e["input_shape"][:-1]) / np.prod(e["strides"] or [1]))
+        taps = int(np.prod(e["kernel"] or [1]))
+        e["seconds"] = [[float(pos * taps * ci * co) for co in e["cout_grid"]] for ci in e["cin_grid"]]
+    return {"version": VERSION, "model": task.model_name, "input_shape": list(task.input_shape),
+            "batch": 1, "device": device_string(), "jax_version": jax.__version__,
+            "fingerprint": task.graph.fingerprint, "dense_seconds": 0.0, "rest_seconds": 0.0,
+            "layers": entries}
+
+
+def test_latency_budget_from_a_table_and_mismatch_errors(tmp_path):
+    import json
+
+    from hobs_jax.rspar.latency import LatencyBudget
+
+    task = _setup()[3]
+    table = _fake_lut(task)
+    budget = LatencyBudget.for_task(table, task)
+    env = _env(0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        keep = env.rollout(lambda s, t: rng.uniform(0.2, 1)).keep
+        assert abs(budget.ratio(keep) - task.cost.ratio(keep, "macs")) <= 1e-9
+        t = int(rng.integers(0, env.G))
+        counts = env.grids[t][:5]
+        np.testing.assert_allclose(budget.ratio_along(keep, t, counts),
+                                   env.budget.ratio_along(keep, t, counts), rtol=1e-9)
+    for key, value, msg in (("device", "gpu:H100", "device"), ("model", "resnet56", "model"),
+                            ("fingerprint", "x", "widths")):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(dict(table, **{key: value})))
+        with pytest.raises(ValueError, match=msg):
+            LatencyBudget.from_file(str(path), task)
+    _, variables, calib, _ = _setup()
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(dict(table, device="gpu:H100")))
+    with pytest.raises(ValueError, match="device"):  # before any search
+        prune("rspar", NAME, variables, target=0.5, calib=calib,
+              options=dict(episodes=2, warmup=1, reward_images=8, progress=False, budget="latency",
+                           latency_lut=str(path)))
+
+
+def test_imitation_starts_the_agent_at_the_best_allocation():
+    env = _env(0.5)
+    fn = _toy_reward(env)
+    cfg = _cfg()
+    cfg.imitate, cfg.noise = 300, 0.0  # no noise: the first agent episode is the cloned policy
+    refs = {"uniform": allocation.uniform(env.budget.cost, 0.5, "macs")}
+    r = search(env, fn, episodes=3, warmup=2, seed=0, agent_config=cfg, references=refs, progress=False)
+    ref = r.references["uniform"]["reward"]
+    assert r.curve[1]["best_reward"] == ref  # the warm-up episodes did not beat the reference
+    warm = max(abs(c["reward"] - ref) for c in r.curve[:2])
+    assert abs(r.curve[2]["reward"] - ref) < 0.25 * warm  # the cloned policy acts near it
