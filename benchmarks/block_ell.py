@@ -352,6 +352,8 @@ def main(argv=None) -> None:
         sys.argv[1:] if argv is None else argv)
     meta = {"command": command.strip(), "cpu_model": cpu_model(), "jax_version": jax.__version__}
     points = build_sweep(args)
+    json_path = out.with_suffix(".json")
+    old = json.loads(json_path.read_text()) if json_path.exists() else []
     new: list[dict] = []
     rng = np.random.default_rng(0)
     cache: dict = {}
@@ -387,13 +389,25 @@ def main(argv=None) -> None:
                             sparsity=s, dense_ms=dense_ms, sparse_ms=ms,
                             speedup=dense_ms / ms, label=label, achieved_sparsity=achieved,
                             **meta))
+        save(out, old, new)  # after every point: an interrupted sweep keeps what it measured
+    records = save(out, old, new)
+    print(f"{len(new)} new records, {len(records)} total -> {out.with_suffix('.json')}, "
+          f"{out.with_suffix('.md')}")
+
+
+def save(out: Path, old: list[dict], new: list[dict]) -> list[dict]:
+    """Merge ``new`` into ``old`` and rewrite the .json and .md (atomically, via rename)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    old = json.loads(json_path.read_text()) if json_path.exists() else []
     records = merge(old, new)
-    json_path.write_text(json.dumps(records, indent=1) + "\n")
-    write_md(md_path, render_md(records))
-    print(f"{len(new)} new records, {len(records)} total -> {json_path}, {md_path}")
+    for path, text in ((out.with_suffix(".json"), json.dumps(records, indent=1) + "\n"),
+                       (out.with_suffix(".md"), None)):
+        if text is None:
+            write_md(path, render_md(records))
+        else:
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return records
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Train the dense baseline (the checkpoint the demo and the one-shot experiments s
     python -m hobs_jax.main --config=configs/resnet20_fmnist.py --workdir=runs/resnet20_fmnist \
         --config.stages=train,evaluate,export
 
-Expected: >= 93.0% test top-1 (the recorded run and its wall time are in
-docs/results/fmnist_baselines.md). The full pipeline (prune to half the MACs, fine-tune,
+Expected: >= 93.0% test top-1. Measured 2026-11-22 with --config.stages=train: 93.54%
+(12 epochs) in 1.3 min (train stage 76 s, 10,714 img/s, bf16 compute) on one NVIDIA H100 80GB (jax 0.11.2);
+on this repo's 2-core CPU the same run is ~40-100x slower (about 65-150 img/s). Recorded
+in docs/results/fmnist_baselines.md; the model ships as checkpoints/resnet20_fmnist. The full pipeline (prune to half the MACs, fine-tune,
 evaluate, benchmark, export) is the same command without --config.stages.
 ``configs/resnet20_fmnist.py:smoke`` runs every stage in seconds (synthetic-sized).
 """
