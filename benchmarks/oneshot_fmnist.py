@@ -372,6 +372,8 @@ def main(argv=None) -> None:
                         "iterations; outputs under the workdir unless --out is given")
     p.add_argument("--out", default=None, help="output prefix (default docs/results/oneshot_fmnist)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the report's notes (what was not run and why; no results)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option for our rows, e.g. depgraph.sparse_steps=100 (JSON value)")
     p.add_argument("--skip-unavailable", action="store_true",
@@ -414,7 +416,8 @@ def main(argv=None) -> None:
                 for r in run_rows:
                     bench.row(name, t, r)
     from benchmarks.oneshot_report import write_report
-    write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows)
+    write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows,
+                 notes=args.note)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def test_hobs_beats_the_no_hessian_ablation_and_is_deterministic(trained):
     rn = evaluate(n.model, reestimate_bn(n.model, n.variables, batches), test)
     assert rh[0] < rn[0] and rh[1] > rn[1]
     info = a.outcome.info
-    assert set(info["timings"]) == {"calibration", "inverses", "selection", "compensation"}
+    assert set(info["timings"]) == {"calibration", "inverses", "selection", "compensation",
+                                    "propagation"}
     assert info["calibration_images"] == 512 and set(info["saliency"].values()) == {"obs"}
 
 
