@@ -141,7 +141,11 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen = {}
+    for ax in axes.flat:  # every row of every panel, once (panels hold different rows)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels, handles = list(seen), list(seen.values())
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=9,
                frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.025 * (len(labels) // 5), 1, 1))
