@@ -79,7 +79,10 @@ def parse_row(row: str, overrides: dict | None = None) -> dict:
         if alloc not in ("uniform", "global") or "allocation" not in spec.default_config():
             raise ValueError(f"row {row!r}: '-{alloc}' is not an allocation of method {method!r}")
         options["allocation"] = alloc
-    return {"framework": "hobs_jax", "method": method, "options": options}
+    full = spec.default_config()
+    full.update(options)
+    resolved = {k: v for k, v in full.to_dict().items() if k != "progress"}
+    return {"framework": "hobs_jax", "method": method, "options": options, "resolved": resolved}
 
 
 def _value(text: str):
@@ -110,10 +113,14 @@ class Bench:
     def dense(self, name: str):
         if name not in self._dense:
             import hobs_jax
-            path = os.path.join(self.args.checkpoint_dir, f"{name}_fmnist", "train", "model")
-            if not os.path.exists(path):
-                raise SystemExit(f"no checkpoint for {name} at {path} (train it first: "
-                                 f"python -m hobs_jax.main --config=configs/{name}_fmnist.py ...)")
+            # checkpoints/NAME_fmnist (an export directory, as committed) or a pipeline
+            # workdir's NAME_fmnist/train/model.
+            cands = [os.path.join(self.args.checkpoint_dir, f"{name}_fmnist"),
+                     os.path.join(self.args.checkpoint_dir, f"{name}_fmnist", "train", "model")]
+            path = next((c for c in cands if os.path.exists(os.path.join(c, "meta.json"))), None)
+            if path is None:
+                raise SystemExit(f"no checkpoint for {name} at {' or '.join(cands)} (train it "
+                                 f"first: python -m hobs_jax.main --config=configs/{name}_fmnist.py ...)")
             model, variables, _ = hobs_jax.load(path)
             self._dense[name] = (model, variables)
         return self._dense[name]
@@ -269,9 +276,11 @@ class Bench:
         spec = parse_row(row, self.args.overrides)
         rowdir = os.path.join(os.path.dirname(path), row)
         rec = json.load(open(path)) if os.path.exists(path) else None
-        if rec is not None and rec.get("options") != spec.get("options"):
-            raise SystemExit(f"{path} was made with options {rec.get('options')}, now "
-                             f"{spec.get('options')}: use another --workdir")
+        if rec is not None and (rec.get("options") != spec.get("options")
+                                or rec.get("resolved_options") != spec.get("resolved")):
+            # A method's defaults changed since the row was cached: never reuse it silently.
+            raise SystemExit(f"{path} was made with options {rec.get('resolved_options')}, now "
+                             f"{spec.get('resolved')}: delete the row or use another --workdir")
         if rec is None:
             dense_rec = self.dense_record(name)
             t0 = time.time()
@@ -280,7 +289,8 @@ class Bench:
             rec = {"model": name, "method": row, "framework": spec["framework"],
                    "target_macs_ratio": target, "macs_ratio": m / dense_rec["macs"],
                    "params_ratio": p / dense_rec["params"], "acc_dense": dense_rec["acc_dense"],
-                   "options": spec.get("options"), "command": self.args.command,
+                   "options": spec.get("options"), "resolved_options": spec.get("resolved"),
+                   "command": self.args.command,
                    "prune_seconds": time.time() - t0, **extra}
             miss = abs(rec["macs_ratio"] / target - 1)
             if miss > TOL:
@@ -349,7 +359,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", default="resnet56,resnet20")
     p.add_argument("--targets", default="0.5,0.333", help="kept MACs fractions")
     p.add_argument("--methods", default=DEFAULT_ROWS, help="rows (see module doc)")
-    p.add_argument("--checkpoint-dir", default="runs", help="holds MODEL_fmnist/train/model")
+    p.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="holds MODEL_fmnist (export dir) or MODEL_fmnist/train/model")
     p.add_argument("--steps", default=None,
                    help="fine-tuning steps to evaluate, 'epoch' = one epoch; '' = none "
                         "(default 50,200,epoch; 20,60 with --quick)")
@@ -361,6 +372,8 @@ def main(argv=None) -> None:
                         "iterations; outputs under the workdir unless --out is given")
     p.add_argument("--out", default=None, help="output prefix (default docs/results/oneshot_fmnist)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the report's notes (what was not run and why; no results)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option for our rows, e.g. depgraph.sparse_steps=100 (JSON value)")
     p.add_argument("--skip-unavailable", action="store_true",
@@ -403,7 +416,8 @@ def main(argv=None) -> None:
                 for r in run_rows:
                     bench.row(name, t, r)
     from benchmarks.oneshot_report import write_report
-    write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows)
+    write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows,
+                 notes=args.note)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,11 @@ def table(records: list[dict], steps: list[str]) -> list[str]:
     return lines
 
 
+def _base(row: str) -> str:
+    """'hobs-uniform@damp=0.1' -> 'hobs'; 'tp-l1-global' -> 'tp'."""
+    return row.partition("@")[0].partition("-")[0]
+
+
 def goals(done: list[dict], models: list[str]) -> list[str]:
     """The issue's goals, judged on the rows present (never assumed)."""
     out = ["## Goals (from the issue) and whether they were met", "",
@@ -72,7 +77,7 @@ def goals(done: list[dict], models: list[str]) -> list[str]:
         return out
     for target, goal in ((0.5, GOAL_2X), (0.333, GOAL_3X)):
         rows = [r for r in done if r["model"] == "resnet56" and abs(r["target_macs_ratio"] - target) < 1e-3]
-        hobs = [r for r in rows if r["method"].split("-")[0] == "hobs"]
+        hobs = [r for r in rows if _base(r["method"]) == "hobs"]
         label = f"ResNet-56 at {1 / target:.0f}x fewer MACs (kept {target})"
         if not hobs:
             out.append(f"* {label}: **not evaluated** - no `hobs` row ran (the method was not "
@@ -80,7 +85,7 @@ def goals(done: list[dict], models: list[str]) -> list[str]:
             continue
         for h in hobs:
             drop = 100 * (h["acc_dense"] - h["acc_bn_recalibrated"])
-            others = [r for r in rows if r["method"].split("-")[0] != "hobs"]
+            others = [r for r in rows if _base(r["method"]) != "hobs"]
             best_one = max(others, key=lambda r: r["acc_oneshot"], default=None)
             best_bn = max(others, key=lambda r: r["acc_bn_recalibrated"], default=None)
             verdict = "met" if drop <= goal else "NOT met"
@@ -105,8 +110,8 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
 
     panels = [(m, t) for m in models for t in targets
               if any(r["model"] == m and abs(r["target_macs_ratio"] - t) < 1e-9 for r in done)]
-    if not panels:
-        return
+    if not panels or not any(r.get("acc_by_steps") for r in done):
+        return  # no fine-tuning ran: nothing to plot (the md says so)
     methods = sorted({r["method"] for r in done})
     cmap = plt.get_cmap("tab20")
     style = {m: (cmap(i % 20), "o^sDv<>ph*"[i % 10]) for i, m in enumerate(methods)}
@@ -136,7 +141,11 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen = {}
+    for ax in axes.flat:  # every row of every panel, once (panels hold different rows)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels, handles = list(seen), list(seen.values())
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=9,
                frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.025 * (len(labels) // 5), 1, 1))
@@ -145,7 +154,7 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
 
 
 def write_report(records: list[dict], workdir: str, out: str, command: str, models: list[str],
-                 targets: list[float], rows: list[str]) -> None:
+                 targets: list[float], rows: list[str], notes: list[str] | None = None) -> None:
     """``out``.md / .json / _curve.png from the cached ``records`` of this selection."""
     sel = [r for r in records if r["model"] in models
            and any(abs(r["target_macs_ratio"] - t) < 1e-9 for t in targets) and r["method"] in rows]
@@ -187,9 +196,35 @@ def write_report(records: list[dict], workdir: str, out: str, command: str, mode
                 continue
             md += [f"## {m}, kept {t} of the MACs ({1 / t:.1f}x fewer); dense top-1 "
                    f"{_pct(recs[0]['acc_dense'])}%", ""]
-            md += table(sorted(recs, key=lambda r: rows.index(r["method"])), steps) + [""]
-    if os.path.exists(png):
+            main = [r for r in recs if "@" not in r["method"]]
+            abl = [r for r in recs if "@" in r["method"]]
+            md += table(sorted(main, key=lambda r: rows.index(r["method"])), steps) + [""]
+            if abl:
+                ref = [r for r in main if _base(r["method"]) in {_base(a["method"]) for a in abl}]
+                md += [f"Ablation ({m}, kept {t}): one option changed per row against the "
+                       f"method's defaults (the `hobs` row); same measurement.", ""]
+                md += table(sorted(ref + abl, key=lambda r: rows.index(r["method"])), steps) + [""]
+    if os.path.exists(png) and steps:
         md += [f"![accuracy vs fine-tuning steps]({os.path.basename(png)})", ""]
+    elif not steps:
+        md += ["No fine-tuning curve: no row of this selection was fine-tuned (see the notes).", ""]
+    ours = {}
+    for r in done:
+        if r["framework"] == "hobs_jax" and r.get("resolved_options") is not None:
+            ours.setdefault(r["method"], r["resolved_options"])
+    if ours:
+        md += ["## Options of our rows (resolved: the method's defaults plus the row's settings)", ""]
+        md += [f"* `{m}`: `{json.dumps(o, sort_keys=True)}`" for m, o in sorted(ours.items())] + [""]
+    tp = {}
+    for r in done:
+        if r["framework"] == "torch-pruning" and "pruning_ratio" in r:
+            tp.setdefault(r["method"], []).append(f"{r['model']} kept {r['target_macs_ratio']}: "
+                                                  f"pruning_ratio {r['pruning_ratio']:.4f}")
+    if tp:
+        md += ["## Torch-Pruning's channel ratio found by bisection (to land on the MACs target)", ""]
+        md += [f"* `{m}`: " + "; ".join(v) for m, v in sorted(tp.items())] + [""]
+    if notes:
+        md += ["## Notes on this run", ""] + [f"* {n}" for n in notes] + [""]
     if refused:
         md += ["## Refused rows (iso-MACs rule)", ""]
         md += [f"* {r['model']} kept {r['target_macs_ratio']}: `{r['method']}` - {r['refused']}"

@@ -80,7 +80,8 @@ def test_hobs_beats_the_no_hessian_ablation_and_is_deterministic(trained):
     rn = evaluate(n.model, reestimate_bn(n.model, n.variables, batches), test)
     assert rh[0] < rn[0] and rh[1] > rn[1]
     info = a.outcome.info
-    assert set(info["timings"]) == {"calibration", "inverses", "selection", "compensation"}
+    assert set(info["timings"]) == {"calibration", "inverses", "selection", "compensation",
+                                    "propagation"}
     assert info["calibration_images"] == 512 and set(info["saliency"].values()) == {"obs"}
 
 
@@ -146,3 +147,39 @@ def test_registry_entries():
     c = h.default_config()
     assert (c.damp, c.channels_per_step, c.dtype, c.allocation, c.normalize) == (0.01, 1, "float32", c.allocation, "cost")
     assert set(n.default_config()) == {"allocation", "normalize", "min_ratio"}
+
+
+def test_cross_stats_match_explicit_rows(trained):
+    """A = P^T P and B = P^T D in the kernel's row order, bias sums included."""
+    from hobs_jax.stats.cross import capture, cross_stats
+    from hobs_jax.stats.layers import layer_rows, trace_layers
+
+    model, v, calib, _ = trained
+    infos = trace_layers(model, v, (1, SIZE, SIZE, 1))
+    other = jax.tree.map(lambda a: np.asarray(a) * 0.9, v)  # any second network of the same shape
+    x = calib.images[:24]
+    for path in (("layer2", "0", "conv1"), ("fc",)):
+        info = infos[path]
+        st = cross_stats(info, capture(model, other, x, [path], 16)[path], capture(model, v, x, [path], 16)[path])
+        p = np.asarray(layer_rows(info, capture(model, other, x, [path], 24)[path][0]), np.float64)
+        d = np.asarray(layer_rows(info, capture(model, v, x, [path], 24)[path][0]), np.float64)
+        assert st.count == len(p)
+        np.testing.assert_allclose(st.a, p.T @ p, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(st.b, p.T @ d, rtol=1e-4, atol=1e-3)
+        if info.use_bias:
+            np.testing.assert_allclose(st.psum, p.sum(0), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(st.dsum, d.sum(0), rtol=1e-4, atol=1e-3)
+
+
+def test_propagation_brings_the_pruned_network_closer_to_the_dense_one(trained):
+    model, v, calib, _ = trained
+    x = jnp.asarray(calib.images[:256])
+    dense = np.asarray(jax.jit(model.apply)(v, x))
+    errs = {}
+    for passes in (0, 1):
+        r = prune("hobs", "resnet20", v, target=0.5, calib=calib,
+                  options=dict(progress=False, calib_batch_size=128, allocation="uniform",
+                               propagate=passes, propagate_images=256))
+        errs[passes] = float(np.mean((np.asarray(jax.jit(r.model.apply)(r.variables, x)) - dense) ** 2))
+        assert ("propagation" in r.outcome.info["timings"]) == (passes > 0)
+    assert errs[1] < 0.8 * errs[0], errs
