@@ -163,7 +163,7 @@ def case_resnet56(args) -> dict:
     x = np.asarray(x, np.float32)
     tx, ty = src.batch("test", np.arange(2000), train=False)
     load_s = time.perf_counter() - t0
-    opts = dict(progress=False)
+    opts = dict(progress=False, propagate=args.propagate)
     batches = [x[i:i + 256] for i in range(0, len(x), 256)]
     runs = []
     for i in range(2):
@@ -174,7 +174,7 @@ def case_resnet56(args) -> dict:
            "hobs_bn": _accuracy(res.model, pv, tx, ty)}
     return {"case": "resnet56", "model": meta["model"], "checkpoint": args.checkpoint,
             "input": "28x28x1 Fashion-MNIST", "calibration_images": len(x), "target_macs": 0.5,
-            "options": "hobs defaults (global allocation, damp 0.01, 1 channel per step, float32)",
+            "options": f"hobs defaults (global allocation, damp 0.01, 1 channel per step, float32), propagate {args.propagate}",
             "load_s": round(load_s, 2), "runs": runs,
             "test_acc_first_2000": {k: round(v, 4) for k, v in acc.items()},
             "goal_s": GOALS["resnet56"]}
@@ -200,7 +200,7 @@ def case_resnet50(args) -> dict:
     batches = [x[i:i + 32] for i in range(0, len(x), 32)]
     variables = jax.device_get(reestimate_bn(model, variables, batches))
     load_s = time.perf_counter() - t0
-    opts = dict(progress=False, calib_batch_size=32)
+    opts = dict(progress=False, calib_batch_size=32, propagate=args.propagate)
     rec, res, _ = _one_run("resnet50", "resnet50", variables, x, np.asarray(y), opts, batches)
     rec["run"] = "cold (includes XLA compilation)"
     return {"case": "resnet50", "model": "resnet50", "checkpoint": None,
@@ -208,7 +208,7 @@ def case_resnet50(args) -> dict:
             "weights": "random, BN statistics estimated on the calibration images (not timed)",
             "calibration_images": len(x), "target_macs": 0.5,
             "options": "hobs defaults (global allocation, damp 0.01, 1 channel per step, float32), "
-                       "calib_batch_size 32",
+                       f"calib_batch_size 32, propagate {args.propagate}",
             "load_s": round(load_s, 2), "runs": [rec], "goal_s": GOALS["resnet50"]}
 
 
@@ -258,6 +258,9 @@ def main() -> None:
     p.add_argument("--checkpoint", default="checkpoints/resnet56_fmnist")
     p.add_argument("--calib", type=int, default=0, help="calibration images (0: the case's default)")
     p.add_argument("--size", type=int, default=224, help="ResNet-50 input size")
+    p.add_argument("--propagate", type=int, default=0,
+                   help="H-OBS sequential refit sweeps (recorded runs: 0; the method's default is 1 "
+                        "and adds a forward pass of 512 images per layer)")
     p.add_argument("--out", default=OUT, help="output path without extension")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -276,7 +279,7 @@ def main() -> None:
     device = _cpu()
     for name in names:
         argv = [sys.executable, __file__, "--child", name, "--checkpoint", a.checkpoint, "--calib", str(a.calib),
-                "--size", str(a.size)]
+                "--size", str(a.size), "--propagate", str(a.propagate)]
         proc = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH="."))
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
