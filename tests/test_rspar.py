@@ -32,7 +32,9 @@ def _setup():
     calib = Calibration(rng.normal(size=(48,) + SHAPE[1:]).astype(np.float32),
                         rng.integers(0, 10, 48).astype(np.int32))
     task = make_task("hobs", NAME, variables, target=0.5, calib=calib,
-                     options=dict(progress=False, min_ratio=0.2))
+                     options=dict(progress=False, min_ratio=0.2, propagate=0))
+    # propagate=0: the grid reward models H-OBS's per-group compensation; the sequential
+    # refit (on by default) runs only on the final network, after the search.
     return model, variables, calib, task
 
 
