@@ -27,6 +27,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("hobs_jax").setLevel(logging.INFO)
+    if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv[1:]):
+        # orbax and other libraries log every checkpoint step through absl at INFO; keep
+        # the console to hobs_jax's own progress unless --verbosity asks for more.
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        logging.getLogger("jax").setLevel(logging.WARNING)
     from hobs_jax.pipeline import run
     from hobs_jax.train.distributed import initialize
 
