@@ -17,15 +17,10 @@ on); the project plan's ResNet-50 target is 75.96% top-1 at 3.10x speedup. The s
 checks every stage end to end on a CPU.
 """
 
-from hobs_jax.pipeline.config import imagenet_config, imagenet_smoke
+from hobs_jax.pipeline.config import imagenet_config, imagenet_smoke, with_variant
 
 
 def get_config(arg: str | None = None):
     c = imagenet_config("mobilenet_v2", epochs=300, batch_size=1024, lr_per_256=0.045, weight_decay=4e-5,
                         optimizer="sgd")
-    if arg == "smoke":
-        imagenet_smoke(c)
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
-    c.lock()
-    return c
+    return with_variant(c, arg, imagenet_smoke)

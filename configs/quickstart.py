@@ -10,6 +10,7 @@ and run time on the 2-core CPU: see README "Quick start" (figures from this comm
 """
 
 from hobs_jax.pipeline import base_config
+from hobs_jax.pipeline.config import with_variant
 
 
 def get_config(arg: str | None = None):
@@ -24,11 +25,11 @@ def get_config(arg: str | None = None):
     f.steps, f.batch_size, f.warmup_fraction, f.eval_every = 300, 128, 0.0, 300
     f.checkpoint.every_steps = 100
     c.benchmark.batch_sizes, c.benchmark.iters = "1,64", 20
-    if arg == "smoke":
-        c.calibrate.num_images = 256
-        f.steps, f.eval_every, f.checkpoint.every_steps = 4, 4, 2
-        c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
-    c.lock()
-    return c
+    return with_variant(c, arg, _smoke)
+
+
+def _smoke(c):
+    c.calibrate.num_images = 256
+    f = c.finetune
+    f.steps, f.eval_every, f.checkpoint.every_steps = 4, 4, 2
+    c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3

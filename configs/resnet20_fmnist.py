@@ -13,23 +13,8 @@ evaluate, benchmark, export) is the same command without --config.stages.
 ``configs/resnet20_fmnist.py:smoke`` runs every stage in seconds (synthetic-sized).
 """
 
-from hobs_jax.pipeline import base_config
+from hobs_jax.pipeline.config import fmnist_config, fmnist_smoke, with_variant
 
 
 def get_config(arg: str | None = None):
-    c = base_config("resnet20")
-    c.num_classes, c.in_channels = 10, 1
-    t = c.train
-    t.optimizer, t.lr, t.momentum, t.nesterov = "sgd", 0.1, 0.9, True
-    t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, 12.0
-    t.checkpoint.every_steps = 500
-    c.prune.method, c.prune.target = "hobs", 0.5
-    if arg == "smoke":
-        t.epochs, t.steps, t.checkpoint.every_steps = 0.0, 8, 4
-        c.calibrate.num_images, c.calibrate.batch_size = 64, 32
-        c.finetune.steps = 4
-        c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
-    c.lock()
-    return c
+    return with_variant(fmnist_config("resnet20", epochs=12.0), arg, fmnist_smoke)

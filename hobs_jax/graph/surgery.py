@@ -55,39 +55,37 @@ def _like(leaf, a: np.ndarray):
     return jax.device_put(a) if isinstance(leaf, jax.Array) else a
 
 
+def _map_members(graph: Graph, variables: Any, plan: PrunePlan, edit) -> Any:
+    """Apply ``edit(array, member_axes, keep) -> array`` to every leaf that a group the
+    plan prunes touches (``member_axes``: those groups' member axes on that leaf; ``keep``:
+    group id -> kept indices); other leaves are returned as they are (the same objects)."""
+    validate(plan, graph)
+    keep = _removing(graph, plan)
+    by_leaf = _by_leaf(graph)
+
+    def visit(path, leaf):
+        key = tuple(str(getattr(p, "key", p)) for p in path)
+        vas = [va for va in by_leaf.get(key, ()) if set(layout_groups(va.layout)) & set(keep)]
+        return _like(leaf, edit(np.array(leaf), vas, keep)) if vas else leaf
+
+    return jax.tree_util.tree_map_with_path(visit, variables)
+
+
 def slice_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
     """``variables`` with every removed channel cut out of every member axis.
 
     Leaves no group touches are returned as they are (the same objects)."""
-    validate(plan, graph)
-    keep = _removing(graph, plan)
-    by_leaf = _by_leaf(graph)
-
-    def cut(path, leaf):
-        key = tuple(str(getattr(p, "key", p)) for p in path)
-        vas = [va for va in by_leaf.get(key, ()) if set(layout_groups(va.layout)) & set(keep)]
-        if not vas:
-            return leaf
-        a = np.asarray(leaf)
+    def cut(a, vas, keep):
         for va in vas:
             a = np.take(a, layout_indices(va.layout, keep), axis=va.axis)
-        return _like(leaf, a)
+        return a
 
-    return jax.tree_util.tree_map_with_path(cut, variables)
+    return _map_members(graph, variables, plan, cut)
 
 
 def mask_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
     """``variables`` with every slice of every removed channel zeroed (see module doc)."""
-    validate(plan, graph)
-    keep = _removing(graph, plan)
-    by_leaf = _by_leaf(graph)
-
-    def zero(path, leaf):
-        key = tuple(str(getattr(p, "key", p)) for p in path)
-        vas = [va for va in by_leaf.get(key, ()) if set(layout_groups(va.layout)) & set(keep)]
-        if not vas:
-            return leaf
-        a = np.array(leaf)
+    def zero(a, vas, keep):
         for va in vas:
             alive = np.ones(va.layout.size, dtype=bool)
             for gid in set(layout_groups(va.layout)) & set(keep):
@@ -98,9 +96,9 @@ def mask_variables(graph: Graph, variables: Any, plan: PrunePlan) -> Any:
             shape = [1] * a.ndim
             shape[va.axis] = -1
             a = np.where(alive.reshape(shape), a, np.zeros((), a.dtype))
-        return _like(leaf, a)
+        return a
 
-    return jax.tree_util.tree_map_with_path(zero, variables)
+    return _map_members(graph, variables, plan, zero)
 
 
 def zoo_name(model: nn.Module | str) -> str:

@@ -7,6 +7,8 @@ compute and raises a one-line ``ValueError`` naming the key.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import ml_collections
 
 from hobs_jax.train.config import get_train_config, validate_train_config
@@ -181,3 +183,38 @@ def batch_sizes(c: ml_collections.ConfigDict) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"benchmark.batch_sizes={c.benchmark.batch_sizes!r}: positive ints, "
                          "comma-separated") from None
+
+
+def with_variant(c: ml_collections.ConfigDict, arg: str | None,
+                 smoke: Callable[[ml_collections.ConfigDict], None]) -> ml_collections.ConfigDict:
+    """The tail of every ``configs/*.py``: apply the ``:smoke`` variant (``smoke(c)``) when
+    asked, refuse any other variant in one line, lock the config (a misspelled override
+    then fails) and return it."""
+    if arg == "smoke":
+        smoke(c)
+    elif arg not in (None, ""):
+        raise ValueError(f"unknown config variant {arg!r}; use ':smoke' or nothing")
+    c.lock()
+    return c
+
+
+def fmnist_smoke(c: ml_collections.ConfigDict) -> None:
+    """Shrink a Fashion-MNIST config to seconds: a few steps per stage, tiny calibration."""
+    c.train.epochs, c.train.steps, c.train.checkpoint.every_steps = 0.0, 8, 4
+    c.calibrate.num_images, c.calibrate.batch_size = 64, 32
+    c.finetune.steps = 4
+    c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3
+
+
+def fmnist_config(model: str, epochs: float) -> ml_collections.ConfigDict:
+    """The Fashion-MNIST recipe of ``configs/resnet{20,56}_fmnist.py`` (unlocked): SGD
+    Nesterov lr 0.1, weight decay 5e-4, batch 128, ``epochs`` of cosine; H-OBS to half the
+    MACs."""
+    c = base_config(model)
+    c.num_classes, c.in_channels = 10, 1
+    t = c.train
+    t.optimizer, t.lr, t.momentum, t.nesterov = "sgd", 0.1, 0.9, True
+    t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, float(epochs)
+    t.checkpoint.every_steps = 500
+    c.prune.method, c.prune.target = "hobs", 0.5
+    return c
