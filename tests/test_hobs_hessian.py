@@ -85,6 +85,60 @@ def test_conv_rows_are_hwio_ordered_im2col(k, stride, pads, dil):
     np.testing.assert_allclose(rows @ kernel_matrix(info, kernel), np.asarray(y).reshape(-1, 5), atol=1e-4)
 
 
+@pytest.mark.parametrize("k,stride,pads,dil", [((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+                                               ((3, 3), (2, 2), ((1, 0), (2, 1)), (2, 2)),
+                                               ((1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+                                               ((5, 3), (2, 1), ((2, 2), (0, 1)), (1, 1))])
+def test_sliced_rows_equal_the_one_hot_convolution_patches(k, stride, pads, dil):
+    """conv_slices (strided slices, HWIO order) against lax.conv_general_dilated_patches
+    (a one-hot grouped convolution, channel-major) transposed: bit-identical values."""
+    from hobs_jax.stats.layers import conv_output_hw, conv_patches, conv_slices
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(3, 9, 7, 4)).astype(np.float32))
+    info = LayerInfo(("l",), "conv", k + (4, 2), (0, 1, 2), (3,), stride, pads, (1, 1), dil)
+    s = conv_slices(info, x)
+    assert s.shape[1:3] == conv_output_hw(info, x.shape[1:3])
+    p = conv_patches(info, x)
+    ref = jnp.swapaxes(p, 1, 2).reshape(p.shape[0], -1)
+    np.testing.assert_array_equal(np.asarray(s).reshape(ref.shape), np.asarray(ref))
+
+
+def test_chunked_accumulation_equals_one_product(net, monkeypatch):
+    """On CPU the conv Grams are reduced a few images at a time (lax.scan over chunks);
+    forcing tiny chunks must give the same statistics (and bias sums) as one product."""
+    from hobs_jax.stats import gram
+    from hobs_jax.stats.cross import cross_stats
+
+    class Biased(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            y = nn.relu(nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), name="c1")(x))
+            y = nn.Conv(3, (3, 3), strides=2, padding=((1, 1), (1, 1)), name="c2")(y)
+            return jnp.mean(y, axis=(1, 2))
+
+    model = Biased()
+    v = init_tiny(model, SHAPE[1:], seed=4)
+    x = np.random.default_rng(6).normal(size=(8,) + SHAPE[1:]).astype(np.float32)
+    whole = collect_hessians(model, v, x, batch_size=8, progress=False)
+    acts = capture_inputs(model, v, jnp.asarray(x))
+    info = trace_layers(model, v, SHAPE)[("c2",)]
+    c_whole = cross_stats(info, [acts[("c2",)]], [acts[("c2",)] * 0.5])
+    assert gram.chunk_size(8, 9 * 8 * 36) == 8
+    monkeypatch.setattr(gram, "CHUNK_ELEMENTS", 9 * 8 * 36 * 2)  # 2 images of c1's patches
+    assert gram.chunk_size(8, 9 * 8 * 36) == 2 and gram.chunk_size(7, 9 * 8 * 36) == 1
+    jax.clear_caches()
+    from hobs_jax.stats import hessian
+    hessian._make_step.cache_clear()
+    chunked = collect_hessians(model, v, x, batch_size=8, progress=False)
+    c_chunked = cross_stats(info, [acts[("c2",)]], [acts[("c2",)] * 0.5])
+    for p in whole.layers:
+        scale = np.abs(whole[p].xtx).max()
+        np.testing.assert_allclose(chunked[p].xtx, whole[p].xtx, atol=1e-6 * scale)
+        np.testing.assert_allclose(chunked[p].xsum, whole[p].xsum, atol=1e-6 * np.abs(whole[p].xsum).max())
+        assert chunked[p].count == whole[p].count
+    np.testing.assert_allclose(c_chunked.b, c_whole.b, atol=1e-6 * np.abs(c_whole.b).max())
+    hessian._make_step.cache_clear()
+
+
 def test_hessians_equal_numpy_on_captured_inputs_and_stream(net):
     model, v, x = net
     infos = trace_layers(model, v, SHAPE)

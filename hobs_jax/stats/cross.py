@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.layers import LayerInfo, conv_patches, dense_rows, intercepting
+from hobs_jax.stats.gram import chunk_size, chunked_sum
+from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, conv_slices, dense_rows,
+                                   intercepting, sliceable)
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -99,6 +101,17 @@ def _cross_batch(info: LayerInfo, xp: jax.Array, xd: jax.Array):
         a = jnp.einsum("nd,ne->de", rp, rp, precision=_HI)
         b = jnp.einsum("nd,ne->de", rp, rd, precision=_HI)
         return a, b, rp.sum(0), rd.sum(0), rp.shape[0]
+    if sliceable(info):
+        ho, wo = conv_output_hw(info, xp.shape[1:3])
+
+        def part(xpc, xdc):
+            rp, rd = conv_slices(info, xpc), conv_slices(info, xdc)
+            return (jnp.einsum("nhwd,nhwe->de", rp, rp, precision=_HI),
+                    jnp.einsum("nhwd,nhwe->de", rp, rd, precision=_HI),
+                    rp.sum((0, 1, 2)), rd.sum((0, 1, 2)))
+
+        a, b, sp, sd = chunked_sum(part, (xp, xd), chunk_size(int(xp.shape[0]), 2 * ho * wo * info.d_in))
+        return a, b, sp, sd, xp.shape[0] * ho * wo
     pp, pd = conv_patches(info, xp), conv_patches(info, xd)  # [n, C, kk] channel-major
     n, c, kk = pp.shape
     fp, fd = pp.reshape(n, c * kk), pd.reshape(n, c * kk)
