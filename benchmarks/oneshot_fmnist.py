@@ -315,8 +315,13 @@ class Bench:
         steps = self.steps()
         if steps and rec.get("schedule_steps") != max(steps):
             if rec.get("schedule_steps"):
-                raise SystemExit(f"{path} was fine-tuned on a {rec['schedule_steps']}-step schedule, "
-                                 f"now {max(steps)}: use another --workdir")
+                if not self.args.refinetune:
+                    raise SystemExit(f"{path} was fine-tuned on a {rec['schedule_steps']}-step schedule, "
+                                     f"now {max(steps)}: pass --refinetune or use another --workdir")
+                import shutil
+                print(f"{name} {target} {row}: discarding its {rec['schedule_steps']}-step curve "
+                      f"{rec['acc_by_steps']} (--refinetune)", flush=True)
+                shutil.rmtree(os.path.join(rowdir, "finetune"), ignore_errors=True)
             t0 = time.time()
             model, variables, _ = hobs_jax.load(os.path.join(rowdir, "model"))
             curve = self.curve(model, variables, steps, os.path.join(rowdir, "finetune"))
@@ -372,6 +377,9 @@ def main(argv=None) -> None:
                         "iterations; outputs under the workdir unless --out is given")
     p.add_argument("--out", default=None, help="output prefix (default docs/results/oneshot_fmnist)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--refinetune", action="store_true",
+                   help="a row fine-tuned on another schedule is fine-tuned again on this one "
+                        "(its old curve and fine-tuning checkpoints are discarded)")
     p.add_argument("--note", action="append", default=[],
                    help="a line for the report's notes (what was not run and why; no results)")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",

@@ -121,6 +121,45 @@ class Bench:
         info["rspar"]["search_seconds"] = time.perf_counter() - t
         return keep, info["rspar"]
 
+    def build(self, key: str, target: float, keep):
+        """(pruned model, BN-re-estimated variables, MACs ratio, params ratio) of the H-OBS
+        network with kept counts ``keep`` (compensated along the shared selection)."""
+        from hobs_jax import macs
+        from hobs_jax.graph import apply_plan
+        from hobs_jax.methods import hobs
+        from hobs_jax.stats import reestimate_bn
+        sel = self.selection()
+        outcome = hobs.finish(dataclasses.replace(sel, task=dataclasses.replace(sel.task, target=target)),
+                              np.asarray(keep))
+        pruned, pvars = apply_plan(self.args.model, outcome.variables, outcome.plan, graph=sel.task.graph)
+        dense = macs.count(self.model, self.variables, SHAPE)
+        after = macs.count(pruned, pvars, SHAPE)
+        mr, pr = after.macs / dense.macs, after.params / dense.params
+        if abs(mr / target - 1) > TOL:
+            raise SystemExit(f"{key}: MACs ratio {mr:.4f} misses the target {target} by more than 1%")
+        pvars = reestimate_bn(pruned, pvars, (x for x, _ in self.calib.batches(256)))
+        return pruned, pvars, mr, pr
+
+    def add_finetuning(self, key: str, rowdir: str, path: str, rec: dict) -> dict:
+        """Fine-tune a row cached without fine-tuning: its network is rebuilt from the saved
+        kept counts, and must reproduce the cached one-shot accuracy before it is trained."""
+        pruned, pvars, mr, _ = self.build(key, rec["target_macs_ratio"], rec["keep"])
+        acc1 = self.accuracy(pruned, pvars, f"{key} rebuilt")
+        if abs(mr - rec["macs_ratio"]) > 1e-9 or abs(acc1 - rec["acc_oneshot"]) > 0.0015:
+            raise SystemExit(f"{key}: the rebuilt network (MACs {mr:.4f}, one-shot {acc1:.4f}) does not "
+                             f"reproduce the cached row (MACs {rec['macs_ratio']:.4f}, one-shot "
+                             f"{rec['acc_oneshot']:.4f}): delete {rowdir} and rerun")
+        t = time.perf_counter()
+        ft = self.finetune(pruned, pvars, os.path.join(rowdir, "finetune"))
+        rec.update(acc_finetuned=self.accuracy(pruned, ft, f"{key} finetuned"),
+                   finetune_steps=self.args.finetune_steps, finetune_seconds=time.perf_counter() - t,
+                   acc_oneshot_rebuilt=acc1, finetune_load_avg_at_start=load_avg(),
+                   finetune_command=self.args.command)
+        _write_json(path, rec)
+        print(f"{key}: fine-tuned {rec['acc_finetuned']:.4f} (one-shot {rec['acc_oneshot']:.4f}, rebuilt "
+              f"{acc1:.4f}) in {rec['finetune_seconds']:.0f} s (load {load_avg()})", flush=True)
+        return rec
+
     def accuracy(self, model, variables, desc):
         from hobs_jax.data import EvalLoader
         from hobs_jax.train import evaluate
@@ -143,23 +182,14 @@ class Bench:
         rowdir = os.path.join(self.args.workdir, key)
         path = os.path.join(rowdir, "row.json")
         if os.path.exists(path):
-            return json.load(open(path))
+            rec = json.load(open(path))
+            if self.args.finetune_steps and rec.get("acc_finetuned") is None:
+                return self.add_finetuning(key, rowdir, path, rec)
+            return rec
         os.makedirs(rowdir, exist_ok=True)
-        from hobs_jax import macs
-        from hobs_jax.graph import apply_plan
-        from hobs_jax.methods import hobs
-        from hobs_jax.stats import reestimate_bn
-        sel = self.selection()
         load0 = load_avg()
         keep, info = self.keep(alloc, target, seed, rowdir)
-        outcome = hobs.finish(dataclasses.replace(sel, task=dataclasses.replace(sel.task, target=target)), keep)
-        pruned, pvars = apply_plan(self.args.model, outcome.variables, outcome.plan, graph=sel.task.graph)
-        dense = macs.count(self.model, self.variables, SHAPE)
-        after = macs.count(pruned, pvars, SHAPE)
-        mr, pr = after.macs / dense.macs, after.params / dense.params
-        if abs(mr / target - 1) > TOL:
-            raise SystemExit(f"{key}: MACs ratio {mr:.4f} misses the target {target} by more than 1%")
-        pvars = reestimate_bn(pruned, pvars, (x for x, _ in self.calib.batches(256)))
+        pruned, pvars, mr, pr = self.build(key, target, keep)
         acc1 = self.accuracy(pruned, pvars, f"{key} one-shot")
         t = time.perf_counter()
         ft = self.finetune(pruned, pvars, os.path.join(rowdir, "finetune")) if self.args.finetune_steps else None

@@ -1,18 +1,29 @@
 """Per-batch Gram matrices X^T X of a layer's input rows (jit-traceable, pure jnp).
 
-A channel-mixing conv's rows are its im2col patches built by strided slicing
-(:func:`hobs_jax.stats.layers.conv_slices`), already in the HWIO row order. On CPU the
-rows of a batch are built and reduced a few images at a time (:func:`chunked_sum`: a
-``lax.scan`` whose chunk of patches stays in cache), so the patch tensor, 9x the
-activations for a 3x3 conv, is never written to memory whole; on accelerators the batch
-is one product.
+A channel-mixing conv's rows X are its im2col patches in the HWIO order (tap row, tap
+col, channel). Two ways to reduce them without the one-hot patch convolution:
 
-Measured on this 2-core CPU per 256-image batch of 3x3-conv inputs (28x28x16, 14x14x32,
-7x7x64), CPU seconds: channel-major ``conv_general_dilated_patches`` + Gram 0.30 / 0.20 /
-0.13; sliced + chunked 0.12 / 0.11 / 0.10, of which the product itself takes 0.12 / 0.11 /
-0.10. (A shift-correlation formulation, ``sum_q x[q] x[q + delta]^T`` over 13 shifts plus
-border corrections, needs ~6x fewer flops on paper but was no faster: its products are
-C wide and memory-bound, and its many small slices made compilation ~10x slower.)
+* :func:`rowshift_parts` / :func:`rowshift_assemble` (row stride 1: every 3x3 'same' conv
+  of a ResNet): the patch rows of tap rows a and a' are the same 1 x kw row patches R,
+  read (a' - a) input rows apart, so every block (a, a') of X^T X is one block of
+  ``main = sum over input rows y of R(y) [R(y), R(y+1), ..., R(y+kh-1)]^T`` ([kw*C,
+  kh*kw*C]: a third of the Gram's flops for a 3x3 conv) minus the few border rows that
+  tap row a never reads; blocks below the diagonal are transposes. Exact up to float
+  rounding (tested against the patch Gram).
+* otherwise (strided rows), the full patch rows from strided slices
+  (:func:`hobs_jax.stats.layers.conv_slices`) and one product.
+
+On CPU the rows of a batch are built and reduced a few images at a time
+(:func:`chunked_sum`: a ``lax.scan`` whose chunk stays in cache), so the patch tensor,
+kh*kw times the activations, is never written to memory whole; on accelerators the
+batch is one product.
+
+Measured on this 2-core CPU (shared), CPU seconds per 256-image batch of 3x3-conv inputs
+at 28x28x16 / 14x14x32 / 7x7x64: ``conv_general_dilated_patches`` + one Gram 0.30 / 0.20
+/ 0.13; sliced + chunked 0.13 / 0.11 / 0.10; row-shift + chunked 0.08 / 0.07 / 0.07.
+(A full 2-D shift correlation, ``sum_q x[q] x[q + delta]^T`` over 13 shifts plus border
+corrections, needs ~6x fewer flops on paper but was no faster: its products are only C
+wide and memory-bound, and its many small slices made compilation ~10x slower.)
 """
 
 from __future__ import annotations
@@ -71,3 +82,83 @@ def chunked_sum(fn: Callable, xs: tuple, chunk: int):
         return jax.tree.map(jnp.add, acc, fn(*part)), None
 
     return jax.lax.scan(body, first, tuple(x[1:] for x in split))[0]
+
+
+def row_shiftable(info) -> bool:
+    """Whether :func:`gram_conv_rowshift` applies: a channel-mixing conv with row stride 1,
+    no row dilation, no input dilation and non-negative padding."""
+    return (info.kind == "conv" and tuple(info.lhs_dilation or (1, 1)) == (1, 1)
+            and info.strides[0] == 1 and info.rhs_dilation[0] == 1
+            and min(min(p) for p in info.padding) >= 0)
+
+
+def _row_patches(info, x: Array) -> tuple[Array, int, int, int]:
+    """(R, top padding, output height, output width): R [N, H + pt + pb + kh - 1, Wo, kw*C]
+    holds, for every padded input row y, the 1 x kw patches of that row at each output
+    column (tap column, channel), with kh - 1 extra zero rows at the bottom."""
+    kh, kw = info.kernel_shape[:2]
+    (pt, pb), (pl, pr) = info.padding
+    sw, dw = info.strides[1], info.rhs_dilation[1]
+    xp = jnp.pad(x, ((0, 0), (pt, pb + kh - 1), (pl, pr), (0, 0)))
+    ho = x.shape[1] + pt + pb - kh + 1
+    wo = (x.shape[2] + pl + pr - ((kw - 1) * dw + 1)) // sw + 1
+    taps = [xp[:, :, b * dw: b * dw + sw * (wo - 1) + 1: sw] for b in range(kw)]
+    return (taps[0] if kw == 1 else jnp.concatenate(taps, axis=-1)), pt, ho, wo
+
+
+def _excluded_rows(a: int, pt: int, h: int, ho: int) -> list[slice]:
+    """The real input rows [pt, pt + h) that tap row ``a`` never reads (it reads padded rows
+    [a, a + ho)); at most two ranges."""
+    out = []
+    if min(a, pt + h) > pt:
+        out.append(slice(pt, min(a, pt + h)))
+    if pt + h > max(a + ho, pt):
+        out.append(slice(max(a + ho, pt), pt + h))
+    return out
+
+
+def rowshift_parts(info, x: Array) -> dict:
+    """The per-chunk sums :func:`rowshift_assemble` turns into a conv's Gram (linear in the
+    images, so chunks add): ``main`` [kw*C, kh*kw*C] over every real input row, one
+    correction per tap row over the rows it never reads, and (bias layers) per-row sums."""
+    kh = info.kernel_shape[0]
+    r, pt, ho, _ = _row_patches(info, x)
+    h = x.shape[1]
+    hp = h + sum(info.padding[0])
+    # xe[:, y] = the full kh x kw patch whose top tap row is padded row y: [N, hp, Wo, kh*kw*C]
+    xe = r[:, :hp] if kh == 1 else jnp.concatenate([r[:, a: a + hp] for a in range(kh)], axis=-1)
+
+    def prod(rows: slice) -> Array:
+        return jnp.einsum("nyjd,nyje->de", r[:, rows], xe[:, rows], precision=_HI)
+
+    out = {"main": prod(slice(pt, pt + h))}
+    for a in range(kh):
+        for i, rows in enumerate(_excluded_rows(a, pt, h, ho)):
+            out[f"fix{a}_{i}"] = prod(rows)
+    if info.use_bias:
+        out["rowsum"] = r[:, :hp].sum((0, 2))  # [hp, kw*C]
+    return out
+
+
+def rowshift_assemble(info, parts: dict, h: int) -> tuple[Array, Array | None]:
+    """(X^T X [kh*kw*C, kh*kw*C] in HWIO row order, X^T 1 or None) from summed
+    :func:`rowshift_parts`. Block (a, a') of tap rows, a <= a', is
+    ``main[:, (a'-a)]`` minus tap row a's excluded rows; blocks below the diagonal are
+    transposes."""
+    kh, kw = info.kernel_shape[:2]
+    pt = info.padding[0][0]
+    ho = h + sum(info.padding[0]) - kh + 1
+    d = parts["main"].shape[0]
+    g = []
+    for a in range(kh):
+        ga = parts["main"]
+        for i, _ in enumerate(_excluded_rows(a, pt, h, ho)):
+            ga = ga - parts[f"fix{a}_{i}"]
+        g.append(ga)
+    blocks = [[g[a][:, (b - a) * d:(b - a + 1) * d] if b >= a else g[b][:, (a - b) * d:(a - b + 1) * d].T
+               for b in range(kh)] for a in range(kh)]
+    gram = jnp.block(blocks)
+    s = None
+    if "rowsum" in parts:
+        s = jnp.concatenate([parts["rowsum"][a: a + ho].sum(0) for a in range(kh)])
+    return gram, s

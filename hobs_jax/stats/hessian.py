@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.gram import chunk_size, chunked_sum, gram_conv, gram_depthwise, gram_rows
+from hobs_jax.stats.gram import (chunk_size, chunked_sum, gram_conv, gram_depthwise, gram_rows, row_shiftable,
+                                 rowshift_assemble, rowshift_parts)
 from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, conv_slices, dense_rows,
                                    intercepting, sliceable, trace_layers)
 
@@ -117,6 +118,12 @@ def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | N
     if info.kind == "dense":
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
+    if row_shiftable(info):
+        ho, wo = conv_output_hw(info, x.shape[1:3])
+        parts = chunked_sum(lambda xc: rowshift_parts(info, xc), (x,),
+                            chunk_size(int(x.shape[0]), ho * wo * info.d_in))
+        g, s = rowshift_assemble(info, parts, int(x.shape[1]))
+        return g, s, ho * wo
     if sliceable(info):
         ho, wo = conv_output_hw(info, x.shape[1:3])
 
