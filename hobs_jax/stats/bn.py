@@ -10,6 +10,7 @@ Flax's biased batch variance). Parameters are untouched.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable
 
 import jax
@@ -26,6 +27,13 @@ def _batch_stats_of(model, variables, x, momentum: float):
     return jax.tree.map(lambda s: s / (1.0 - momentum), state["batch_stats"])
 
 
+@functools.lru_cache(maxsize=16)
+def _step(model: Any, momentum: float):
+    """The jitted per-batch statistics of ``model`` (cached: a repeated re-estimation of the
+    same architecture, e.g. pruning runs in one process, compiles once)."""
+    return jax.jit(lambda v, x: _batch_stats_of(model, v, x, momentum))
+
+
 def reestimate(model: Any, variables: dict, batches: Iterable[np.ndarray], *,
                momentum: float = 0.9) -> dict:
     """``variables`` with every ``batch_stats`` leaf recomputed over ``batches``.
@@ -38,7 +46,7 @@ def reestimate(model: Any, variables: dict, batches: Iterable[np.ndarray], *,
     """
     if "batch_stats" not in variables:
         return variables
-    step = jax.jit(lambda v, x: _batch_stats_of(model, v, x, momentum))
+    step = _step(model, float(momentum))
     sums, total = None, 0
     for x in batches:
         n = int(x.shape[0])
