@@ -33,10 +33,8 @@ def main(argv=None) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from hobs_jax.stats.gram import chunk_size, chunked_sum, gram_conv, rowshift_assemble, rowshift_parts
-    from hobs_jax.stats.layers import LayerInfo, conv_patches, conv_slices
-
-    hi = jax.lax.Precision.HIGHEST
+    from hobs_jax.stats.gram import chunk_size, gram_conv, gram_conv_rowshift, gram_conv_sliced
+    from hobs_jax.stats.layers import LayerInfo, conv_patches
     rows = []
     for spec in a.shapes.split(","):
         size, c = (int(v) for v in spec.split("x"))
@@ -44,16 +42,9 @@ def main(argv=None) -> None:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, size, size, c)), jnp.float32)
         cs = chunk_size(a.batch, size * size * 9 * c)
 
-        def sliced(x):
-            def part(xc):
-                r = conv_slices(info, xc)
-                return jnp.einsum("nhwd,nhwe->de", r, r, precision=hi)
-            return chunked_sum(part, (x,), cs)
-
         fns = {"patches": jax.jit(lambda x: gram_conv(conv_patches(info, x))),
-               "sliced": jax.jit(sliced),
-               "rowshift": jax.jit(lambda x: rowshift_assemble(
-                   info, chunked_sum(lambda xc: rowshift_parts(info, xc), (x,), cs), size)[0])}
+               "sliced": jax.jit(lambda x: gram_conv_sliced(info, x)[0]),
+               "rowshift": jax.jit(lambda x: gram_conv_rowshift(info, x)[0])}
         out = {}
         rec = {"shape": [a.batch, size, size, c], "d": 9 * c, "chunk_images": cs,
                "gflop_full_gram": 2 * a.batch * size * size * (9 * c) ** 2 / 1e9}

@@ -33,6 +33,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices
+
 Array = jax.Array
 _HI = jax.lax.Precision.HIGHEST
 CHUNK_ELEMENTS = 1 << 20  # rows x columns of one chunk of patches on CPU (4 MiB in float32)
@@ -100,8 +102,7 @@ def _row_patches(info, x: Array) -> tuple[Array, int, int, int]:
     (pt, pb), (pl, pr) = info.padding
     sw, dw = info.strides[1], info.rhs_dilation[1]
     xp = jnp.pad(x, ((0, 0), (pt, pb + kh - 1), (pl, pr), (0, 0)))
-    ho = x.shape[1] + pt + pb - kh + 1
-    wo = (x.shape[2] + pl + pr - ((kw - 1) * dw + 1)) // sw + 1
+    ho, wo = conv_output_hw(info, x.shape[1:3])
     taps = [xp[:, :, b * dw: b * dw + sw * (wo - 1) + 1: sw] for b in range(kw)]
     return (taps[0] if kw == 1 else jnp.concatenate(taps, axis=-1)), pt, ho, wo
 
@@ -145,9 +146,9 @@ def rowshift_assemble(info, parts: dict, h: int) -> tuple[Array, Array | None]:
     :func:`rowshift_parts`. Block (a, a') of tap rows, a <= a', is
     ``main[:, (a'-a)]`` minus tap row a's excluded rows; blocks below the diagonal are
     transposes."""
-    kh, kw = info.kernel_shape[:2]
+    kh = info.kernel_shape[0]
     pt = info.padding[0][0]
-    ho = h + sum(info.padding[0]) - kh + 1
+    ho = conv_output_hw(info, (h, 1))[0]
     d = parts["main"].shape[0]
     g = []
     for a in range(kh):
@@ -162,3 +163,24 @@ def rowshift_assemble(info, parts: dict, h: int) -> tuple[Array, Array | None]:
     if "rowsum" in parts:
         s = jnp.concatenate([parts["rowsum"][a: a + ho].sum(0) for a in range(kh)])
     return gram, s
+
+
+def gram_conv_rowshift(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:
+    """(X^T X, X^T 1 or None) of a :func:`row_shiftable` conv's batch input ``x``
+    [N, H, W, C], by the row-shift Gram, chunked on CPU."""
+    ho, wo = conv_output_hw(info, x.shape[1:3])
+    parts = chunked_sum(lambda xc: rowshift_parts(info, xc), (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))
+    return rowshift_assemble(info, parts, int(x.shape[1]))
+
+
+def gram_conv_sliced(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:
+    """(X^T X, X^T 1 or None) of a conv's batch input ``x`` from its strided-slice im2col
+    rows (:func:`hobs_jax.stats.layers.conv_slices`), chunked on CPU."""
+    ho, wo = conv_output_hw(info, x.shape[1:3])
+
+    def part(xc):
+        r = conv_slices(info, xc)
+        g = jnp.einsum("nhwd,nhwe->de", r, r, precision=_HI)
+        return (g, r.sum((0, 1, 2))) if info.use_bias else (g, None)
+
+    return chunked_sum(part, (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))

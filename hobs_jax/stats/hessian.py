@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.gram import (chunk_size, chunked_sum, gram_conv, gram_depthwise, gram_rows, row_shiftable,
-                                 rowshift_assemble, rowshift_parts)
-from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, conv_slices, dense_rows,
-                                   intercepting, sliceable, trace_layers)
+from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_sliced, gram_depthwise, gram_rows,
+                                 row_shiftable)
+from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, sliceable,
+                                   trace_layers)
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,9 @@ def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | N
     if info.kind == "dense":
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
-    if row_shiftable(info):
+    if row_shiftable(info) or sliceable(info):
+        g, s = (gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced)(info, x)
         ho, wo = conv_output_hw(info, x.shape[1:3])
-        parts = chunked_sum(lambda xc: rowshift_parts(info, xc), (x,),
-                            chunk_size(int(x.shape[0]), ho * wo * info.d_in))
-        g, s = rowshift_assemble(info, parts, int(x.shape[1]))
-        return g, s, ho * wo
-    if sliceable(info):
-        ho, wo = conv_output_hw(info, x.shape[1:3])
-
-        def part(xc):
-            r = conv_slices(info, xc)
-            g = jnp.einsum("nhwd,nhwe->de", r, r, precision=jax.lax.Precision.HIGHEST)
-            return (g, r.sum((0, 1, 2))) if info.use_bias else (g, None)
-
-        g, s = chunked_sum(part, (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))
         return g, s, ho * wo
     p = conv_patches(info, x)  # [n, C, kk]
     rpe = int(p.shape[0] // x.shape[0])
