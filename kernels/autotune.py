@@ -160,11 +160,11 @@ def candidates(plat: str, dtype: Any, block: int) -> list[KernelConfig]:
         return out
     if "pallas_mosaic" in avail:
         out += [KernelConfig("pallas_mosaic", block_m=bm, max_concurrent_steps=s)
-                for bm in (64, 128) for s in (2, 3, 4)]
+                for bm in (64, 128, 256) for s in (3, 4, 5)]
     for name in ("pallas_triton", "triton"):
         if name in avail:
             out += [KernelConfig(name, block_m=bm, num_warps=w, num_stages=s)
-                    for bm in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
+                    for bm in (32, 64, 128, 256) for w in (4, 8) for s in (2, 3)]
     if "pallas_tpu" in avail:
         out += [KernelConfig("pallas_tpu", block_m=bm) for bm in (128, 256, 512)]
     out += [KernelConfig("xla_scatter", chunk_m=2048), KernelConfig("xla_dense")]

@@ -137,13 +137,20 @@ def backend_config(plat: str, backend: str) -> KernelConfig:
     """``backend`` with the tile defaults of ``plat``.
 
     XLA forms chunk M by 128 rows on CPU (cache-sized intermediates) and by 4096
-    on accelerators (few, large kernels); Mosaic GPU tiles M by 128 (two
-    warpgroups of wgmma rows would need 256), Triton and the TPU kernel by 64/128.
+    on accelerators (few, large kernels). GPU tiles are the fastest of the H100
+    sweep in docs/block_ell.md (bf16 4096^3, b = 64): Mosaic GPU 256 rows with a
+    4-deep pipeline, Triton 128 rows with 8 warps and 3 stages (``select_config``
+    drops Mosaic to 128 rows for M < 2048, where 256-row tiles would be mostly
+    padding); the TPU kernel 128 rows.
     """
     if backend.startswith("xla_") or backend == "reference":
         return KernelConfig(backend, chunk_m=128 if plat == "cpu" else 4096)
-    if backend in ("pallas_mosaic", "pallas_tpu"):
+    if backend == "pallas_mosaic":
+        return KernelConfig(backend, block_m=256, max_concurrent_steps=4)
+    if backend == "pallas_tpu":
         return KernelConfig(backend, block_m=128)
+    if backend in ("pallas_triton", "triton") and plat == "gpu":
+        return KernelConfig(backend, block_m=128, num_warps=8, num_stages=3)
     return KernelConfig(backend, block_m=64)
 
 

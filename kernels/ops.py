@@ -21,6 +21,7 @@ for a ``BlockELL`` pytree.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -31,7 +32,8 @@ from kernels import autotune
 from kernels.block_ell import BlockELL, BlockELLMeta
 from kernels.config import (BACKENDS, KernelConfig, available_backends, backend_config,
                             default_config, platform)
-from kernels.operands import GatherOperands, dx_operands, forward_operands, masked_values
+from kernels.operands import (ForwardIndex, GatherOperands, dx_operands, forward_operands,
+                              masked_values)
 from kernels.reference import reference_matmul
 from kernels.xla import gather_spmm, scatter_spmm, sddmm_blocks
 
@@ -79,7 +81,7 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
             return cached
         if backend == "xla":
             return backend_config(plat, "xla_scatter")
-        return default_config(plat, dtype, meta.block)
+        return _small_m(default_config(plat, dtype, meta.block), m)
     if backend == "pallas":
         default = default_config(plat, dtype, meta.block)
         if default.backend.startswith("pallas_"):
@@ -94,7 +96,28 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
         raise ValueError(
             f"backend={backend!r} is not available on platform={plat} for dtype="
             f"{jnp.dtype(dtype).name}, block={meta.block}; available: {avail}")
-    return backend_config(plat, backend)
+    return _small_m(backend_config(plat, backend), m)
+
+
+_HIGHEST_NAMES = ("highest", "float32", "fp32", "f32")
+
+
+def _effective_precision(precision):
+    """``precision``, or HIGHEST when it is None and ``jax_default_matmul_precision``
+    asks for full float32 (as XLA's own dots honour it; the Triton kernels would
+    otherwise pick TF32 for a None precision)."""
+    if precision is None:
+        default = jax.config.jax_default_matmul_precision
+        if default is not None and str(default).lower() in _HIGHEST_NAMES:
+            return jax.lax.Precision.HIGHEST
+    return precision
+
+
+def _small_m(cfg: KernelConfig, m: int) -> KernelConfig:
+    """Mosaic GPU's 256-row default tile halved for M < 2048 (mostly padding there)."""
+    if cfg.backend == "pallas_mosaic" and cfg.block_m > 128 and m < 2048:
+        return dataclasses.replace(cfg, block_m=128)
+    return cfg
 
 
 # ------------------------------------------------------------------ kernels
@@ -125,7 +148,17 @@ def _run_gather(cfg: KernelConfig, x: jax.Array, ops: GatherOperands, precision)
     raise ValueError(f"backend={name!r} has no gather kernel")
 
 
-def _forward(cfg: KernelConfig, meta: BlockELLMeta, precision, x, values, col_idx):
+# Kernels that stop every output block at its own entry count (the interpreter runs
+# the Pallas Triton kernel's code, so CPU tests cover this path): they never read a
+# padding slot, so their operands skip the masking and the zero block (no copies).
+_STOPS_AT_COUNT = ("pallas_interpret", "pallas_triton", "triton", "pallas_mosaic")
+
+
+def _forward(cfg: KernelConfig, meta: BlockELLMeta, precision, x, values, col_idx,
+             index=None):
+    if cfg.backend in _STOPS_AT_COUNT:
+        ops = forward_operands(values, col_idx, meta, zero_block=False, index=index)
+        return _run_gather(cfg, x, ops, precision)
     v = masked_values(values, col_idx)
     if cfg.backend == "xla_scatter":
         return scatter_spmm(x, v, col_idx, meta.n_col_blocks, chunk_m=cfg.chunk_m,
@@ -134,6 +167,9 @@ def _forward(cfg: KernelConfig, meta: BlockELLMeta, precision, x, values, col_id
 
 
 def _dx(cfg: KernelConfig, precision, dy, values, col_idx):
+    if cfg.backend in _STOPS_AT_COUNT:
+        return _run_gather(cfg, dy, dx_operands(values, col_idx, zero_block=False),
+                           precision)
     v = masked_values(values, col_idx)
     if cfg.backend.startswith("xla_"):
         return gather_spmm(dy, jnp.swapaxes(v, -1, -2), col_idx, chunk_m=cfg.chunk_m,
@@ -142,12 +178,12 @@ def _dx(cfg: KernelConfig, precision, dy, values, col_idx):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _bell_mm(cfg: KernelConfig, meta: BlockELLMeta, precision, x, values, col_idx):
-    return _forward(cfg, meta, precision, x, values, col_idx)
+def _bell_mm(cfg: KernelConfig, meta: BlockELLMeta, precision, x, values, col_idx, index):
+    return _forward(cfg, meta, precision, x, values, col_idx, index)
 
 
-def _bell_mm_fwd(cfg, meta, precision, x, values, col_idx):
-    return _forward(cfg, meta, precision, x, values, col_idx), (x, values, col_idx)
+def _bell_mm_fwd(cfg, meta, precision, x, values, col_idx, index):
+    return _forward(cfg, meta, precision, x, values, col_idx, index), (x, values, col_idx)
 
 
 def _bell_mm_bwd(cfg, meta, precision, res, dy):
@@ -157,7 +193,7 @@ def _bell_mm_bwd(cfg, meta, precision, res, dy):
     # CPU: cache-sized chunks; accelerators: one pass (chunk loops cost launches).
     chunk = max(cfg.chunk_m, 256) if platform() == "cpu" else max(cfg.chunk_m, 1 << 16)
     dv = sddmm_blocks(x, dy, col_idx, meta.block, chunk_m=chunk, precision=precision)
-    return dx, dv.astype(values.dtype), None
+    return dx, dv.astype(values.dtype), None, None
 
 
 _bell_mm.defvjp(_bell_mm_fwd, _bell_mm_bwd)
@@ -166,7 +202,8 @@ _bell_mm.defvjp(_bell_mm_fwd, _bell_mm_bwd)
 # --------------------------------------------------------------- public API
 def bell_matmul_parts(x: jax.Array, values: jax.Array, col_idx: jax.Array,
                       meta: BlockELLMeta, *, backend: str = "auto",
-                      config: KernelConfig | None = None, precision=None) -> jax.Array:
+                      config: KernelConfig | None = None, precision=None,
+                      index: ForwardIndex | None = None) -> jax.Array:
     """Y [..., N] = X [..., K] @ W for W given as Block-ELL parts.
 
     Args:
@@ -179,10 +216,13 @@ def bell_matmul_parts(x: jax.Array, values: jax.Array, col_idx: jax.Array,
       config: explicit ``KernelConfig`` (overrides ``backend``).
       precision: passed to the dots (``jax.lax.Precision``); on GPU fp32 the
         default allows TF32 like XLA's dense dot, ``HIGHEST`` forces IEEE fp32.
+      index: optional ``operands.forward_index(col_idx, meta)`` computed once for a
+        fixed pattern (used by the GPU kernels; the other backends ignore it).
     Returns:
       [..., N] in ``x.dtype`` (float32 accumulation for 16-bit inputs).
     """
     _check_inputs(x, values, col_idx, meta)
+    precision = _effective_precision(precision)
     k, n = meta.shape
     kp, _ = meta.padded_shape
     lead = x.shape[:-1]
@@ -198,7 +238,13 @@ def bell_matmul_parts(x: jax.Array, values: jax.Array, col_idx: jax.Array,
         return y.reshape(*lead, n)
     if kp != k:
         x2 = jnp.pad(x2, ((0, 0), (0, kp - k)))
-    y = _bell_mm(config, meta, precision, x2, values, col_idx.astype(jnp.int32))
+    if index is not None:
+        c_blocks, t_slots = meta.n_col_blocks, meta.col_slots
+        if not isinstance(index, ForwardIndex) or tuple(index.idx.shape) != (
+                c_blocks, t_slots) or tuple(index.cnt.shape) != (c_blocks,):
+            raise ValueError(f"index must be a ForwardIndex with idx [{c_blocks}, {t_slots}] "
+                             f"and cnt [{c_blocks}] (operands.forward_index(col_idx, meta))")
+    y = _bell_mm(config, meta, precision, x2, values, col_idx.astype(jnp.int32), index)
     return y[:, :n].reshape(*lead, n)
 
 

@@ -11,10 +11,10 @@ Structure (persistent kernel, one program per SM, as in JAX's Mosaic GPU
   GMEM) and issues ``wgmma`` into a float32 register accumulator;
 * the tile is stored through SMEM with a TMA copy.
 
-The pipeline runs all T entries (its grid is static); padding entries point at
-the all-zero block, so they are exact and cost one wasted block product each.
-For the forward product T is the busiest block-column of W (see
-``block_ell.column_index``); for dX it is S, the balanced side.
+The pipeline's grid is dynamic: tile (i, j) runs exactly ``cnt[j]`` steps (read
+from GMEM), so padding entries cost nothing even where the busiest block-column
+(T, see ``block_ell.column_index``) holds twice the average (a row-balanced random
+pattern at 90% sparsity); empty columns store zeros.
 
 Constraints: block_m a multiple of 64 (one warpgroup of wgmma rows), b in
 {16, 32, 64, 128} (wgmma N and K tiles; K >= 16 for 16-bit inputs), dtype
@@ -32,7 +32,7 @@ from jax.experimental import pallas as pl
 
 from kernels.operands import GatherOperands
 
-__all__ = ["mosaic_gather_spmm", "mosaic_supported"]
+__all__ = ["mosaic_gather_spmm", "mosaic_supported", "fit_smem"]
 
 DEFAULT_NUM_SMS = 132  # H100 SXM; used when no GPU is attached (lowering tests)
 
@@ -41,6 +41,26 @@ def mosaic_supported(dtype, block: int, block_m: int) -> bool:
     """Whether the Mosaic GPU kernel handles this (dtype, b, block_m)."""
     return (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
             and block in (16, 32, 64, 128) and block_m % 64 == 0 and block_m <= 256)
+
+
+SMEM_BYTES = 232448  # Hopper's per-block limit (227 KiB), as Mosaic GPU reports it
+
+
+def fit_smem(block_m: int, block: int, steps: int, dtype) -> tuple[int, int]:
+    """(block_m, steps) whose pipeline buffers fit in shared memory.
+
+    Each pipeline step holds an X tile [block_m, b] and a block [b, b]; the output
+    tile reuses that memory after the pipeline. Steps drop first (not below 2),
+    then block_m halves (not below 64): b = 128 with 256-row tiles fits 2 steps.
+    """
+    item = jnp.dtype(dtype).itemsize
+    steps = max(2, int(steps))
+    per_step = lambda bm: (bm * block + block * block) * item
+    while block_m > 64 and 2 * per_step(block_m) + 64 > SMEM_BYTES:
+        block_m //= 2
+    while steps > 2 and steps * per_step(block_m) + 64 > SMEM_BYTES:
+        steps -= 1
+    return block_m, steps
 
 
 def _num_sms() -> int:
@@ -66,7 +86,7 @@ def mosaic_gather_spmm(x: jax.Array, ops: GatherOperands, *, block_m: int = 128,
             f"mosaic kernel: unsupported dtype={x.dtype} block={b} block_m={block_m}")
     if j_blocks == 0 or t_slots == 0:
         return jnp.zeros((m, j_blocks * b), x.dtype)
-    bm = int(block_m)
+    bm, steps = fit_smem(int(block_m), b, int(max_concurrent_steps), x.dtype)
     mp = -(-m // bm) * bm
     if mp != m:
         x = jnp.pad(x, ((0, mp - m), (0, 0)))
@@ -74,9 +94,8 @@ def mosaic_gather_spmm(x: jax.Array, ops: GatherOperands, *, block_m: int = 128,
     idx = ops.idx.reshape(-1)
     pos = ops.pos.reshape(-1)
     grid_m = mp // bm
-    steps = max(2, int(max_concurrent_steps))
 
-    def body(idx_gmem, pos_gmem, x_gmem, w_gmem, o_gmem):
+    def body(idx_gmem, pos_gmem, cnt_gmem, x_gmem, w_gmem, o_gmem):
         @plgpu.nd_loop((grid_m * j_blocks,), collective_axes="sm")
         def _tile_loop(loop_info):
             (lin,) = loop_info.index
@@ -86,7 +105,7 @@ def mosaic_gather_spmm(x: jax.Array, ops: GatherOperands, *, block_m: int = 128,
             def acc_scope(acc_ref):
                 plgpu.emit_pipeline(
                     lambda _, x_smem, w_smem: plgpu.wgmma(acc_ref, x_smem, w_smem),
-                    grid=(t_slots,),
+                    grid=(cnt_gmem[ji],),
                     in_specs=[
                         plgpu.BlockSpec((bm, b), lambda t: (mi, idx_gmem[ji * t_slots + t]),
                                         delay_release=1),
@@ -115,4 +134,4 @@ def mosaic_gather_spmm(x: jax.Array, ops: GatherOperands, *, block_m: int = 128,
         compiler_params=plgpu.CompilerParams(
             lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )
-    return kernel(idx, pos, x, w2d)[:m]
+    return kernel(idx, pos, ops.cnt, x, w2d)[:m]

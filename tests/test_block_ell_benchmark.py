@@ -60,3 +60,46 @@ def test_report_marks_unmeasured_gpu_rows(bench):
     gpu = [_rec("NVIDIA H100 80GB HBM3", "pallas_mosaic", 0.9, 5.0)]
     md = bench.render_md(cpu + gpu)
     assert "not yet measured" not in md and "NVIDIA H100 80GB HBM3" in md
+
+
+def test_devtime_parses_kernels_per_annotated_call(tmp_path):
+    """Synthetic perfetto trace: two annotated calls, kernels on a GPU stream, plus
+    events that must be ignored (an 'XLA Ops' line, a host thread)."""
+    import gzip
+    import json
+
+    from benchmarks.devtime import PREFIX, parse_trace
+
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #13"}},
+        {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+    ]
+    x = lambda pid, tid, ts, dur, name="k": {"ph": "X", "pid": pid, "tid": tid, "ts": ts,
+                                             "dur": dur, "name": name}
+    events = meta + [
+        x(1, 1, 0, 50, f"{PREFIX}0"), x(2, 7, 10, 20), x(2, 7, 40, 30), x(2, 8, 10, 60),
+        x(1, 1, 100, 50, f"{PREFIX}1"), x(2, 7, 120, 5),
+        x(1, 1, 200, 10, f"{PREFIX}2"),  # launched nothing
+    ]
+    path = tmp_path / "t.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    out = parse_trace(str(path))
+    assert set(out) == {0, 1}
+    assert out[0] == {"span_ms": 0.060, "busy_ms": 0.050, "kernels": 2.0}
+    assert out[1] == {"span_ms": 0.005, "busy_ms": 0.005, "kernels": 1.0}
+
+
+def test_mosaic_tiles_fit_shared_memory():
+    import jax.numpy as jnp
+
+    from kernels.pallas_mosaic import SMEM_BYTES, fit_smem
+
+    assert fit_smem(256, 64, 4, jnp.bfloat16) == (256, 4)
+    assert fit_smem(256, 128, 4, jnp.bfloat16) == (256, 2)  # 4 steps would need 384 KiB
+    assert fit_smem(256, 128, 3, jnp.float32) == (64, 2)  # 4-byte items: 96 KiB a step
+    for bm, b, st in [(256, 128, 5), (128, 128, 4), (256, 16, 8)]:
+        bm2, st2 = fit_smem(bm, b, st, jnp.bfloat16)
+        assert st2 * (bm2 * b + b * b) * 2 <= SMEM_BYTES and st2 >= 2

@@ -13,6 +13,21 @@ from tests.block_ell_testing import random_bell
 
 CPU_BACKENDS = ["auto", "xla", "xla_scatter", "xla_gather", "xla_dense", "pallas_interpret"]
 
+
+@pytest.fixture(autouse=True)
+def _full_f32_matmuls(request):
+    """These tests target the CPU backends. On a GPU machine: the interpreter is not
+    offered there (skip its cases), and 'auto' picks the GPU kernels, whose f32 dots
+    default to TF32, so ask for full float32 (both no-ops on CPU)."""
+    from kernels.config import platform
+
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if platform() != "cpu" and (params.get("backend") == "pallas_interpret"
+                                or request.node.get_closest_marker("cpu_only")):
+        pytest.skip(f"a CPU backend; this is {platform()}")
+    with jax.default_matmul_precision("highest"):
+        yield
+
 # (M, K, N, block, keep per row, slots, empty block-rows)
 CASES = [
     (16, 32, 48, 8, 2, 2, ()),           # multiples, balanced
@@ -152,6 +167,7 @@ def test_bad_inputs_raise_one_line_value_errors():
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.cpu_only
 def test_select_config_defaults_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("HOBS_JAX_AUTOTUNE_CACHE", str(tmp_path / "none.json"))
     meta = BlockELLMeta((64, 64), 16, 2)

@@ -31,11 +31,54 @@ def test_interpret_kernels_match_dense(kernel, transpose):
     a = dense.T if transpose else dense
     x = jnp.asarray(np.random.default_rng(0).standard_normal((40, a.shape[0])), jnp.float32)
     ops = _ops(w, transpose=transpose)
+    hi = jax.lax.Precision.HIGHEST  # on a GPU the interpreter's f32 dots would be TF32
     if kernel == "portable":
-        y = pallas_gather_spmm(x, ops, block_m=16, interpret=True)
+        y = pallas_gather_spmm(x, ops, block_m=16, interpret=True, precision=hi)
     else:
-        y = tpu_gather_spmm(x, ops, block_m=16, interpret=True)
+        y = tpu_gather_spmm(x, ops, block_m=16, interpret=True, precision=hi)
     np.testing.assert_allclose(np.asarray(y), np.asarray(x) @ a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transpose,precomputed", [(False, False), (False, True),
+                                                    (True, False)],
+                         ids=["fwd", "fwd-static-index", "dx"])
+def test_operands_without_zero_block_never_read_padding(transpose, precomputed):
+    """zero_block=False (the GPU kernels' operands): values unmasked, NaN in every
+    padding slot; a kernel that stops at cnt must still match the dense product.
+    (The static ForwardIndex is forward-only.)"""
+    from kernels.operands import forward_index
+
+    w = random_bell(48, 64, 16, 2, slots=3, empty_rows=(1,), seed=4)
+    pad = np.asarray(w.col_idx) < 0
+    assert pad.any()
+    values = jnp.where(jnp.asarray(pad)[:, :, None, None], jnp.nan, w.values)
+    if transpose:
+        ops = dx_operands(values, w.col_idx, zero_block=False)
+    else:
+        index = forward_index(np.asarray(w.col_idx), w.meta) if precomputed else None
+        ops = forward_operands(values, w.col_idx, w.meta, zero_block=False, index=index)
+    assert ops.blocks.shape[0] == w.values.shape[0] * w.values.shape[1]  # no copy, no zero block
+    dense = np.asarray(w.todense())
+    a = dense.T if transpose else dense
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((40, a.shape[0])), jnp.float32)
+    y = pallas_gather_spmm(x, ops, block_m=16, interpret=True,
+                           precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x) @ a, rtol=1e-5, atol=1e-5)
+
+
+def test_precomputed_index_matches_and_rejects_a_wrong_shape():
+    from kernels.operands import ForwardIndex, forward_index
+
+    w = random_bell(64, 96, 16, 2, slots=3, empty_rows=(2,), seed=5)
+    index = forward_index(np.asarray(w.col_idx), w.meta)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((24, 64)), jnp.float32)
+    cfg = KernelConfig("pallas_interpret", block_m=8)
+    np.testing.assert_allclose(
+        np.asarray(bell_matmul_parts(x, w.values, w.col_idx, w.meta, config=cfg, index=index)),
+        np.asarray(bell_matmul_parts(x, w.values, w.col_idx, w.meta, config=cfg)), rtol=1e-6)
+    bad = ForwardIndex(index.idx[:, :1], index.pos[:, :1], index.cnt)
+    with pytest.raises(ValueError, match="index must be a ForwardIndex"):
+        bell_matmul_parts(x, w.values, w.col_idx, w.meta, config=cfg, index=bad)
 
 
 def test_operands_padding_points_at_zero_block():

@@ -59,6 +59,7 @@ from flax.core import FrozenDict
 from flax.linen.dtypes import promote_dtype
 
 from kernels import BlockELL, BlockELLMeta, bell_matmul_parts, check_block_size
+from kernels.operands import ForwardIndex, forward_index
 
 Array = jax.Array
 BlockELLSpec = FrozenDict  # FrozenDict[str, BlockPattern]: hashable, a Flax module attribute
@@ -166,6 +167,17 @@ class BlockPattern:
         """Stored blocks / all R*C blocks."""
         return float(np.mean(self.block_mask())) if self.col_idx.size else 0.0
 
+    def forward_index(self) -> ForwardIndex:
+        """The GPU kernels' forward index of this pattern (numpy; computed once, then
+        embedded as constants, so no jitted call sorts ``col_idx`` again)."""
+        cached = self.__dict__.get("_forward_index")
+        if cached is None:
+            with jax.ensure_compile_time_eval():  # concrete even when first asked in a trace
+                cached = ForwardIndex(*(np.asarray(a) for a in
+                                        forward_index(self.col_idx, self.meta)))
+            object.__setattr__(self, "_forward_index", cached)
+        return cached
+
 
 def as_spec(spec: Mapping[str, BlockPattern] | None) -> BlockELLSpec | None:
     """A validated ``FrozenDict`` (``None`` or empty -> ``None``: a dense model)."""
@@ -235,8 +247,9 @@ def _block_ell_apply(module: nn.Module, x: Array, pattern: BlockPattern, path: s
     bias = (module.param("bias", module.bias_init, (n,), module.param_dtype)
             if module.use_bias else None)
     x, values, bias = promote_dtype(x, values, bias, dtype=module.dtype)
+    index = ForwardIndex(*map(jnp.asarray, pattern.forward_index()))
     y = bell_matmul_parts(x, values, jnp.asarray(pattern.col_idx), pattern.meta,
-                          backend=backend, precision=module.precision)
+                          backend=backend, precision=module.precision, index=index)
     return y if bias is None else y + bias
 
 
