@@ -2,7 +2,7 @@
 
 Prints, per pattern ("random": row-balanced random, T about twice S at 90%;
 "circulant": every block-column holds exactly S blocks) and sparsity, the device
-span / busy time (``benchmarks.devtime``), the kernel count and a host-loop time of
+span / busy time (``kernels.devtime``), the kernel count and a host-loop time of
 dense ``jnp.dot`` and of ``bell_matmul_parts`` for a few Mosaic GPU and Triton
 configurations (index derived in-graph), plus the Mosaic kernel alone on
 precomputed operands; each product is checked against float32 (relative error).
@@ -13,7 +13,7 @@ The sweep behind the defaults in ``kernels/config.py``; GPU only.
 import json, os, sys, time, statistics, glob, gzip
 import numpy as np
 import jax, jax.numpy as jnp
-from benchmarks.devtime import device_times
+from kernels.devtime import device_times
 from kernels.autotune import random_balanced
 from kernels.block_ell import BlockELL
 from kernels.operands import forward_operands

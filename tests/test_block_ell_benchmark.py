@@ -68,7 +68,7 @@ def test_devtime_parses_kernels_per_annotated_call(tmp_path):
     import gzip
     import json
 
-    from benchmarks.devtime import PREFIX, parse_trace
+    from kernels.devtime import PREFIX, parse_trace
 
     meta = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
