@@ -65,7 +65,7 @@ def reference_refit(model, dense, pruned, layers, removed, x, damp):
         if info.use_bias:
             rows_p = np.concatenate([rows_p, np.ones((len(rows_p), 1))], 1)
             rows_d = np.concatenate([rows_d, np.ones((len(rows_d), 1))], 1)
-            w = np.concatenate([w, np.asarray(_get(dense["params"], p)["bias"], np.float64)[None]], 0)
+            w = np.concatenate([w, np.asarray(_get(dense["params"], p)["bias"], np.float64).reshape(1, -1)], 0)
         rem = removed.get(p, np.zeros(0, np.int64))
         if not len(rem) and np.abs(rows_p - rows_d).max() <= 1e-6 * np.abs(rows_d).max():
             continue
@@ -76,7 +76,7 @@ def reference_refit(model, dense, pruned, layers, removed, x, damp):
         new[keep] = scipy.linalg.solve(a, rows_p[:, keep].T @ rows_d @ w, assume_a="pos")
         _get(out["params"], p)["kernel"] = new[:info.d_in].reshape(info.kernel_shape).astype(np.float32)
         if info.use_bias:
-            _get(out["params"], p)["bias"] = new[info.d_in].astype(np.float32)
+            _get(out["params"], p)["bias"] = new[info.d_in].reshape(np.shape(_get(dense["params"], p)["bias"])).astype(np.float32)
     return out
 
 
@@ -147,3 +147,33 @@ def test_cross_stats_bad_input(net):
         cross_stats(info, xin, jnp.zeros((3, 16, 16, info.d_out)))
     with pytest.raises(ValueError, match="non-finite cross statistics"):
         cross_stats(info, xin.at[0, 0, 0, 0].set(jnp.inf), jnp.zeros(xin.shape[:3] + (info.d_out,)))
+
+
+def test_refit_of_dense_general_layers_keeps_bias_shapes():
+    """ViT-style DenseGeneral layers (features [heads, dim], bias of that shape) are refit
+    like the definition says and keep their parameter shapes."""
+    import flax.linen as nn
+
+    class Heads(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.relu(nn.Dense(6, name="d0")(x.reshape(x.shape[0], -1)))
+            x = nn.relu(nn.DenseGeneral((2, 3), name="qkv")(x))
+            return nn.DenseGeneral(4, axis=(-2, -1), name="out")(x)
+
+    model = Heads()
+    shape = (1, 4, 4, 1)
+    v = jax.device_get(models.random_variables(model, shape, seed=1))
+    x = np.random.default_rng(2).normal(size=(40,) + shape[1:]).astype(np.float32)
+    infos = trace_layers(model, v, shape)
+    pruned = jax.tree.map(np.array, v)
+    pruned["params"]["qkv"]["kernel"][[1, 4]] = 0.0
+    removed = {("qkv",): np.array([1, 4])}
+    got = refit_sequential(model, v, pruned, list(infos.values()), removed, x, damp=1e-3)
+    ref = reference_refit(model, v, pruned, list(infos.values()), removed, x, 1e-3)
+    for name in ("qkv", "out"):
+        for leaf in ("kernel", "bias"):
+            g, r = np.asarray(got["params"][name][leaf]), np.asarray(ref["params"][name][leaf])
+            assert g.shape == r.shape == np.shape(v["params"][name][leaf])
+            np.testing.assert_allclose(g, r, atol=1e-4 * np.abs(r).max(), err_msg=f"{name}/{leaf}")
+    assert not np.array_equal(got["params"]["out"]["kernel"], v["params"]["out"]["kernel"])

@@ -171,8 +171,9 @@ def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x,
         new = solve_refit(cross_stats(info, args[0], dense_out[p]), rem[p], damp)
         dt = np.asarray(_leaf(dense_variables, ("params",) + p + ("kernel",))).dtype
         _set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
-        if info.use_bias:
-            _set_leaf(out, ("params",) + p + ("bias",), new[info.d_in].astype(dt))
+        if info.use_bias:  # DenseGeneral biases have the features' shape (ViT q/k/v: [heads, dim])
+            shape = np.shape(_leaf(dense_variables, ("params",) + p + ("bias",)))
+            _set_leaf(out, ("params",) + p + ("bias",), new[info.d_in].reshape(shape).astype(dt))
         return call_with(mod, args, kwargs)
 
     with nn.intercept_methods(interceptor):
