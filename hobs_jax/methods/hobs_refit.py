@@ -20,6 +20,7 @@ all ``propagate_images`` images' activations.
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import flax.linen as nn
@@ -74,10 +75,10 @@ def solve_refit(st: CrossStats, removed: np.ndarray, damp: float) -> np.ndarray:
     return new
 
 
-def _dense_pass(model: nn.Module, variables, images: np.ndarray, outputs: Sequence[Path],
-                inputs: Sequence[Path], batch_size: int) -> tuple[dict, dict]:
-    """({path: output of that layer}, {path: input of that layer}) of the dense network
-    on ``images`` (first call of each layer; eval mode), one jitted forward per batch."""
+@functools.lru_cache(maxsize=4)
+def _dense_fn(model: nn.Module, outputs: tuple[Path, ...], inputs: tuple[Path, ...]):
+    """jit(variables, x) -> ({name: output}, {name: input}) of the named layers (first
+    call of each; eval mode), cached so that repeated refits compile once."""
     want_out, want_in = set(outputs), set(inputs)
 
     def fwd(v, x):
@@ -93,8 +94,14 @@ def _dense_pass(model: nn.Module, variables, images: np.ndarray, outputs: Sequen
         with nn.intercept_methods(intercepting(on_layer)):
             model.apply(v, x, train=False)
         return ({"/".join(p): outs[p] for p in outputs}, {"/".join(p): ins[p] for p in inputs})
+    return jax.jit(fwd)
 
-    f = jax.jit(fwd)
+
+def _dense_pass(model: nn.Module, variables, images: np.ndarray, outputs: Sequence[Path],
+                inputs: Sequence[Path], batch_size: int) -> tuple[dict, dict]:
+    """({path: output of that layer}, {path: input of that layer}) of the dense network
+    on ``images``, one jitted forward per batch of ``batch_size``."""
+    f = _dense_fn(model, tuple(outputs), tuple(inputs))
     parts = [f(variables, jnp.asarray(images[i:i + batch_size], jnp.float32))
              for i in range(0, len(images), batch_size)]
 
