@@ -271,7 +271,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224, help="ResNet-50 input size")
     p.add_argument("--propagate", type=int, default=0,
                    help="H-OBS sequential refit sweeps (recorded runs: 0; the method's default is 1 "
-                        "and adds a forward pass of 512 images per layer)")
+                        "and adds one forward pass of 512 images through the dense and the pruned network)")
     p.add_argument("--out", default=OUT, help="output path without extension")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -149,28 +149,6 @@ def test_registry_entries():
     assert set(n.default_config()) == {"allocation", "normalize", "min_ratio"}
 
 
-def test_cross_stats_match_explicit_rows(trained):
-    """A = P^T P and B = P^T D in the kernel's row order, bias sums included."""
-    from hobs_jax.stats.cross import capture, cross_stats
-    from hobs_jax.stats.layers import layer_rows, trace_layers
-
-    model, v, calib, _ = trained
-    infos = trace_layers(model, v, (1, SIZE, SIZE, 1))
-    other = jax.tree.map(lambda a: np.asarray(a) * 0.9, v)  # any second network of the same shape
-    x = calib.images[:24]
-    for path in (("layer2", "0", "conv1"), ("fc",)):
-        info = infos[path]
-        st = cross_stats(info, capture(model, other, x, [path], 16)[path], capture(model, v, x, [path], 16)[path])
-        p = np.asarray(layer_rows(info, capture(model, other, x, [path], 24)[path][0]), np.float64)
-        d = np.asarray(layer_rows(info, capture(model, v, x, [path], 24)[path][0]), np.float64)
-        assert st.count == len(p)
-        np.testing.assert_allclose(st.a, p.T @ p, rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(st.b, p.T @ d, rtol=1e-4, atol=1e-3)
-        if info.use_bias:
-            np.testing.assert_allclose(st.psum, p.sum(0), rtol=1e-4, atol=1e-3)
-            np.testing.assert_allclose(st.dsum, d.sum(0), rtol=1e-4, atol=1e-3)
-
-
 def test_propagation_brings_the_pruned_network_closer_to_the_dense_one(trained):
     model, v, calib, _ = trained
     x = jnp.asarray(calib.images[:256])

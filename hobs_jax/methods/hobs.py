@@ -34,10 +34,11 @@ H-OBS, in six phases (times reported in ``info['timings']``):
    dense network's output *from the dense network's input*, which the pruned network no
    longer provides once upstream layers are cut. In forward order, every conv/dense
    layer is refit from the pruned network's own input (upstream already refit) to the
-   dense layer's output: ``W'_K = (P_K^T P_K + lambda)^{-1} P_K^T D W`` (P, D: the pruned
-   and dense inputs on ``propagate_images`` calibration images;
-   :mod:`hobs_jax.stats.cross`), so errors no longer compound with depth (ablation rows
-   ``hobs@propagate=0`` in docs/results/oneshot_fmnist.md).
+   dense layer's output: ``W'_K = (P_K^T P_K + lambda)^{-1} P_K^T Y`` (P: the pruned
+   network's input, Y = D W the dense layer's output, on ``propagate_images`` calibration
+   images; :mod:`hobs_jax.stats.cross`), so errors no longer compound with depth (ablation
+   rows ``hobs@propagate=0`` in docs/results/oneshot_fmnist.md). All layers of a sweep are
+   refit during ONE forward pass of the pruned network (:mod:`hobs_jax.methods.hobs_refit`).
 
 BatchNorm statistics are NOT re-estimated here: ``PruneOutcome.variables`` are
 full-size, and re-estimation needs the pruned network, so it is the caller's step, the
@@ -64,6 +65,7 @@ import numpy as np
 from hobs_jax import allocation
 from hobs_jax.graph import group_l2_scores, plan_from_scores
 from hobs_jax.methods.base import PruneOutcome, PruneTask
+from hobs_jax.methods.hobs_refit import refit_sequential
 from hobs_jax.methods.obs_groups import GroupRole, group_roles
 from hobs_jax.methods.obs_math import (Consumer, blas_threads, channel_rows, compensate, greedy_path,
                                        robust_inverse)
@@ -93,7 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     propagate: passes of the sequential refit (0 = off): every conv/dense layer is refit
     to the dense network's outputs from the pruned network's own inputs
     (:func:`_propagate`); propagate_damp: its relative ridge; propagate_images: the
-    calibration images it uses (one forward pass of them per layer).
+    calibration images it uses (one forward pass of them per sweep).
     """
     return ml_collections.ConfigDict(dict(
         damp=0.01, channels_per_step=1, refit=False, allocation="global", normalize="cost",
@@ -332,55 +334,16 @@ def _compensate_all(task: PruneTask, roles: Mapping[int, GroupRole], removed: Ma
 
 
 def _propagate(task: PruneTask, infos, roles, removed, variables, images, opts) -> dict:
-    """Sequential refit (``propagate`` sweeps): in forward order, every channel-mixing
-    conv/dense layer gets ``W'_K = (A_KK + lambda I)^{-1} B_{K,:} W`` with ``A = P^T P``,
-    ``B = P^T D`` from the pruned (P, upstream already refit) and dense (D) networks'
-    inputs to it (:mod:`hobs_jax.stats.cross`): the least-squares fit of the dense layer's
-    output from what the pruned network feeds it, so errors made upstream (which H-OBS's
-    per-layer compensation, computed on dense inputs, cannot see) are repaired
-    downstream. One forward pass of ``propagate_images`` calibration images per layer.
-    Layers whose rows belong to a group that cannot be compensated (LayerNorm) are left
-    alone; so are layers whose inputs did not change and lost no rows."""
-    import scipy.linalg
-
-    from hobs_jax.stats.cross import capture, cross_stats
-
+    """Sequential refit (``propagate`` sweeps, module doc phase 6) of every channel-mixing
+    conv/dense layer, except those whose rows belong to a group that cannot be compensated
+    (LayerNorm): :func:`hobs_jax.methods.hobs_refit.refit_sequential`, one forward pass of
+    ``propagate_images`` calibration images per sweep."""
     by_layer = _removed_by_layer(roles, removed)
-    layers = sorted((i.order, p, i) for p, i in infos.items() if i.kind in ("conv", "dense")
-                    and (p not in by_layer or by_layer[p][2]))
-    paths = [p for _, p, _ in layers]
-    imgs = images[:max(1, int(opts.propagate_images))]
-    bs = int(opts.calib_batch_size)
-    dense_in = capture(task.model, task.variables, imgs, paths, bs)
-    dense_flat = _flat(task.variables)
-    out = _copy_tree(variables)
-    for _ in range(int(opts.propagate)):
-        for _, p, info in layers:
-            pruned_in = capture(task.model, out, imgs, paths, bs)[p]
-            st = cross_stats(info, pruned_in, dense_in[p])
-            a, b = st.augmented()
-            rem = (np.unique(np.concatenate(by_layer[p][1])) if p in by_layer
-                   else np.zeros(0, np.int64))
-            if not len(rem) and np.abs(a - b).max() <= 1e-6 * max(np.abs(a).max(), 1e-30):
-                continue  # same inputs, nothing removed: the dense weights are optimal
-            keep = np.setdiff1d(np.arange(a.shape[0]), rem)
-            akk = a[np.ix_(keep, keep)]
-            dead = np.flatnonzero(np.diag(akk) <= 0)
-            akk[dead, dead] = 1.0
-            akk[np.diag_indices_from(akk)] += float(opts.propagate_damp) * float(np.mean(np.diag(akk)))
-            w = _layer_weights(dense_flat, info, info.use_bias)
-            new = np.zeros_like(w)
-            try:
-                cf = scipy.linalg.cho_factor(akk, lower=True)
-            except np.linalg.LinAlgError:
-                raise ValueError(f"{info.name}: the pruned network's input Gram is not positive "
-                                 f"definite; raise propagate_damp") from None
-            new[keep] = scipy.linalg.cho_solve(cf, b[keep] @ w)
-            dt = np.asarray(dense_flat[("params",) + p + ("kernel",)]).dtype
-            _set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
-            if info.use_bias:
-                _set_leaf(out, ("params",) + p + ("bias",), new[info.d_in].astype(dt))
-    return out
+    layers = [i for p, i in infos.items() if i.kind in ("conv", "dense") and (p not in by_layer or by_layer[p][2])]
+    rem = {p: np.unique(np.concatenate(by_layer[p][1])) for p in by_layer}
+    return refit_sequential(task.model, task.variables, variables, layers, rem,
+                            images[:max(1, int(opts.propagate_images))], sweeps=int(opts.propagate),
+                            damp=float(opts.propagate_damp), batch_size=int(opts.calib_batch_size))
 
 
 def _keep_counts(task: PruneTask, opts) -> tuple[np.ndarray | None, np.ndarray]:

@@ -113,8 +113,10 @@ def _key(path: tuple[str, ...]) -> str:
     return "/".join(path)
 
 
-def _layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | None, int]:
-    """(X^T X, X^T 1 or None, rows per example) of one batch of layer input ``x``."""
+def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | None, int]:
+    """(X^T X [d, d], X^T 1 [d] or None, rows per example) of one batch of layer input
+    ``x`` (conv: [N, H, W, C]); depthwise layers give [C, kk, kk] and [C, kk]. Row-shift
+    Gram for stride-1 convs, strided slices for other convs (:mod:`hobs_jax.stats.gram`)."""
     if info.kind == "dense":
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
@@ -149,7 +151,7 @@ def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo],
             if p not in infos:
                 return
             mask = w.reshape((-1,) + (1,) * (xin.ndim - 1)).astype(dtype)
-            g, s, rpe = _layer_gram(infos[p], xin.astype(dtype) * mask)
+            g, s, rpe = layer_gram(infos[p], xin.astype(dtype) * mask)
             rows_per_example[shape, p] = rows_per_example.get((shape, p), 0) + rpe
             k = _key(p)
             if k in grams:
