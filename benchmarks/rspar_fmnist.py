@@ -279,8 +279,8 @@ def report(args, rows: list[dict]) -> None:
              "docs/results/oneshot_fmnist.md).", "",
              "Accuracies: test top-1 (%) on the 10,000 Fashion-MNIST test images; one-shot = after "
              f"H-OBS compensation and BN re-estimation, no training; fine-tuned = after "
-             f"{args.finetune_steps} SGD steps (same recipe for every row). R-SPAR: mean ± std over "
-             "seeds; uniform and global are deterministic (one row each).", "",
+             f"{_steps(rows)} SGD steps (same recipe for every row; '-' = not fine-tuned). R-SPAR: mean ± std "
+             "over seeds; uniform and global are deterministic (one row each).", "",
              "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes + re-rank) | s/episode | episodes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
@@ -355,6 +355,12 @@ def report(args, rows: list[dict]) -> None:
 
 
 _GROUPS = {}
+
+
+def _steps(rows) -> str:
+    """The fine-tuning step counts of the fine-tuned rows, as text ('0' when none is)."""
+    steps = sorted({int(r["finetune_steps"]) for r in rows if r.get("acc_finetuned") is not None})
+    return " / ".join(str(s) for s in steps) or "0"
 
 
 def _curve(args, r) -> list:
