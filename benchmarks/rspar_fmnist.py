@@ -9,7 +9,9 @@ For each model x target (kept MACs fraction) x allocation (x seed for R-SPAR):
      on the target), so all rows prune along the same paths and compensate identically;
      only the kept counts per group differ;
   2. kept counts: ``uniform`` (one ratio), ``global`` (H-OBS's normalized-saliency
-     threshold), ``rspar`` (the DDPG search, per seed; search wall time recorded);
+     threshold), ``rspar`` (the DDPG search, per seed, then the re-rank of its
+     ``--rerank`` best allocations and the uniform and global ones on the Hessian images,
+     ``hobs_jax.rspar.rerank``; search and re-rank time recorded, and which candidate won);
   3. ``hobs.finish`` (compensation) + ``apply_plan`` (a real smaller network), MACs
      checked within 1% of the target, BatchNorm re-estimated on all calibration images
      (the same for every row), test top-1 on the 10,000 test images = ``acc_oneshot``;
@@ -18,7 +20,10 @@ For each model x target (kept MACs fraction) x allocation (x seed for R-SPAR):
      ``--finetune_steps``, test top-1 = ``acc_finetuned``.
 
 Finished rows are cached as JSON under ``--workdir`` (an interrupted run continues;
-R-SPAR searches resume from their checkpoints). ``--report-only`` rebuilds the outputs.
+R-SPAR searches resume from their checkpoints). ``--reuse_from DIR`` takes the uniform and
+global rows (which do not depend on R-SPAR's options) from another workdir, after
+rebuilding each network and checking that its kept counts, MACs and one-shot accuracy
+reproduce the cached row. ``--report-only`` rebuilds the outputs.
 
     PYTHONPATH=. python benchmarks/rspar_fmnist.py --model resnet56 --targets 0.5,0.333 \\
         --seeds 0,1,2 --episodes 120 --workdir runs/rspar_fmnist
@@ -110,7 +115,8 @@ class Bench:
             return sel.global_keep(target), {}
         o = get_method("rspar").default_config()
         o.update(dict(episodes=self.args.episodes, warmup=self.args.warmup, lbound=self.args.lbound,
-                      workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20))
+                      workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20,
+                      rerank=self.args.rerank, rerank_metric=self.args.rerank_metric))
         if alloc == "rspar-imitate":  # exploration starts around the best reference (agent.imitate)
             o.agent.imitate = 500
         t = time.perf_counter()
@@ -177,10 +183,37 @@ class Bench:
         loader = TrainLoader(self.source, "train", c.batch_size, seed=c.seed)
         return fit(model, variables, loader, c, workdir).variables
 
+    def reuse(self, key: str, alloc: str, target: float, rowdir: str, path: str) -> dict | None:
+        """The ``--reuse_from`` copy of a uniform/global row, verified by a rebuild (module
+        doc); None when there is nothing to reuse."""
+        src = os.path.join(self.args.reuse_from, key, "row.json")
+        if not self.args.reuse_from or alloc not in ("uniform", "global") or not os.path.exists(src):
+            return None
+        rec = json.load(open(src))
+        if self.args.finetune_steps and rec.get("finetune_steps") != self.args.finetune_steps \
+                and rec.get("acc_finetuned") is not None:
+            raise SystemExit(f"{key}: {src} was fine-tuned for {rec.get('finetune_steps')} steps, not "
+                             f"{self.args.finetune_steps}")
+        keep, _ = self.keep(alloc, target, 0, rowdir)
+        if [int(k) for k in keep] != rec["keep"]:
+            raise SystemExit(f"{key}: {src} holds other kept counts than this selection gives: not reused")
+        pruned, pvars, mr, _ = self.build(key, target, keep)
+        acc1 = self.accuracy(pruned, pvars, f"{key} rebuilt")
+        if abs(mr - rec["macs_ratio"]) > 1e-9 or abs(acc1 - rec["acc_oneshot"]) > 0.0015:
+            raise SystemExit(f"{key}: the rebuilt network (MACs {mr:.4f}, one-shot {acc1:.4f}) does not "
+                             f"reproduce {src} (MACs {rec['macs_ratio']:.4f}, one-shot {rec['acc_oneshot']:.4f})")
+        os.makedirs(rowdir, exist_ok=True)
+        rec.update(reused_from=src, acc_oneshot_rebuilt=acc1, reuse_load_avg=load_avg())
+        _write_json(path, rec)
+        print(f"{key}: reused {src} (one-shot {rec['acc_oneshot']:.4f}, rebuilt {acc1:.4f})", flush=True)
+        return rec
+
     def row(self, alloc: str, target: float, seed: int) -> dict:
         key = f"{self.args.model}-{alloc}-{target}-s{seed}"
         rowdir = os.path.join(self.args.workdir, key)
         path = os.path.join(rowdir, "row.json")
+        if not os.path.exists(path):
+            self.reuse(key, alloc, target, rowdir, path)
         if os.path.exists(path):
             rec = json.load(open(path))
             if self.args.finetune_steps and rec.get("acc_finetuned") is None:
@@ -202,13 +235,16 @@ class Bench:
         if info:
             # Search cost across resumes: precompute + the episodes' own time (a resumed search's
             # wall time covers only its last part).
-            info["search_seconds"] = info["timings"]["precompute"] + info["timings"]["per_episode"] * info["episodes"]
+            info["search_seconds"] = (info["timings"]["precompute"] + info["timings"]["per_episode"] * info["episodes"]
+                                      + info["timings"]["rerank"])
             rec["search_seconds"] = info["search_seconds"]
             rec.update(episodes=info["episodes"], seconds_per_episode=info["timings"]["per_episode"],
                        precompute_seconds=info["timings"]["precompute"], reward_best=info["best"],
                        reward_references={k: {kk: v[kk] for kk in ("reward", "loss", "acc")}
                                           for k, v in info["references"].items()},
-                       reward_images=info["reward_images"], hessian_images=info["hessian_images"])
+                       reward_images=info["reward_images"], hessian_images=info["hessian_images"],
+                       chosen=info["chosen"], rerank=info["rerank"], rerank_seconds=info["timings"]["rerank"],
+                       search_best_keep=info["allocations"]["search_best"])
             _write_json(os.path.join(rowdir, "curve.json"), info["curve"])
         _write_json(path, rec)
         print(f"{key}: macs {mr:.4f} one-shot {acc1:.4f} finetuned {acc2} search {rec['search_seconds']} "
@@ -222,7 +258,8 @@ def report(args, rows: list[dict]) -> None:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     for r in rows:  # search cost across resumes (rows cached by older runs held one call's wall time)
         if r.get("seconds_per_episode"):
-            r["search_seconds"] = r["precompute_seconds"] + r["seconds_per_episode"] * r["episodes"]
+            r["search_seconds"] = (r["precompute_seconds"] + r["seconds_per_episode"] * r["episodes"]
+                                   + r.get("rerank_seconds", 0.0))
     _write_json(out + ".json", rows)
 
     def ms(vals):
@@ -242,17 +279,16 @@ def report(args, rows: list[dict]) -> None:
              "docs/results/oneshot_fmnist.md).", "",
              "Accuracies: test top-1 (%) on the 10,000 Fashion-MNIST test images; one-shot = after "
              f"H-OBS compensation and BN re-estimation, no training; fine-tuned = after "
-             f"{args.finetune_steps} SGD steps (same recipe for every row). R-SPAR: mean ± std over "
-             "seeds; uniform and global are deterministic (one row each).", "",
-             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes) | s/episode | episodes |",
+             f"{_steps(rows)} SGD steps (same recipe for every row; '-' = not fine-tuned). R-SPAR: mean ± std "
+             "over seeds; uniform and global are deterministic (one row each).", "",
+             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes + re-rank) | s/episode | episodes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
         for alloc in ("uniform", "global", "rspar", "rspar-imitate"):
             rs = [r for r in rows if r["target_macs_ratio"] == target and r["allocation"] == alloc]
             if not rs:
                 continue
-            srch = [r["precompute_seconds"] + r["seconds_per_episode"] * r["episodes"] for r in rs
-                    if r.get("seconds_per_episode")]
+            srch = [r["search_seconds"] for r in rs if r.get("seconds_per_episode")]
             spe = [r["seconds_per_episode"] for r in rs if r.get("seconds_per_episode")]
             mr = statistics.mean(r["macs_ratio"] for r in rs)
             srch_s = f"{statistics.mean(srch):.0f}" if srch else "-"
@@ -269,6 +305,24 @@ def report(args, rows: list[dict]) -> None:
                          f"{r['reward_best']['reward']:.4f} ({r['reward_best']['source']}); uniform "
                          f"{refs.get('uniform', {}).get('reward', float('nan')):.4f}, global "
                          f"{refs.get('global', {}).get('reward', float('nan')):.4f}; load avg {r['load_avg_at_start']}")
+    rr = [r for r in rows if r.get("rerank")]
+    if rr:
+        lines += ["", f"Re-rank (`--rerank {args.rerank}`, metric `{args.rerank_metric}`): the search's best distinct "
+                  "allocations by reward plus the uniform and global ones, evaluated on the "
+                  f"{rr[0]['rerank']['images']} Hessian calibration images (H-OBS never uses their labels; the "
+                  "search never saw them); the candidate with the best metric there is R-SPAR's allocation. "
+                  "A reference winning means R-SPAR returns exactly that allocation (a tie with it).", "",
+                  "| target | seed | chosen | its search reward | its Hessian-split CE / top-1 | search's best (CE / top-1 there) | global (CE / top-1 there) | uniform (CE / top-1 there) | candidates | re-rank s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rr:
+            cs = {c["name"]: c for c in r["rerank"]["candidates"]}
+            ch = cs[r["chosen"]]
+            fmt = lambda c: f"{c['loss']:.4f} / {100 * c['acc']:.2f}" if c else "-"
+            sb = cs.get(r["reward_best"]["source"])
+            sr = "-" if ch["search_reward"] is None else f"{ch['search_reward']:.4f}"
+            lines.append(f"| {r['target_macs_ratio']} | {r['seed']} | {r['chosen']} | {sr} | {fmt(ch)} | "
+                         f"{r['reward_best']['source']}: {fmt(sb)} | {fmt(cs.get('global'))} | "
+                         f"{fmt(cs.get('uniform'))} | {len(cs)} | {r['rerank_seconds']:.0f} |")
     lines.append("")
     curves = {}
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
@@ -303,6 +357,12 @@ def report(args, rows: list[dict]) -> None:
 _GROUPS = {}
 
 
+def _steps(rows) -> str:
+    """The fine-tuning step counts of the fine-tuned rows, as text ('0' when none is)."""
+    steps = sorted({int(r["finetune_steps"]) for r in rows if r.get("acc_finetuned") is not None})
+    return " / ".join(str(s) for s in steps) or "0"
+
+
 def _curve(args, r) -> list:
     path = os.path.join(args.workdir, f"{args.model}-{r['allocation']}-{r['target_macs_ratio']}-s{r['seed']}",
                         "curve.json")
@@ -332,6 +392,12 @@ def main(argv=None):
     p.add_argument("--calib_images", type=int, default=2048)
     p.add_argument("--reward_images", type=int, default=256)
     p.add_argument("--finetune_steps", type=int, default=200)
+    p.add_argument("--rerank", type=int, default=5,
+                   help="re-rank this many of the search's best allocations (plus uniform and global) on the "
+                        "Hessian images; 0 = the search's best as is")
+    p.add_argument("--rerank_metric", default="loss", choices=("loss", "acc"))
+    p.add_argument("--reuse_from", default="",
+                   help="workdir whose uniform/global rows are reused after a verified rebuild")
     p.add_argument("--propagate", type=int, default=0,
                    help="H-OBS sequential refit sweeps for every allocation's final network "
                         "(the recorded rows: 0, i.e. per-group compensation only, which is also "

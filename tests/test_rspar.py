@@ -237,3 +237,71 @@ def test_imitation_starts_the_agent_at_the_best_allocation():
     assert r.curve[1]["best_reward"] == ref  # the warm-up episodes did not beat the reference
     warm = max(abs(c["reward"] - ref) for c in r.curve[:2])
     assert abs(r.curve[2]["reward"] - ref) < 0.25 * warm  # the cloned policy acts near it
+
+
+def test_rerank_pick_prefers_the_held_out_metric_over_the_search_rank():
+    from hobs_jax.rspar.rerank import candidates, pick
+
+    top = [{"source": "episode 7", "reward": -0.1, "keep": [4, 4]},
+           {"source": "episode 2", "reward": -0.2, "keep": [3, 5]},
+           {"source": "episode 9", "reward": -0.3, "keep": [5, 3]}]
+    refs = {"uniform": np.array([4, 4]), "global": np.array([2, 6])}
+    cands = candidates(top, refs, {"global": -0.4})
+    # The duplicate uniform is dropped; references come after the agent's allocations.
+    assert [c.name for c in cands] == ["episode 7", "episode 2", "episode 9", "global"]
+    assert cands[3].search_reward == -0.4 and cands[3].keep == (2, 6)
+    rows = [dict(loss=0.30, acc=0.90, ratio=0.5), dict(loss=0.28, acc=0.91, ratio=0.5),
+            dict(loss=0.25, acc=0.91, ratio=0.5), dict(loss=0.27, acc=0.92, ratio=0.5)]
+    assert pick(rows, "loss") == 2  # the search's best (row 0) loses on the held-out images
+    assert pick(rows, "acc") == 3
+    rows[3]["acc"] = 0.91  # an accuracy tie is broken by the loss
+    assert pick(rows, "acc") == 2
+    assert pick(rows, "loss", cost_weight=1.0) == 2
+    rows[0]["loss"] = 0.25  # an exact tie goes to the better search rank
+    assert pick(rows, "loss") == 0
+    with pytest.raises(ValueError, match="rerank_metric"):
+        pick(rows, "top5")
+
+
+def _ce(logits, labels):
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def test_rerank_returns_the_candidate_with_the_best_hessian_split_loss():
+    from hobs_jax.methods import get_method
+    from hobs_jax.rspar.method import search_allocation
+
+    model, _, calib, task = _setup()
+    sel = _selection()
+    o = get_method("rspar").default_config()
+    o.update(dict(episodes=10, warmup=5, bn="running", rerank=3, progress=False))
+    o.agent.hidden, o.agent.batch = 16, 8
+    # Reward labels shifted: the search optimizes another objective than the re-rank's, so
+    # its best episode is not the re-rank's winner (checked below), as with an overfit reward.
+    run = lambda: search_allocation(sel, 0.5, budget=MonomialBudget(task.cost, "macs"), options=o, seed=2,
+                                    reward_images=calib.images[:8], reward_labels=(calib.labels[:8] + 3) % 10)
+    keep, info = run()
+    r = info["rspar"]
+    table = r["rerank"]["candidates"]
+    names = [c["name"] for c in table]
+    assert {"uniform", "global"} <= set(names) and 3 <= len(table) <= 5
+    assert [t["reward"] for t in r["top"]] == sorted((t["reward"] for t in r["top"]), reverse=True)
+    assert len({tuple(t["keep"]) for t in r["top"]}) == len(r["top"]) == 3
+    assert r["rerank"]["images"] == len(sel.images) == 48
+    # Each candidate's re-rank loss is the loss of the real H-OBS-pruned network on the
+    # Hessian images (bn='running': eval mode), and the winner has the lowest.
+    x = jnp.asarray(sel.images)
+    losses = []
+    for c in table:
+        outcome = hobs.finish(sel, np.asarray(c["keep"]))
+        pruned, pvars = apply_plan(NAME, outcome.variables, outcome.plan, graph=task.graph)
+        losses.append(_ce(np.asarray(pruned.apply(pvars, x, train=False), np.float64), calib.labels))
+    np.testing.assert_allclose([c["loss"] for c in table], losses, rtol=1e-4)
+    best = int(np.argmin(losses))
+    assert r["chosen"] == names[best] and list(keep) == table[best]["keep"]
+    assert r["chosen"] != r["best"]["source"] and list(keep) != r["allocations"]["search_best"]
+    assert abs(task.cost.ratio(keep, "macs") / 0.5 - 1) <= allocation.TOLERANCE
+    keep2, info2 = run()
+    assert np.array_equal(keep, keep2) and info2["rspar"]["chosen"] == r["chosen"]

@@ -4,8 +4,10 @@
 calibration set (its greedy paths run down to ``lbound``), then, in place of H-OBS's
 allocation phase, builds the fast reward on the held-out part (the last
 ``reward_images`` calibration images), the environment and the DDPG agent, and searches;
-the best allocation's kept counts go back to H-OBS, which removes channels along its
-paths and compensates the consumers as usual. ``PruneOutcome.info['rspar']`` holds the
+the ``rerank`` best distinct allocations of the search and H-OBS's uniform and global
+allocations are then re-ranked on the Hessian images (:mod:`hobs_jax.rspar.rerank`), and
+the winner's kept counts go back to H-OBS, which removes channels along its paths and
+compensates the consumers as usual. ``PruneOutcome.info['rspar']`` holds the
 chosen allocation next to H-OBS's uniform and global ones, their rewards, the learning
 curve and timings (:func:`hobs_jax.rspar.report.save_allocation` plots them).
 """
@@ -25,6 +27,7 @@ from hobs_jax.methods.registry import register
 from hobs_jax.rspar import agent as agent_lib
 from hobs_jax.rspar.env import AllocationEnv, MonomialBudget, _AsCost, check_lbound, kept_grid
 from hobs_jax.rspar.features import group_features
+from hobs_jax.rspar.rerank import Candidate, candidates, check_metric, rerank
 from hobs_jax.rspar.reward import BN_MODES, build_grid_reward
 from hobs_jax.rspar.search import search
 
@@ -44,11 +47,17 @@ def default_config() -> ml_collections.ConfigDict:
     cost_weight: reward = -CE - cost_weight * budget ratio; references: evaluate H-OBS's
     uniform and global allocations first (demonstrations, best-so-far floor); workdir:
     search checkpoints (resume) when set; checkpoint_every: episodes between checkpoints;
-    agent: DDPG options (:func:`hobs_jax.rspar.agent.default_config`).
+    rerank: re-rank the best ``rerank`` distinct allocations of the search (by reward)
+    together with the uniform and global references (when ``references``) on the Hessian
+    calibration images and return the winner (0: return the search's best as is; see
+    :mod:`hobs_jax.rspar.rerank`); rerank_metric: 'loss' (cross-entropy) or 'acc' (top-1,
+    ties broken by the loss); rerank_images: how many Hessian images (the first ones) the
+    re-rank uses, 0 = all; agent: DDPG options (:func:`hobs_jax.rspar.agent.default_config`).
     """
     c = hobs.default_config()
     c.update(dict(episodes=300, warmup=50, lbound=0.2, grid=64, budget="", reward_images=256, bn="batch",
-                  cost_weight=0.0, references=True, workdir="", checkpoint_every=25, latency_lut=""))
+                  cost_weight=0.0, references=True, workdir="", checkpoint_every=25, latency_lut="",
+                  rerank=5, rerank_metric="loss", rerank_images=0))
     c.agent = agent_lib.default_config()
     return c
 
@@ -67,12 +76,18 @@ def check_options(o, task: PruneTask) -> str:
         raise ValueError(f"grid={o.grid!r} must be >= 2 kept counts per group")
     if o.bn not in BN_MODES:
         raise ValueError(f"bn={o.bn!r}: use one of {BN_MODES}")
+    if int(o.rerank) < 0 or int(o.rerank_images) < 0:
+        raise ValueError(f"rerank={o.rerank!r} and rerank_images={o.rerank_images!r} must be >= 0")
+    check_metric(o.rerank_metric)
     if task.calib is None:
         raise ValueError("rspar needs calibration data (task.calib is None)")
     n = len(task.calib.images)
     if not 1 <= int(o.reward_images) < n:
         raise ValueError(f"reward_images={o.reward_images!r} must be in [1, {n}) (the calibration set has "
                          f"{n} images; the rest feed the Hessians)")
+    if int(o.rerank_images) > n - int(o.reward_images):
+        raise ValueError(f"rerank_images={o.rerank_images!r} exceeds the {n - int(o.reward_images)} Hessian "
+                         "images (0 = all of them)")
     return kind
 
 
@@ -116,7 +131,9 @@ def search_allocation(sel: hobs.Selection, target: float, *, budget, options, se
     """R-SPAR on an H-OBS selection: (kept counts [G], info) at ``target`` of ``budget``.
 
     The grids start at the larger of the selection's floor and ``lbound``; the reward uses
-    ``reward_images`` [N, H, W, C] / ``reward_labels`` [N] (held out from the Hessians)."""
+    ``reward_images`` [N, H, W, C] / ``reward_labels`` [N] (held out from the Hessians);
+    the re-rank (``options.rerank`` > 0) uses the selection's Hessian images and the
+    labels of ``sel.task.calib``."""
     o = options
     task = sel.task
     cost = task.cost
@@ -137,17 +154,36 @@ def search_allocation(sel: hobs.Selection, target: float, *, budget, options, se
     res = search(env, reward, episodes=int(o.episodes), warmup=int(o.warmup), seed=int(seed),
                  agent_config=o.agent, references=refs, cost_weight=float(o.cost_weight),
                  workdir=o.workdir or None, checkpoint_every=int(o.checkpoint_every),
-                 progress=bool(o.progress))
-    keep = res.best_keep
+                 keep_top=int(o.rerank), progress=bool(o.progress))
+    traces = reward.traces
+    keep = np.asarray(res.best_keep)
+    chosen, reranked = res.best_source, None
+    if int(o.rerank) > 0:
+        # A reference off the search grid (below lbound) was judged at its snapped counts
+        # during the search: its search reward is not its own.
+        on_grid = {k: v["reward"] for k, v in res.references.items()
+                   if np.array_equal([g[i] for g, i in zip(env.grids, env.snap(np.asarray(v["keep"])))],
+                                     np.asarray(v["keep"], np.float64))}
+        cands = candidates(res.top, refs, on_grid)
+        if not cands:  # no agent episode (cannot happen with episodes >= 1) and no references
+            cands = [Candidate(res.best_source, tuple(int(k) for k in keep), res.best_reward)]
+        n = int(o.rerank_images) or len(sel.images)
+        labels = np.asarray(task.calib.labels)[:len(sel.images)]
+        best, reranked = rerank(sel, cands, np.asarray(sel.images)[:n], labels[:n], metric=o.rerank_metric,
+                                budget=budget, bn=o.bn, cost_weight=float(o.cost_weight))
+        keep, chosen = np.asarray(cands[best].keep), cands[best].name
     info = {"rspar": {
         "budget": budget.kind, "budget_ratio": budget.ratio(keep), "lbound": lbound,
-        "allocations": {"rspar": keep.tolist(), **{k: np.asarray(v).tolist() for k, v in refs.items()}},
+        "allocations": {"rspar": keep.tolist(), "search_best": np.asarray(res.best_keep).tolist(),
+                        **{k: np.asarray(v).tolist() for k, v in refs.items()}},
+        "chosen": chosen, "rerank": reranked, "top": res.top,
         "group_ids": [int(g) for g in cost.group_ids], "sizes": cost.sizes.astype(int).tolist(),
         "best": {"reward": res.best_reward, "loss": res.best_loss, "acc": res.best_acc,
                  "source": res.best_source},
         "references": res.references, "curve": res.curve, "episodes": res.episodes,
-        "grid_points": [len(g) for g in grids], "reward_traces": reward.traces,
-        "timings": {"precompute": t1 - t0, "search": res.seconds, "per_episode": res.seconds_per_episode},
+        "grid_points": [len(g) for g in grids], "reward_traces": traces,
+        "timings": {"precompute": t1 - t0, "search": res.seconds, "per_episode": res.seconds_per_episode,
+                    "rerank": reranked["seconds"] if reranked else 0.0},
         "reward_images": int(len(reward_images)), "hessian_images": int(len(sel.images)),
     }}
     return keep, info

@@ -32,7 +32,8 @@ class SearchResult:
     """best_keep [G] kept counts, best_index [G] grid indices, best_reward, best_loss,
     best_acc (reward split), best_source ('episode N' or a reference name), curve (one
     dict per episode), references {name: {reward, loss, acc}}, episodes, seconds (this
-    call's wall time), seconds_per_episode."""
+    call's wall time), seconds_per_episode, top (the ``keep_top`` best distinct agent
+    allocations, best first: dicts with source, reward, loss, acc, keep, index)."""
 
     best_keep: np.ndarray
     best_index: np.ndarray
@@ -45,6 +46,7 @@ class SearchResult:
     episodes: int
     seconds: float
     seconds_per_episode: float
+    top: list = dataclasses.field(default_factory=list)
 
 
 def _flat_leaves(tree) -> dict:
@@ -102,7 +104,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
            episodes: int, warmup: int, seed: int, agent_config: ml_collections.ConfigDict,
            references: Mapping[str, np.ndarray] | None = None, cost_weight: float = 0.0,
            workdir: str | None = None, checkpoint_every: int = 25, stop_after: int | None = None,
-           progress: bool = True) -> SearchResult:
+           keep_top: int = 0, progress: bool = True) -> SearchResult:
     """Run (or resume) a search of ``episodes`` episodes (module doc).
 
     Args:
@@ -112,6 +114,9 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
       cost_weight: reward = -loss - cost_weight * budget ratio.
       workdir: checkpoint directory (None: no checkpoints).
       stop_after: return after this many episodes in this call (tests interrupt with it).
+      keep_top: also track the best ``keep_top`` distinct allocations the agent's episodes
+        (warm-up included, references excluded) reached, for a re-rank on other images
+        (:mod:`hobs_jax.rspar.rerank`); ties keep the earlier episode. Checkpointed.
     """
     from hobs_jax.train import progress as bar
 
@@ -123,7 +128,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     replay = Replay(int(cfg.replay), env.state_dim)
     rng = np.random.default_rng(seed)
     st = {"episode": 0, "sigma": float(cfg.noise), "baseline": None, "best": None, "curve": [],
-          "references": {}, "seconds": 0.0}
+          "references": {}, "seconds": 0.0, "top": []}
     ckpt = _Checkpoint(workdir) if workdir else None
     latest = ckpt.latest() if ckpt else None
     if latest:
@@ -135,6 +140,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
         replay.size, replay.pos = int(meta["replay_size"]), int(meta["replay_pos"])
         rng.bit_generator.state = meta["rng"]
         st = meta["state"]
+        st.setdefault("top", [])  # checkpoints written before keep_top existed
 
     def record(ep: Episode, loss: float, acc: float, actions_unit: np.ndarray, source: str) -> float:
         r = -loss - cost_weight * ep.ratio
@@ -145,6 +151,9 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
             st["best"] = {"reward": r, "loss": loss, "acc": acc, "keep": ep.keep.tolist(),
                           "index": ep.index.tolist(), "source": source,
                           "states": np.asarray(ep.states).tolist(), "actions": actions_unit.tolist()}
+        if keep_top > 0 and source.startswith("episode"):
+            _push_top(st["top"], {"source": source, "reward": r, "loss": loss, "acc": acc,
+                                  "keep": ep.keep.tolist(), "index": ep.index.tolist()}, int(keep_top))
         return r
 
     def save():
@@ -204,7 +213,18 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     n_ep = len(st["curve"])
     return SearchResult(np.asarray(b["keep"]), np.asarray(b["index"], np.int64), b["reward"], b["loss"], b["acc"],
                         b["source"], st["curve"], st["references"], st["episode"],
-                        time.perf_counter() - t_start, st["seconds"] / max(n_ep, 1))
+                        time.perf_counter() - t_start, st["seconds"] / max(n_ep, 1),
+                        [dict(t) for t in st["top"]])
+
+
+def _push_top(top: list, entry: dict, k: int) -> None:
+    """Insert ``entry`` into ``top`` (best reward first, at most ``k``, one entry per
+    distinct allocation); a later equal reward ranks after an earlier one (stable sort)."""
+    if any(t["index"] == entry["index"] for t in top):
+        return  # the same allocation again: the reward is the same deterministic forward
+    top.append(entry)
+    top.sort(key=lambda t: -t["reward"])
+    del top[k:]
 
 
 def _jsonable(x):
