@@ -97,18 +97,17 @@ def forward_operands(values: jax.Array, col_idx: jax.Array, meta: BlockELLMeta, 
     ``values`` need not be masked then. ``index``: a precomputed ``ForwardIndex``
     of ``col_idx`` (only with ``zero_block=False``).
     """
-    if index is not None:
-        if zero_block:
-            raise ValueError("a precomputed ForwardIndex needs zero_block=False")
+    if index is not None and zero_block:
+        raise ValueError("a precomputed ForwardIndex needs zero_block=False")
+    if not zero_block:
+        index = forward_index(col_idx, meta) if index is None else index
         return GatherOperands(_flat_blocks(values, False), *index)
     r_blocks, slots = col_idx.shape
     t_row, t_pos, t_cnt = column_index(col_idx, meta)
     valid = t_pos >= 0
     idx = jnp.where(valid, t_row, 0).astype(jnp.int32)
-    pad = r_blocks * slots if zero_block else 0
-    pos = jnp.where(valid, t_pos, pad).astype(jnp.int32)
-    return GatherOperands(_flat_blocks(values, zero_block), idx, pos,
-                          t_cnt.astype(jnp.int32))
+    pos = jnp.where(valid, t_pos, r_blocks * slots).astype(jnp.int32)
+    return GatherOperands(_flat_blocks(values, True), idx, pos, t_cnt.astype(jnp.int32))
 
 
 def dx_operands(values: jax.Array, col_idx: jax.Array, *, zero_block: bool = True
