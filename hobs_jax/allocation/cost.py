@@ -15,6 +15,7 @@ allocation searches and R-SPAR episodes cost microseconds, not a re-trace.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from fractions import Fraction
 from typing import Mapping
 
@@ -70,11 +71,18 @@ class CostModel:
 
 
 def _count(name, widths, num_classes, in_channels, shape):
-    model = models.build(name, widths=widths, num_classes=num_classes, in_channels=in_channels)
+    """(per-layer MACs, per-leaf parameter counts) of zoo model ``name`` at ``widths``."""
+    return _count_cached(name, tuple(sorted(dict(widths).items())), num_classes, in_channels, tuple(shape))
+
+
+@functools.lru_cache(maxsize=32)
+def _count_cached(name, widths: tuple, num_classes, in_channels, shape):
+    # Memoized: the cost model of one architecture is rebuilt by every pruning call.
+    model = models.build(name, widths=dict(widths), num_classes=num_classes, in_channels=in_channels)
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), shape))
     rep = macs.count(model, variables, shape)
     leaves = [int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get("params", variables))]
-    return [l.macs for l in rep.layers], leaves
+    return tuple(l.macs for l in rep.layers), tuple(leaves)
 
 
 def _factor(value: int, primes: list[int]) -> tuple[int, list[int]]:

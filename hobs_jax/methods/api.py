@@ -8,6 +8,7 @@ the contract test and the experiments use).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -81,9 +82,16 @@ def run(method: str, task: PruneTask) -> PruneResult:
                          f"{task.target} (tolerance {TOLERANCE:.0%})")
     probe = (task.calib.images[:4] if task.calib is not None
              else np.zeros((2,) + tuple(task.input_shape[1:]), np.float32))
-    if not bool(jnp.all(jnp.isfinite(jax.jit(pruned.apply)(pvars, jnp.asarray(probe))))):
+    if not bool(_all_finite(pruned)(pvars, jnp.asarray(probe))):
         raise ValueError(f"method {method!r} produced a network with non-finite outputs")
     return PruneResult(pruned, pvars, outcome, mr, pr, task)
+
+
+@functools.lru_cache(maxsize=16)
+def _all_finite(model):
+    """jit(variables, x) -> whether ``model``'s eval-mode outputs are all finite; cached per
+    module configuration, so pruning the same architecture again does not recompile."""
+    return jax.jit(lambda v, x: jnp.all(jnp.isfinite(model.apply(v, x, train=False))))
 
 
 def prune(method: str, model_name: str, variables: Mapping, **kwargs) -> PruneResult:
