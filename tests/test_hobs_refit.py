@@ -11,8 +11,7 @@ import pytest
 import scipy.linalg
 
 from hobs_jax import models
-from hobs_jax.methods import hobs_refit
-from hobs_jax.methods.hobs_refit import kept_channels, refit_layer, refit_sequential, solve_refit
+from hobs_jax.methods.hobs_refit import refit_sequential
 from hobs_jax.stats.cross import cross_stats
 from hobs_jax.stats.layers import capture_inputs, capture_outputs, kernel_matrix, layer_rows, trace_layers
 
@@ -81,11 +80,8 @@ def reference_refit(model, dense, pruned, layers, removed, x, damp):
     return out
 
 
-@pytest.mark.parametrize("sweeps,bucket", [(1, 8), (2, 8), (1, 2)])
-def test_one_pass_refit_equals_the_layer_by_layer_definition(net, sweeps, bucket, monkeypatch):
-    # bucket 2: layers whose kept channels are fewer than a bucket below C (6 of 8, 11 of 16
-    # padded to 12) take the kept-channel statistics path of refit_layer.
-    monkeypatch.setattr(hobs_refit, "CHANNEL_BUCKET", bucket)
+@pytest.mark.parametrize("sweeps", [1, 2])
+def test_one_pass_refit_equals_the_layer_by_layer_definition(net, sweeps):
     model, v, x, infos = net
     pruned, removed = _pruned(v, infos)
     layers = [i for i in infos.values() if i.kind in ("conv", "dense")]
@@ -185,35 +181,3 @@ def test_refit_of_dense_general_layers_keeps_bias_shapes():
             np.testing.assert_allclose(g, r, atol=1e-4 * np.abs(r).max(), err_msg=f"{name}/{leaf}")
     assert not np.array_equal(got["params"]["out"]["kernel"], v["params"]["out"]["kernel"])
 
-
-def test_kept_channels_needs_whole_channels(net):
-    infos = net[3]
-    conv = infos[("layer2", "0", "conv2")]  # 3x3, 8 input channels: rows (tap, channel)
-    rows = (np.arange(9)[:, None] * 8 + np.array([1, 6])[None]).reshape(-1)
-    np.testing.assert_array_equal(kept_channels(conv, rows), [0, 2, 3, 4, 5, 7])
-    assert kept_channels(conv, rows[:-1]) is None  # one tap of channel 6 kept: not a channel cut
-    assert kept_channels(conv, np.zeros(0, np.int64)) is None
-    fc = infos[("fc",)]
-    np.testing.assert_array_equal(kept_channels(fc, [0, 3]), np.setdiff1d(np.arange(fc.kernel_shape[0]), [0, 3]))
-
-
-@pytest.mark.parametrize("path", [("layer3", "1", "conv1"), ("fc",)])
-def test_refit_layer_kept_channel_path_equals_full_statistics(net, path, monkeypatch):
-    """The kept-channel statistics (padded to a bucket) give the same solve as the full
-    input's, for a 3x3 conv and for the biased Dense head."""
-    monkeypatch.setattr(hobs_refit, "CHANNEL_BUCKET", 4)
-    info = net[3][path]
-    rng = np.random.default_rng(7)
-    c = info.kernel_shape[2] if info.kind == "conv" else info.kernel_shape[0]
-    xshape = (32, 4, 4, c) if info.kind == "conv" else (32, c)
-    x = jnp.asarray(rng.normal(size=xshape).astype(np.float32))
-    yshape = xshape[:-1] + (info.d_out,)
-    y = jnp.asarray(rng.normal(size=yshape).astype(np.float32))
-    chans = np.array([0, 5, 6, 11, 13])  # 11 kept of 16: padded to 12
-    taps = info.d_in // c
-    removed = (np.arange(taps)[:, None] * c + chans[None]).reshape(-1)
-    full = solve_refit(cross_stats(info, x, y), removed, 1e-3)
-    got = refit_layer(info, x, y, removed, 1e-3)
-    assert got.shape == full.shape
-    assert not np.any(got[removed])
-    np.testing.assert_allclose(got, full, atol=1e-4 * np.abs(full).max())
