@@ -26,7 +26,7 @@ rebuilding each network and checking that its kept counts, MACs and one-shot acc
 reproduce the cached row. ``--report-only`` rebuilds the outputs.
 
     PYTHONPATH=. python benchmarks/rspar_fmnist.py --model resnet56 --targets 0.5,0.333 \\
-        --seeds 0,1,2 --episodes 120 --workdir runs/rspar_fmnist
+        --seeds 0,1,2 --episodes 150 --lbound 0.1 --rerank 10 --workdir runs/rspar_fmnist_v3
 
 writes docs/results/rspar_fmnist.{md,json}, rspar_fmnist_allocation_<target>.png and
 rspar_fmnist_curve.png.
@@ -117,6 +117,9 @@ class Bench:
         o.update(dict(episodes=self.args.episodes, warmup=self.args.warmup, lbound=self.args.lbound,
                       workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20,
                       rerank=self.args.rerank, rerank_metric=self.args.rerank_metric))
+        for k in ("imitate", "noise", "noise_decay"):  # None: the method's default
+            if getattr(self.args, k) is not None:
+                o.agent[k] = getattr(self.args, k)
         if alloc == "rspar-imitate":  # exploration starts around the best reference (agent.imitate)
             o.agent.imitate = 500
         t = time.perf_counter()
@@ -386,16 +389,21 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--allocations", default="uniform,global,rspar",
                    help="also: rspar-imitate (R-SPAR with agent.imitate=500)")
-    p.add_argument("--episodes", type=int, default=120)
+    p.add_argument("--episodes", type=int, default=150)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--lbound", type=float, default=0.2)
+    p.add_argument("--lbound", type=float, default=0.1)
     p.add_argument("--calib_images", type=int, default=2048)
     p.add_argument("--reward_images", type=int, default=256)
     p.add_argument("--finetune_steps", type=int, default=200)
-    p.add_argument("--rerank", type=int, default=5,
+    p.add_argument("--rerank", type=int, default=10,
                    help="re-rank this many of the search's best allocations (plus uniform and global) on the "
                         "Hessian images; 0 = the search's best as is")
     p.add_argument("--rerank_metric", default="loss", choices=("loss", "acc"))
+    p.add_argument("--imitate", type=int, default=None,
+                   help="agent.imitate: behaviour-cloning steps toward the best allocation so far at the end "
+                        "of the warm-up (default: the method's)")
+    p.add_argument("--noise", type=float, default=None, help="agent.noise (default: the method's)")
+    p.add_argument("--noise_decay", type=float, default=None, help="agent.noise_decay (default: the method's)")
     p.add_argument("--reuse_from", default="",
                    help="workdir whose uniform/global rows are reused after a verified rebuild")
     p.add_argument("--propagate", type=int, default=0,
