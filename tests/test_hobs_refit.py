@@ -180,4 +180,3 @@ def test_refit_of_dense_general_layers_keeps_bias_shapes():
             assert g.shape == r.shape == np.shape(v["params"][name][leaf])
             np.testing.assert_allclose(g, r, atol=1e-4 * np.abs(r).max(), err_msg=f"{name}/{leaf}")
     assert not np.array_equal(got["params"]["out"]["kernel"], v["params"]["out"]["kernel"])
-
