@@ -20,6 +20,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's outputs.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", None, "Persistent XLA compilation cache directory (default: $JAX_COMPILATION_CACHE_DIR "
+    "or ~/.cache/hobs_jax/xla; '' turns it off). A later run of the same shapes loads its executables "
+    "instead of compiling them.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,12 +36,15 @@ def main(argv: list[str]) -> None:
         # the console to hobs_jax's own progress unless --verbosity asks for more.
         logging.getLogger("absl").setLevel(logging.WARNING)
         logging.getLogger("jax").setLevel(logging.WARNING)
+    from hobs_jax import compile_cache
     from hobs_jax.pipeline import run
     from hobs_jax.train.distributed import initialize
 
     initialize()  # joins a TPU pod / SLURM / Open MPI / HOBS_* process group; no-op alone
 
     try:
+        cache = _COMPILE_CACHE.value
+        compile_cache.enable(compile_cache.default_dir() if cache is None else cache)
         run(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:  # bad config, data or workdir: one line (HOBS_JAX_TRACEBACK=1 for more)
         if os.environ.get("HOBS_JAX_TRACEBACK"):

@@ -83,9 +83,9 @@ def enable_compile_cache() -> None:
     XLA:CPU needs ~1 s to compile even the tiny CNN's init (threefry/erf_inv); every
     subprocess test would pay it again without the cache.
     """
-    jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from hobs_jax import compile_cache
+
+    compile_cache.enable(COMPILE_CACHE)
 
 
 def subprocess_env(**extra: str) -> dict:

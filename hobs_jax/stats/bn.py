@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hobs_jax.stats.streams import ordered_map
+
 
 def _batch_stats_of(model, variables, x, momentum: float):
     """Per-BN (mean, var) of this batch: a train-mode pass from zero running statistics
@@ -35,7 +37,7 @@ def _step(model: Any, momentum: float):
 
 
 def reestimate(model: Any, variables: dict, batches: Iterable[np.ndarray], *,
-               momentum: float = 0.9) -> dict:
+               momentum: float = 0.9, workers: int | None = None) -> dict:
     """``variables`` with every ``batch_stats`` leaf recomputed over ``batches``.
 
     Args:
@@ -43,14 +45,19 @@ def reestimate(model: Any, variables: dict, batches: Iterable[np.ndarray], *,
       variables: {'params', 'batch_stats'}; a model without BN is returned unchanged.
       batches: [B, H, W, C] float arrays; all of one size except possibly the last,
         which is weighted by its size.
+      workers: host threads running batches concurrently (None: 2 on CPU, 1 elsewhere;
+        :mod:`hobs_jax.stats.streams`); the batches are pooled in their order, so the
+        result does not depend on it.
     """
     if "batch_stats" not in variables:
         return variables
     step = _step(model, float(momentum))
+
+    def one_batch(x):
+        return int(x.shape[0]), jax.block_until_ready(step(variables, jnp.asarray(x)))
+
     sums, total = None, 0
-    for x in batches:
-        n = int(x.shape[0])
-        stats = step(variables, jnp.asarray(x))
+    for n, stats in ordered_map(one_batch, batches, workers):
         # Per leaf: mean leaves accumulate the mean, var leaves var + mean^2 (below).
         contrib = _moments(stats)
         contrib = jax.tree.map(lambda a: np.asarray(a, np.float64) * n, contrib)

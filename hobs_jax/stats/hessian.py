@@ -36,6 +36,7 @@ import numpy as np
 
 from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_sliced, gram_depthwise, gram_rows,
                                  row_shiftable)
+from hobs_jax.stats.streams import ordered_map, resolve_workers
 from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, sliceable,
                                    trace_layers)
 
@@ -140,7 +141,7 @@ def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo],
     dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
     rows_per_example: dict = {}
 
-    def step(acc, variables, x, w):
+    def step(variables, x, w):
         grams: dict[str, list] = {}
         shape = tuple(x.shape)
         for k in [k for k in rows_per_example if k[0] == shape]:
@@ -163,16 +164,22 @@ def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo],
 
         with nn.intercept_methods(intercepting(on_layer)):
             model.apply(variables, x, train=False)
-        new, finite = {}, {}
+        out, finite = {}, {}
         for k, (g, s) in grams.items():
-            new[k] = {"xtx": acc[k]["xtx"] + g}
+            out[k] = {"xtx": g}
             ok = jnp.all(jnp.isfinite(g))
             if s is not None:
-                new[k]["xsum"] = acc[k]["xsum"] + s
+                out[k]["xsum"] = s
                 ok = ok & jnp.all(jnp.isfinite(s))
             finite[k] = ok
-        return new, finite
-    return jax.jit(step, donate_argnums=0), rows_per_example
+        return out, finite
+    return jax.jit(step), rows_per_example
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(acc, batch):
+    """acc + batch, leaf by leaf (the running sums are donated)."""
+    return jax.tree.map(jnp.add, acc, batch)
 
 
 def check_images(images, input_shape: Sequence[int] | None, what: str = "calibration images") -> np.ndarray:
@@ -196,8 +203,8 @@ def check_images(images, input_shape: Sequence[int] | None, what: str = "calibra
 
 def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *,
                      paths: Sequence[Sequence[str]] | None = None, batch_size: int = 256,
-                     dtype: str = "float32", progress: bool = True, infos: Mapping[tuple[str, ...], LayerInfo] | None = None
-                     ) -> HessianStats:
+                     dtype: str = "float32", progress: bool = True, infos: Mapping[tuple[str, ...], LayerInfo] | None = None,
+                     workers: int | None = None) -> HessianStats:
     """Stream ``images`` through ``model`` (eval mode) and accumulate every layer's input
     statistics (see module docstring).
 
@@ -211,6 +218,9 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
       dtype: 'float32' or 'float64' accumulation.
       progress: tqdm bar (``hobs_jax.train.progress``).
       infos: the :func:`~hobs_jax.stats.layers.trace_layers` result if already traced.
+      workers: host threads running batches concurrently (None: 2 on CPU, 1 elsewhere;
+        :mod:`hobs_jax.stats.streams`); the sums are taken in batch order, so the result
+        does not depend on it.
     Returns:
       :class:`HessianStats`. Raises a one-line ``ValueError`` for malformed images, an
       unknown layer path, or non-finite activations (naming the layer and batch).
@@ -221,6 +231,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
         raise ValueError(f"dtype={dtype!r}: use one of {DTYPES}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    workers = resolve_workers(workers)
     images = check_images(images, None)
     all_infos = dict(infos) if infos is not None else trace_layers(model, variables, (1,) + images.shape[1:])
     if paths is None:
@@ -237,33 +248,30 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
             want[p] = all_infos[p]
     n = len(images)
     bs = min(int(batch_size), n)
-    with jax.enable_x64(dtype == "float64"):
-        jdt = jnp.float64 if dtype == "float64" else jnp.float32
-        step, rpe = _make_step(model, tuple(want.items()), dtype)
-        acc = {}
-        for p, info in want.items():
-            d = info.d_in
-            if info.kind == "depthwise":
-                acc[_key(p)] = {"xtx": jnp.zeros((info.kernel_shape[-1], d, d), jdt)}
-                if info.use_bias:
-                    acc[_key(p)]["xsum"] = jnp.zeros((info.kernel_shape[-1], d), jdt)
-            else:
-                acc[_key(p)] = {"xtx": jnp.zeros((d, d), jdt)}
-                if info.use_bias:
-                    acc[_key(p)]["xsum"] = jnp.zeros((d,), jdt)
+    x64 = dtype == "float64"
+    step, rpe = _make_step(model, tuple(want.items()), dtype)
+
+    def one_batch(i):
+        """(per-layer sums of batch i, per-layer finite flags), computed on a worker."""
+        x = images[i * bs:(i + 1) * bs]
+        w = np.ones(bs, np.float32)
+        if len(x) < bs:  # pad the last batch, mask its padding rows out
+            w[len(x):] = 0.0
+            x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
+        with jax.enable_x64(x64):  # thread-local: set on the worker too
+            return jax.block_until_ready(step(variables, jnp.asarray(x, jnp.float32), jnp.asarray(w)))
+
+    with jax.enable_x64(x64):
         order = {_key(p): info.order for p, info in want.items()}  # report the first bad layer
         nb = -(-n // bs)
-        for i in bar(range(nb), total=nb, desc="hessians", unit="batch", enabled=progress):
-            x = images[i * bs:(i + 1) * bs]
-            w = np.ones(bs, np.float32)
-            if len(x) < bs:
-                w[len(x):] = 0.0
-                x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
-            acc, finite = step(acc, variables, jnp.asarray(x, jnp.float32), jnp.asarray(w))
+        acc = None
+        batches = ordered_map(one_batch, range(nb), workers)
+        for i, (sums, finite) in enumerate(bar(batches, total=nb, desc="hessians", unit="batch", enabled=progress)):
             bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=order.get)
             if bad:
                 raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
                                  f"values (activations overflow or the weights are not finite)")
+            acc = sums if acc is None else _accumulate(acc, sums)  # batch order: as a sequential loop
         host = jax.device_get(acc)
     npdt = np.float64 if dtype == "float64" else np.float32
     layers = {}
