@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax.stats.hessian import layer_gram
-from hobs_jax.stats.gram import chunk_size, chunked_sum
+from hobs_jax.stats.gram import chunk_size, chunked_sum, tn_product
 from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, sliceable
 
 _HI = jax.lax.Precision.HIGHEST
@@ -85,7 +85,7 @@ def transposed_product(info: LayerInfo, x: jax.Array, y: jax.Array) -> jax.Array
         ho, wo = conv_output_hw(info, x.shape[1:3])
 
         def part(xc, yc):
-            return jnp.einsum("nhwd,nhwm->dm", conv_slices(info, xc), yc, precision=_HI)
+            return tn_product(conv_slices(info, xc), yc)
 
         return chunked_sum(part, (x, y), chunk_size(int(x.shape[0]), ho * wo * (info.d_in + info.d_out)))
 

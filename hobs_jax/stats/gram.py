@@ -46,6 +46,16 @@ _HI = jax.lax.Precision.HIGHEST
 CHUNK_ELEMENTS = 1 << 20  # rows x columns of one chunk of patches on CPU (4 MiB in float32)
 
 
+def tn_product(a: Array, b: Array) -> Array:
+    """[..., d], [..., e] -> [d, e]: sum over the leading axes of a b^T, as one 2-D
+    product of the rows flattened (a contiguous copy of each operand first). Measured on
+    the 2-core CPU for the row-shift products of a 256-image batch: 1.9x less wall and
+    1.3x less CPU time at 28x28x16 than the same ``einsum`` over the 4-D slices (whose
+    multi-axis contraction XLA runs as a less parallel product), 1.0-1.15x at 14x14x32
+    and 7x7x64."""
+    return jnp.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), precision=_HI)
+
+
 def gram_rows(rows: Array) -> Array:
     """[n, d] -> [d, d]: sum over rows of x x^T."""
     return jnp.einsum("nd,ne->de", rows, rows, precision=_HI)
@@ -133,17 +143,21 @@ def rowshift_parts(info, x: Array) -> dict:
     h = x.shape[1]
     hp = h + sum(info.padding[0])
 
-    def prod(rows: slice) -> Array:
-        # [kw*C, kh*kw*C]: row patches against the row patches a = 0..kh-1 rows below, one
-        # product per a (no concatenated copy of the kh row-shifted patches is written)
-        lo, hi = rows.start, rows.stop
-        return jnp.concatenate([jnp.einsum("nyjd,nyje->de", r[:, lo:hi], r[:, lo + a: hi + a], precision=_HI)
-                                for a in range(kh)], axis=1)
+    d = r.shape[-1]
 
-    out = {"main": prod(slice(pt, pt + h))}
+    def prod(rows: slice, shifts: int) -> Array:
+        # [kw*C, kh*kw*C]: row patches against the row patches o = 0..shifts-1 rows below, one
+        # product per o (no concatenated copy of the shifted patches is written); the other
+        # kh - shifts column blocks, and those whose rows below are all bottom padding, are 0
+        lo, hi = rows.start, rows.stop
+        blocks = [tn_product(r[:, lo:hi], r[:, lo + o: hi + o]) if o < shifts and lo + o < pt + h
+                  else jnp.zeros((d, d), r.dtype) for o in range(kh)]
+        return jnp.concatenate(blocks, axis=1)
+
+    out = {"main": prod(slice(pt, pt + h), kh)}
     for a in range(kh):
         for i, rows in enumerate(_excluded_rows(a, pt, h, ho)):
-            out[f"fix{a}_{i}"] = prod(rows)
+            out[f"fix{a}_{i}"] = prod(rows, kh - a)  # tap row a only pairs with rows a..kh-1
     if info.use_bias:
         out["rowsum"] = r[:, :hp].sum((0, 2))  # [hp, kw*C]
     return out
@@ -188,7 +202,7 @@ def gram_conv_sliced(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:
 
     def part(xc):
         r = conv_slices(info, xc)
-        g = jnp.einsum("nhwd,nhwe->de", r, r, precision=_HI)
+        g = tn_product(r, r)
         return (g, r.sum((0, 1, 2))) if info.use_bias else (g, None)
 
     return chunked_sum(part, (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))
