@@ -7,8 +7,9 @@ Alistarh, NeurIPS 2022). :func:`collect_hessians` runs the network once over the
 calibration images and accumulates, for every requested layer, ``X^T X`` (and the
 column sums ``X^T 1`` when the layer has a bias), inside ONE jitted function per batch:
 each layer's input is intercepted (``flax.linen.intercept_methods``) and reduced to its
-Gram matrix on the spot, so memory is bounded by one batch of activations plus the
-``d x d`` accumulators, whatever the number of images.
+Gram matrix on the spot, so memory is bounded by one batch of activations per worker
+thread (two on CPU, :mod:`hobs_jax.stats.streams`) plus the ``d x d`` sums, whatever the
+number of images.
 
 Depthwise convs mix no channels: their statistics are per channel, ``[C, k*k, k*k]``.
 
