@@ -109,8 +109,11 @@ def _dense_pass(model: nn.Module, variables, images: np.ndarray, outputs: Sequen
     """({path: output of that layer}, {path: input of that layer}) of the dense network
     on ``images``, one jitted forward per batch of ``batch_size``."""
     f = _dense_fn(model, tuple(outputs), tuple(inputs))
-    parts = list(ordered_map(lambda i: jax.block_until_ready(f(variables, jnp.asarray(images[i:i + batch_size], jnp.float32))),
-                             range(0, len(images), batch_size)))
+
+    def one_batch(i):
+        return jax.block_until_ready(f(variables, jnp.asarray(images[i:i + batch_size], jnp.float32)))
+
+    parts = list(ordered_map(one_batch, range(0, len(images), batch_size)))
 
     def cat(k, which):
         return jnp.concatenate([pt[which][k] for pt in parts]) if len(parts) > 1 else parts[0][which][k]
