@@ -10,7 +10,7 @@ recorded), each run once to compile and then timed on the second run:
 * ``dense_forward_jit``: one jitted forward of the dense network over the images;
 * ``pruned_forward_eager``: the same network run eagerly (how the refit pass runs it;
   the dense weights stand in for the pruned ones, same shapes);
-* ``gram``: ``A = P^T P`` of every conv/dense layer (row-shift Gram for stride-1 convs,
+* ``gram``: ``A = P^T P`` of every conv/dense layer (2-D shift Gram for stride-1 convs,
   :func:`hobs_jax.stats.hessian.layer_gram`), summed over the layers;
 * ``rhs_slices``: ``R = P^T Y`` of every layer as the refit computes it (strided-slice
   rows times the output, :func:`hobs_jax.stats.cross.transposed_product`);
@@ -97,7 +97,7 @@ def main() -> None:
              f"(second run, compiled); load average (1 min) {load0[0]} -> {rec['load_end'][0]}.", "",
              "| part | CPU s |", "|---|---|"]
     lines += [f"| {k} | {t:.3f} |" for k, t in rec["cpu_s"].items()]
-    lines += ["", "`gram`, `rhs_*`: summed over the layers; `gram_stage1_layer`: one stage-1 3x3 conv's row-shift "
+    lines += ["", "`gram`, `rhs_*`: summed over the layers; `gram_stage1_layer`: one stage-1 3x3 conv's 2-D shift "
               "Gram; `plain_gram_stage1`: a plain Gram of already-built rows of that layer's size.", "",
               f"Command: `{rec['command']}`", ""]
     with open(a.out + ".md", "w") as f:

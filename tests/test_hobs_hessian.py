@@ -127,6 +127,33 @@ def test_row_shift_gram_equals_the_patch_gram(k, stride, pads, dil, bias):
     assert not row_shiftable(dataclasses.replace(info, strides=(2, 1)))
 
 
+@pytest.mark.parametrize("k,pads,bias", [((3, 3), ((1, 1), (1, 1)), False),
+                                         ((1, 1), ((0, 0), (0, 0)), True),
+                                         ((5, 3), ((2, 2), (0, 1)), True),
+                                         ((3, 3), ((0, 0), (0, 0)), True),
+                                         ((5, 5), ((4, 0), (2, 2)), False),
+                                         ((3, 3), ((3, 0), (0, 4)), True),
+                                         ((1, 3), ((0, 0), (1, 1)), True)])
+def test_shift2d_gram_equals_the_patch_gram(k, pads, bias):
+    """The 2-D shift Gram (one product per row shift, border rows/columns/corners by
+    inclusion-exclusion, lower blocks transposed) against float64 numpy im2col rows, for
+    'same', 'valid', asymmetric and over-wide paddings: same matrix and bias sums."""
+    from hobs_jax.stats.gram import row_shiftable, shift2d_able, shift2d_assemble, shift2d_parts
+    x = np.random.default_rng(7).normal(size=(3, 9, 7, 4)).astype(np.float32)
+    info = LayerInfo(("l",), "conv", k + (4, 2), (0, 1, 2), (3,), (1, 1), pads, (1, 1), (1, 1), use_bias=bias)
+    assert shift2d_able(info)
+    g, s = shift2d_assemble(info, shift2d_parts(info, jnp.asarray(x)), x.shape[1], x.shape[2])
+    rows = numpy_im2col(x.astype(np.float64), k, (1, 1), pads, (1, 1))
+    ref = rows.T @ rows
+    np.testing.assert_allclose(np.asarray(g), ref, atol=1e-6 * np.abs(ref).max())
+    assert (s is None) == (not bias)
+    if bias:
+        np.testing.assert_allclose(np.asarray(s), rows.sum(0), atol=1e-5)
+    strided = dataclasses.replace(info, strides=(1, 2))
+    assert not shift2d_able(strided) and row_shiftable(strided)
+    assert not shift2d_able(dataclasses.replace(info, rhs_dilation=(1, 2)))
+
+
 def test_chunked_accumulation_equals_one_product(net, monkeypatch):
     """On CPU the conv Grams are reduced a few images at a time (lax.scan over chunks);
     forcing tiny chunks must give the same statistics (and bias sums) as one product."""
@@ -153,7 +180,7 @@ def test_chunked_accumulation_equals_one_product(net, monkeypatch):
     assert gram.chunk_size(8, 9 * 8 * 36) == 2 and gram.chunk_size(7, 9 * 8 * 36) == 1
     jax.clear_caches()
     from hobs_jax.stats import hessian
-    hessian._make_step.cache_clear()
+    hessian._forward.cache_clear()
     chunked = collect_hessians(model, v, x, batch_size=8, progress=False)
     c_chunked = cross_stats(info, acts[("c2",)] * 0.5, outs[("c2",)])
     for p in whole.layers:
@@ -163,7 +190,7 @@ def test_chunked_accumulation_equals_one_product(net, monkeypatch):
         assert chunked[p].count == whole[p].count
     np.testing.assert_allclose(c_chunked.r, c_whole.r, atol=1e-6 * np.abs(c_whole.r).max())
     np.testing.assert_allclose(c_chunked.a, c_whole.a, atol=4e-6 * np.abs(c_whole.a).max())
-    hessian._make_step.cache_clear()
+    hessian._forward.cache_clear()
 
 
 def test_hessians_equal_numpy_on_captured_inputs_and_stream(net):
@@ -250,3 +277,28 @@ def test_bad_input_is_a_one_line_error(net):
     with pytest.raises(ValueError, match=r"batch 0: the input of layer (c2|down) has NaN/Inf") as e:
         collect_hessians(model, huge, x, batch_size=8, progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_layers_of_one_shape_share_one_compiled_reduction():
+    """Calibration reduces each layer in a function jitted per layer *shape*: six
+    identical 3x3 convs (and a differently shaped one) compile two reductions, not seven,
+    and their statistics still differ per layer (each from its own input)."""
+    from hobs_jax.stats import hessian
+
+    class Chain(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            for i in range(6):
+                x = nn.relu(nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f"c{i}")(x))
+            return nn.Conv(2, (1, 1), use_bias=False, name="head")(x)
+
+    model = Chain()
+    v = init_tiny(model, (6, 6, 4), seed=3)
+    x = np.random.default_rng(1).normal(size=(5, 6, 6, 4)).astype(np.float32)
+    jax.clear_caches()
+    st = collect_hessians(model, v, x, batch_size=5, progress=False, workers=1)
+    assert hessian._layer_sums._cache_size() == 2
+    ins = capture_inputs(model, v, jnp.asarray(x))
+    for p, s in st.layers.items():
+        rows = np.asarray(conv_rows(s.info, ins[p]), np.float64)
+        np.testing.assert_allclose(s.xtx, rows.T @ rows, rtol=1e-5, atol=1e-5 * np.abs(rows.T @ rows).max())

@@ -13,8 +13,8 @@ pruned network and Y = D W (+ b) [n, m] the dense layer's *output* rows,
 the dense layer's output (the data-driven reconstruction of ThiNet / CP, Luo et al. ICCV
 2017, He et al. ICCV 2017; OBC's sequential mode). ``R = P^T D W`` is the same right-hand
 side as ``B W`` with the cross Gram ``B = P^T D``, computed from the dense output (``n d m``
-flops, a ninth of ``P^T D`` for a 3x3 conv with as many outputs as inputs). ``A`` is the layer Gram of :mod:`hobs_jax.stats.gram`
-(row-shift for stride-1 convs).
+flops, a ninth of ``P^T D`` for a 3x3 conv with as many outputs as inputs). ``A`` is the
+layer Gram of :mod:`hobs_jax.stats.gram` (2-D shift for stride-1 convs).
 
 :func:`cross_stats` is jitted once per layer *shape* (path, call order and BatchNorm
 are dropped from the static key), so the 3x3 convs of one ResNet stage share one
@@ -33,7 +33,7 @@ import numpy as np
 
 from hobs_jax.stats.hessian import layer_gram
 from hobs_jax.stats.gram import chunk_size, chunked_sum, tn_product
-from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, sliceable
+from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, shape_key, sliceable
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -61,12 +61,6 @@ class CrossStats:
         ps = self.psum.astype(np.float64)
         aa[:d, :d], aa[:d, d], aa[d, :d], aa[d, d] = a, ps, ps, self.count
         return aa, np.concatenate([r, self.ysum.astype(np.float64)[None]], axis=0)
-
-
-def shape_key(info: LayerInfo) -> LayerInfo:
-    """``info`` without what does not change the computation (path, call order, BN):
-    layers of one shape share one compiled statistics function."""
-    return dataclasses.replace(info, path=(), bn=None, bn_eps=0.0, order=0)
 
 
 def transposed_product(info: LayerInfo, x: jax.Array, y: jax.Array) -> jax.Array:

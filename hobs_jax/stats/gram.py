@@ -1,40 +1,42 @@
 """Per-batch Gram matrices X^T X of a layer's input rows (jit-traceable, pure jnp).
 
 A channel-mixing conv's rows X are its im2col patches in the HWIO order (tap row, tap
-col, channel). Two ways to reduce them without the one-hot patch convolution:
+col, channel). Three ways to reduce them without the one-hot patch convolution:
 
-* :func:`rowshift_parts` / :func:`rowshift_assemble` (row stride 1: every 3x3 'same' conv
-  of a ResNet): the patch rows of tap rows a and a' are the same 1 x kw row patches R,
-  read (a' - a) input rows apart, so every block (a, a') of X^T X is one block of
-  ``main = sum over input rows y of R(y) [R(y), R(y+1), ..., R(y+kh-1)]^T`` ([kw*C,
-  kh*kw*C]: a third of the Gram's flops for a 3x3 conv) minus the few border rows that
-  tap row a never reads; blocks below the diagonal are transposes. Exact up to float
-  rounding (tested against the patch Gram).
+* :func:`shift2d_parts` / :func:`shift2d_assemble` (stride 1, no dilation: every 3x3
+  'same' conv of a ResNet): block (t, t') of X^T X, taps t = (a, b) and t' = (a', b'),
+  is the 2-D shift correlation ``sum over pixels q of x[q] x[q + (a' - a, b' - b)]^T``
+  minus the border rows, columns and corners tap t never reads (inclusion-exclusion);
+  blocks below the diagonal are transposes. A 3x3 kernel needs 13 distinct [C, C] shift
+  products (kw + (kh - 1)(2 kw - 1)): 13/81 of the full Gram's flops (the row-shift
+  Gram: 27/81), taken as one product per row shift (the pixels against their column
+  shifts side by side) plus small border products.
+* :func:`rowshift_parts` / :func:`rowshift_assemble` (row stride 1, any column stride):
+  the patch rows of tap rows a and a' are the same 1 x kw row patches R, read (a' - a)
+  input rows apart, so every block (a, a') is one block of ``main = sum over input rows
+  y of R(y) [R(y), R(y+1), ..., R(y+kh-1)]^T`` ([kw*C, kh*kw*C]: a third of the Gram's
+  flops for a 3x3 conv) minus the few border rows that tap row a never reads.
 * otherwise (strided rows), the full patch rows from strided slices
   (:func:`hobs_jax.stats.layers.conv_slices`) and one product.
 
-On CPU the rows of a batch are built and reduced a few images at a time
-(:func:`chunked_sum`: a ``lax.scan`` whose chunk stays in cache), so the patch tensor,
-kh*kw times the activations, is never written to memory whole; on accelerators the
-batch is one product.
+All are exact up to float rounding (tested against the patch Gram). On CPU the rows of a
+batch are built and reduced a few images at a time (:func:`chunked_sum`: a ``lax.scan``
+whose chunk stays in cache), so the patch tensor, kh*kw times the activations, is never
+written to memory whole; on accelerators the batch is one product.
 
-Measured on this 2-core CPU (shared), CPU seconds per 256-image batch of 3x3-conv inputs
-at 28x28x16 / 14x14x32 / 7x7x64: ``conv_general_dilated_patches`` + one Gram 0.30 / 0.20
-/ 0.13; sliced + chunked 0.13 / 0.11 / 0.10; row-shift + chunked 0.08 / 0.07 / 0.07.
-The row-shift products are taken one tap row at a time (``kh`` products of the row
-patches against the row patches a rows below) instead of against one concatenated copy of
-the ``kh`` shifted patches: measured 10-20% faster per batch, with the same compile time.
-Each product is a 2-D dot of the flattened rows (:func:`tn_product`), and correction
-products skip the column blocks the assembly never reads; with both, the row-shift Gram
-takes 0.062 / 0.056 / 0.048 CPU s (32 / 29 / 24 ms wall) per 256-image batch at the three
-shapes above, against 0.080 / 0.060 / 0.058 (59 / 31 / 30 ms wall) with the 4-D einsum
-(timed on the otherwise idle CPU, ``jax.jit`` of :func:`gram_conv_rowshift`, 5-10 calls).
-(A full 2-D shift correlation, ``sum_q x[q] x[q + delta]^T`` over the 13 shifts of a 3x3
-kernel, one product per shift, plus border-row, border-column and corner corrections by
-inclusion-exclusion, was tried again: 1.3-1.7x faster per 256-image batch than the
-row-shift Gram at 28x28x16 / 14x14x32 / 7x7x64, but 2.5-3.5x slower to compile per
-layer (1.7 / 3.2 s vs 0.7 / 0.9 s), which on a 55-layer ResNet-56 calibration step cost
-more in the first call than all 2048 images saved; not used.)
+Measured on this 2-core CPU (idle), CPU seconds per 256-image batch of 3x3-conv inputs at
+28x28x16 / 14x14x32 / 7x7x64 (``benchmarks/hessian_gram.py``,
+docs/results/hessian_gram.md): ``conv_general_dilated_patches`` + one Gram 0.29 / 0.20 /
+0.13; sliced 0.12 / 0.11 / 0.10; row-shift 0.054 / 0.053 / 0.047; 2-D shift 0.032 /
+0.030 / 0.025 (1.6-1.9x the row-shift). Its first call compiles 2-4x longer (0.8 / 1.1 /
+1.6 s against 0.4 / 0.3 / 0.4), which is why :func:`hobs_jax.stats.collect_hessians`
+jits the reduction per layer *shape* (a ResNet stage's convs share one executable)
+rather than inlining every layer's into one step. Measured and not used: the 2-D shift
+products one per shift (1.0 / 1.5 / 1.6x the row-shift's speed); all 13 against one
+concatenated copy of the shifted inputs (0.034 / 0.030 / 0.024 CPU s for those products
+alone, no faster than the grouped ones with their corrections); the row-shift products
+against one concatenated copy of the kh shifted row patches (10-20% slower than one
+product per tap row).
 """
 
 from __future__ import annotations
@@ -99,12 +101,14 @@ def chunked_sum(fn: Callable, xs: tuple, chunk: int):
     if n % chunk:
         raise ValueError(f"chunked_sum: {n} examples do not split into chunks of {chunk}")
     split = tuple(x.reshape((n // chunk, chunk) + x.shape[1:]) for x in xs)
-    first = fn(*(x[0] for x in split))
+    # Zeros, then every chunk in the scan: fn is traced (and compiled) once, not twice as
+    # with the first chunk outside the loop; 0 + s == s, so the sums are the same bits.
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *(x[0] for x in split)))
 
     def body(acc, part):
         return jax.tree.map(jnp.add, acc, fn(*part)), None
 
-    return jax.lax.scan(body, first, tuple(x[1:] for x in split))[0]
+    return jax.lax.scan(body, zeros, split)[0]
 
 
 def row_shiftable(info) -> bool:
@@ -198,6 +202,119 @@ def gram_conv_rowshift(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:
     ho, wo = conv_output_hw(info, x.shape[1:3])
     parts = chunked_sum(lambda xc: rowshift_parts(info, xc), (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))
     return rowshift_assemble(info, parts, int(x.shape[1]))
+
+
+def shift2d_able(info) -> bool:
+    """Whether :func:`gram_conv_shift2d` applies: a channel-mixing conv with stride 1, no
+    dilation (kernel or input) and non-negative padding in both spatial axes."""
+    return (info.kind == "conv" and tuple(info.lhs_dilation or (1, 1)) == (1, 1)
+            and tuple(info.strides) == (1, 1) and tuple(info.rhs_dilation) == (1, 1)
+            and min(min(p) for p in info.padding) >= 0)
+
+
+def _unread(k: int, pad: int, size: int, out: int) -> list[tuple[int, int]]:
+    """The real input positions [0, size) along one axis that kernel tap ``k`` never
+    reads (it reads positions [k - pad, k - pad + out)): at most two ranges."""
+    lo, hi = k - pad, k - pad + out
+    ranges = []
+    if lo > 0:
+        ranges.append((0, min(lo, size)))
+    if hi < size:
+        ranges.append((max(hi, 0), size))
+    return ranges
+
+
+def _shift2d_plan(info, h: int, w: int) -> tuple[dict, dict]:
+    """(groups, blocks) of the 2-D shift Gram of a :func:`shift2d_able` conv on [h, w]
+    inputs. A term is a region sum ``sum over pixels (u, v) in [u0, u1) x [v0, v1) of
+    x[u, v] x[u + dy, v + dx]^T`` (pixels outside the input are zero; rows trimmed so that
+    both pixels' rows are real, terms that vanish are dropped). ``groups`` maps a key to
+    ``(u0, u1, v0, v1, dy, [dx, ...])``: the terms that share a region and a row shift, one
+    product against their column shifts side by side. ``blocks`` maps each tap pair
+    (t, t'), t <= t' in HWIO tap order, to its [(sign, group key, index of dx)] terms."""
+    kh, kw = info.kernel_shape[:2]
+    (pt, _), (pl, _) = info.padding
+    ho, wo = conv_output_hw(info, (h, w))
+    groups: dict[str, tuple] = {}
+
+    def term(u0, u1, v0, v1, dy, dx):
+        u1 = min(u1, h - dy)
+        if u0 >= u1 or v1 + dx <= 0 or v0 + dx >= w:
+            return None
+        key = f"g{u0}_{u1}_{v0}_{v1}_{dy}"
+        dxs = groups.setdefault(key, (u0, u1, v0, v1, dy, []))[5]
+        if dx not in dxs:
+            dxs.append(dx)
+        return key, dx
+
+    blocks = {}
+    taps = [(a, b) for a in range(kh) for b in range(kw)]
+    for t, (a, b) in enumerate(taps):
+        rows_out, cols_out = _unread(a, pt, h, ho), _unread(b, pl, w, wo)
+        for t2 in range(t, len(taps)):
+            dy, dx = taps[t2][0] - a, taps[t2][1] - b
+            terms = [(1, term(0, h, 0, w, dy, dx))]
+            terms += [(-1, term(r0, r1, 0, w, dy, dx)) for r0, r1 in rows_out]
+            terms += [(-1, term(0, h, c0, c1, dy, dx)) for c0, c1 in cols_out]
+            terms += [(1, term(r0, r1, c0, c1, dy, dx)) for r0, r1 in rows_out for c0, c1 in cols_out]
+            blocks[t, t2] = [(sg, tm) for sg, tm in terms if tm is not None]
+    blocks = {k: [(sg, g, groups[g][5].index(dx)) for sg, (g, dx) in v] for k, v in blocks.items()}
+    return groups, blocks
+
+
+def shift2d_parts(info, x: Array) -> dict:
+    """The per-chunk sums :func:`shift2d_assemble` turns into a conv's Gram (linear in the
+    images, so chunks add): per group of :func:`_shift2d_plan`, the region's pixels
+    against their column shifts side by side ([C, len(dx) * C], one product), and (bias
+    layers) the per-pixel sums [H, W, C]."""
+    kw = info.kernel_shape[1]
+    groups, _ = _shift2d_plan(info, int(x.shape[1]), int(x.shape[2]))
+    xp = jnp.pad(x, ((0, 0), (0, 0), (kw - 1, kw - 1), (0, 0)))  # column shifts read zeros outside
+    out = {}
+    for k, (u0, u1, v0, v1, dy, dxs) in groups.items():
+        o = kw - 1
+        shifted = [xp[:, u0 + dy:u1 + dy, v0 + o + dx:v1 + o + dx] for dx in dxs]
+        out[k] = tn_product(x[:, u0:u1, v0:v1], shifted[0] if len(dxs) == 1 else jnp.concatenate(shifted, -1))
+    if info.use_bias:
+        out["pixsum"] = x.sum(0)
+    return out
+
+
+def shift2d_assemble(info, parts: dict, h: int, w: int) -> tuple[Array, Array | None]:
+    """(X^T X [kh*kw*C, kh*kw*C] in HWIO row order, X^T 1 or None) from summed
+    :func:`shift2d_parts`: block (t, t') = the signed sum of its terms; blocks below the
+    diagonal are transposes."""
+    kh, kw = info.kernel_shape[:2]
+    c = info.kernel_shape[2]
+    _, blocks = _shift2d_plan(info, h, w)
+    dtype = parts[next(k for k in parts if k != "pixsum")].dtype
+
+    def block(t, t2):
+        acc = jnp.zeros((c, c), dtype)
+        for sg, g, i in blocks[t, t2]:
+            part = parts[g][:, i * c:(i + 1) * c]
+            acc = acc + part if sg > 0 else acc - part
+        return acc
+
+    n = kh * kw
+    upper = {(t, t2): block(t, t2) for t in range(n) for t2 in range(t, n)}
+    gram = jnp.block([[upper[t, t2] if t2 >= t else upper[t2, t].T for t2 in range(n)] for t in range(n)])
+    s = None
+    if "pixsum" in parts:
+        (pt, _), (pl, _) = info.padding
+        ho, wo = conv_output_hw(info, (h, w))
+        m = parts["pixsum"]
+        s = jnp.concatenate([m[max(a - pt, 0):max(a - pt + ho, 0), max(b - pl, 0):max(b - pl + wo, 0)].sum((0, 1))
+                             for a in range(kh) for b in range(kw)])
+    return gram, s
+
+
+def gram_conv_shift2d(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:
+    """(X^T X, X^T 1 or None) of a :func:`shift2d_able` conv's batch input ``x``
+    [N, H, W, C], by the 2-D shift Gram, chunked on CPU."""
+    ho, wo = conv_output_hw(info, x.shape[1:3])
+    parts = chunked_sum(lambda xc: shift2d_parts(info, xc), (x,), chunk_size(int(x.shape[0]), ho * wo * info.d_in))
+    return shift2d_assemble(info, parts, int(x.shape[1]), int(x.shape[2]))
 
 
 def gram_conv_sliced(info: LayerInfo, x: Array) -> tuple[Array, Array | None]:

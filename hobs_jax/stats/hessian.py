@@ -5,11 +5,17 @@ the layer-wise loss ``||X W - X W'||_F^2 / n`` has Hessian ``H = (2/n) X^T X`` i
 output column (Hassibi & Stork, "Optimal Brain Surgeon", NIPS 1993; OBC, Frantar &
 Alistarh, NeurIPS 2022). :func:`collect_hessians` runs the network once over the
 calibration images and accumulates, for every requested layer, ``X^T X`` (and the
-column sums ``X^T 1`` when the layer has a bias), inside ONE jitted function per batch:
-each layer's input is intercepted (``flax.linen.intercept_methods``) and reduced to its
-Gram matrix on the spot, so memory is bounded by one batch of activations per worker
-thread (two on CPU, :mod:`hobs_jax.stats.streams`) plus the ``d x d`` sums, whatever the
-number of images.
+column sums ``X^T 1`` when the layer has a bias), per batch: one jitted
+forward returns the inputs of the requested layers (intercepted with
+``flax.linen.intercept_methods``), then one jitted reduction per layer
+(:func:`layer_gram`) runs on each. The reductions are compiled once per layer *shape*:
+the 58 conv/dense layers of a ResNet-56 have 9 shapes, so 9 compile, not 58 inlined into
+one step. That is what makes the faster but costlier-to-compile 2-D shift Gram pay: on
+the 2-core CPU, H-OBS's calibration of the Fashion-MNIST ResNet-56 (2048 images) went
+from 25.8 to 18.3 s wall on the first call and from 15.6 to 11.5 s once compiled
+(``benchmarks/hobs_cost.py``). Memory is bounded by one batch's inputs of the collected
+layers per worker thread (two on CPU, :mod:`hobs_jax.stats.streams`) plus the ``d x d``
+sums, whatever the number of images.
 
 Depthwise convs mix no channels: their statistics are per channel, ``[C, k*k, k*k]``.
 
@@ -35,11 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_sliced, gram_depthwise, gram_rows,
-                                 row_shiftable)
+from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_shift2d, gram_conv_sliced, gram_depthwise,
+                                 gram_rows, row_shiftable, shift2d_able)
 from hobs_jax.stats.streams import ordered_map, resolve_workers
-from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, sliceable,
-                                   trace_layers)
+from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, shape_key,
+                                   sliceable, trace_layers)
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +123,15 @@ def _key(path: tuple[str, ...]) -> str:
 
 def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | None, int]:
     """(X^T X [d, d], X^T 1 [d] or None, rows per example) of one batch of layer input
-    ``x`` (conv: [N, H, W, C]); depthwise layers give [C, kk, kk] and [C, kk]. Row-shift
-    Gram for stride-1 convs, strided slices for other convs (:mod:`hobs_jax.stats.gram`)."""
+    ``x`` (conv: [N, H, W, C]); depthwise layers give [C, kk, kk] and [C, kk]. 2-D shift
+    Gram for stride-1 convs, row-shift Gram for row-stride-1 convs, strided slices for
+    other convs (:mod:`hobs_jax.stats.gram`)."""
     if info.kind == "dense":
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
-    if row_shiftable(info) or sliceable(info):
-        g, s = (gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced)(info, x)
+    if shift2d_able(info) or row_shiftable(info) or sliceable(info):
+        fn = gram_conv_shift2d if shift2d_able(info) else gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced
+        g, s = fn(info, x)
         ho, wo = conv_output_hw(info, x.shape[1:3])
         return g, s, ho * wo
     p = conv_patches(info, x)  # [n, C, kk]
@@ -135,46 +143,53 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
 
 
 @functools.lru_cache(maxsize=8)
-def _make_step(model: nn.Module, infos: tuple[tuple[tuple[str, ...], LayerInfo], ...], dtype_name: str):
-    """(jitted step, rows-per-example dict filled while tracing), cached per model, layer
-    set and dtype so repeated calibrations (experiments, tests) compile once."""
-    infos = dict(infos)
-    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
-    rows_per_example: dict = {}
+def _forward(model: nn.Module, paths: tuple[tuple[str, ...], ...]):
+    """jit(variables, x) -> {layer key: [its input at each call]} of the layers ``paths``
+    (eval mode), cached per model and layer set so repeated calibrations compile once."""
+    want = set(paths)
 
-    def step(variables, x, w):
-        grams: dict[str, list] = {}
-        shape = tuple(x.shape)
-        for k in [k for k in rows_per_example if k[0] == shape]:
-            del rows_per_example[k]  # filled while tracing (static shapes), per input shape
+    def fwd(variables, x):
+        ins: dict[str, list] = {}
 
         def on_layer(mod, xin, y):
-            p = tuple(mod.path)
-            if p not in infos:
-                return
-            mask = w.reshape((-1,) + (1,) * (xin.ndim - 1)).astype(dtype)
-            g, s, rpe = layer_gram(infos[p], xin.astype(dtype) * mask)
-            rows_per_example[shape, p] = rows_per_example.get((shape, p), 0) + rpe
-            k = _key(p)
-            if k in grams:
-                grams[k][0] = grams[k][0] + g
-                if s is not None:
-                    grams[k][1] = grams[k][1] + s
-            else:
-                grams[k] = [g, s]
+            if tuple(mod.path) in want:
+                ins.setdefault(_key(tuple(mod.path)), []).append(xin)
 
         with nn.intercept_methods(intercepting(on_layer)):
             model.apply(variables, x, train=False)
-        out, finite = {}, {}
-        for k, (g, s) in grams.items():
-            out[k] = {"xtx": g}
-            ok = jnp.all(jnp.isfinite(g))
-            if s is not None:
-                out[k]["xsum"] = s
-                ok = ok & jnp.all(jnp.isfinite(s))
-            finite[k] = ok
-        return out, finite
-    return jax.jit(step), rows_per_example
+        return ins
+    return jax.jit(fwd)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _layer_sums(info: LayerInfo, dtype_name: str, inputs: tuple, w: jax.Array):
+    """({'xtx': X^T X, 'xsum': X^T 1 (bias layers)}, all finite) of one layer over its
+    inputs of one batch (one per call of the layer), batch rows weighted by ``w`` [N]
+    (0 masks the last batch's padding). Jitted per layer *shape* (``info`` is a
+    :func:`~hobs_jax.stats.layers.shape_key`): the layers of one ResNet stage share one
+    executable, so compilation does not grow with depth."""
+    dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
+    g = s = None
+    for xin in inputs:
+        mask = w.reshape((-1,) + (1,) * (xin.ndim - 1)).astype(dtype)
+        gi, si, _ = layer_gram(info, xin.astype(dtype) * mask)
+        g = gi if g is None else g + gi
+        if si is not None:
+            s = si if s is None else s + si
+    out = {"xtx": g}
+    ok = jnp.all(jnp.isfinite(g))
+    if s is not None:
+        out["xsum"] = s
+        ok = ok & jnp.all(jnp.isfinite(s))
+    return out, ok
+
+
+def _rows_per_example(info: LayerInfo, in_shape: Sequence[int]) -> int:
+    """Rows X gets per example from one call on input ``in_shape`` ([N, ...])."""
+    if info.kind == "dense":
+        return int(np.prod(in_shape[1:])) // int(info.d_in)
+    ho, wo = conv_output_hw(info, tuple(in_shape[1:3]))
+    return int(ho * wo)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -250,17 +265,27 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
     n = len(images)
     bs = min(int(batch_size), n)
     x64 = dtype == "float64"
-    step, rpe = _make_step(model, tuple(want.items()), dtype)
+    fwd = _forward(model, tuple(want))
+    keys = {_key(p): shape_key(info) for p, info in want.items()}
+    rpe: dict[str, int] = {}
 
     def one_batch(i):
-        """(per-layer sums of batch i, per-layer finite flags), computed on a worker."""
+        """(per-layer sums of batch i, per-layer finite flags), computed on a worker: one
+        jitted forward returns the layers' inputs, then one jitted reduction per layer."""
         x = images[i * bs:(i + 1) * bs]
         w = np.ones(bs, np.float32)
         if len(x) < bs:  # pad the last batch, mask its padding rows out
             w[len(x):] = 0.0
             x = np.concatenate([x, np.zeros((bs - len(x),) + x.shape[1:], x.dtype)])
         with jax.enable_x64(x64):  # thread-local: set on the worker too
-            return jax.block_until_ready(step(variables, jnp.asarray(x, jnp.float32), jnp.asarray(w)))
+            ins = fwd(variables, jnp.asarray(x, jnp.float32))
+            w = jnp.asarray(w)
+            sums, finite = {}, {}
+            for k, xs in ins.items():
+                rpe[k] = sum(_rows_per_example(keys[k], xi.shape) for xi in xs)
+                sums[k], finite[k] = _layer_sums(keys[k], dtype, tuple(xs), w)
+            del ins
+            return jax.block_until_ready((sums, finite))
 
     with jax.enable_x64(x64):
         order = {_key(p): info.order for p, info in want.items()}  # report the first bad layer
@@ -280,5 +305,5 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
         a = host[_key(p)]
         layers[p] = LayerStats(info, np.asarray(a["xtx"], npdt),
                                np.asarray(a["xsum"], npdt) if "xsum" in a else None,
-                               int(n * rpe[(bs,) + images.shape[1:], p]))
+                               int(n * rpe[_key(p)]))
     return HessianStats(layers, n, dtype)

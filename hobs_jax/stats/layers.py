@@ -220,6 +220,13 @@ def sliceable(info: LayerInfo) -> bool:
     return info.kind == "conv" and tuple(info.lhs_dilation or (1, 1)) == (1, 1)
 
 
+def shape_key(info: "LayerInfo") -> "LayerInfo":
+    """``info`` without what does not change a statistics computation (path, call order,
+    BN): layers of one shape share one compiled function (the 3x3 convs of a ResNet stage
+    compile once)."""
+    return dataclasses.replace(info, path=(), bn=None, bn_eps=0.0, order=0)
+
+
 def conv_output_hw(info: LayerInfo, hw) -> tuple[int, int]:
     """Output height and width of conv ``info`` on an input of spatial size ``hw``."""
     (kh, kw), (sh, sw), (dh, dw) = info.kernel_shape[:2], info.strides, info.rhs_dilation
