@@ -1,11 +1,12 @@
 """JAX's persistent compilation cache for command-line runs.
 
 XLA:CPU compiles every jitted step of a run afresh in each new process; for H-OBS on the
-Fashion-MNIST ResNet-56 that is ~28 of the 60 s of a first call on the 2-core development
+Fashion-MNIST ResNet-56 that is ~27 of the 52 s of a first call on the 2-core development
 CPU. With the persistent cache (``jax_compilation_cache_dir``) a later process that runs
 the same shapes loads the executables instead: measured there (docs/results/hobs_cost.md),
-the first H-OBS call in a new process took 43.2 s with a populated cache instead of 60.1 s
-(``benchmarks/hobs_cost.py``, "new process, cache populated"). Tracing is not cached.
+the first H-OBS call in a new process took 34.4 s with a populated cache instead of 52.3 s
+(``benchmarks/hobs_cost.py``, "new process, cache populated"; 25.5 s once compiled in
+the same process). Tracing is not cached.
 
 The library never turns this on by itself (a process-wide setting); the entry points do
 (``python -m hobs_jax.main --compile_cache=DIR``, default :func:`default_dir`; an empty

@@ -27,9 +27,9 @@ written to memory whole; on accelerators the batch is one product.
 Measured on this 2-core CPU (idle), CPU seconds per 256-image batch of 3x3-conv inputs at
 28x28x16 / 14x14x32 / 7x7x64 (``benchmarks/hessian_gram.py``,
 docs/results/hessian_gram.md): ``conv_general_dilated_patches`` + one Gram 0.29 / 0.20 /
-0.13; sliced 0.12 / 0.11 / 0.10; row-shift 0.054 / 0.053 / 0.047; 2-D shift 0.032 /
-0.030 / 0.025 (1.6-1.9x the row-shift). Its first call compiles 2-4x longer (0.8 / 1.1 /
-1.6 s against 0.4 / 0.3 / 0.4), which is why :func:`hobs_jax.stats.collect_hessians`
+0.13; sliced 0.12 / 0.11 / 0.10; row-shift 0.053 / 0.053 / 0.047; 2-D shift 0.032 /
+0.029 / 0.025 (1.7-1.9x faster than the row-shift). Its first call compiles 2.4-4x longer
+(0.75 / 1.08 / 1.54 s against 0.31 / 0.27 / 0.39), which is why :func:`hobs_jax.stats.collect_hessians`
 jits the reduction per layer *shape* (a ResNet stage's convs share one executable)
 rather than inlining every layer's into one step. Measured and not used: the 2-D shift
 products one per shift (1.0 / 1.5 / 1.6x the row-shift's speed); all 13 against one
