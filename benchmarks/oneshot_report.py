@@ -115,32 +115,36 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
     methods = sorted({r["method"] for r in done})
     cmap = plt.get_cmap("tab20")
     style = {m: (cmap(i % 20), "o^sDv<>ph*"[i % 10]) for i, m in enumerate(methods)}
-    cols = min(2, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 5.2 * rows), squeeze=False)
-    for ax, (m, t) in zip(axes.flat, panels):
+    # One row per (model, target): every row on the left; on the right the rows with a
+    # fine-tuning curve, zoomed to the last 5 points below the dense accuracy, where the
+    # methods' few-step differences are (points below it leave the panel).
+    fig, axes = plt.subplots(len(panels), 2, figsize=(15, 4.6 * len(panels)), squeeze=False)
+    for (ax, zoom), (m, t) in zip(axes, panels):
         recs = [r for r in done if r["model"] == m and abs(r["target_macs_ratio"] - t) < 1e-9]
         steps = sorted({int(s) for r in recs for s in r.get("acc_by_steps", {})})
         xs = [0] + steps
+        dense = 100 * recs[0]["acc_dense"]
         for r in sorted(recs, key=lambda r: r["method"]):
             ys = [r["acc_bn_recalibrated"]] + [r.get("acc_by_steps", {}).get(str(s)) for s in steps]
             pts = [(x, 100 * y) for x, y in zip(xs, ys) if y is not None]
             color, marker = style[r["method"]]
-            ax.plot(*zip(*pts), marker=marker, color=color, label=r["method"],
-                    linestyle="--" if r["framework"] == "torch-pruning" else "-", linewidth=1.6)
-        dense = 100 * recs[0]["acc_dense"]
-        ax.axhline(dense, color="black", linewidth=1, linestyle=":", label="dense")
-        ax.set_xscale("symlog", linthresh=50)
-        ax.set_xticks(xs)
-        ax.set_xticklabels(["BN re-est."] + [str(s) for s in steps])
+            kw = dict(marker=marker, color=color, label=r["method"], linewidth=1.6,
+                      linestyle="--" if r["framework"] == "torch-pruning" else "-")
+            ax.plot(*zip(*pts), **kw)
+            if len(pts) > 1:
+                zoom.plot(*zip(*pts), **kw)
         finals = [100 * y for r in recs for y in [r["acc_bn_recalibrated"], *r.get("acc_by_steps", {}).values()]]
-        ax.set_ylim(max(min(finals) - 2, 0), min(max(finals + [dense]) + 1, 100))
-        ax.set_title(f"{m}, {1 / t:.1f}x fewer MACs (kept {t})")
-        ax.set_xlabel("fine-tuning steps (batch 128; same recipe for every row)")
-        ax.set_ylabel("Fashion-MNIST test top-1 (%)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
+        for a, lim, what in ((ax, (max(min(finals) - 2, 0), min(max(finals + [dense]) + 1, 100)), "all rows"),
+                             (zoom, (dense - 5, dense + 0.5), "rows with a curve, last 5 points")):
+            a.axhline(dense, color="black", linewidth=1, linestyle=":", label="dense")
+            a.set_xscale("symlog", linthresh=50)
+            a.set_xticks(xs)
+            a.set_xticklabels(["BN re-est."] + [str(s) for s in steps])
+            a.set_ylim(*lim)
+            a.set_title(f"{m}, {1 / t:.1f}x fewer MACs (kept {t}): {what}")
+            a.set_xlabel("fine-tuning steps (batch 128; same recipe for every row)")
+            a.set_ylabel("Fashion-MNIST test top-1 (%)")
+            a.grid(alpha=0.3)
     seen = {}
     for ax in axes.flat:  # every row of every panel, once (panels hold different rows)
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -148,7 +152,8 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
     labels, handles = list(seen), list(seen.values())
     fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=9,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * (len(labels) // 5), 1, 1))
+    legend_in = 0.35 + 0.22 * -(-len(labels) // 5)  # the legend's height in inches
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
