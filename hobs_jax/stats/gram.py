@@ -269,10 +269,10 @@ def shift2d_parts(info, x: Array) -> dict:
     layers) the per-pixel sums [H, W, C]."""
     kw = info.kernel_shape[1]
     groups, _ = _shift2d_plan(info, int(x.shape[1]), int(x.shape[2]))
-    xp = jnp.pad(x, ((0, 0), (0, 0), (kw - 1, kw - 1), (0, 0)))  # column shifts read zeros outside
+    o = kw - 1
+    xp = jnp.pad(x, ((0, 0), (0, 0), (o, o), (0, 0)))  # column shifts read zeros outside
     out = {}
     for k, (u0, u1, v0, v1, dy, dxs) in groups.items():
-        o = kw - 1
         shifted = [xp[:, u0 + dy:u1 + dy, v0 + o + dx:v1 + o + dx] for dx in dxs]
         out[k] = tn_product(x[:, u0:u1, v0:v1], shifted[0] if len(dxs) == 1 else jnp.concatenate(shifted, -1))
     if info.use_bias:
