@@ -142,6 +142,27 @@ def test_cross_stats_match_explicit_rows(net):
             assert a[-1, -1] == len(p)
 
 
+def test_cross_stats_reduce_a_in_calibration_batches_with_its_executables(net):
+    """A = P^T P taken 24 images at a time (the last batch padded and masked) equals the
+    explicit rows, and after a calibration with that batch size the refit's Gram compiles
+    nothing new: it runs calibration's executables (a first H-OBS call saved ~5 s)."""
+    from hobs_jax.stats import hessian
+
+    model, v, x, infos = net
+    path = ("layer1", "0", "conv2")
+    info = infos[path]
+    ins = capture_inputs(model, v, jnp.asarray(x), [path])
+    _, outs = capture_outputs(model, v, jnp.asarray(x))
+    jax.clear_caches()
+    hessian.collect_hessians(model, v, x[:24], paths=[path], batch_size=24, progress=False, infos=infos)
+    compiled = hessian._layer_sums._cache_size()
+    st = cross_stats(info, ins[path], outs[path], batch_size=24)  # 64 images: 24 + 24 + 16 padded
+    assert hessian._layer_sums._cache_size() == compiled
+    p = np.asarray(layer_rows(info, ins[path]), np.float64)
+    assert st.count == len(p)
+    np.testing.assert_allclose(st.a, p.T @ p, atol=1e-6 * np.abs(p).max() ** 2 * len(p))
+
+
 def test_cross_stats_bad_input(net):
     model, v, x, infos = net
     info = infos[("layer1", "0", "conv1")]

@@ -138,7 +138,8 @@ def refit_sequential(model: nn.Module, dense_variables, variables, layers: Seque
         empty: none). A layer with no removed row whose pruned input equals the dense one
         (1e-6 relative) is left alone: its dense weights are already optimal.
       images: [N, H, W, C] calibration images, all in one pruned pass.
-      sweeps: passes; damp: relative ridge; batch_size: images per dense forward.
+      sweeps: passes; damp: relative ridge; batch_size: images per dense forward and per
+        Gram reduction (calibration's, so that its compiled Gram executables are reused).
     Returns:
       A copy of ``variables`` with every refit layer's kernel (and bias) replaced.
     """
@@ -154,11 +155,11 @@ def refit_sequential(model: nn.Module, dense_variables, variables, layers: Seque
     out = _copy_tree(variables)
     x = jnp.asarray(images, jnp.float32)
     for _ in range(int(sweeps)):
-        _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp)
+        _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size)
     return out
 
 
-def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp) -> None:
+def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size) -> None:
     """One eager forward of the pruned network (``out``, updated in place) refitting every
     target layer at its first call."""
     done: set = set()
@@ -185,7 +186,7 @@ def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x,
         info = targets[p]
         if not len(rem[p]) and _same(args[0], dense_in[p]):
             return next_fun(*args, **kwargs)
-        new = solve_refit(cross_stats(info, args[0], dense_out[p]), rem[p], damp)
+        new = solve_refit(cross_stats(info, args[0], dense_out[p], batch_size=batch_size), rem[p], damp)
         dt = np.asarray(_leaf(dense_variables, ("params",) + p + ("kernel",))).dtype
         _set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
         if info.use_bias:  # DenseGeneral biases have the features' shape (ViT q/k/v: [heads, dim])

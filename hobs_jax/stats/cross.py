@@ -16,10 +16,15 @@ side as ``B W`` with the cross Gram ``B = P^T D``, computed from the dense outpu
 flops, a ninth of ``P^T D`` for a 3x3 conv with as many outputs as inputs). ``A`` is the
 layer Gram of :mod:`hobs_jax.stats.gram` (2-D shift for stride-1 convs).
 
-:func:`cross_stats` is jitted once per layer *shape* (path, call order and BatchNorm
-are dropped from the static key), so the 3x3 convs of one ResNet stage share one
-executable. Layers are refit one after the other in forward order, each seeing its
-upstream already refit (:mod:`hobs_jax.methods.hobs_refit`).
+:func:`cross_stats` takes ``A`` from calibration's own compiled Gram reduction
+(:func:`hobs_jax.stats.hessian.batched_gram`, in calibration-sized batches), and ``R``
+from one function jitted per layer *shape* (path, call order and BatchNorm are dropped
+from the static key), so the 3x3 convs of one ResNet stage share one executable. Building
+``A`` inside a second executable of its own cost a first H-OBS call on the Fashion-MNIST
+ResNet-56 ~5 s of XLA compile time (``benchmarks/hobs_compiles.py``; ``R`` alone compiles
+in about a quarter of the time the two did together). Layers are refit one after the
+other in forward order, each seeing its upstream already refit
+(:mod:`hobs_jax.methods.hobs_refit`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.hessian import layer_gram
+from hobs_jax.stats.hessian import batched_gram
 from hobs_jax.stats.gram import chunk_size, chunked_sum, tn_product
 from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, shape_key, sliceable
 
@@ -93,30 +98,30 @@ def transposed_product(info: LayerInfo, x: jax.Array, y: jax.Array) -> jax.Array
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _cross(info: LayerInfo, x: jax.Array, y: jax.Array):
-    a, s, rpe = layer_gram(info, x)
+def _right_hand_side(info: LayerInfo, x: jax.Array, y: jax.Array):
     r = transposed_product(info, x, y)
     ysum = y.reshape(-1, info.d_out).sum(0) if info.use_bias else None
-    ok = jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(r))
-    return a, s, r, ysum, ok, rpe
+    return r, ysum, jnp.all(jnp.isfinite(r))
 
 
-def cross_stats(info: LayerInfo, pruned_input: jax.Array, dense_output: jax.Array) -> CrossStats:
+def cross_stats(info: LayerInfo, pruned_input: jax.Array, dense_output: jax.Array, *,
+                batch_size: int = 256) -> CrossStats:
     """:class:`CrossStats` of one conv/dense layer from the pruned network's input batch
     to it (``[N, H, W, C]`` for convs) and the dense layer's output on the same images
-    (``[N, Ho, Wo, m]``; Dense: ``[..., m]``)."""
+    (``[N, Ho, Wo, m]``; Dense: ``[..., m]``). ``A`` is reduced ``batch_size`` images at a
+    time (pass calibration's batch size so that its compiled Gram is reused)."""
     if info.kind not in ("conv", "dense"):
         raise ValueError(f"layer {info.name}: cross statistics need a channel-mixing conv or dense "
                          f"layer, not {info.kind}")
     if dense_output.shape[0] != pruned_input.shape[0]:
         raise ValueError(f"layer {info.name}: {pruned_input.shape[0]} pruned inputs but "
                          f"{dense_output.shape[0]} dense outputs")
-    a, s, r, ysum, ok, rpe = _cross(shape_key(info), pruned_input, dense_output)
-    if not bool(ok):
+    r, ysum, ok_r = _right_hand_side(shape_key(info), pruned_input, dense_output)  # dispatched first
+    a, s, ok_a, count = batched_gram(info, pruned_input, batch_size)
+    if not (ok_a and bool(ok_r)):
         raise ValueError(f"layer {info.name}: non-finite cross statistics (the pruned network's "
                          f"activations overflow)")
     a, s, r, ysum = jax.device_get((a, s, r, ysum))
     return CrossStats(info, np.asarray(a, np.float64), np.asarray(r, np.float64),
                       None if s is None else np.asarray(s, np.float64),
-                      None if ysum is None else np.asarray(ysum, np.float64),
-                      int(pruned_input.shape[0]) * int(rpe))
+                      None if ysum is None else np.asarray(ysum, np.float64), count)

@@ -184,6 +184,31 @@ def _layer_sums(info: LayerInfo, dtype_name: str, inputs: tuple, w: jax.Array):
     return out, ok
 
 
+def batched_gram(info: LayerInfo, x: jax.Array, batch_size: int,
+                 dtype_name: str = "float32") -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+    """(X^T X, X^T 1 or None, all finite, rows) of one layer's input ``x`` ([N, ...]),
+    reduced ``min(batch_size, N)`` images at a time by the executables calibration
+    compiled (:func:`_layer_sums`, same static key and batch shape: no new compile when
+    ``batch_size`` is calibration's); the last batch is zero-padded and masked, and the
+    batches' sums are added on the host in float64. Used by the refit
+    (:mod:`hobs_jax.stats.cross`) for the pruned network's input Gram."""
+    n = int(x.shape[0])
+    bs = max(1, min(int(batch_size), n))
+    key = shape_key(info)
+    parts = []
+    for i in range(0, n, bs):
+        xi = x[i:i + bs] if n > bs else x
+        w = np.ones(bs, np.float32)
+        if xi.shape[0] < bs:
+            w[xi.shape[0]:] = 0.0
+            xi = jnp.concatenate([xi, jnp.zeros((bs - xi.shape[0],) + tuple(xi.shape[1:]), xi.dtype)])
+        parts.append(_layer_sums(key, dtype_name, (xi,), jnp.asarray(w)))
+    parts = jax.device_get(parts)
+    g = sum(np.asarray(sums["xtx"], np.float64) for sums, _ in parts)
+    s = sum(np.asarray(sums["xsum"], np.float64) for sums, _ in parts) if "xsum" in parts[0][0] else None
+    return g, s, all(bool(fin) for _, fin in parts), n * _rows_per_example(key, x.shape)
+
+
 def _rows_per_example(info: LayerInfo, in_shape: Sequence[int]) -> int:
     """Rows X gets per example from one call on input ``in_shape`` ([N, ...])."""
     if info.kind == "dense":
