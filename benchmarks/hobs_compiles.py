@@ -134,8 +134,7 @@ def main() -> None:
         raise SystemExit("error: JAX_COMPILATION_CACHE_DIR is set; unset it so that every compile is a real one")
     if a.propagate < 0 or a.calib < 1:
         raise SystemExit(f"error: --propagate must be >= 0 and --calib >= 1, got {a.propagate} and {a.calib}")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from hobs_cost import _cpu
+    from benchmarks.hobs_cost import _cpu
 
     r = measure(a.checkpoint, a.propagate, a.calib)
     device = _cpu()
