@@ -138,14 +138,15 @@ def main() -> None:
 
     r = measure(a.checkpoint, a.propagate, a.calib)
     device = _cpu()
-    command = "PYTHONPATH=. python benchmarks/hobs_compiles.py " + " ".join(sys.argv[1:])
-    r.update(device=device, command=command.strip())
+    command = " ".join(["PYTHONPATH=. python benchmarks/hobs_compiles.py"] + sys.argv[1:])
+    r.update(device=device, command=command)
+    md = _markdown(r, device, command)
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=1)
     with open(a.out + ".md", "w") as f:
-        f.write(_markdown(r, device, command.strip()))
-    print(_markdown(r, device, command.strip()))
+        f.write(md)
+    print(md)
 
 
 if __name__ == "__main__":

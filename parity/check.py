@@ -231,31 +231,25 @@ def check_model(name: str, dtype: str = "float32", batch: int = 2, calib: int = 
         paths = stage_map(name)
         t_stages, t_logits = _torch_stages(ref, x, paths)
         f_stages, f_logits = _flax_stages(flax_model, variables, _nhwc(x))
-    for stage in paths:
-        if f_stages[stage].shape != _nhwc(t_stages[stage]).shape:
-            raise ValueError(f"{name}: stage {stage} shape {f_stages[stage].shape} (flax) vs "
-                             f"{_nhwc(t_stages[stage]).shape} (torch)")
+    torch_out = {**{st: _nhwc(t_stages[st]) for st in paths}, "logits": t_logits.numpy()}
+    flax_out = {**f_stages, "logits": f_logits}
+    for st, b in torch_out.items():
+        if flax_out[st].shape != b.shape:
+            raise ValueError(f"{name}: stage {st} shape {flax_out[st].shape} (flax) vs {b.shape} (torch)")
     floor, flax_err = {}, {}
     if dtype == "float32":  # the same reference in float64: how far each float32 run is
         import copy
 
         s64, l64 = _torch_stages(copy.deepcopy(ref).double(), x.double(), paths)
         exact = {**{st: _nhwc(s64[st]) for st in paths}, "logits": l64.numpy()}
-        mine = {**{st: _nhwc(t_stages[st]) for st in paths}, "logits": t_logits.numpy()}
-        flax = {**f_stages, "logits": f_logits}
         for st, e in exact.items():
             scale = np.abs(e).max()
-            floor[st] = float(np.abs(mine[st] - e).max() / scale)
-            flax_err[st] = float(np.abs(flax[st].astype(np.float64) - e).max() / scale)
-    diffs = []
-    for stage in paths:
-        a, b = f_stages[stage], _nhwc(t_stages[stage])
-        diffs.append(StageDiff(stage, float(np.abs(a - b).max()), float(np.abs(b).max()), floor.get(stage),
-                               flax_err.get(stage)))
-    t_logits = t_logits.numpy()
-    diffs.append(StageDiff("logits", float(np.abs(f_logits - t_logits).max()),
-                           float(np.abs(t_logits).max()), floor.get("logits"), flax_err.get("logits")))
-    close = bool(np.allclose(f_logits, t_logits, rtol=1e-5, atol=1e-5)) if dtype == "float32" else None
+            floor[st] = float(np.abs(torch_out[st] - e).max() / scale)
+            flax_err[st] = float(np.abs(flax_out[st].astype(np.float64) - e).max() / scale)
+    diffs = [StageDiff(st, float(np.abs(flax_out[st] - b).max()), float(np.abs(b).max()), floor.get(st),
+                       flax_err.get(st)) for st, b in torch_out.items()]  # the stages, then "logits"
+    close = (bool(np.allclose(f_logits, torch_out["logits"], rtol=1e-5, atol=1e-5)) if dtype == "float32"
+             else None)
     return ParityResult(name, dtype, tuple(diffs), close)
 
 
