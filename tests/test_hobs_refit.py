@@ -1,5 +1,5 @@
 """H-OBS's sequential refit (``propagate``): the one-pass implementation
-(:mod:`hobs_jax.methods.hobs_refit`) against the definition computed the slow, obvious way
+(:mod:`hobs_jax.obs.refit`) against the definition computed the slow, obvious way
 (one full forward of the pruned network per layer, explicit im2col rows, float64
 ``A = P^T P``, ``B = P^T D``, ``W' = (A_KK + lambda)^{-1} B_K W``), and the cross
 statistics against explicit rows."""
@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 
 from hobs_jax import models
-from hobs_jax.methods.hobs_refit import refit_sequential
+from hobs_jax.obs import refit_sequential
 from hobs_jax.stats.cross import cross_stats
 from hobs_jax.stats.layers import capture_inputs, capture_outputs, kernel_matrix, layer_rows, trace_layers
 

@@ -1,6 +1,8 @@
 """The contract every registered pruning method keeps (one test per method, as optax's
 ``_common_test.py`` does for optimizers): methods found by ``list_methods()``, so new
-ones are checked the day they are registered.
+ones (hybrids included) are checked the day they are registered, each with its parts'
+smoke options (``MethodSpec.smoke_config()``: a few R-SPAR episodes, two DepGraph
+sparse-learning steps, no progress bars) and no case of its own.
 
 On ResNet-20 at 16x16x1 (random variables, 32 random calibration images):
   * the target is met within 1% for MACs at 0.5 and 0.33 and for params at 0.5;
@@ -72,12 +74,7 @@ def _setup():
 
 def _run(method, target, metric="macs"):
     _, _, base = _setup()
-    options = get_method(method).default_config()
-    if method == "depgraph":
-        options.sparse_steps = 2
-    if method == "rspar":  # a handful of episodes: the contract, not the search quality
-        options.update(dict(episodes=4, warmup=2, reward_images=8, progress=False))
-        options.agent.hidden = 16
+    options = get_method(method).smoke_config()
     return run(method, dataclasses.replace(base, target=target, metric=metric, options=options))
 
 
@@ -85,13 +82,21 @@ def _shapes(tree):
     return jax.tree.map(lambda a: tuple(np.shape(a)), tree)
 
 
-def test_registry_lists_the_baselines():
-    assert {"magnitude", "depgraph", "udfc"} <= set(list_methods())
+def test_registry_lists_the_methods_and_a_hybrid():
+    assert {"magnitude", "depgraph", "udfc", "hobs", "hobs_nohessian", "rspar"} <= set(list_methods())
+    hybrids = [m for m in list_methods() if get_method(m).scorer == "l2" and get_method(m).compensator == "obs"]
+    assert hybrids  # magnitude selection with OBS compensation is a registered composition
 
 
 @pytest.mark.parametrize("method", list_methods())
 def test_method_contract(method):
     variables, calib, _ = _setup()
+    spec = get_method(method)
+    # Options: typed, validated when built, the config section round-trips, typos fail.
+    assert spec.options(spec.default_config()).to_dict() == spec.default_config().to_dict()
+    with pytest.raises(ValueError, match=f"^{method}: unknown option 'no_such_option'") as e:
+        spec.options(dict(no_such_option=1))
+    assert "\n" not in str(e.value)
     first = None
     for target, metric in ((0.5, "macs"), (0.33, "macs"), (0.5, "params")):
         r = _run(method, target, metric)
