@@ -174,7 +174,7 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            if isinstance(value, numbers.Real) and float(value).is_integer():
+            if not isinstance(value, bool) and isinstance(value, numbers.Real) and float(value).is_integer():
                 raise bad("must be an int (not a float)")
             raise bad("must be an int")
         return int(value)

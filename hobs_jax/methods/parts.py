@@ -33,6 +33,7 @@ parts read). Parts are found by name in per-kind registries
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -96,6 +97,13 @@ class Selection:
         self.floor: np.ndarray | None = None
         self.scores: Scores | None = None
         self._shared: dict = {}
+
+    def with_task(self, **changes) -> "Selection":
+        """A copy sharing this run's state and scores whose task has ``changes`` (another
+        ``target``: one selection serves every target, the orders do not depend on it)."""
+        new = copy.copy(self)
+        new.task = dataclasses.replace(self.task, **changes)
+        return new
 
     def shared(self, key, build: Callable[[], Any]) -> Any:
         """``build()`` once per key and run: state several parts read (layer Hessians)."""
