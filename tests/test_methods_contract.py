@@ -8,7 +8,9 @@ On ResNet-20 at 16x16x1 (random variables, 32 random calibration images):
   * the target is met within 1% for MACs at 0.5 and 0.33 and for params at 0.5;
   * same seed -> identical plan JSON and bit-identical variables (outcome and pruned);
   * the pruned network runs: finite logits of shape [N, 10];
-  * ``outcome.variables`` is full-size: the input's tree structure and leaf shapes.
+  * ``outcome.variables`` is full-size: the input's tree structure and leaf shapes;
+  * the outcome's artifacts (R-SPAR's charts) write non-empty files where asked;
+  * options round-trip through the config section and an unknown one fails in one line.
 
 Methods that train (DepGraph's sparse phase) get a real, minimal training callback:
 2 SGD steps on the calibration images with the method's gradient transformation. The
@@ -18,6 +20,7 @@ the transformation runs eagerly, so a new transformation per run costs no compil
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +92,7 @@ def test_registry_lists_the_methods_and_a_hybrid():
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_method_contract(method):
+def test_method_contract(method, tmp_path):
     variables, calib, _ = _setup()
     spec = get_method(method)
     # Options: typed, validated when built, the config section round-trips, typos fail.
@@ -111,6 +114,10 @@ def test_method_contract(method):
         assert np.isfinite(logits).all()
         if first is None:
             first = r
+            # Artifacts (plots, tables) write where the caller says, whatever the method.
+            for name, write in r.outcome.artifacts.items():
+                paths = list(write(str(tmp_path / name)))
+                assert paths and all(os.path.getsize(p) > 0 for p in paths), (method, name)
     again = _run(method, 0.5, "macs")
     assert again.outcome.plan.to_json() == first.outcome.plan.to_json()
     for a, b in ((first.outcome.variables, again.outcome.variables), (first.variables, again.variables)):

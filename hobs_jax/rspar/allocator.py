@@ -116,8 +116,9 @@ class RsparOptions(Options):
 
     @classmethod
     def smoke(cls) -> dict:
-        """A handful of episodes: the contract, not the search quality."""
-        return {"episodes": 4, "warmup": 2, "reward_images": 8, "progress": False, "agent": {"hidden": 16}}
+        """A handful of episodes on a coarse grid, no re-rank: the contract, not the search quality."""
+        return {"episodes": 4, "warmup": 2, "reward_images": 8, "grid": 8, "rerank": 0, "progress": False,
+                "agent": {"hidden": 16}}
 
 
 def make_budget(kind: str, task, o: RsparOptions):
