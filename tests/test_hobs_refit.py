@@ -155,9 +155,9 @@ def test_cross_stats_reduce_a_in_calibration_batches_with_its_executables(net):
     _, outs = capture_outputs(model, v, jnp.asarray(x))
     jax.clear_caches()
     hessian.collect_hessians(model, v, x[:24], paths=[path], batch_size=24, progress=False, infos=infos)
-    compiled = hessian._layer_sums._cache_size()
+    compiled = hessian.compiled_reductions()
     st = cross_stats(info, ins[path], outs[path], batch_size=24)  # 64 images: 24 + 24 + 16 padded
-    assert hessian._layer_sums._cache_size() == compiled
+    assert hessian.compiled_reductions() == compiled
     p = np.asarray(layer_rows(info, ins[path]), np.float64)
     assert st.count == len(p)
     np.testing.assert_allclose(st.a, p.T @ p, atol=1e-6 * np.abs(p).max() ** 2 * len(p))
