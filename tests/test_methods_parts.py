@@ -245,3 +245,30 @@ def test_no_module_or_benchmark_imports_another_packages_private_names():
                     if bad:
                         found[rel] = bad
     assert not found, found
+
+
+def _hobs_imports(path: str) -> set[str]:
+    """The hobs_jax sub-packages a module imports (at any depth of the file)."""
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        for n in names:
+            parts = n.split(".")
+            if parts[0] == "hobs_jax" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def test_rooms_import_only_what_they_may():
+    """methods knows R-SPAR by name only; R-SPAR (an allocator) does not import methods;
+    the OBS engine uses stats (and the options base), nothing above."""
+    def imports(room):
+        d = os.path.join(REPO_ROOT, "hobs_jax", room)
+        return {f: _hobs_imports(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".py")}
+
+    assert not [f for f, i in imports("methods").items() if "rspar" in i]
+    # rspar/latency.py (the latency table, owned by the any-model work of issue 17) still
+    # reads group roles from methods.obs_groups.
+    assert not [f for f, i in imports("rspar").items() if "methods" in i and f != "latency.py"]
+    assert {m for i in imports("obs").values() for m in i} <= {"obs", "stats", "options"}
