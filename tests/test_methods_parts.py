@@ -113,6 +113,13 @@ def test_parts_with_conflicting_defaults_are_refused_in_one_line():
         bad.default_config()
     with pytest.raises(ValueError, match="unknown allocator 'learned'"):
         MethodSpec("x_test", scorer="l2", allocators=("learned",)).default_config()
+    # R-SPAR's reward needs the compensator's per-count changes; UDFC has none: refused
+    # before any work.
+    spec = MethodSpec("udfc_rspar_test", scorer="l2", allocators=("rspar",), compensator="udfc")
+    task = dataclasses.replace(_setup()[3], options=spec.smoke_config())
+    with pytest.raises(ValueError, match="^udfc_rspar_test: allocator 'rspar' needs per-count compensations, "
+                                         "which compensator 'udfc' cannot precompute$"):
+        spec.prune(task)
 
 
 @dataclasses.dataclass(frozen=True)

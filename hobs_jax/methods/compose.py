@@ -208,6 +208,9 @@ class MethodSpec:
                         (comp, opts.compensator)):
             if part is not None and hasattr(part, "check"):
                 part.check(task, o)
+        if getattr(alloc, "needs_grid", False) and not hasattr(comp, "grid"):
+            raise ValueError(f"{self.name}: allocator {alloc.name!r} needs per-count compensations, which "
+                             f"compensator {comp.name!r} cannot precompute")
         task = dataclasses.replace(task, options=opts)
         if reg is not None and reg.steps(opts.regularizer) > 0:
             task = dataclasses.replace(task, variables=self._train(task, reg, opts.regularizer))

@@ -137,6 +137,9 @@ class Selection:
         each of ``counts`` (its first ``size - k`` channels of ``scores.order`` removed),
         compensated as this method's compensator compensates (:meth:`Compensator.grid`)."""
         comp = self.spec.part("compensator")
+        if not hasattr(comp, "grid"):
+            raise ValueError(f"{self.spec.name}: compensator {comp.name!r} cannot precompute per-count "
+                             f"compensations, which allocator {self.options.allocation!r} needs")
         return comp.grid(self, gid, np.asarray(self.scores.order[gid]), counts, self.options.compensator)
 
 
@@ -176,6 +179,9 @@ class Scorer(Part, Protocol):
 
 
 class Allocator(Part, Protocol):
+    """``needs_grid`` (optional, default False): whether it reads :meth:`Selection.grid`
+    (then the compensator must implement :meth:`Compensator.grid`)."""
+
     def check(self, task: PruneTask, options: Options) -> None:
         """One-line errors for what depends on the task (before any work)."""
 
@@ -202,4 +208,4 @@ class Compensator(Part, Protocol):
 
     def grid(self, sel: Selection, gid: int, order: np.ndarray, counts: np.ndarray,
              options: Options) -> dict[tuple[str, str], np.ndarray]:
-        """See :meth:`Selection.grid`."""
+        """Optional (allocators that search need it): see :meth:`Selection.grid`."""

@@ -83,7 +83,6 @@ import jax
 import numpy as np
 from scipy.special import ndtr, owens_t
 
-from hobs_jax import obs
 from hobs_jax.allocation import CostModel
 from hobs_jax.allocation import restrict as _restrict
 from hobs_jax.graph import Graph
@@ -281,31 +280,6 @@ class UdfcCompensator:
                 variables = fold(variables, chains[gid], kept, S)
                 diag[str(gid)] = d
         return variables, {"compensated": diag, "scope": o.scope}
-
-    def grid(self, sel: Selection, gid: int, order: np.ndarray, counts: np.ndarray, o: UdfcOptions) -> dict:
-        """Per kept count, the change of every consumer kernel of group ``gid`` when it
-        alone removes the first ``size - k`` channels of ``order``: the fold (removed
-        input channels zeroed, their contribution folded into the kept ones)."""
-        chains = self._chains(sel)
-        if gid not in chains or not o.compensate:  # rows zeroed, nothing folded
-            flat = sel.shared("flat", lambda: obs.flat_variables(sel.task.variables))
-            return obs.group_grid(sel.channel_groups()[gid], order, counts, flat, compensate_rows=False)
-        variables = jax.tree.map(np.asarray, dict(sel.task.variables))
-        size = sel.task.graph.group(gid).size
-        out: dict = {}
-        for j, k in enumerate(np.asarray(counts, np.int64)):
-            pruned = np.sort(np.asarray(order[:size - int(k)], np.int64))
-            kept = np.setdiff1d(np.arange(size), pruned)
-            new = variables
-            if len(pruned):
-                new = fold(variables, chains[gid], kept, compensation(variables, chains[gid], kept, float(o.ridge))[0])
-            for path, axis in chains[gid].consumers:
-                w = np.moveaxis(np.array(_get(new["params"], path), np.float64), axis, -1)
-                w[..., pruned] = 0.0
-                delta = np.moveaxis(w, -1, axis) - np.asarray(_get(variables["params"], path), np.float64)
-                key = ("/".join(path[:-1]), path[-1])
-                out.setdefault(key, np.zeros((len(counts),) + delta.shape, np.float32))[j] = delta
-        return out
 
 
 register_part("compensator", UdfcCompensator())

@@ -136,6 +136,7 @@ class RsparAllocator:
     name = "rspar"
     Options = RsparOptions
     needs_data = True
+    needs_grid = True  # the reward is built from the compensator's per-count changes
 
     def check(self, task, o: RsparOptions) -> None:
         n = len(task.calib.images)
