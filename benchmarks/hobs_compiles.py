@@ -7,7 +7,8 @@ Runs H-OBS once, in a fresh process with no compilation cache, on the trained Fa
 ResNet-56 (2048 calibration images, half the MACs, then BN re-estimation: the
 ``benchmarks/hobs_cost.py`` resnet56 case) with ``jax_log_compiles`` on, and sums JAX's
 own "Finished XLA compilation of NAME in S sec" log records by H-OBS phase and by jitted
-function name. The sum is the backend compile time only (tracing and lowering are not
+function name (the phase from the OBS engine's public timing hook, ``hobs_jax.obs.listen``).
+The sum is the backend compile time only (tracing and lowering are not
 in it), and logging every compile slows the run itself a little, so the phase times here
 are not the recorded cost figures (those come from hobs_cost.py).
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -31,12 +31,15 @@ OTHER = "other (untimed steps in the method, surgery, finite check)"
 _RECORD = re.compile(r"Finished XLA compilation of (.*) in ([0-9.e+-]+) sec")
 
 
-class _Compiles(logging.Handler):
-    """Collects (phase, jitted name, seconds) from JAX's compile log records."""
+class CompileLog(logging.Handler):
+    """Collects (phase, jitted name, seconds) from JAX's compile log records; also a
+    timing-hook listener (``hobs_jax.obs.PhaseListener``) that keeps the current H-OBS
+    phase (phases may nest: a stack)."""
 
     def __init__(self):
         super().__init__()
         self.phase = "setup"
+        self.stack: list[str] = []
         self.records: list[tuple[str, str, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -44,38 +47,31 @@ class _Compiles(logging.Handler):
         if m:
             self.records.append((self.phase, m.group(1), float(m.group(2))))
 
+    def enter(self, phase, facts) -> None:
+        self.stack.append(self.phase)
+        self.phase = phase
+
+    def exit(self, phase, wall, cpu, facts) -> None:
+        self.phase = self.stack.pop() if self.stack else OTHER
+
 
 def measure(checkpoint: str, propagate: int, calib: int) -> dict:
     import jax
     import numpy as np
 
     jax.config.update("jax_log_compiles", True)
-    log = _Compiles()
+    log = CompileLog()
     root = logging.getLogger("jax")
     root.addHandler(log)
     root.setLevel(logging.WARNING)
     root.propagate = False  # collected, not printed
 
     import hobs_jax
-    import hobs_jax.methods.hobs as hobs
+    from hobs_jax import obs
     from hobs_jax.data import get_source
     from hobs_jax.methods import Calibration, make_task, run
     from hobs_jax.stats import reestimate_bn
 
-    class PhaseTimer:  # stands in for hobs._Timer: names the phase each compile falls in
-        def __init__(self):
-            self.times: dict[str, float] = {}
-
-        def __call__(self, name: str):
-            @contextlib.contextmanager
-            def phase():
-                log.phase, t = name, time.perf_counter()
-                yield
-                self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
-                log.phase = OTHER
-            return phase()
-
-    hobs._Timer = PhaseTimer
     model, variables, meta = hobs_jax.load(checkpoint)
     src = get_source("fashion_mnist")
     idx = np.sort(np.random.default_rng(0).permutation(src.size("train"))[:calib])
@@ -86,7 +82,8 @@ def measure(checkpoint: str, propagate: int, calib: int) -> dict:
     task = make_task("hobs", meta["model"], variables, target=0.5, calib=Calibration(x, np.asarray(y)),
                      options=dict(progress=False, propagate=propagate))
     log.phase = OTHER
-    res = run("hobs", task)
+    with obs.listen(log):
+        res = run("hobs", task)
     log.phase = "bn_reestimation"
     reestimate_bn(res.model, res.variables, [x[i:i + 256] for i in range(0, len(x), 256)])
     total = time.perf_counter() - t0
@@ -134,10 +131,10 @@ def main() -> None:
         raise SystemExit("error: JAX_COMPILATION_CACHE_DIR is set; unset it so that every compile is a real one")
     if a.propagate < 0 or a.calib < 1:
         raise SystemExit(f"error: --propagate must be >= 0 and --calib >= 1, got {a.propagate} and {a.calib}")
-    from benchmarks.hobs_cost import _cpu
+    from benchmarks.hobs_cost import cpu_description
 
     r = measure(a.checkpoint, a.propagate, a.calib)
-    device = _cpu()
+    device = cpu_description()
     command = " ".join(["PYTHONPATH=. python benchmarks/hobs_compiles.py"] + sys.argv[1:])
     r.update(device=device, command=command)
     md = _markdown(r, device, command)

@@ -26,7 +26,8 @@ Cases (each runs in its own subprocess, so its peak RSS is its own):
 
 Phases (wall seconds, and process CPU seconds summed over threads, which depend much
 less on what else runs on the shared CPU; on an idle 2-core machine a phase's wall time
-lies between CPU/2 and CPU): ``setup`` (graph, cost model, layer trace; part of ``prune`` outside the method),
+lies between CPU/2 and CPU; both through the OBS engine's public timing hook,
+``hobs_jax.obs.listen``, which also gives the selection time of every group): ``setup`` (graph, cost model, layer trace; part of ``prune`` outside the method),
 ``calibration``, ``inverses``, ``selection``, ``compensation`` (from H-OBS's
 ``outcome.info['timings']``; ``propagation`` = the refit), ``surgery_check`` (cutting the network, counting MACs,
 the finite-output check: the rest of ``hobs_jax.methods.prune``), ``bn_reestimation``
@@ -53,7 +54,7 @@ OUT = "docs/results/hobs_cost"
 GOALS = {"resnet56": 30.0, "resnet56-refit": 30.0, "resnet50": 900.0}
 
 
-def _cpu() -> str:
+def cpu_description() -> str:
     """CPU model, core count and widest vector ISA (the cloud VMs report every EPYC
     generation as "AMD EPYC"; AVX2 and AVX-512 ones time differently)."""
     name, flags = None, set()
@@ -89,74 +90,59 @@ def _accuracy(model, variables, x, y, bs: int = 500) -> float:
     return hits / len(x)
 
 
-class _CpuTimer:
-    """Drop-in for ``hobs._Timer`` that also records the process CPU time per phase
-    (all threads): on a shared machine wall time depends on the other jobs, CPU time much
-    less. Installed by this benchmark only."""
+class PhaseRecorder:
+    """A timing-hook listener (``hobs_jax.obs.PhaseListener``): process CPU seconds per
+    phase (all threads: on a shared machine wall time depends on the other jobs, CPU time
+    much less) and the wall and CPU time of every group's selection, with its facts."""
 
     def __init__(self):
-        self.times: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-        _CpuTimer.last = self
+        self.groups: list[dict] = []
 
-    def __call__(self, name: str):
-        import contextlib
+    def enter(self, phase, facts) -> None:
+        pass
 
-        @contextlib.contextmanager
-        def phase():
-            t, c = time.perf_counter(), time.process_time()
-            yield
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
-        return phase()
+    def exit(self, phase, wall, cpu, facts) -> None:
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
+        if phase == "selection" and facts:
+            self.groups.append({"group": facts["group"], "size": facts["size"], "removed_on_path": facts["removed"],
+                                "consumers": facts["consumers"], "max_d": facts["max_d"],
+                                "wall_s": round(wall, 3), "cpu_s": round(cpu, 3)})
 
 
 def _one_run(name, model_name, variables, images, labels, opts, batches) -> dict:
     """One H-OBS prune + BN re-estimation, timed by phase (wall and process CPU seconds)."""
-    import hobs_jax.methods.hobs as hobs
+    from hobs_jax import obs
     from hobs_jax.methods import Calibration, make_task, run
     from hobs_jax.stats import reestimate_bn
 
-    hobs._Timer = _CpuTimer
-    per_group = []
-    select = getattr(hobs._select, "__wrapped__", hobs._select)
-
-    def timed_select(role, n_remove, flat, solved, opts):  # which groups the selection time goes to
-        t, c = time.perf_counter(), time.process_time()
-        out = select(role, n_remove, flat, solved, opts)
-        sites = role.consumers or role.producers
-        per_group.append({"group": role.group.id, "size": role.group.size, "removed_on_path": int(n_remove),
-                          "consumers": len(role.consumers), "max_d": max((s.layer.d_in for s in sites), default=0),
-                          "wall_s": round(time.perf_counter() - t, 3), "cpu_s": round(time.process_time() - c, 3)})
-        return out
-    timed_select.__wrapped__ = select
-    hobs._select = timed_select
     rec = {"load_start": _load()}
     t0, c0 = time.perf_counter(), time.process_time()
     task = make_task("hobs", model_name, variables, target=0.5, calib=Calibration(images, labels),
                      options=opts)
     t_task, c_task = time.perf_counter() - t0, time.process_time() - c0
     t1, c1 = time.perf_counter(), time.process_time()
-    res = run("hobs", task)
+    with obs.listen(PhaseRecorder()) as phases:
+        res = run("hobs", task)
     t_run, c_run = time.perf_counter() - t1, time.process_time() - c1
     timings = dict(res.outcome.info["timings"])
-    cpu = dict(_CpuTimer.last.cpu)
+    cpu = dict(phases.cpu)
     rss = {"after_prune": round(_rss_mib(), 1)}
     t2, c2 = time.perf_counter(), time.process_time()
     pv = reestimate_bn(res.model, res.variables, batches)
     t_bn, c_bn = time.perf_counter() - t2, time.process_time() - c2
     rss["after_bn"] = round(_rss_mib(), 1)
-    phases = {"setup": t_task, **timings, "surgery_check": t_run - sum(timings.values()), "bn_reestimation": t_bn}
+    phases_s = {"setup": t_task, **timings, "surgery_check": t_run - sum(timings.values()), "bn_reestimation": t_bn}
     cpus = {"setup": c_task, **cpu, "surgery_check": c_run - sum(cpu.values()), "bn_reestimation": c_bn}
     rec.update({
-        "phases_s": {k: round(v, 2) for k, v in phases.items()},
+        "phases_s": {k: round(v, 2) for k, v in phases_s.items()},
         "phases_cpu_s": {k: round(v, 2) for k, v in cpus.items()},
         "total_s": round(t_task + t_run + t_bn, 2),
         "total_cpu_s": round(c_task + c_run + c_bn, 2),
         "macs_ratio": round(res.macs_ratio, 4), "params_ratio": round(res.params_ratio, 4),
         "peak_rss_mib": rss, "load_end": _load(),
         "damping_raised": res.outcome.info.get("damping_raised", {}),
-        "selection_by_group": sorted(per_group, key=lambda g: -g["cpu_s"]),
+        "selection_by_group": sorted(phases.groups, key=lambda g: -g["cpu_s"]),
     })
     return rec, res, pv
 
@@ -305,7 +291,7 @@ def main() -> None:
     if os.path.exists(path):
         with open(path) as f:
             data = json.load(f).get("cases", {})
-    device = _cpu()
+    device = cpu_description()
     def child(name, *extra):
         argv = [sys.executable, __file__, "--child", name, "--checkpoint", a.checkpoint, "--calib", str(a.calib),
                 "--size", str(a.size), "--propagate", str(a.propagate), *extra]

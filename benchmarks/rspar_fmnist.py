@@ -12,7 +12,7 @@ For each model x target (kept MACs fraction) x allocation (x seed for R-SPAR):
      threshold), ``rspar`` (the DDPG search, per seed, then the re-rank of its
      ``--rerank`` best allocations and the uniform and global ones on the Hessian images,
      ``hobs_jax.rspar.rerank``; search and re-rank time recorded, and which candidate won);
-  3. ``hobs.finish`` (compensation) + ``apply_plan`` (a real smaller network), MACs
+  3. ``get_method("hobs").finish`` (compensation) + ``apply_plan`` (a real smaller network), MACs
      checked within 1% of the target, BatchNorm re-estimated on all calibration images
      (the same for every row), test top-1 on the 10,000 test images = ``acc_oneshot``;
   4. the same short fine-tuning for every row (the pipeline's ``finetune`` recipe: SGD
@@ -35,7 +35,6 @@ rspar_fmnist_curve.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -92,12 +91,12 @@ class Bench:
 
     def selection(self):
         if self._sel is None:
-            from hobs_jax.methods import hobs, make_task
+            from hobs_jax.methods import get_method, make_task
             task = make_task("hobs", self.args.model, self.variables, target=0.5, calib=self.hess,
                              options=dict(progress=False, min_ratio=0.1,
                                           propagate=self.args.propagate), input_shape=SHAPE)
             t = time.perf_counter()
-            self._sel = hobs.select(task)
+            self._sel = get_method("hobs").select(task)
             self.selection_seconds = time.perf_counter() - t
             print(f"H-OBS selection {self.selection_seconds:.1f} s (load {load_avg()})", flush=True)
         return self._sel
@@ -105,26 +104,23 @@ class Bench:
     def keep(self, alloc: str, target: float, seed: int, rowdir: str):
         from hobs_jax import allocation
         from hobs_jax.methods import get_method
-        from hobs_jax.rspar.env import MonomialBudget
-        from hobs_jax.rspar.method import search_allocation
+        from hobs_jax.rspar import MonomialBudget, RsparOptions, search_allocation
         sel = self.selection()
-        cost = sel.task.cost
+        cost = sel.cost
         if alloc == "uniform":
             return allocation.uniform(cost, target, "macs"), {}
-        if alloc == "global":
-            return sel.global_keep(target), {}
-        o = get_method("rspar").default_config()
-        o.update(dict(episodes=self.args.episodes, warmup=self.args.warmup, lbound=self.args.lbound,
-                      workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20,
-                      rerank=self.args.rerank, rerank_metric=self.args.rerank_metric))
-        for k in ("imitate", "noise", "noise_decay"):  # None: the method's default
-            if getattr(self.args, k) is not None:
-                o.agent[k] = getattr(self.args, k)
+        if alloc == "global":  # H-OBS's own global allocation (its task options: min_ratio 0.1, 'cost')
+            return get_method("hobs").allocate(sel.with_task(target=target)).keep, {}
+        agent = {k: getattr(self.args, k) for k in ("imitate", "noise", "noise_decay")
+                 if getattr(self.args, k) is not None}  # None: the method's default
         if alloc == "rspar-imitate":  # exploration starts around the best reference (agent.imitate)
-            o.agent.imitate = 500
+            agent["imitate"] = 500
+        o = RsparOptions.build(dict(episodes=self.args.episodes, warmup=self.args.warmup, lbound=self.args.lbound,
+                                    workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20,
+                                    rerank=self.args.rerank, rerank_metric=self.args.rerank_metric, agent=agent),
+                               where="rspar")
         t = time.perf_counter()
-        task = dataclasses.replace(sel.task, target=target)
-        keep, info = search_allocation(dataclasses.replace(sel, task=task), target,
+        keep, info = search_allocation(sel.with_task(target=target), target,
                                        budget=MonomialBudget(cost, "macs"), options=o, seed=seed,
                                        reward_images=self.reward[0], reward_labels=self.reward[1])
         info["rspar"]["search_seconds"] = time.perf_counter() - t
@@ -135,11 +131,10 @@ class Bench:
         network with kept counts ``keep`` (compensated along the shared selection)."""
         from hobs_jax import macs
         from hobs_jax.graph import apply_plan
-        from hobs_jax.methods import hobs
+        from hobs_jax.methods import get_method
         from hobs_jax.stats import reestimate_bn
         sel = self.selection()
-        outcome = hobs.finish(dataclasses.replace(sel, task=dataclasses.replace(sel.task, target=target)),
-                              np.asarray(keep))
+        outcome = get_method("hobs").finish(sel.with_task(target=target), np.asarray(keep))
         pruned, pvars = apply_plan(self.args.model, outcome.variables, outcome.plan, graph=sel.task.graph)
         dense = macs.count(self.model, self.variables, SHAPE)
         after = macs.count(pruned, pvars, SHAPE)

@@ -2,7 +2,8 @@
 
 ``to_block_ell`` prunes the eligible layers of a (possibly channel-pruned) zoo model
 (ungrouped 1x1 convs and Dense layers, :func:`hobs_jax.models.sparse.eligible_layers`)
-to balanced Block-ELL with ``kernels.prune`` and returns the same zoo model built with
+to balanced Block-ELL (magnitude: ``kernels.prune``; block OBS: the OBS engine's
+:func:`hobs_jax.obs.block.prune`) and returns the same zoo model built with
 a ``block_ell`` spec plus its variables; ``to_dense`` goes back (the dropped blocks
 become zeros), which is also how a Block-ELL model exports to PyTorch
 (``parity.convert.flax_to_torch(name, to_dense(m, v)[1])``).
@@ -30,6 +31,7 @@ from flax.core import unfreeze
 
 from hobs_jax import models
 from hobs_jax.models import sparse as msparse
+from hobs_jax.obs import block as block_obs
 from kernels import check_block_size, check_sparsity, prune
 
 __all__ = ["to_block_ell", "to_dense", "select_layers", "densify_values"]
@@ -118,7 +120,7 @@ def to_block_ell(model: str | nn.Module, variables: Mapping,
       sparsity: fraction of blocks dropped per block-row, in [0, 1) (or per path).
       block: block size b, a power of two (or per path).
       method: 'magnitude' (block Frobenius norm) or 'obs' (block-OBS saliency and
-        compensation, ``kernels.prune_obs``).
+        compensation, :func:`hobs_jax.obs.block.prune`).
       hessians: for 'obs', path -> H [K, K] of the layer inputs (for a strided 1x1
         conv: of the subsampled inputs).
       layers: which layers (:func:`select_layers`); default every eligible layer the
@@ -158,14 +160,13 @@ def to_block_ell(model: str | nn.Module, variables: Mapping,
         if kernel.shape != info.kernel_shape:
             raise ValueError(f"{path}: kernel.shape={kernel.shape}, the model expects "
                              f"{info.kernel_shape}")
-        hess = None
+        b, s = _per_layer(block, path, "block"), _per_layer(sparsity, path, "sparsity")
         if method == "obs":
             if hessians is None or path not in hessians:
                 raise ValueError(f"{path}: method='obs' needs hessians[{path!r}] = H [K, K]")
-            hess = hessians[path]
-        w = prune(kernel.reshape(info.k, info.n), _per_layer(block, path, "block"),
-                  _per_layer(sparsity, path, "sparsity"), method=method, hessian=hess,
-                  damp=damp)
+            w = block_obs.prune(kernel.reshape(info.k, info.n), hessians[path], b, s, damp=damp)
+        else:
+            w = prune(kernel.reshape(info.k, info.n), b, s)
         flat[key + (msparse.VALUES,)] = jax.numpy.asarray(w.values)
         new_spec[path] = msparse.BlockPattern.from_block_ell(w)
     sparse_model = model.clone(block_ell=msparse.as_spec(new_spec))

@@ -9,9 +9,8 @@ from kernels.config import (BACKENDS, CONCRETE_BACKENDS, KernelConfig, available
 from kernels.conv import conv_kernel_to_matrix, im2col, matrix_to_conv_kernel
 from kernels.cusparse import CuSparseBlockedEll, to_cusparse_blocked_ell
 from kernels.ops import bell_matmul, bell_matmul_parts, select_config
-from kernels.prune import (block_norms, check_sparsity, damp_hessian, hessian_from_inputs,
-                           keep_per_row, obs_compensate, obs_saliency, prune, prune_magnitude,
-                           prune_obs, select_balanced)
+from kernels.prune import (block_norms, check_sparsity, keep_per_row, padded_blocks, prune,
+                           prune_magnitude, select_balanced)
 from kernels.reference import reference_matmul
 
 __all__ = [
@@ -38,15 +37,11 @@ __all__ = [
     # pruning
     "prune",
     "prune_magnitude",
-    "prune_obs",
     "block_norms",
-    "obs_saliency",
-    "obs_compensate",
+    "padded_blocks",
     "select_balanced",
     "keep_per_row",
     "check_sparsity",
-    "hessian_from_inputs",
-    "damp_hessian",
     # convolutions
     "conv_kernel_to_matrix",
     "matrix_to_conv_kernel",

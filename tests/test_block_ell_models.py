@@ -12,7 +12,8 @@ import pytest
 from hobs_jax import models, sparse
 from hobs_jax.graph import apply_plan, build_graph, random_plan
 from hobs_jax.models import sparse as msparse
-from kernels import keep_per_row, prune, prune_obs
+from hobs_jax.obs.block import prune as prune_obs
+from kernels import keep_per_row, prune
 from tests._tiny import enable_compile_cache
 
 enable_compile_cache()

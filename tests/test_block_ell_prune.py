@@ -1,14 +1,17 @@
-"""Balanced block pruning: counts, target sparsity, magnitude order, OBS quality,
-convolutions, bad input."""
+"""Balanced block pruning: counts, target sparsity, magnitude order, block-OBS quality
+(the OBS engine's hobs_jax.obs.block) and its shared safeguards, convolutions, bad input."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import (bell_matmul, block_norms, conv_kernel_to_matrix, hessian_from_inputs,
-                     im2col, keep_per_row, obs_compensate, obs_saliency, prune,
-                     prune_magnitude, prune_obs, select_balanced)
+from hobs_jax.obs.block import compensate as obs_compensate
+from hobs_jax.obs.block import hessian_from_inputs
+from hobs_jax.obs.block import prune as prune_obs
+from hobs_jax.obs.block import saliency as obs_saliency
+from kernels import (bell_matmul, block_norms, conv_kernel_to_matrix, im2col, keep_per_row, prune,
+                     prune_magnitude, select_balanced)
 
 
 def _correlated_inputs(n, k, seed=0):
@@ -72,7 +75,7 @@ def test_obs_beats_magnitude_on_correlated_data():
     h = hessian_from_inputs(x)
     err = lambda bell: np.linalg.norm(x @ w - x @ np.asarray(bell.todense(), np.float64))
     e_mag = err(prune_magnitude(w, block, sparsity))
-    e_obs_nocomp = err(prune_obs(w, h, block, sparsity, compensate=False))
+    e_obs_nocomp = err(prune_obs(w, h, block, sparsity, compensate_kept=False))
     e_obs = err(prune_obs(w, h, block, sparsity))
     assert e_obs < 0.7 * e_mag, (e_obs, e_mag)
     assert e_obs < e_obs_nocomp
@@ -127,8 +130,7 @@ def test_prune_1x1_and_kxk_conv_through_im2col():
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(np.asarray(patches @ w3), np.asarray(dense_conv), rtol=1e-4,
                                atol=1e-4)
-    bell3 = prune(np.asarray(w3), 8, 0.5, method="obs",
-                  hessian=hessian_from_inputs(np.asarray(patches)))
+    bell3 = prune_obs(np.asarray(w3), hessian_from_inputs(np.asarray(patches)), 8, 0.5)
     y3 = bell_matmul(patches, bell3)
     np.testing.assert_allclose(np.asarray(y3), np.asarray(patches @ bell3.todense()),
                                rtol=1e-4, atol=1e-4)
@@ -141,13 +143,36 @@ def test_prune_bad_input():
             prune_magnitude(w, 4, bad)
     with pytest.raises(ValueError, match=r"hessian.shape=\(8, 8\) must be \(K, K\)=\(16, 16\)"):
         prune_obs(w, np.eye(8), 4, 0.5)
-    with pytest.raises(ValueError, match="method='obs' needs hessian"):
-        prune(w, 4, 0.5, method="obs")
-    with pytest.raises(ValueError, match="method='l1'"):
-        prune(w, 4, 0.5, method="l1")
+    with pytest.raises(ValueError, match=r"scores.shape=\(2, 2\) must be \(R, C\)=\(4, 4\)"):
+        prune(w, 4, 0.5, scores=np.ones((2, 2)))
     with pytest.raises(ValueError, match="block=6"):
         prune_magnitude(w, 6, 0.5)
     with pytest.raises(ValueError, match="damp=-1"):
         prune_obs(w, np.eye(16), 4, 0.5, damp=-1)
     with pytest.raises(ValueError, match=r"w.shape=\(16,\)"):
         prune_magnitude(np.ones(16), 4, 0.5)
+
+
+def test_block_obs_shares_the_channel_obs_math_and_safeguards():
+    """Block OBS = the channel OBS's saliency of a block's rows, with the same dampening,
+    dead-input and robust-inverse safeguards (hobs_jax.obs.linalg)."""
+    from hobs_jax.obs import Consumer, robust_inverse
+
+    k, b = 16, 4
+    x = _correlated_inputs(256, k, seed=11)
+    x[:, 5] = 0.0  # a dead input: zero row and column of H
+    h = hessian_from_inputs(x)
+    w = np.random.default_rng(12).standard_normal((k, b))
+    sal = obs_saliency(w, h, b, damp=0.01)  # [4 block-rows, 1 block-column]
+    _, hinv, _, dead = robust_inverse(h, 0.01)
+    assert dead.tolist() == [i == 5 for i in range(k)]
+    live = np.where(dead[:, None], 0.0, w)
+    cons = Consumer("layer", live, hinv.copy(), np.arange(k).reshape(k // b, b))
+    np.testing.assert_allclose(sal[:, 0], cons.saliency(np.ones(k // b, bool)), rtol=1e-9)
+    # The dead row is free and stays zero in the refit (pruning block-row 0 of 4).
+    mask = np.array([[False], [True], [True], [True]])
+    wc = obs_compensate(w, h, mask, b, damp=0.01)
+    assert np.all(wc[5] == 0) and np.all(wc[:4] == 0)
+    # A singular Hessian with no dampening is re-dampened (logged), not an error.
+    low_rank = hessian_from_inputs(x[:3])
+    assert np.isfinite(obs_saliency(w, low_rank, b, damp=0.0)).all()

@@ -180,7 +180,7 @@ def test_chunked_accumulation_equals_one_product(net, monkeypatch):
     assert gram.chunk_size(8, 9 * 8 * 36) == 2 and gram.chunk_size(7, 9 * 8 * 36) == 1
     jax.clear_caches()
     from hobs_jax.stats import hessian
-    hessian._forward.cache_clear()
+    hessian.clear_compiled()
     chunked = collect_hessians(model, v, x, batch_size=8, progress=False)
     c_chunked = cross_stats(info, acts[("c2",)] * 0.5, outs[("c2",)])
     for p in whole.layers:
@@ -190,7 +190,7 @@ def test_chunked_accumulation_equals_one_product(net, monkeypatch):
         assert chunked[p].count == whole[p].count
     np.testing.assert_allclose(c_chunked.r, c_whole.r, atol=1e-6 * np.abs(c_whole.r).max())
     np.testing.assert_allclose(c_chunked.a, c_whole.a, atol=4e-6 * np.abs(c_whole.a).max())
-    hessian._forward.cache_clear()
+    hessian.clear_compiled()
 
 
 def test_hessians_equal_numpy_on_captured_inputs_and_stream(net):
@@ -297,7 +297,7 @@ def test_layers_of_one_shape_share_one_compiled_reduction():
     x = np.random.default_rng(1).normal(size=(5, 6, 6, 4)).astype(np.float32)
     jax.clear_caches()
     st = collect_hessians(model, v, x, batch_size=5, progress=False, workers=1)
-    assert hessian._layer_sums._cache_size() == 2
+    assert hessian.compiled_reductions() == 2
     ins = capture_inputs(model, v, jnp.asarray(x))
     for p, s in st.layers.items():
         rows = np.asarray(conv_rows(s.info, ins[p]), np.float64)

@@ -109,10 +109,8 @@ def test_bad_input_is_a_one_line_error(trained):
     def fails(match, **changes):
         opts = changes.pop("options", None)
         t = dataclasses.replace(task, **changes)
-        if opts:
-            o = t.options.copy_and_resolve_references()
-            o.update(opts)
-            t = dataclasses.replace(t, options=o)
+        if opts:  # a plain mapping: validated when the method runs
+            t = dataclasses.replace(t, options=dict(t.options.to_dict(), **opts))
         with pytest.raises(ValueError, match=match) as e:
             hobs(t)
         assert "\n" not in str(e.value)
@@ -131,7 +129,9 @@ def test_bad_input_is_a_one_line_error(trained):
     fails("allocation='greedy'", options=dict(allocation="greedy"))
     fails("dtype='float16'", options=dict(dtype="float16"))
     fails("channels_per_step", options=dict(channels_per_step=0))
-    fails("damp", options=dict(damp=-0.1))
+    fails(r"hobs: damp=-0.1: must be >= 0", options=dict(damp=-0.1))
+    fails(r"hobs: unknown option 'dmap'", options=dict(dmap=0.1))
+    fails(r"hobs: propagate=1.5: must be an int", options=dict(propagate=1.5))
     fails("needs calibration data", calib=None)
     broken = jax.tree.map(np.array, v)
     broken["params"]["layer1"]["0"]["conv1"]["kernel"][0, 0, 0, 0] = np.nan
@@ -145,8 +145,11 @@ def test_registry_entries():
     h, n = get_method("hobs"), get_method("hobs_nohessian")
     assert h.needs_data and not n.needs_data
     c = h.default_config()
-    assert (c.damp, c.channels_per_step, c.dtype, c.allocation, c.normalize) == (0.01, 1, "float32", c.allocation, "cost")
+    assert (c.damp, c.channels_per_step, c.dtype, c.allocation, c.normalize) == (0.01, 1, "float32", "global", "cost")
+    assert (c.min_ratio, c.propagate, c.refit, c.bn_weighted) == (0.1, 1, False, True)
+    assert (h.scorer, h.allocators, h.compensator) == ("obs", ("global", "uniform"), "obs")
     assert set(n.default_config()) == {"allocation", "normalize", "min_ratio"}
+    assert (n.scorer, n.compensator, n.default_config().allocation) == ("l2sq", "none", "global")
 
 
 def test_propagation_brings_the_pruned_network_closer_to_the_dense_one(trained):

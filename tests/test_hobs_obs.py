@@ -1,14 +1,13 @@
-"""Structured OBS linear algebra (hobs_jax.methods.obs_math): closed forms, downdates,
-exact compensation, robust inversion."""
+"""The OBS engine's linear algebra (hobs_jax.obs): closed forms, downdates, exact
+compensation, robust inversion, the timing hook."""
 
 import logging
 
 import numpy as np
 import pytest
 
-from hobs_jax.methods.hobs import path_scores, rank_scores
-from hobs_jax.methods.obs_math import (Consumer, blas_threads, channel_rows, compensate, greedy_path,
-                                       reconstruction_error, robust_inverse, single_removal)
+from hobs_jax.obs import (Consumer, blas_threads, channel_rows, compensate, greedy_path, path_scores, rank_scores,
+                          reconstruction_error, robust_inverse, single_removal, subtract_product)
 
 
 def correlated_inputs(n=400, channels=6, taps=2, seed=0):
@@ -188,8 +187,6 @@ def test_blas_threads_context_restores():
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "float32"])
 def test_in_place_downdate_matches_numpy(layout):
-    from hobs_jax.methods.obs_math import _subtract_product
-
     rng = np.random.default_rng(13)
     base = rng.normal(size=(40, 40))
     a, b = rng.normal(size=(30, 3)), rng.normal(size=(3, 20))  # c [30, 20]: not square
@@ -197,6 +194,6 @@ def test_in_place_downdate_matches_numpy(layout):
          "strided": base[:30, :20], "float32": base[:30, :20].astype(np.float32)}[layout]
     want = c - a @ b
     ptr = c.__array_interface__["data"][0]
-    _subtract_product(c, a, b)
+    subtract_product(c, a, b)
     assert c.__array_interface__["data"][0] == ptr  # updated in place
     np.testing.assert_allclose(c, want, rtol=1e-6 if layout == "float32" else 1e-12, atol=1e-6)

@@ -1,5 +1,5 @@
 """H-OBS's sequential refit (``propagate``): the one-pass implementation
-(:mod:`hobs_jax.methods.hobs_refit`) against the definition computed the slow, obvious way
+(:mod:`hobs_jax.obs.refit`) against the definition computed the slow, obvious way
 (one full forward of the pruned network per layer, explicit im2col rows, float64
 ``A = P^T P``, ``B = P^T D``, ``W' = (A_KK + lambda)^{-1} B_K W``), and the cross
 statistics against explicit rows."""
@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 
 from hobs_jax import models
-from hobs_jax.methods.hobs_refit import refit_sequential
+from hobs_jax.obs import refit_sequential
 from hobs_jax.stats.cross import cross_stats
 from hobs_jax.stats.layers import capture_inputs, capture_outputs, kernel_matrix, layer_rows, trace_layers
 
@@ -155,9 +155,9 @@ def test_cross_stats_reduce_a_in_calibration_batches_with_its_executables(net):
     _, outs = capture_outputs(model, v, jnp.asarray(x))
     jax.clear_caches()
     hessian.collect_hessians(model, v, x[:24], paths=[path], batch_size=24, progress=False, infos=infos)
-    compiled = hessian._layer_sums._cache_size()
+    compiled = hessian.compiled_reductions()
     st = cross_stats(info, ins[path], outs[path], batch_size=24)  # 64 images: 24 + 24 + 16 padded
-    assert hessian._layer_sums._cache_size() == compiled
+    assert hessian.compiled_reductions() == compiled
     p = np.asarray(layer_rows(info, ins[path]), np.float64)
     assert st.count == len(p)
     np.testing.assert_allclose(st.a, p.T @ p, atol=1e-6 * np.abs(p).max() ** 2 * len(p))

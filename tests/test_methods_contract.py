@@ -1,12 +1,16 @@
 """The contract every registered pruning method keeps (one test per method, as optax's
 ``_common_test.py`` does for optimizers): methods found by ``list_methods()``, so new
-ones are checked the day they are registered.
+ones (hybrids included) are checked the day they are registered, each with its parts'
+smoke options (``MethodSpec.smoke_config()``: a few R-SPAR episodes, two DepGraph
+sparse-learning steps, no progress bars) and no case of its own.
 
 On ResNet-20 at 16x16x1 (random variables, 32 random calibration images):
   * the target is met within 1% for MACs at 0.5 and 0.33 and for params at 0.5;
   * same seed -> identical plan JSON and bit-identical variables (outcome and pruned);
   * the pruned network runs: finite logits of shape [N, 10];
-  * ``outcome.variables`` is full-size: the input's tree structure and leaf shapes.
+  * ``outcome.variables`` is full-size: the input's tree structure and leaf shapes;
+  * the outcome's artifacts (R-SPAR's charts) write non-empty files where asked;
+  * options round-trip through the config section and an unknown one fails in one line.
 
 Methods that train (DepGraph's sparse phase) get a real, minimal training callback:
 2 SGD steps on the calibration images with the method's gradient transformation. The
@@ -16,6 +20,7 @@ the transformation runs eagerly, so a new transformation per run costs no compil
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -72,12 +77,7 @@ def _setup():
 
 def _run(method, target, metric="macs"):
     _, _, base = _setup()
-    options = get_method(method).default_config()
-    if method == "depgraph":
-        options.sparse_steps = 2
-    if method == "rspar":  # a handful of episodes: the contract, not the search quality
-        options.update(dict(episodes=4, warmup=2, reward_images=8, progress=False))
-        options.agent.hidden = 16
+    options = get_method(method).smoke_config()
     return run(method, dataclasses.replace(base, target=target, metric=metric, options=options))
 
 
@@ -85,13 +85,21 @@ def _shapes(tree):
     return jax.tree.map(lambda a: tuple(np.shape(a)), tree)
 
 
-def test_registry_lists_the_baselines():
-    assert {"magnitude", "depgraph", "udfc"} <= set(list_methods())
+def test_registry_lists_the_methods_and_a_hybrid():
+    assert {"magnitude", "depgraph", "udfc", "hobs", "hobs_nohessian", "rspar"} <= set(list_methods())
+    hybrids = [m for m in list_methods() if get_method(m).scorer == "l2" and get_method(m).compensator == "obs"]
+    assert hybrids  # magnitude selection with OBS compensation is a registered composition
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_method_contract(method):
+def test_method_contract(method, tmp_path):
     variables, calib, _ = _setup()
+    spec = get_method(method)
+    # Options: typed, validated when built, the config section round-trips, typos fail.
+    assert spec.options(spec.default_config()).to_dict() == spec.default_config().to_dict()
+    with pytest.raises(ValueError, match=f"^{method}: unknown option 'no_such_option'") as e:
+        spec.options(dict(no_such_option=1))
+    assert "\n" not in str(e.value)
     first = None
     for target, metric in ((0.5, "macs"), (0.33, "macs"), (0.5, "params")):
         r = _run(method, target, metric)
@@ -106,6 +114,10 @@ def test_method_contract(method):
         assert np.isfinite(logits).all()
         if first is None:
             first = r
+            # Artifacts (plots, tables) write where the caller says, whatever the method.
+            for name, write in r.outcome.artifacts.items():
+                paths = list(write(str(tmp_path / name)))
+                assert paths and all(os.path.getsize(p) > 0 for p in paths), (method, name)
     again = _run(method, 0.5, "macs")
     assert again.outcome.plan.to_json() == first.outcome.plan.to_json()
     for a, b in ((first.outcome.variables, again.outcome.variables), (first.variables, again.variables)):

@@ -12,8 +12,7 @@ import pytest
 
 from hobs_jax import allocation, models
 from hobs_jax.graph import apply_plan
-from hobs_jax.methods import Calibration, make_task, prune
-from hobs_jax.methods import hobs
+from hobs_jax.methods import Calibration, get_method, make_task, prune
 from hobs_jax.rspar import AllocationEnv, MonomialBudget, build_grid_reward, kept_grid, search
 from hobs_jax.rspar.agent import default_config as agent_config
 from hobs_jax.rspar.features import group_features
@@ -38,9 +37,13 @@ def _setup():
     return model, variables, calib, task
 
 
+HOBS = get_method("hobs")
+
+
 @functools.lru_cache(maxsize=None)
 def _selection():
-    return hobs.select(_setup()[3])
+    """H-OBS's scored selection (paths down to the global allocator's min_ratio=0.2)."""
+    return HOBS.select(_setup()[3])
 
 
 def _env(target=0.5, lbound=0.2, round_to=1, static=None):
@@ -85,7 +88,7 @@ def test_grid_network_equals_the_hobs_pruned_network():
     full = env.rollout(lambda s, t: rng.uniform(0.2, 1)).index
     for index in (one, full):
         keep = np.array([g[i] for g, i in zip(grids, index)])
-        outcome = hobs.finish(sel, keep)
+        outcome = HOBS.finish(sel, keep)
         pruned, pvars = apply_plan(NAME, outcome.variables, outcome.plan, graph=task.graph)
         x = jnp.asarray(calib.images[:16])
         ref = np.asarray(pruned.apply(pvars, x, train=False))
@@ -171,6 +174,9 @@ def test_bad_input_fails_in_one_line():
         prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, reward_images=48))
     with pytest.raises(ValueError, match="budget"):
         prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, budget="flops"))
+    # No option is silently overwritten: R-SPAR's floor is lbound; a min_ratio is refused.
+    with pytest.raises(ValueError, match="rspar: unknown option 'min_ratio'"):
+        prune("rspar", NAME, variables, target=0.5, calib=calib, options=dict(small, min_ratio=0.3))
     with pytest.raises(ValueError, match="lbound"):
         _env(0.5, lbound=0.0)
 
@@ -270,14 +276,12 @@ def _ce(logits, labels):
 
 
 def test_rerank_returns_the_candidate_with_the_best_hessian_split_loss():
-    from hobs_jax.methods import get_method
-    from hobs_jax.rspar.method import search_allocation
+    from hobs_jax.rspar import RsparOptions, search_allocation
 
     model, _, calib, task = _setup()
     sel = _selection()
-    o = get_method("rspar").default_config()
-    o.update(dict(episodes=10, warmup=5, bn="running", rerank=3, progress=False))
-    o.agent.hidden, o.agent.batch = 16, 8
+    o = RsparOptions.build(dict(episodes=10, warmup=5, bn="running", rerank=3, progress=False,
+                                agent=dict(hidden=16, batch=8)))
     # Reward labels shifted: the search optimizes another objective than the re-rank's, so
     # its best episode is not the re-rank's winner (checked below), as with an overfit reward.
     run = lambda: search_allocation(sel, 0.5, budget=MonomialBudget(task.cost, "macs"), options=o, seed=2,
@@ -289,13 +293,13 @@ def test_rerank_returns_the_candidate_with_the_best_hessian_split_loss():
     assert {"uniform", "global"} <= set(names) and 3 <= len(table) <= 5
     assert [t["reward"] for t in r["top"]] == sorted((t["reward"] for t in r["top"]), reverse=True)
     assert len({tuple(t["keep"]) for t in r["top"]}) == len(r["top"]) == 3
-    assert r["rerank"]["images"] == len(sel.images) == 48
+    assert r["rerank"]["images"] == len(sel.task.calib.images) == 48
     # Each candidate's re-rank loss is the loss of the real H-OBS-pruned network on the
     # Hessian images (bn='running': eval mode), and the winner has the lowest.
-    x = jnp.asarray(sel.images)
+    x = jnp.asarray(sel.task.calib.images)
     losses = []
     for c in table:
-        outcome = hobs.finish(sel, np.asarray(c["keep"]))
+        outcome = HOBS.finish(sel, np.asarray(c["keep"]))
         pruned, pvars = apply_plan(NAME, outcome.variables, outcome.plan, graph=task.graph)
         losses.append(_ce(np.asarray(pruned.apply(pvars, x, train=False), np.float64), calib.labels))
     np.testing.assert_allclose([c["loss"] for c in table], losses, rtol=1e-4)

@@ -15,7 +15,7 @@ import pytest
 from hobs_jax import models
 from hobs_jax.analysis import sensitivity as S
 from hobs_jax.graph import build_graph
-from hobs_jax.methods.obs_groups import group_roles
+from hobs_jax.methods import group_roles
 from hobs_jax.stats import collect_hessians, reestimate_bn
 from hobs_jax.stats.layers import capture_inputs, kernel_matrix, layer_rows, trace_layers
 

@@ -6,7 +6,12 @@ target fraction of the MACs (or params), met within 1%.
   holds within tolerance (a uniform ratio alone moves in coarse steps on small nets).
 * :func:`global_threshold` - one saliency threshold over all channels of all groups
   (binary search), with a per-group floor; the caller normalizes saliencies so they
-  compare across groups (:func:`normalize`).
+  compare across groups (:func:`normalize`); :func:`global_keep` does both, for
+  saliencies that may be +inf (channels a scorer never removes).
+* :func:`restrict` - the cost model over a subset of the groups (the others fixed at
+  full size), for methods that prune only some groups (UDFC).
+
+A target no allocation can meet raises :class:`Unreachable` (a ``ValueError``).
 
 Both respect ``round_to`` (kept counts are multiples of it unless a group keeps all) and
 return kept counts per group; :func:`hobs_jax.graph.plan_from_scores` turns counts and
@@ -16,13 +21,32 @@ per-channel scores into a :class:`~hobs_jax.graph.PrunePlan`.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+import dataclasses
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hobs_jax.allocation.cost import CostModel
 
 TOLERANCE = 0.01
+
+
+class Unreachable(ValueError):
+    """The target cannot be met even with every prunable group at its floor."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """An allocator's answer (:class:`hobs_jax.methods.parts.Allocator`): ``keep`` [G]
+    kept counts (cost-model group order), JSON-able ``info`` (reported under the
+    allocator's name), the ``budget`` (kind, kept fraction) it was met in when that is not
+    the task's metric, and ``artifacts`` (name -> writer of files at a path prefix, e.g.
+    plots; returns the paths written)."""
+
+    keep: np.ndarray
+    info: Mapping = dataclasses.field(default_factory=dict)
+    budget: tuple[str, float] | None = None
+    artifacts: Mapping[str, Callable[[str], Sequence[str]]] = dataclasses.field(default_factory=dict)
 
 
 def _round(n: float, size: int, round_to: int, floor: int) -> int:
@@ -43,7 +67,7 @@ def check_reachable(cost: CostModel, target: float, metric: str, floor: np.ndarr
         raise ValueError(f"target={target!r}: the kept fraction must be in (0, 1)")
     best = cost.ratio(floor, metric)
     if best > target * (1 + TOLERANCE):
-        raise ValueError(f"target {target:.4f} of the {metric} is unreachable: pruning every prunable "
+        raise Unreachable(f"target {target:.4f} of the {metric} is unreachable: pruning every prunable "
                          f"group to its floor still keeps {best:.4f} (the rest is in layers no prunable "
                          f"group sizes, e.g. the stem's input and the classifier's outputs)")
 
@@ -162,3 +186,43 @@ def global_threshold(cost: CostModel, scores: Mapping[int, np.ndarray], target: 
     # Prefer to drop the lowest-scored surviving channel first when stepping down.
     worst_kept = np.array([s[int(k) - 1] if k > 0 else np.inf for s, k in zip(per_group, keep)])
     return _adjust(cost, keep, target, metric, round_to, floor, np.argsort(worst_kept, kind="stable"))
+
+
+def normalize_finite(scores: Mapping[int, np.ndarray], cost: CostModel, how: str = "mean",
+                     metric: str = "macs") -> dict[int, np.ndarray]:
+    """:func:`normalize` of the groups of ``cost`` where +inf (never removed) stands in as
+    the group's largest finite score during normalization and is restored afterwards."""
+    finite, raw = {}, {}
+    for g in cost.group_ids:
+        s = np.asarray(scores[g], np.float64)
+        top = s[np.isfinite(s)].max() if np.isfinite(s).any() else 1.0
+        finite[g], raw[g] = np.where(np.isfinite(s), s, top), s
+    normed = normalize(finite, cost, how, metric)
+    return {g: np.where(np.isfinite(raw[g]), normed[g], np.inf) for g in cost.group_ids}
+
+
+def global_keep(cost: CostModel, scores: Mapping[int, np.ndarray], target: float, metric: str = "macs", *,
+                normalize: str = "mean", min_ratio: float = 0.1, round_to: int = 1, budget=None) -> np.ndarray:
+    """[G] kept counts of a global threshold on ``scores`` (group id -> [size], higher
+    survives, +inf never removed) normalized across groups by ``normalize``
+    (:func:`normalize_finite`, per MAC/param of ``cost`` for 'cost'), each group keeping at
+    least ``min_ratio`` of its channels. ``budget``: another cost with the
+    ``ratio(keep, metric)`` / ``sizes`` interface to meet the target in (a latency table);
+    the normalization stays per MAC/param."""
+    normed = normalize_finite(scores, cost, normalize, metric)
+    return global_threshold(budget or cost, normed, target, metric, round_to=round_to, min_ratio=min_ratio)
+
+
+def restrict(cost: CostModel, groups: Sequence[int]) -> CostModel:
+    """The cost model over ``groups`` only, the other groups fixed at full size."""
+    idx = [cost.group_ids.index(g) for g in groups]
+    rest = [i for i in range(len(cost.group_ids)) if i not in idx]
+    sizes = cost.sizes.astype(np.float64)
+
+    def fix(coef, exp):
+        return coef * np.prod(sizes[rest][None, :] ** exp[:, rest], axis=1), exp[:, idx]
+
+    mc, me = fix(cost.macs_coef, cost.macs_exp)
+    pc, pe = fix(cost.params_coef, cost.params_exp)
+    return dataclasses.replace(cost, group_ids=tuple(groups), sizes=cost.sizes[idx], macs_coef=mc, macs_exp=me,
+                               params_coef=pc, params_exp=pe)

@@ -50,30 +50,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hobs_jax import obs
 from hobs_jax.graph import Graph, build_graph, group_l2_scores, layout_channels, layout_indices, mask_variables
-from hobs_jax.methods.obs_groups import group_roles
-from hobs_jax.methods.obs_math import Consumer, blas_threads, channel_rows, compensate, greedy_path, robust_inverse
-from hobs_jax.stats.hessian import HessianStats, check_images, collect_hessians
-from hobs_jax.stats.layers import capture_outputs, kernel_matrix, trace_layers
+from hobs_jax.methods import group_roles
+from hobs_jax.obs import HessianStats, SolvedLayers, blas_threads, check_images, compensate
+from hobs_jax.stats.layers import capture_outputs, trace_layers
 
 log = logging.getLogger(__name__)
 
 RATIOS = tuple(round(1.0 - 0.1 * i, 1) for i in range(10))
 CURVES = ("hobs", "hobs_nocomp", "magnitude")
 SCHEMA_VERSION = 1
-
-
-def _flat(variables) -> dict[tuple[str, ...], np.ndarray]:
-    return {tuple(str(getattr(k, "key", k)) for k in p): np.asarray(leaf)
-            for p, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-
-
-def _weights(flat, info) -> np.ndarray:
-    """[d (+1), m] float64 kernel matrix of a consumer (+ its bias row)."""
-    w = kernel_matrix(info, flat[("params",) + info.path + ("kernel",)]).astype(np.float64)
-    if info.use_bias:
-        w = np.concatenate([w, flat[("params",) + info.path + ("bias",)].astype(np.float64).reshape(1, -1)])
-    return w
 
 
 def _bar(iterable, *, total=None, desc="", unit="group", enabled=True):
@@ -103,7 +90,7 @@ def reconstruction_curves(graph: Graph, variables: Mapping, stats: HessianStats,
     * ``hobs``: S_r = the first ``size - k`` channels of H-OBS's greedy path (OBS saliency
       summed over consumers, Schur downdates; per-output BN weights when ``bn_weighted``,
       as the ``hobs`` method's default), ``W'`` = the OBS compensation with the dampened
-      H (:func:`~hobs_jax.methods.obs_math.compensate`), ``dW = W - W'``;
+      H (:func:`~hobs_jax.obs.compensate`), ``dW = W - W'``;
     * ``hobs_nocomp``: the same S_r, rows zeroed, nothing else changed;
     * ``magnitude``: S_r = the ``size - k`` smallest group-L2 channels, rows zeroed.
 
@@ -123,44 +110,22 @@ def reconstruction_curves(graph: Graph, variables: Mapping, stats: HessianStats,
       group id -> {"consumers": [names], "keep": [len(ratios)] kept counts, "compensated":
       bool, "hobs"/"hobs_nocomp"/"magnitude": [len(ratios)] relative errors}.
     """
-    from hobs_jax.methods.hobs import _bn_weights
-
     ratios = check_ratios(ratios)
-    flat = _flat(variables)
+    flat = {k: np.asarray(v) for k, v in obs.flat_variables(variables).items()}
     l2 = group_l2_scores(graph, variables)
     roles = {g: r for g, r in group_roles(graph, infos).items() if r.consumers}
+    solved = SolvedLayers(stats, damp)
     out = {}
-    cache = {}
     for gid, role in _bar(roles.items(), total=len(roles), desc="reconstruction curves", enabled=progress):
-        size = role.group.size
+        size = role.size
         keeps = [max(1, int(round(r * size))) for r in ratios]
-        sites = []
-        for site in role.consumers:
-            info = site.layer
-            if info.path not in cache:
-                h = stats[info.path].hessian(bias=info.use_bias)
-                hd, hinv, _, dead = robust_inverse(h, damp, name=info.name)
-                cache[info.path] = (h, hd, hinv, dead)
-            sites.append((site, _weights(flat, info), channel_rows(site.channel, size, info.name)))
-        cons = []
-        for site, w, rows in sites:
-            h, hd, hinv, dead = cache[site.layer.path]
-            ws = w.copy()
-            ws[dead] = 0.0
-            colw = _bn_weights(flat, site.layer) if bn_weighted else None
-            if role.compensate:
-                cons.append(Consumer(site.layer.name, ws, hinv.copy(), rows, colw))
-            else:
-                cons.append(Consumer(site.layer.name, ws, hinv, rows, colw, compensate=False, h=hd))
+        sites = [(site, obs.layer_weights(flat, site.layer, site.layer.use_bias),
+                  obs.channel_rows(site.channel, size, site.layer.name)) for site in role.consumers]
         n_max = size - min(keeps)
-        if n_max <= 0:
-            order = np.zeros(0, np.int64)
-        elif role.compensate:
-            order, _ = greedy_path(cons, n_max)
-        else:  # LayerNorm-normalized group: individual no-compensation losses
-            order = np.argsort(sum(c.saliency(np.ones(size, bool)) for c in cons), kind="stable")[:n_max]
+        # H-OBS's selection (the engine's, as the hobs method runs it; BN-weighted when asked).
+        order = obs.select(role, n_max, flat, solved, bn_weighted=bn_weighted)[0]
         mag_order = np.argsort(l2[gid], kind="stable")
-        ref = sum(float(np.sum(w * (cache[s.layer.path][0] @ w))) for s, w, _ in sites)
+        ref = sum(float(np.sum(w * (solved(s.layer)[0] @ w))) for s, w, _ in sites)
         curves = {k: [] for k in CURVES}
         for k in keeps:
             n_rm = size - k
@@ -168,7 +133,7 @@ def reconstruction_curves(graph: Graph, variables: Mapping, stats: HessianStats,
                              ("magnitude", mag_order[:n_rm])):
                 err = 0.0
                 for site, w, rows in sites:
-                    h, hd = cache[site.layer.path][:2]
+                    h, hd = solved(site.layer)[:2]
                     removed = rows[np.asarray(rm, np.int64)].reshape(-1)
                     if not len(removed):
                         continue
@@ -237,7 +202,7 @@ def fisher_traces(model, variables: Mapping, graph: Graph, images: np.ndarray, l
         raise ValueError("per-example gradients have NaN/Inf values (weights or images not finite?)")
     # group_l2_scores sums squares per channel: feed it sqrt(F_diag) to sum F_diag.
     per_channel = group_l2_scores(graph, {"params": jax.tree.map(lambda a: np.sqrt(a / n), acc)})
-    flat = _flat(variables)
+    flat = {k: np.asarray(v) for k, v in obs.flat_variables(variables).items()}
     out = {}
     for g in graph.prunable:
         nparam = 0
@@ -324,7 +289,7 @@ def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labe
     graph = build_graph(model, variables, input_shape, name=model_name)
     infos = trace_layers(model, variables, input_shape)
     need = sorted({s.layer.path for r in group_roles(graph, infos).values() for s in r.consumers})
-    stats = collect_hessians(model, variables, images, paths=need, batch_size=batch_size, progress=progress,
+    stats = obs.layer_hessians(model, variables, images, paths=need, batch_size=batch_size, progress=progress,
                              infos=infos)
     times["calibration"] = time.perf_counter() - t0
     log.info("hessians of %d layers over %d images: %.1f s", len(need), len(images), times["calibration"])

@@ -1,9 +1,10 @@
-"""The pruning-method protocol: every method is one function over the same task.
+"""What every pruning method reads and returns: :class:`PruneTask` -> :class:`PruneOutcome`.
 
-A method scores channels (and optionally compensates weights or allocates sparsity); the
-shared machinery does the rest once: the channel groups (:mod:`hobs_jax.graph`), cost
-models and target searches (:mod:`hobs_jax.allocation`), surgery
-(:func:`hobs_jax.graph.apply_plan`), BN re-estimation (:mod:`hobs_jax.stats.bn`).
+A method is a composition of parts (:mod:`hobs_jax.methods.parts`: a scorer, an
+allocator, a compensator, optionally a training-time regularizer); the shared machinery
+does the rest once: the channel groups (:mod:`hobs_jax.graph`), cost models and target
+searches (:mod:`hobs_jax.allocation`), surgery (:func:`hobs_jax.graph.apply_plan`), BN
+re-estimation (:mod:`hobs_jax.stats.bn`).
 
     outcome = get_method("hobs").prune(task)        # task: PruneTask
     model, variables = apply_plan(task.model_name, outcome.variables, outcome.plan)
@@ -12,9 +13,8 @@ models and target searches (:mod:`hobs_jax.allocation`), surgery
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import ml_collections
 import numpy as np
 
 
@@ -52,9 +52,13 @@ class PruneTask:
       round_to: kept counts are multiples of this (unless a group keeps all).
       input_shape: [1, H, W, C] the costs are counted at.
       calib: calibration data (None for data-free methods).
-      options: the method's config section (``default_config()`` with overrides).
+      options: the method's typed options (:class:`hobs_jax.methods.MethodOptions`, built
+        and validated by ``make_task``; a plain mapping or config section is accepted
+        too and validated when the method runs).
       seed: for any randomness (methods must be deterministic given it).
       finetune: see :class:`FinetuneFn` (None when no training data is wired up).
+      workdir: a directory where parts may keep resumable state (R-SPAR's search
+        checkpoints, under ``<workdir>/<part>``); None keeps nothing.
     """
 
     model_name: str
@@ -67,27 +71,35 @@ class PruneTask:
     round_to: int
     input_shape: tuple[int, ...]
     calib: Calibration | None
-    options: ml_collections.ConfigDict
+    options: Any
     seed: int = 0
     finetune: FinetuneFn | None = None
+    workdir: str | None = None
+
+
+#: Writes one artifact of an outcome (a plot, a table) at ``prefix`` (a path without
+#: extension, e.g. ``<stage dir>/rspar_allocation``); returns the paths written.
+ArtifactWriter = Callable[[str], Sequence[str]]
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneOutcome:
-    """A method's answer: the plan, the full-size variables to slice (compensated where the
-    method compensates; else the input variables), and JSON-able facts (scores, timings)."""
+    """A method's answer.
+
+    Attributes:
+      plan: the :class:`~hobs_jax.graph.PrunePlan`.
+      variables: full-size variables to slice (compensated where the method compensates;
+        else the input variables).
+      info: JSON-able facts (kept counts, scores, timings; a part's own facts under its name).
+      artifacts: name -> writer of a file the outcome can produce (R-SPAR's allocation
+        chart and learning curve); callers that keep files (the pipeline) call each
+        writer with ``<dir>/<name>``.
+      budget: (kind, kept fraction) of the budget the allocation was met in when that is
+        not the task's metric (R-SPAR's latency table); None: the task's metric.
+    """
 
     plan: Any
     variables: Mapping
     info: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    """A registered method: ``prune(task) -> PruneOutcome`` and its config defaults."""
-
-    name: str
-    prune: Callable[[PruneTask], PruneOutcome]
-    default_config: Callable[[], ml_collections.ConfigDict]
-    needs_data: bool
-    summary: str
+    artifacts: Mapping[str, ArtifactWriter] = dataclasses.field(default_factory=dict)
+    budget: tuple[str, float] | None = None

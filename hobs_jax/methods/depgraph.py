@@ -2,6 +2,10 @@
 
 Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023, Sec. 3.3 and
 Torch-Pruning 1.6.1's ``GroupNormPruner`` + ``GroupMagnitudeImportance(p=2)``.
+The method is the composition ``group_norm`` regularizer -> ``group_norm`` scorer ->
+uniform/global allocator -> no compensation; the regularizer is the training-time shape
+of a part (:class:`hobs_jax.methods.parts.Regularizer`): an optax transformation the
+training engine applies without knowing the method.
 
 1. **Sparse learning** (``sparse_steps`` > 0): the unpruned network trains for
    ``sparse_steps`` steps through the task's fine-tune callback with
@@ -37,23 +41,15 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-from hobs_jax.graph import Graph, layout_channels, layout_groups, plan_from_scores
-from hobs_jax.methods.base import PruneOutcome, PruneTask
-from hobs_jax.methods.magnitude import allocate
-from hobs_jax.methods.registry import register
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """allocation: 'uniform' | 'global'; normalize/min_ratio: see magnitude;
-    sparse_steps: steps of group sparse learning before pruning (0: none);
-    reg: regularization coefficient (Torch-Pruning's CIFAR ResNet-56 recipe: 5e-4);
-    alpha: gamma ranges over [1, 2^alpha] (Torch-Pruning: 2**4)."""
-    return ml_collections.ConfigDict(dict(allocation="uniform", normalize="mean", min_ratio=0.1,
-                                          sparse_steps=200, reg=5e-4, alpha=4.0))
+from hobs_jax.graph import Graph, layout_channels, layout_groups
+from hobs_jax.methods.base import PruneTask
+from hobs_jax.methods.magnitude import NoOptions
+from hobs_jax.methods.parts import Scores, Selection
+from hobs_jax.methods.registry import register_method, register_part
+from hobs_jax.options import Options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,40 +168,72 @@ def group_norm_regularizer(graph: Graph, reg: float, alpha: float = 4.0,
     return optax.GradientTransformation(init, update)
 
 
-def validate(options, needs_callback: bool) -> None:
-    """One-line errors for bad depgraph options (before any compute)."""
-    if options.allocation not in ("uniform", "global"):
-        raise ValueError(f"depgraph: allocation={options.allocation!r}: use 'uniform' or 'global'")
-    steps = options.sparse_steps
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"depgraph: sparse_steps={steps!r} must be an int >= 0")
-    if not options.reg >= 0:
-        raise ValueError(f"depgraph: reg={options.reg!r} must be >= 0")
-    if not options.alpha >= 0:
-        raise ValueError(f"depgraph: alpha={options.alpha!r} must be >= 0")
-    if steps > 0 and not needs_callback:
-        raise ValueError(f"depgraph: sparse_steps={steps} needs a training callback (task.finetune "
-                         f"is None); pass finetune=... or set sparse_steps=0")
+@dataclasses.dataclass(frozen=True)
+class GroupNormOptions(Options):
+    """sparse_steps: steps of group sparse learning before pruning (0: none); reg:
+    regularization coefficient (Torch-Pruning's CIFAR ResNet-56 recipe: 5e-4); alpha:
+    gamma ranges over [1, 2^alpha] (Torch-Pruning: 2**4)."""
+
+    sparse_steps: int = 200
+    reg: float = 5e-4
+    alpha: float = 4.0
+
+    def check(self):
+        self.require(self.sparse_steps >= 0, "sparse_steps", "must be an int >= 0")
+        self.require(self.reg >= 0, "reg", "must be >= 0")
+        self.require(self.alpha >= 0, "alpha", "must be >= 0")
+
+    @classmethod
+    def smoke(cls) -> dict:
+        return {"sparse_steps": 2}
 
 
-@register("depgraph", default_config=default_config, needs_data=False,
-          summary="DepGraph: group sparse learning (GroupNormPruner regularizer), group L2^2 "
-                  "importance, uniform/global allocation")
-def prune(task: PruneTask) -> PruneOutcome:
-    opts = task.options
-    validate(opts, task.finetune is not None)
-    variables = task.variables
-    info: dict = {"sparse_steps": int(opts.sparse_steps), "reg": float(opts.reg),
-                  "alpha": float(opts.alpha)}
-    if opts.sparse_steps > 0:
-        tx = group_norm_regularizer(task.graph, float(opts.reg), float(opts.alpha))
-        trained = task.finetune(dict(variables), int(opts.sparse_steps), extra_transform=tx)
-        # Host copies with the input's dtypes; the trained tree may hold device arrays.
-        variables = jax.tree.map(lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype),
-                                 {k: trained[k] for k in variables}, dict(variables))
-    slots = group_slots(task.graph)
-    scores = group_sq_norms(variables["params"], slots, {g.id: g.size for g in task.graph.groups})
-    keep = allocate(task, scores, opts)
-    plan = plan_from_scores(task.graph, scores, keep, round_to=task.round_to)
-    info["keep"] = {str(k): v for k, v in keep.items()}
-    return PruneOutcome(plan, variables, info)
+class GroupNormRegularizer:
+    """DepGraph's sparse-learning phase (module doc): :func:`group_norm_regularizer` as
+    the gradient transformation of ``sparse_steps`` training steps."""
+
+    name = "group_norm"
+    Options = GroupNormOptions
+    needs_data = False
+
+    def check(self, task: PruneTask, o: GroupNormOptions) -> None:
+        if o.sparse_steps > 0 and task.finetune is None:
+            raise ValueError(f"depgraph: sparse_steps={o.sparse_steps} needs a training callback (task.finetune "
+                             f"is None); pass finetune=... or set sparse_steps=0")
+
+    def steps(self, o: GroupNormOptions) -> int:
+        return int(o.sparse_steps)
+
+    def transform(self, task: PruneTask, o: GroupNormOptions) -> optax.GradientTransformation:
+        return group_norm_regularizer(task.graph, float(o.reg), float(o.alpha))
+
+    def loss(self, task: PruneTask, o: GroupNormOptions):
+        return None
+
+    def info(self, o: GroupNormOptions) -> dict:
+        return {"sparse_steps": int(o.sparse_steps), "reg": float(o.reg), "alpha": float(o.alpha)}
+
+
+class GroupNormScorer:
+    """``I_{g,c}``: the sum of squares of channel c's slices over the group's non-bias
+    members (module doc, step 2), on the variables after the sparse phase."""
+
+    name = "group_norm"
+    Options = NoOptions
+    needs_data = False
+
+    def score(self, sel: Selection, o: NoOptions) -> Scores:
+        graph = sel.task.graph
+        return Scores.from_importance(group_sq_norms(sel.task.variables["params"], group_slots(graph),
+                                                     {g.id: g.size for g in graph.groups}))
+
+    def report(self, sel, keep, o) -> dict:
+        return {}
+
+
+register_part("regularizer", GroupNormRegularizer())
+register_part("scorer", GroupNormScorer())
+register_method("depgraph", regularizer="group_norm", scorer="group_norm", allocators=("uniform", "global"),
+                compensator="none", defaults=dict(normalize="mean"),
+                summary="DepGraph: group sparse learning (GroupNormPruner regularizer), group L2^2 "
+                        "importance, uniform/global allocation")

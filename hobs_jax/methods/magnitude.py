@@ -1,42 +1,78 @@
 """``magnitude``: group L2 norm importance (Torch-Pruning's GroupMagnitudeImportance with
 p=2, DepGraph Sec. 3.3 without sparse training), uniform or global allocation, no data,
-no compensation. The baseline every other method must beat."""
+no compensation. The baseline every other method must beat.
+
+Parts defined here: the ``l2`` scorer (the group L2 norm of each channel over every
+member slice, :func:`hobs_jax.graph.group_l2_scores`), the ``l2sq`` scorer (half its
+square: the OBS loss with H = I, H-OBS's "w/o Hessian" ablation), and the ``none``
+compensator (the plan slices the input variables as they are).
+"""
 
 from __future__ import annotations
 
-import ml_collections
+import dataclasses
 
-from hobs_jax import allocation
-from hobs_jax.graph import group_l2_scores, plan_from_scores
-from hobs_jax.methods.base import PruneOutcome, PruneTask
-from hobs_jax.methods.registry import register
+import numpy as np
 
-
-def default_config() -> ml_collections.ConfigDict:
-    """allocation: 'uniform' | 'global'; normalize: how global scores compare across
-    groups (see hobs_jax.allocation.normalize); min_ratio: floor per group (global)."""
-    return ml_collections.ConfigDict(dict(allocation="uniform", normalize="mean", min_ratio=0.1))
+from hobs_jax import obs
+from hobs_jax.graph import group_l2_scores
+from hobs_jax.methods.parts import Scores, Selection
+from hobs_jax.methods.registry import register_method, register_part
+from hobs_jax.options import Options
 
 
-def allocate(task: PruneTask, scores: dict, options) -> dict[int, int]:
-    """Kept counts per group id from ``scores`` under the task's target (shared by the
-    score-only methods)."""
-    cost = task.cost
-    if options.allocation == "uniform":
-        keep = allocation.uniform(cost, task.target, task.metric, round_to=task.round_to)
-    elif options.allocation == "global":
-        normed = allocation.normalize(scores, cost, options.normalize, task.metric)
-        keep = allocation.global_threshold(cost, normed, task.target, task.metric,
-                                           round_to=task.round_to, min_ratio=options.min_ratio)
-    else:
-        raise ValueError(f"allocation={options.allocation!r}: use 'uniform' or 'global'")
-    return {g: int(k) for g, k in zip(cost.group_ids, keep)}
+@dataclasses.dataclass(frozen=True)
+class NoOptions(Options):
+    """A part without options."""
 
 
-@register("magnitude", default_config=default_config, needs_data=False,
-          summary="group L2 norm, uniform/global allocation, no compensation")
-def prune(task: PruneTask) -> PruneOutcome:
-    scores = group_l2_scores(task.graph, task.variables)
-    keep = allocate(task, scores, task.options)
-    plan = plan_from_scores(task.graph, scores, keep, round_to=task.round_to)
-    return PruneOutcome(plan, task.variables, {"keep": {str(k): v for k, v in keep.items()}})
+class L2:
+    """Per channel, the L2 norm of its slices in every member of its group."""
+
+    name = "l2"
+    Options = NoOptions
+    needs_data = False
+
+    def score(self, sel: Selection, options: NoOptions) -> Scores:
+        return Scores.from_importance(group_l2_scores(sel.task.graph, sel.task.variables))
+
+    def report(self, sel, keep, options) -> dict:
+        return {}
+
+
+class HalfSquaredL2(L2):
+    """``1/2 ||group slices of c||^2``: the OBS saliency with H = I summed over members."""
+
+    name = "l2sq"
+
+    def score(self, sel: Selection, options: NoOptions) -> Scores:
+        l2 = group_l2_scores(sel.task.graph, sel.task.variables)
+        return Scores.from_importance({g: 0.5 * s ** 2 for g, s in l2.items()})
+
+
+class NoCompensation:
+    """The input variables, unchanged; for an allocator's grid, removed rows (or the
+    producers' columns of a group nobody reads) are zeroed."""
+
+    name = "none"
+    Options = NoOptions
+    needs_data = False
+
+    def groups(self, sel: Selection, options: NoOptions):
+        return None
+
+    def compensate(self, sel: Selection, plan, removed, options: NoOptions):
+        return sel.task.variables, {}
+
+    def grid(self, sel: Selection, gid: int, order: np.ndarray, counts: np.ndarray, options: NoOptions) -> dict:
+        flat = sel.shared("flat", lambda: obs.flat_variables(sel.task.variables))
+        return obs.group_grid(sel.channel_groups()[gid], order, counts, flat, compensate_rows=False)
+
+
+register_part("scorer", L2())
+register_part("scorer", HalfSquaredL2())
+register_part("compensator", NoCompensation())
+
+register_method("magnitude", scorer="l2", allocators=("uniform", "global"), compensator="none",
+                defaults=dict(normalize="mean"),
+                summary="group L2 norm, uniform/global allocation, no compensation")

@@ -1,4 +1,5 @@
-"""Which layers read, pass through or write each channel group (for structured OBS).
+"""Which layers read, pass through or write each channel group: the bridge from the
+channel graph to the OBS engine's layer-level :class:`~hobs_jax.obs.ChannelGroup`.
 
 For a group g of the channel graph and the traced layers
 (:func:`hobs_jax.stats.layers.trace_layers`), every kernel member of g is one of:
@@ -30,34 +31,13 @@ product, no linear layer) is scored by its producers' output energy
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping
 
 import numpy as np
 
-from hobs_jax.graph.groups import Graph, Group, layout_channels
+from hobs_jax.graph.groups import Graph, layout_channels
+from hobs_jax.obs.layers import ChannelGroup, Site
 from hobs_jax.stats.layers import LayerInfo
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-    """One layer a group touches: ``channel`` [d_in] (consumer: the group channel of each
-    input row; producer: [d_out] of each output column; -1 elsewhere)."""
-
-    layer: LayerInfo
-    channel: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupRole:
-    """How group ``group`` meets the layers: see module docstring."""
-
-    group: Group
-    consumers: tuple[Site, ...]
-    producers: tuple[Site, ...]
-    passthrough: tuple[tuple[str, ...], ...]
-    compensate: bool
-    note: str = ""
 
 
 def axis_channels(graph: Graph, info: LayerInfo, gid: int, axes: tuple[int, ...]) -> np.ndarray:
@@ -72,8 +52,9 @@ def axis_channels(graph: Graph, info: LayerInfo, gid: int, axes: tuple[int, ...]
     return out
 
 
-def group_roles(graph: Graph, infos: Mapping[tuple[str, ...], LayerInfo]) -> dict[int, GroupRole]:
-    """The :class:`GroupRole` of every prunable group of ``graph``."""
+def group_roles(graph: Graph, infos: Mapping[tuple[str, ...], LayerInfo]) -> dict[int, ChannelGroup]:
+    """The :class:`~hobs_jax.obs.ChannelGroup` of every prunable group of ``graph``
+    (``infos``: :func:`hobs_jax.stats.layers.trace_layers` of the network)."""
     roles = {}
     for g in graph.prunable:
         consumers, producers, passthrough, notes = [], [], [], []
@@ -108,6 +89,6 @@ def group_roles(graph: Graph, infos: Mapping[tuple[str, ...], LayerInfo]) -> dic
         if not consumers:
             notes.append("no channel-mixing consumer: scored by producer output energy")
         # One Site per layer (a layer may list the group on one in-axis only).
-        roles[g.id] = GroupRole(g, tuple(consumers), tuple(producers), tuple(dict.fromkeys(passthrough)),
-                                compensate, "; ".join(dict.fromkeys(notes)))
+        roles[g.id] = ChannelGroup(g.id, g.size, tuple(consumers), tuple(producers),
+                                   tuple(dict.fromkeys(passthrough)), compensate, "; ".join(dict.fromkeys(notes)))
     return roles

@@ -67,32 +67,31 @@ other groups (residual streams) by group norm without compensation. Channels are
 by group L2 norm (``hobs_jax.graph.group_l2_scores``), allocation uniform or global.
 Networks whose activation is not ReLU (MobileNet's ReLU6, EfficientNet's SiLU) are
 refused: the ReLU moments above would be wrong there.
+
+**As parts.** The method is the composition ``l2`` scorer -> uniform/global allocator ->
+``udfc`` compensator; the compensator restricts the groups the allocator may prune to
+the compensable ones (``scope='compensable'``) through :meth:`Compensator.groups`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from typing import Literal
+
 import jax
-import ml_collections
 import numpy as np
 from scipy.special import ndtr, owens_t
 
-from hobs_jax import allocation
 from hobs_jax.allocation import CostModel
-from hobs_jax.graph import Graph, group_l2_scores, plan_from_scores
-from hobs_jax.methods.base import PruneOutcome, PruneTask
-from hobs_jax.methods.registry import register
+from hobs_jax.allocation import restrict as _restrict
+from hobs_jax.graph import Graph
+from hobs_jax.methods.base import PruneTask
+from hobs_jax.methods.parts import Selection
+from hobs_jax.methods.registry import register_method, register_part
+from hobs_jax.options import Options
 
 BN_EPS = 1e-5  # the zoo's BatchNorm epsilon (hobs_jax.models.layers.batch_norm)
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """allocation: 'uniform' | 'global'; normalize/min_ratio: see magnitude; scope:
-    'compensable' | 'all'; ridge: lambda relative to the mean kept second moment;
-    compensate: False keeps the same selection without folding (the ablation)."""
-    return ml_collections.ConfigDict(dict(allocation="uniform", normalize="mean", min_ratio=0.1,
-                                          scope="compensable", ridge=1e-3, compensate=True))
 
 
 def _phi(x: np.ndarray) -> np.ndarray:
@@ -224,64 +223,67 @@ def fold(variables: dict, chain: Chain, kept: np.ndarray, S: np.ndarray) -> dict
 
 
 def restrict(cost: CostModel, groups: list[int]) -> CostModel:
-    """The cost model over ``groups`` only, the other groups fixed at full size."""
-    idx = [cost.group_ids.index(g) for g in groups]
-    rest = [i for i in range(len(cost.group_ids)) if i not in idx]
-    sizes = cost.sizes.astype(np.float64)
-
-    def fix(coef, exp):
-        return coef * np.prod(sizes[rest][None, :] ** exp[:, rest], axis=1), exp[:, idx]
-
-    mc, me = fix(cost.macs_coef, cost.macs_exp)
-    pc, pe = fix(cost.params_coef, cost.params_exp)
-    return CostModel(cost.model, tuple(groups), cost.sizes[idx], mc, me, pc, pe)
+    """The cost model over ``groups`` only (:func:`hobs_jax.allocation.restrict`)."""
+    return _restrict(cost, groups)
 
 
-def _validate(task: PruneTask) -> None:
-    o = task.options
-    if o.allocation not in ("uniform", "global"):
-        raise ValueError(f"udfc: allocation={o.allocation!r}: use 'uniform' or 'global'")
-    if o.scope not in ("compensable", "all"):
-        raise ValueError(f"udfc: scope={o.scope!r}: use 'compensable' or 'all'")
-    if not o.ridge >= 0:
-        raise ValueError(f"udfc: ridge={o.ridge!r} must be >= 0")
-    if not isinstance(o.compensate, bool):
-        raise ValueError(f"udfc: compensate={o.compensate!r} must be True or False")
-    if not task.model_name.startswith("resnet"):
-        raise ValueError(f"udfc: model {task.model_name!r} is not a ReLU network; UDFC's ReLU "
-                         f"moments support the resnet family only")
-    if "batch_stats" not in task.variables:
-        raise ValueError("udfc: variables have no batch_stats; UDFC needs BatchNorm statistics")
+@dataclasses.dataclass(frozen=True)
+class UdfcOptions(Options):
+    """scope: 'compensable' (prune only the groups UDFC compensates) | 'all' (also the
+    others, by group norm without compensation); ridge: lambda relative to the mean kept
+    second moment; compensate: False keeps the same selection without folding (the
+    ablation)."""
+
+    scope: Literal["compensable", "all"] = "compensable"
+    ridge: float = 1e-3
+    compensate: bool = True
+
+    def check(self):
+        self.require(self.ridge >= 0, "ridge", "must be >= 0")
 
 
-@register("udfc", default_config=default_config, needs_data=False,
-          summary="UDFC: pruned channels folded into the next layer as closed-form linear "
-                  "combinations of kept ones (BN-statistics Gaussian model), no data")
-def prune(task: PruneTask) -> PruneOutcome:
-    _validate(task)
-    o = task.options
-    variables = jax.tree.map(np.asarray, dict(task.variables))
-    chains = find_chains(task.graph, variables["params"])
-    cost = task.cost
-    groups = list(cost.group_ids) if o.scope == "all" else [g for g in cost.group_ids if g in chains]
-    if not groups:
-        raise ValueError(f"udfc: {task.model_name} has no compensable group (conv-BN-ReLU-conv)")
-    sub = restrict(cost, groups)
-    scores = {g: s for g, s in group_l2_scores(task.graph, variables).items() if g in groups}
-    if o.allocation == "uniform":
-        keep = allocation.uniform(sub, task.target, task.metric, round_to=task.round_to)
-    else:
-        normed = allocation.normalize(scores, sub, o.normalize, task.metric)
-        keep = allocation.global_threshold(sub, normed, task.target, task.metric,
-                                           round_to=task.round_to, min_ratio=o.min_ratio)
-    keep = {g: int(k) for g, k in zip(groups, keep)}
-    plan = plan_from_scores(task.graph, scores, keep, round_to=task.round_to)
-    diag = {}
-    for gid, idx in plan.keep:
-        if gid in chains and o.compensate:
-            kept = np.asarray(idx, np.int64)
-            S, d = compensation(variables, chains[gid], kept, float(o.ridge))
-            variables = fold(variables, chains[gid], kept, S)
-            diag[str(gid)] = d
-    return PruneOutcome(plan, variables, {"keep": {str(k): v for k, v in keep.items()},
-                                          "compensated": diag, "scope": o.scope})
+class UdfcCompensator:
+    """Pruned channels folded into the consumers as closed-form combinations of the kept
+    ones (module doc); restricts the prunable groups to the compensable chains."""
+
+    name = "udfc"
+    Options = UdfcOptions
+    needs_data = False
+
+    def check(self, task: PruneTask, o: UdfcOptions) -> None:
+        if not task.model_name.startswith("resnet"):
+            raise ValueError(f"udfc: model {task.model_name!r} is not a ReLU network; UDFC's ReLU "
+                             f"moments support the resnet family only")
+        if "batch_stats" not in task.variables:
+            raise ValueError("udfc: variables have no batch_stats; UDFC needs BatchNorm statistics")
+
+    def _chains(self, sel: Selection) -> dict[int, Chain]:
+        return sel.shared("udfc_chains", lambda: find_chains(sel.task.graph, sel.task.variables["params"]))
+
+    def groups(self, sel: Selection, o: UdfcOptions):
+        if o.scope == "all":
+            return None
+        chains = self._chains(sel)
+        groups = [g for g in sel.task.cost.group_ids if g in chains]
+        if not groups:
+            raise ValueError("udfc: the network has no compensable group (conv-BN-ReLU-conv)")
+        return groups
+
+    def compensate(self, sel: Selection, plan, removed, o: UdfcOptions):
+        variables = jax.tree.map(np.asarray, dict(sel.task.variables))
+        chains = self._chains(sel)
+        diag = {}
+        for gid, idx in plan.keep:
+            if gid in chains and o.compensate:
+                kept = np.asarray(idx, np.int64)
+                S, d = compensation(variables, chains[gid], kept, float(o.ridge))
+                variables = fold(variables, chains[gid], kept, S)
+                diag[str(gid)] = d
+        return variables, {"compensated": diag, "scope": o.scope}
+
+
+register_part("compensator", UdfcCompensator())
+register_method("udfc", scorer="l2", allocators=("uniform", "global"), compensator="udfc",
+                defaults=dict(normalize="mean"),
+                summary="UDFC: pruned channels folded into the next layer as closed-form linear "
+                        "combinations of kept ones (BN-statistics Gaussian model), no data")

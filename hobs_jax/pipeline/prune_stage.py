@@ -5,7 +5,9 @@ preprocessed without augmentation) so every method sees the same data. ``prune``
 the channel graph and the exact cost model of the dense network, runs the configured
 method from the registry, cuts the network (``apply_plan``), measures the accuracy right
 after pruning, re-estimates BatchNorm statistics on the calibration data, checks the
-target and finite outputs, and saves the pruned model with its plan.
+target and finite outputs, and saves the pruned model with its plan. The method's parts
+may keep resumable state under ``prune/method_state`` (``PruneTask.workdir``) and its
+artifacts (plots) are written into the stage directory, whatever the method.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def finetune_fn(ctx: Context):
 
 
 def run(ctx: Context) -> dict:
+    import dataclasses
+
     from hobs_jax.methods import get_method, make_task
     from hobs_jax.methods import run as run_method
     from hobs_jax.stats import reestimate_bn
@@ -74,15 +78,13 @@ def run(ctx: Context) -> dict:
     _, variables, _ = ctx.load_model("train")
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
-    options = c.prune[c.prune.method]
-    if c.prune.method == "rspar" and not options.workdir:  # the search resumes with the stage
-        options = options.copy_and_resolve_references()
-        with options.unlocked():
-            options.workdir = os.path.join(ctx.workdir.stage_dir("prune"), "rspar_search")
+    stage = ctx.workdir.stage_dir("prune")
     task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
-                     calib=calib, options=options, seed=c.seed,
+                     calib=calib, options=c.prune[c.prune.method], seed=c.seed,
                      finetune=finetune_fn(ctx))
+    # Parts that search or train keep resumable state here: it resumes with the stage.
+    task = dataclasses.replace(task, workdir=os.path.join(stage, "method_state"))
     result = run_method(c.prune.method, task)
     pruned, pvars, outcome = result.model, result.variables, result.outcome
     out = {"method": c.prune.method, "macs_ratio": result.macs_ratio,
@@ -96,16 +98,9 @@ def run(ctx: Context) -> dict:
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)
-    if "rspar" in outcome.info:  # R-SPAR: allocation bar chart and learning curve
-        from hobs_jax.rspar import allocation_record, save_allocation, save_learning_curve
-        r = outcome.info["rspar"]
-        stage = ctx.workdir.stage_dir("prune")
-        save_allocation(os.path.join(stage, "rspar_allocation"),
-                        allocation_record(r["group_ids"], r["sizes"], r["allocations"], model=c.model,
-                                          target=c.prune.target, budget=r["budget"]))
-        save_learning_curve(os.path.join(stage, "rspar_curve"), {"rspar": r["curve"]})
-        out["rspar_plots"] = [os.path.join(stage, "rspar_allocation.png"), os.path.join(stage, "rspar_curve.png")]
-    with open(os.path.join(ctx.workdir.stage_dir("prune"), "plan.json"), "w") as f:
+    out["artifacts"] = [p for name, write in outcome.artifacts.items()
+                        for p in write(os.path.join(stage, name))]
+    with open(os.path.join(stage, "plan.json"), "w") as f:
         f.write(outcome.plan.to_json())
     out["model_dir"] = ctx.save_model("prune", pruned, pvars, plan=outcome.plan)
     log.info("prune: %s kept %.4f of the MACs; one-shot top-1 %s", c.prune.method,

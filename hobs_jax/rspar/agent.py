@@ -32,8 +32,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from hobs_jax.options import Options, to_config
 
-def default_config() -> ml_collections.ConfigDict:
+
+@dataclasses.dataclass(frozen=True)
+class AgentOptions(Options):
     """hidden: MLP width (AMC: 300); actor_lr/critic_lr: Adam rates (AMC: 1e-4/1e-3);
     batch: transitions per update; replay: buffer capacity (transitions); updates: gradient
     updates per episode (0 = one per group, as AMC); noise/noise_decay: initial sigma of the
@@ -41,9 +44,33 @@ def default_config() -> ml_collections.ConfigDict:
     baseline_decay: moving-average reward baseline (AMC: 0.95); imitate: behaviour-cloning
     steps toward the best allocation so far when the warm-up ends (0 = off, AMC), so the
     agent's exploration starts around the best reference instead of from scratch."""
-    return ml_collections.ConfigDict(dict(hidden=300, actor_lr=1e-4, critic_lr=1e-3, batch=64,
-                                          replay=20000, updates=0, noise=0.5, noise_decay=0.95,
-                                          baseline_decay=0.95, imitate=0))
+
+    hidden: int = 300
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    batch: int = 64
+    replay: int = 20000
+    updates: int = 0
+    noise: float = 0.5
+    noise_decay: float = 0.95
+    baseline_decay: float = 0.95
+    imitate: int = 0
+
+    def check(self):
+        for key in ("hidden", "batch", "replay"):
+            self.require(getattr(self, key) >= 1, key, "must be >= 1")
+        for key in ("updates", "imitate"):
+            self.require(getattr(self, key) >= 0, key, "must be >= 0")
+        for key in ("actor_lr", "critic_lr"):
+            self.require(getattr(self, key) > 0, key, "must be > 0")
+        self.require(self.noise >= 0, "noise", "must be >= 0")
+        for key in ("noise_decay", "baseline_decay"):
+            self.require(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """:class:`AgentOptions`' defaults as a ConfigDict (the search takes either)."""
+    return to_config(AgentOptions.defaults())
 
 
 class MLP(nn.Module):
@@ -133,9 +160,10 @@ def _functions(state_dim: int, hidden: int, actor_lr: float, critic_lr: float):
 
 
 class DDPG:
-    """Actor mu(s) in [0, 1] (sigmoid), critic Q(s, a); see module doc."""
+    """Actor mu(s) in [0, 1] (sigmoid), critic Q(s, a); see module doc. ``config``:
+    :class:`AgentOptions` (or a ConfigDict of its fields)."""
 
-    def __init__(self, state_dim: int, config: ml_collections.ConfigDict, seed: int):
+    def __init__(self, state_dim: int, config, seed: int):
         self.config, self.state_dim = config, int(state_dim)
         (self.actor, self.critic, actor_tx, critic_tx, self._act,
          self._update, self._clone) = _functions(int(state_dim), int(config.hidden), float(config.actor_lr),

@@ -126,7 +126,7 @@ class AllocationEnv:
         self.floor = np.array([g[0] for g in self.grids])
         best = budget.ratio(self.floor)
         if best > self.target * (1 + allocation.TOLERANCE):
-            raise ValueError(f"target {self.target:.4f} of the {budget.kind} is unreachable: every prunable "
+            raise allocation.Unreachable(f"target {self.target:.4f} of the {budget.kind} is unreachable: every prunable "
                              f"group at its floor (lbound={self.lbound}) still keeps {best:.4f}")
         self.state_dim = self.static.shape[1] + len(DYNAMIC)
 
@@ -173,7 +173,7 @@ class AllocationEnv:
         """(keep, grid index) within 1% of the target (see module doc); groups whose
         request exceeded their count the most are grown first."""
         gap = (np.zeros(self.G) if actions is None else actions * self.sizes - keep) / self.sizes
-        keep = allocation.repair(_AsCost(self.budget), keep, self.target, self.budget.kind, round_to=self.round_to, floor=self.floor,
+        keep = allocation.repair(AsCost(self.budget), keep, self.target, self.budget.kind, round_to=self.round_to, floor=self.floor,
                                  order=np.argsort(-gap, kind="stable"))
         return keep, self.snap(keep)
 
@@ -182,7 +182,7 @@ class AllocationEnv:
         return np.array([int(np.argmin(np.abs(g - k))) for g, k in zip(self.grids, keep)], np.int64)
 
 
-class _AsCost:
+class AsCost:
     """A :class:`Budget` seen through the ``CostModel.ratio(keep, metric)`` and ``sizes``
     interface :func:`hobs_jax.allocation.repair` uses."""
 

@@ -4,7 +4,8 @@ AMC's layer features (He et al., ECCV 2018: index, type, channels, kernel, strid
 params) adapted to channel *groups* (a group may span several layers: a ResNet stream is
 produced by every block and read by every block), plus the group's H-OBS sensitivity:
 the cumulative OBS loss of its greedy removal path when it keeps 75%, 50% and 25% of its
-channels (the path H-OBS's selection already computed; a sensitivity curve for free).
+channels (the path H-OBS's selection already computed; a sensitivity curve for free;
+under another scorer, the cumulative losses along that scorer's removal order).
 Every column is scaled to [0, 1] by its maximum over groups (losses on a log scale).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from hobs_jax.methods.hobs import Selection
 
 COLUMNS = ("consumers", "conv_consumer", "in_channels", "out_channels", "consumer_width", "kernel",
            "stride", "macs", "params", "sens75", "sens50", "sens25")
@@ -32,22 +32,25 @@ def path_loss_at(size: int, losses: np.ndarray, ratio: float) -> float:
     return float(np.sum(losses[:n]))
 
 
-def group_features(sel: Selection) -> np.ndarray:
-    """[G, len(COLUMNS)] float32 features of ``sel.task.cost.group_ids`` (module doc)."""
-    cost = sel.task.cost
+def group_features(sel) -> np.ndarray:
+    """[G, len(COLUMNS)] float32 features of ``sel.cost.group_ids`` (module doc) from a
+    :class:`hobs_jax.methods.Selection`: its channel groups (how each meets the layers)
+    and its scorer's removal losses."""
+    cost = sel.cost
+    groups = sel.channel_groups()
     rows = []
     for gid in cost.group_ids:
-        role = sel.roles[gid]
+        role = groups[gid]
         cons = role.consumers[0].layer if role.consumers else None
         prod = role.producers[0].layer if role.producers else None
         kernel = float(np.prod(cons.kernel_shape[:2])) if cons is not None and cons.kind != "dense" else 1.0
         stride = float(prod.strides[0]) if prod is not None and prod.strides else 1.0
         in_ch = float(prod.kernel_shape[-2]) if prod is not None and len(prod.kernel_shape) >= 2 else 0.0
         width = float(cons.kernel_shape[-1]) if cons is not None else 0.0
-        losses = sel.paths[gid][1]
-        sens = [path_loss_at(role.group.size, losses, r) for r in SENS_POINTS]
+        losses = sel.scores.losses[gid]
+        sens = [path_loss_at(role.size, losses, r) for r in SENS_POINTS]
         rows.append([len(role.consumers), float(cons is not None and cons.kind == "conv"), in_ch,
-                     float(role.group.size), width, kernel, stride, 0.0, 0.0] + sens)
+                     float(role.size), width, kernel, stride, 0.0, 0.0] + sens)
     f = np.asarray(rows, np.float64)
     f[:, 7] = _share(cost.macs_coef, cost.macs_exp, cost.full)
     f[:, 8] = _share(cost.params_coef, cost.params_exp, cost.full)

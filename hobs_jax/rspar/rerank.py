@@ -7,7 +7,7 @@ allocations that happen to fit those images (the winner's curse). Measured on Re
 a wide margin under the reward and lost to it on the test set at 3x.
 
 What: after the search, the ``k`` best distinct allocations its episodes reached (by
-search reward) and the reference allocations (H-OBS uniform and global, which R-SPAR
+search reward) and the reference allocations (uniform and global, which R-SPAR
 must never do worse than on its own validation signal) are evaluated once more, on the
 Hessian calibration images. H-OBS uses those images only through their activations
 (Hessians, removal paths, compensation), never their labels, and the search never saw
@@ -102,8 +102,8 @@ def rerank(sel, cands: Sequence[Candidate], images: np.ndarray, labels: np.ndarr
     """Evaluate ``cands`` on ``images`` [N, H, W, C] / ``labels`` [N] (module doc) and pick.
 
     Args:
-      sel: the H-OBS :class:`~hobs_jax.methods.hobs.Selection` the candidates prune along
-        (its removal paths must reach every candidate count).
+      sel: the :class:`~hobs_jax.methods.Selection` the candidates prune along (its
+        removal orders must reach every candidate count).
       budget: the search's budget (``ratio(keep)``), for the table and ``cost_weight``.
     Returns:
       (index of the chosen candidate, info: metric, images, seconds, chosen name,

@@ -1,12 +1,14 @@
-"""The fast reward: the loss of the H-OBS-compensated network at an episode's allocation,
-one jitted forward pass, no recompilation between episodes.
+"""The fast reward: the loss of the compensated network at an episode's allocation, one
+jitted forward pass, no recompilation between episodes.
 
 Precomputation (once per search, :func:`build_grid_reward`): for every prunable group g
 and every kept count ``k`` on its grid, the channels removed are the first ``size - k``
-of H-OBS's greedy removal order (exactly what ``hobs`` keeps at that count), and every
-consumer layer of g is refit on its kept rows, ``W'_K = (H_KK)^-1 H_K,: W`` with the same
-(dampened) Hessian H-OBS uses (:func:`hobs_jax.methods.obs_math.compensate`). The change
-``W' - W`` is stored as a stack [K_g, *kernel shape] per (group, consumer layer).
+of the scorer's removal order (for H-OBS its greedy path: exactly what ``hobs`` keeps at
+that count), and every consumer layer of g is compensated as the method's compensator
+compensates (:meth:`hobs_jax.methods.Selection.grid`; for H-OBS the refit on the kept
+rows, ``W'_K = (H_KK)^-1 H_K,: W`` with the same dampened Hessian,
+:func:`hobs_jax.obs.group_grid`; without compensation the removed rows are zeroed). The
+change ``W' - W`` is stored as a stack [K_g, *kernel shape] per (group, consumer layer).
 
 An episode's network (:class:`GridReward`) is the *full-size* network whose consumer
 kernels are ``W + sum_g stack_g[index_g]`` (``jnp.take`` with the per-group grid index,
@@ -19,7 +21,7 @@ the ResNets: a block's conv1 reads the stream, its conv2 the block's inner group
 exactly the kernel ``hobs`` computes for that allocation, so the grid network equals
 ``apply_plan`` of H-OBS with those kept counts (tested). A layer reading several groups
 (a concatenation) gets the *sum* of per-group refits, an approximation of H-OBS's joint
-refit (:func:`hobs_jax.methods.hobs._compensate_all`); groups with no channel-mixing
+refit (:func:`hobs_jax.obs.compensate_layers`); groups with no channel-mixing
 consumer (ViT q/k) are masked at their producers' output columns without compensation.
 
 BatchNorm: ``bn='batch'`` (default) normalizes with the statistics of the reward batch
@@ -38,64 +40,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.methods.hobs import Selection, _layer_weights
-from hobs_jax.methods.obs_math import blas_threads, channel_rows, compensate
-from hobs_jax.stats.hessian import dampen
-
 BN_MODES = ("batch", "running")
 
 
-def _key(path: tuple[str, ...]) -> str:
-    return "/".join(path)
-
-
-def removed_at(order: np.ndarray, size: int, keep: int) -> np.ndarray:
-    """Channels removed when ``keep`` of ``size`` are kept: the first ``size - keep`` of
-    the greedy removal ``order`` (sorted)."""
-    n = int(size) - int(keep)
-    if n > len(order):
-        raise ValueError(f"keep {keep} of {size} is below the floor the removal path reached ({size - len(order)})")
-    return np.sort(np.asarray(order[:n], np.int64))
-
-
-def compensation_stacks(sel: Selection, grids: Sequence[np.ndarray]) -> dict[tuple[int, str, str], np.ndarray]:
+def compensation_stacks(sel, grids: Sequence[np.ndarray]) -> dict[tuple[int, str, str], np.ndarray]:
     """{(group position, layer path, 'kernel' | 'bias'): [K_g, *shape] float32 deltas}.
 
-    For each group on its grid (``grids[i]`` ascending kept counts of
-    ``sel.task.cost.group_ids[i]``): the change of each consumer's kernel (and bias) when
-    that group alone keeps each count, compensated as H-OBS compensates (module doc)."""
-    opts, flat = sel.opts, sel.flat
+    For each group of ``sel.cost.group_ids`` on its grid (``grids[i]`` ascending kept
+    counts): the change of each consumer's kernel (and bias) when that group alone keeps
+    each count (:meth:`hobs_jax.methods.Selection.grid`, module doc)."""
     out = {}
-    for gi, gid in enumerate(sel.task.cost.group_ids):
-        role = sel.roles[gid]
-        size = role.group.size
-        order = sel.paths[gid][0]
-        counts = np.asarray(grids[gi], np.int64)
-        sites = role.consumers or role.producers
-        for site in sites:
-            info = site.layer
-            w = _layer_weights(flat, info, info.use_bias)  # [d_in (+1), m]
-            rows_of = channel_rows(site.channel, size, info.name)
-            if role.consumers and role.compensate:
-                h, hd, _, _ = sel.solved(info)
-                hc = dampen(h, 1e-8)[0] if opts.refit else hd
-            deltas = np.zeros((len(counts),) + w.shape, np.float64)
-            for j, k in enumerate(counts):
-                rem = removed_at(order, size, int(k))
-                if not len(rem):
-                    continue
-                sel_rows = np.unique(rows_of[rem].reshape(-1))
-                if not role.consumers:  # producer output columns masked
-                    deltas[j][:, sel_rows] = -w[:, sel_rows]
-                elif role.compensate:
-                    deltas[j] = compensate(w, hc, sel_rows, name=info.name) - w
-                else:  # normalized group: rows sliced away, no compensation
-                    deltas[j][sel_rows] = -w[sel_rows]
-            kdt = np.float32
-            out[(gi, _key(info.path), "kernel")] = deltas[:, :info.d_in].reshape(
-                (len(counts),) + tuple(info.kernel_shape)).astype(kdt)
-            if info.use_bias:
-                out[(gi, _key(info.path), "bias")] = deltas[:, info.d_in].astype(kdt)
+    for gi, gid in enumerate(sel.cost.group_ids):
+        for (path, leaf), arr in sel.grid(gid, np.asarray(grids[gi], np.int64)).items():
+            out[(gi, path, leaf)] = arr
     return out
 
 
@@ -188,10 +145,11 @@ def _compiled(model, structure: tuple, bn: str):
     return jax.jit(loss), jax.jit(jax.vmap(loss, in_axes=(None, None, None, 0, None, None))), counter
 
 
-def build_grid_reward(sel: Selection, grids: Sequence[np.ndarray], images: np.ndarray, labels: np.ndarray,
+def build_grid_reward(sel, grids: Sequence[np.ndarray], images: np.ndarray, labels: np.ndarray,
                       *, bn: str = "batch") -> GridReward:
-    """The :class:`GridReward` of H-OBS's selection ``sel`` on ``grids`` (module doc)."""
-    with blas_threads(int(sel.opts.blas_threads) or None):  # see obs_math.blas_threads: 10x here
-        stacks = compensation_stacks(sel, grids)
+    """The :class:`GridReward` of a :class:`hobs_jax.methods.Selection` on ``grids``
+    (module doc). Callers limit the BLAS threads (:func:`hobs_jax.obs.blas_threads`: the
+    precomputation is 10x faster with one thread on a shared 2-core machine)."""
+    stacks = compensation_stacks(sel, grids)
     return GridReward(sel.task.model, jax.device_get(dict(sel.task.variables)), stacks,
                       np.asarray(images, np.float32), np.asarray(labels, np.int32), bn=bn)

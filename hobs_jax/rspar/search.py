@@ -20,7 +20,6 @@ import time
 from typing import Callable, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 
 from hobs_jax.rspar.agent import DDPG, Replay, truncated_normal
@@ -101,7 +100,7 @@ def _to_unit(keep: np.ndarray, sizes: np.ndarray, lbound: float) -> np.ndarray:
 
 
 def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, float]], *,
-           episodes: int, warmup: int, seed: int, agent_config: ml_collections.ConfigDict,
+           episodes: int, warmup: int, seed: int, agent_config,
            references: Mapping[str, np.ndarray] | None = None, cost_weight: float = 0.0,
            workdir: str | None = None, checkpoint_every: int = 25, stop_after: int | None = None,
            keep_top: int = 0, progress: bool = True) -> SearchResult:
@@ -109,6 +108,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
 
     Args:
       env: the environment; ``reward_fn(index [G]) -> (loss, acc)`` the fast reward.
+      agent_config: :class:`~hobs_jax.rspar.agent.AgentOptions` (or a ConfigDict of its fields).
       warmup: episodes with uniformly random actions before the agent acts and learns.
       references: name -> [G] kept counts evaluated before the first episode.
       cost_weight: reward = -loss - cost_weight * budget ratio.
@@ -181,7 +181,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
                total=episodes, initial=st["episode"])
     for e in pbar:
         t0 = time.perf_counter()
-        if e == warmup and int(cfg.get("imitate", 0)):
+        if e == warmup and int(getattr(cfg, "imitate", 0)):
             agent.imitate(np.asarray(st["best"]["states"]), np.asarray(st["best"]["actions"]), int(cfg.imitate))
         if e < warmup:
             act = lambda s, t: env.lbound + (1 - env.lbound) * float(rng.uniform())

@@ -24,7 +24,7 @@ from the static key), so the 3x3 convs of one ResNet stage share one executable.
 ResNet-56 ~5 s of XLA compile time (``benchmarks/hobs_compiles.py``; ``R`` alone compiles
 in about a quarter of the time the two did together). Layers are refit one after the
 other in forward order, each seeing its upstream already refit
-(:mod:`hobs_jax.methods.hobs_refit`).
+(:mod:`hobs_jax.obs.refit`).
 """
 
 from __future__ import annotations

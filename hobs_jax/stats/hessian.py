@@ -142,6 +142,18 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
     return gram_conv(p), s, rpe
 
 
+def compiled_reductions() -> int:
+    """How many per-layer-shape Gram reductions are compiled in this process (each layer
+    *shape* compiles once, whatever the number of layers; tests check it)."""
+    return _layer_sums._cache_size()
+
+
+def clear_compiled() -> None:
+    """Forget the traced calibration forwards, so the next calibration traces again (a
+    test that changes module-level tuning such as ``gram.CHUNK_ELEMENTS`` needs it)."""
+    _forward.cache_clear()
+
+
 @functools.lru_cache(maxsize=8)
 def _forward(model: nn.Module, paths: tuple[tuple[str, ...], ...]):
     """jit(variables, x) -> {layer key: [its input at each call]} of the layers ``paths``

@@ -1,4 +1,5 @@
-"""H-OBS phase 6: the sequential refit (``propagate`` sweeps), in one forward pass per sweep.
+"""The refit of the OBS engine (H-OBS phase 6, ``propagate`` sweeps): every layer refit to
+the dense network's output from the pruned network's own input, one forward pass per sweep.
 
 Every channel-mixing conv/dense layer, in forward order, is refit from the pruned
 network's own input P (its upstream already refit) to the dense layer's output Y:
@@ -35,11 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from hobs_jax.obs.layers import copy_tree, set_leaf
 from hobs_jax.stats.cross import CrossStats, cross_stats
 from hobs_jax.stats.layers import LAYER_TYPES, LayerInfo, intercepting
 from hobs_jax.stats.streams import ordered_map
 
 Path = tuple[str, ...]
+
+__all__ = ["refit_sequential", "solve_refit"]
 
 
 def _leaf(tree, path: Sequence[str]):
@@ -47,19 +51,6 @@ def _leaf(tree, path: Sequence[str]):
     for k in path:
         node = node[k]
     return node
-
-
-def _set_leaf(tree, path: Sequence[str], value) -> None:
-    node = tree
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
-
-
-def _copy_tree(variables):
-    if isinstance(variables, Mapping):
-        return {k: _copy_tree(v) for k, v in variables.items()}
-    return np.array(variables)
 
 
 def solve_refit(st: CrossStats, removed: np.ndarray, damp: float) -> np.ndarray:
@@ -152,7 +143,7 @@ def refit_sequential(model: nn.Module, dense_variables, variables, layers: Seque
     rem = {p: np.asarray(removed.get(p, np.zeros(0, np.int64)), np.int64).reshape(-1) for p in targets}
     unpruned = [p for p in targets if not len(rem[p])]
     dense_out, dense_in = _dense_pass(model, dense_variables, images, list(targets), unpruned, batch_size)
-    out = _copy_tree(variables)
+    out = copy_tree(variables)
     x = jnp.asarray(images, jnp.float32)
     for _ in range(int(sweeps)):
         _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size)
@@ -188,10 +179,10 @@ def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x,
             return next_fun(*args, **kwargs)
         new = solve_refit(cross_stats(info, args[0], dense_out[p], batch_size=batch_size), rem[p], damp)
         dt = np.asarray(_leaf(dense_variables, ("params",) + p + ("kernel",))).dtype
-        _set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
+        set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
         if info.use_bias:  # DenseGeneral biases have the features' shape (ViT q/k/v: [heads, dim])
             shape = np.shape(_leaf(dense_variables, ("params",) + p + ("bias",)))
-            _set_leaf(out, ("params",) + p + ("bias",), new[info.d_in].reshape(shape).astype(dt))
+            set_leaf(out, ("params",) + p + ("bias",), new[info.d_in].reshape(shape).astype(dt))
         return call_with(mod, args, kwargs)
 
     with nn.intercept_methods(interceptor):

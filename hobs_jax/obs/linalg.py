@@ -1,4 +1,5 @@
-"""Structured Optimal Brain Surgeon: the linear algebra of removing input rows of a layer.
+"""The OBS engine's linear algebra: removing input rows of a layer (structured Optimal
+Brain Surgeon), with the numerical safeguards every OBS in the library shares.
 
 Notation (one consumer layer, one output column at a time; all columns share H):
 ``W`` [d, m] the kernel as [input rows, outputs] (:func:`hobs_jax.stats.layers.kernel_matrix`),
@@ -34,7 +35,12 @@ import logging
 import numpy as np
 import scipy.linalg
 
+from hobs_jax.stats.hessian import dampen
+
 log = logging.getLogger(__name__)
+
+__all__ = ["Consumer", "blas_threads", "channel_rows", "compensate", "dampen", "greedy_path", "path_scores",
+           "rank_scores", "reconstruction_error", "robust_inverse", "single_removal", "subtract_product"]
 
 _BLAS_SYMBOLS = (("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
                  ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
@@ -90,13 +96,13 @@ def robust_inverse(h: np.ndarray, damp: float, *, max_retries: int = 6, growth: 
     by ``growth`` (at most ``max_retries`` times, each logged), then give up with a
     one-line ``ValueError``.
 
-    Dead inputs (zero diagonal) get diagonal 1 first (SparseGPT).
+    Dead inputs (zero diagonal) get diagonal 1 first (SparseGPT); the dampening is
+    ``damp * mean(diag H)`` (:func:`dampen`). The channel OBS (:mod:`hobs_jax.obs.channel`)
+    and the block OBS for Block-ELL (:mod:`hobs_jax.obs.block`) both invert through here.
 
     Returns:
       (H_damped [d, d], H_damped^{-1} [d, d], dampening used, dead mask [d]).
     """
-    from hobs_jax.stats.hessian import dampen
-
     if not np.all(np.isfinite(h)):
         raise ValueError(f"{name}: the Hessian has NaN/Inf entries")
     lam = float(damp)
@@ -133,7 +139,7 @@ def channel_rows(row_channel: np.ndarray, size: int, what: str = "layer") -> np.
     return order[len(row_channel) - size * counts[0]:].reshape(size, counts[0])
 
 
-def _subtract_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+def subtract_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """``c -= a @ b`` in place: c [d, m], a [d, k], b [k, m] float64, k small.
 
     One BLAS dgemm with beta=1 writing into ``c`` (through its Fortran-ordered transpose
@@ -221,8 +227,8 @@ class Consumer:
                              f"definiteness; raise the dampening") from None
         bw = scipy.linalg.cho_solve(cf, wq)
         loss = 0.5 * float(np.sum(self._weighted(wq * bw)))
-        _subtract_product(self.w, u, bw)
-        _subtract_product(self.hinv, u, scipy.linalg.cho_solve(cf, u.T))
+        subtract_product(self.w, u, bw)
+        subtract_product(self.hinv, u, scipy.linalg.cho_solve(cf, u.T))
         self.w[q] = 0.0
         self.hinv[q, :] = 0.0
         self.hinv[:, q] = 0.0
@@ -289,3 +295,21 @@ def reconstruction_error(w: np.ndarray, w_new: np.ndarray, xtx: np.ndarray) -> t
     """(||X W - X W'||^2, ||X W||^2) from the Gram X^T X (sums over rows and outputs)."""
     dw = w - w_new
     return float(np.sum(dw * (xtx @ dw))), float(np.sum(w * (xtx @ w)))
+
+
+def path_scores(size: int, order: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """[size] global-allocation scores of a greedy removal path: the k-th removed channel
+    gets max(losses[:k+1]) (a monotone "cost of pruning this group by k + 1 channels");
+    channels the path never removed get +inf."""
+    s = np.full(size, np.inf)
+    if len(order):
+        s[order] = np.maximum.accumulate(np.asarray(losses, np.float64))
+    return s
+
+
+def rank_scores(size: int, order: np.ndarray) -> np.ndarray:
+    """[size] plan scores of a removal path: removal rank (first removed lowest),
+    never-removed highest (``size``)."""
+    s = np.full(size, float(size), np.float64)
+    s[order] = np.arange(len(order), dtype=np.float64)
+    return s

@@ -1,0 +1,80 @@
+"""Allocators without learning: ``uniform`` (one keep ratio for every group) and
+``global`` (one threshold over cross-group-normalized saliencies), both through
+:mod:`hobs_jax.allocation`. R-SPAR's learned allocator lives in :mod:`hobs_jax.rspar`
+(declared here by name only)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from hobs_jax import allocation
+from hobs_jax.methods.parts import Allocation, Selection
+from hobs_jax.methods.registry import declare_part, register_part
+from hobs_jax.options import Options
+
+NORMALIZE = ("none", "mean", "max", "cost")
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformOptions(Options):
+    """No options: the ratio follows from the target."""
+
+
+class Uniform:
+    """One keep ratio for every group (binary search on the ratio, then rounding repair;
+    :func:`hobs_jax.allocation.uniform`). Needs no scores: its floor is its answer."""
+
+    name = "uniform"
+    Options = UniformOptions
+    needs_data = False
+
+    def floor(self, sel: Selection, options: UniformOptions) -> np.ndarray:
+        t = sel.task
+        return allocation.uniform(sel.cost, t.target, t.metric, round_to=t.round_to)
+
+    def allocate(self, sel: Selection, options: UniformOptions) -> Allocation:
+        return Allocation(self.floor(sel, options))
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalOptions(Options):
+    """normalize: how saliencies compare across groups (:func:`hobs_jax.allocation.normalize`;
+    'cost' = per MAC/param one channel of the group costs); min_ratio: the smallest kept
+    fraction of every group, in [0, 1)."""
+
+    normalize: Literal["none", "mean", "max", "cost"] = "mean"
+    min_ratio: float = 0.1
+
+    def check(self):
+        self.require(0.0 <= self.min_ratio < 1.0, "min_ratio", "must be in [0, 1)")
+
+
+class Global:
+    """One threshold over every channel's normalized saliency (``Scores.threshold``),
+    each group keeping at least ``min_ratio`` (:func:`hobs_jax.allocation.global_keep`);
+    the floor is that minimum, so greedy scorers run their paths down to it."""
+
+    name = "global"
+    Options = GlobalOptions
+    needs_data = False
+
+    def floor(self, sel: Selection, options: GlobalOptions) -> np.ndarray:
+        t = sel.task
+        floor = allocation.floors(sel.cost, float(options.min_ratio), t.round_to)
+        allocation.check_reachable(sel.cost, t.target, t.metric, floor)
+        return floor
+
+    def allocate(self, sel: Selection, options: GlobalOptions) -> Allocation:
+        t = sel.task
+        keep = allocation.global_keep(sel.cost, sel.scores.threshold, t.target, t.metric,
+                                      normalize=options.normalize, min_ratio=float(options.min_ratio),
+                                      round_to=t.round_to)
+        return Allocation(keep)
+
+
+register_part("allocator", Uniform())
+register_part("allocator", Global())
+declare_part("allocator", "rspar", "hobs_jax.rspar.allocator:ALLOCATOR")
