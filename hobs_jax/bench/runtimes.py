@@ -33,7 +33,7 @@ DEVICES = ("cpu", "gpu")
 # Flax's float32 only by summation order; 16-bit runs round every activation (8 bits of
 # mantissa for bfloat16, 11 for float16) through tens of layers, so their bounds are
 # looser and stated in the results (docs/bench.md gives the measured errors).
-TOLERANCE = {"float32": 1e-5, "bfloat16": 6e-2, "float16": 1e-2}
+TOLERANCE = {"float32": 1e-5, "bfloat16": 5e-2, "float16": 1e-2}
 
 
 @dataclasses.dataclass(frozen=True)
