@@ -162,16 +162,18 @@ class Staircase:
 
 
 def pick_quantum(widths: Sequence[int], ms: Sequence[float], *, candidates=CANDIDATES,
-                 paid: float = 0.5, flat: float = 0.05) -> int:
+                 jump: float = 0.75, flat: float = 0.05) -> int:
     """The step width of a latency staircase (pure).
 
-    For a candidate quantum ``q``, rounding an unaligned width ``w`` up to ``ceil_q(w)``
-    costs ``L(ceil_q(w)) - L(w)``; were latency linear in the width (no staircase) it would
-    cost ``slope * (ceil_q(w) - w)``. The quantum is the largest candidate for which the
-    median cost actually paid is at most ``paid`` of the linear one (inside a step
-    rounding up is free; where unaligned widths fall back to slower kernels it is
-    negative). ``1`` when no candidate qualifies, or when latency rises by less than
-    ``flat`` over the whole range (width does not matter there).
+    The latency steps right after the multiples of the quantum ``q``: ``L(kq + 1) - L(kq)``
+    is a jump, either a whole step of a staircase (``q`` times the average slope) or the
+    penalty of leaving an aligned kernel, while right after the odd multiples of ``q / 2``
+    there is no such jump (else the period would be ``q / 2``). A candidate qualifies when
+    the median jump after its multiples is at least ``jump * q * slope`` (``slope``: of a
+    least-squares line through the staircase) and the median jump after the odd multiples
+    of ``q / 2`` is at most half of it; the quantum is the largest that qualifies. ``1``
+    when none does (latency grows smoothly with the width), or when latency rises by less
+    than ``flat`` over the whole range (width does not matter there).
     """
     w = np.asarray(widths, np.int64)
     t = np.asarray(ms, np.float64)
@@ -183,15 +185,19 @@ def pick_quantum(widths: Sequence[int], ms: Sequence[float], *, candidates=CANDI
     slope = float(np.polyfit(w, t, 1)[0])
     if slope <= 0 or (t.max() - t.min()) < flat * t.min():
         return 1
+    top = int(w.max())
+
+    def jumps(points) -> list[float]:
+        return [lat[p + 1] - lat[p] for p in points if p in lat and p + 1 in lat]
+
     best = 1
     for q in sorted(candidates):
-        ratios = []
-        for wi in w.tolist():
-            up = -(-wi // q) * q
-            if up == wi or up not in lat:
-                continue
-            ratios.append((lat[up] - lat[wi]) / (slope * (up - wi)))
-        if len(ratios) >= 3 and float(np.median(ratios)) <= paid:
+        after = jumps(range(q, top, q))
+        half = jumps(range(q // 2, top, q))
+        if not after:
+            continue
+        big = float(np.median(after))
+        if big >= jump * q * slope and (not half or float(np.median(half)) <= 0.5 * big):
             best = q
     return best
 
