@@ -67,6 +67,8 @@ def test_parse_model_zoo_and_saved(tiny_saved, tmp_path):
     widths = tmp_path / "w.json"
     widths.write_text(json.dumps({"conv1": 8}))
     assert bench.parse_model(f"resnet20:widths={widths}").widths == {"conv1": 8}
+    r8 = bench.parse_model(f"resnet20:widths={tiny_saved},round=8,scale=1.5")  # scale, then round up
+    assert r8.widths == {k: -(-round(v * 1.5) // 8) * 8 for k, v in TINY.items()}
     saved = bench.parse_model(f"{tiny_saved}:label=pruned,input=16x16x1")
     assert (saved.path, saved.label, saved.input_shape) == (tiny_saved, "pruned", SHAPE)
     assert bench.parse_model(tiny_saved).label == "tiny"

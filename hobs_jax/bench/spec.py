@@ -91,9 +91,12 @@ def parse_model(text: str) -> ModelSpec:
     """A ``--model`` argument: ``NAME_OR_DIR[:key=value[,key=value...]]``.
 
     Keys: ``label``; ``input`` (HxWxC, e.g. ``28x28x1``); zoo models also ``classes``,
-    ``channels``, ``seed``, ``widths`` (a JSON file of entry -> channels) and ``scale`` (every
-    default width times this factor, rounded, at least 1); saved models also ``onnx``.
-    Examples: ``resnet20:input=28x28x1,scale=0.5``, ``runs/r20/prune/model:label=pruned``.
+    ``channels``, ``seed``, ``widths`` (a JSON file of entry -> channels, or a saved model
+    directory whose widths to take), ``scale`` (every width times this factor, rounded, at
+    least 1) and ``round`` (every width rounded up to a multiple of this); saved models also
+    ``onnx``. Zoo models get random weights (latency does not depend on them).
+    Examples: ``resnet20:input=28x28x1,scale=0.5``, ``runs/r20/prune/model:label=pruned``,
+    ``resnet20:widths=runs/r20/prune/model,round=8,label=pruned_r8``.
     """
     from hobs_jax import models
 
@@ -125,19 +128,27 @@ def parse_model(text: str) -> ModelSpec:
                 kw[conv] = int(opts.pop(key))
         widths = None
         if "widths" in opts:
-            with open(opts.pop("widths")) as f:
-                widths = {str(k): int(v) for k, v in json.load(f).items()}
+            src = opts.pop("widths")
+            with open(os.path.join(src, "meta.json") if os.path.isdir(src) else src) as f:
+                doc = json.load(f)
+            widths = {str(k): int(v) for k, v in (doc["widths"] if os.path.isdir(src) else doc).items()}
         if "scale" in opts:
             s = float(opts.pop("scale"))
             if not s > 0:
                 raise ValueError("scale must be > 0")
             base = dict(models.default_widths(head), **(widths or {}))
             widths = {k: max(1, round(v * s)) for k, v in base.items()}
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+        if "round" in opts:
+            q = int(opts.pop("round"))
+            if q < 1:
+                raise ValueError("round must be >= 1")
+            base = dict(models.default_widths(head), **(widths or {}))
+            widths = {k: v if k.endswith(".heads") else -(-v // q) * q for k, v in base.items()}
+    except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
         raise ValueError(f"--model {text!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if opts:
         raise ValueError(f"--model {text!r}: unknown option {sorted(opts)[0]!r} for a zoo model "
-                         "(use label, input, classes, channels, seed, widths, scale)")
+                         "(use label, input, classes, channels, seed, widths, scale, round)")
     if shape is not None and "in_channels" not in kw:
         kw["in_channels"] = shape[2]
     return ModelSpec.from_zoo(head, label=label, widths=widths, input_shape=shape, **kw)
