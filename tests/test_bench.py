@@ -192,6 +192,11 @@ def test_worker_protocol_prepare_time_release(tiny_saved, tmp_path):
             w.call("prepare", key="big", model_path=tiny_saved, inputs=str(tmp_path / "inputs.npy"),
                    runtime="xla", device="cpu", dtype="float32", batch=4, warmup=0,
                    output=str(tmp_path / "big.npy"))
+        # A model the framework cannot take at all is flagged: its rows become skipped.
+        with pytest.raises(WorkerError, match="jax cannot take this model: ValueError: no hobs_jax checkpoint") as e:
+            w.call("prepare", key="m", model_path=str(tmp_path / "missing"), inputs=str(tmp_path / "inputs.npy"),
+                   runtime="xla", device="cpu", dtype="float32", batch=1, warmup=0, output=str(tmp_path / "m.npy"))
+        assert e.value.unsupported
         assert w.call("hello")["framework"] == "jax"
     assert w.proc.returncode == 0
 

@@ -28,7 +28,12 @@ FRAMEWORKS = ("jax", "onnxruntime", "torch", "export")
 
 
 class WorkerError(RuntimeError):
-    """A worker answered ``ok: false`` or died; the message is one line."""
+    """A worker answered ``ok: false`` or died; the message is one line. ``unsupported``:
+    the framework cannot take the model at all (its rows are skipped, not failed)."""
+
+    def __init__(self, message: str, unsupported: bool = False):
+        super().__init__(message)
+        self.unsupported = unsupported
 
 
 def _package_root() -> str:
@@ -97,7 +102,8 @@ class Worker:
                               f"{self._last_log_line()} (log: {self.log_path})")
         ans = json.loads(line)
         if not ans.get("ok"):
-            raise WorkerError(ans.get("error") or f"{self.framework} worker: {op} failed")
+            raise WorkerError(ans.get("error") or f"{self.framework} worker: {op} failed",
+                              unsupported=bool(ans.get("unsupported")))
         return ans
 
     def close(self) -> None:

@@ -263,7 +263,7 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
                     device=c.device, dtype=c.dtype, batch=c.batch, warmup=opts.warmup,
                     output=os.path.join(scratch, f"out_{n}.npy"))
             except WorkerError as e:
-                c.status, c.reason = "failed", str(e)
+                c.status, c.reason = ("skipped" if e.unsupported else "failed"), str(e)
                 _say(log, f"prepare {spec.label} {c.runtime.name} {c.device} {c.dtype} batch {c.batch}: {e}")
                 continue
             ref = np.load(os.path.join(scratch, f"reference_{c.model}.npy"), mmap_mode="r")[:c.batch]

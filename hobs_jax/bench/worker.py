@@ -53,6 +53,11 @@ def reset_peak_rss() -> bool:
         return False
 
 
+class Unsupported(Exception):
+    """This framework cannot take the model at all (e.g. no torch conversion for it): the
+    parent reports its configurations as skipped rather than failed."""
+
+
 class Runnable:
     """One prepared configuration.
 
@@ -124,7 +129,10 @@ class Backend:
         ``rss_delta_mb`` that peak minus the RSS before."""
         key = req["key"]
         self.op_release(key)
-        self.preload(req)
+        try:
+            self.preload(req)
+        except Exception as e:
+            raise Unsupported(f"{self.framework} cannot take this model: {one_line(e)}") from e
         have_reset = reset_peak_rss()
         rss0 = _status("VmRSS")
         t0 = time.perf_counter()
@@ -216,6 +224,9 @@ def serve(backend: Backend, requests, answer: Callable[[dict], None]) -> None:
             continue
         try:
             ans = {"ok": True, **fn(**req)}
+        except Unsupported as e:
+            traceback.print_exc(file=sys.stderr)
+            ans = {"ok": False, "error": str(e)[:500], "unsupported": True}
         except Exception as e:  # reported to the parent in one line; traceback in the log
             traceback.print_exc(file=sys.stderr)
             ans = {"ok": False, "error": one_line(e)}
@@ -249,4 +260,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: the backends subclass
+    # (and raise) the classes of hobs_jax.bench.worker, and serve() must catch those.
+    from hobs_jax.bench.worker import main as _main
+
+    sys.exit(_main())
