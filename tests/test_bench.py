@@ -275,3 +275,12 @@ def test_gpu_rows_run_and_verify(tiny_saved, tmp_path):
             assert r["verify_rel_err"] <= r["verify_tol"]
         else:
             assert r["reason"] and "\n" not in r["reason"]
+
+
+def test_parent_side_imports_no_framework():
+    code = ("import sys, hobs_jax.bench, hobs_jax.bench.__main__, hobs_jax.allocation.alignment, "
+            "hobs_jax.pipeline.benchmark_stage; "
+            "bad = [m for m in ('torch', 'onnxruntime', 'parity', 'tensorrt') if m in sys.modules]; "
+            "assert not bad, bad; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "clean", out.stderr[-500:]
