@@ -1,8 +1,9 @@
 """Latency staircases of representative layers over output widths, per runtime, and the
 width quantum each implies (``hobs_jax.allocation.alignment``).
 
-Every runtime runs in a fresh process; in each, every layer is timed at every output
-width (interleaved over ``--rounds``, minimum of the round medians). The quantum per
+Every runtime runs in a fresh process pinned to ``--threads`` cores (default 1); in each,
+every layer is timed at every output width (interleaved over ``--rounds``, minimum of the
+round medians). The quantum per
 staircase and per runtime (least common multiple over the layers) is printed, written to
 ``--out``.json/.md/.png and cached for this device (``alignment.cached_quantum``).
 
@@ -30,7 +31,8 @@ def main(argv=None):
     p.add_argument("--max-width", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="cores per runtime (1: clean staircases on a shared "
+                                                             "machine; 0: all)")
     p.add_argument("--out", default="docs/results/alignment")
     args = p.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv=None):
         json.dump(doc, f, indent=1)
     _plot(stairs, args.out + ".png")
     lines = ["# Width staircases", "", f"`{command}` on {sysinfo.describe(machine)} "
-             f"(device class `{stairs[0].device}`), {machine['date']}; the machine was shared with other jobs.",
+             f"(device class `{stairs[0].device}`), {machine['date']}, {args.threads or 'all'} thread(s) per "
+             "runtime; the machine was shared with other jobs.",
              "", "Latency (minimum over rounds of each round's median, ms) of one layer over its output "
              "width; the quantum is where the latency steps (`alignment.pick_quantum`).", "",
              "| runtime | layer | quantum | ms at w = 7, 8, 9, 15, 16, 17, 31, 32, 33 (where measured) |",

@@ -15,7 +15,8 @@ Three pieces:
   dense layer at a given spatial size, input width and batch) at every output width of a
   range, in XLA or ONNX Runtime, interleaving the widths over rounds (minimum per width);
   :func:`measure_staircases` runs each runtime in a fresh process.
-- :func:`pick_quantum` reads the quantum off a staircase (pure).
+- :func:`pick_quantum` reads the quantum off a staircase (pure): the period of the
+  valleys (aligned widths) of the latency curve.
 - :func:`quantum_for` is the pure lookup of the quantum for a runtime on a device class
   (``cpu-avx512``, ``cpu-avx2``, ``gpu``); its defaults are the staircases measured in
   docs/results/alignment.md. :func:`cached_quantum` prefers a measurement saved with
@@ -162,18 +163,19 @@ class Staircase:
 
 
 def pick_quantum(widths: Sequence[int], ms: Sequence[float], *, candidates=CANDIDATES,
-                 jump: float = 0.75, flat: float = 0.05) -> int:
+                 jump: float = 0.25, flat: float = 0.05) -> int:
     """The step width of a latency staircase (pure).
 
-    The latency steps right after the multiples of the quantum ``q``: ``L(kq + 1) - L(kq)``
-    is a jump, either a whole step of a staircase (``q`` times the average slope) or the
-    penalty of leaving an aligned kernel, while right after the odd multiples of ``q / 2``
-    there is no such jump (else the period would be ``q / 2``). A candidate qualifies when
-    the median jump after its multiples is at least ``jump * q * slope`` (``slope``: of a
-    least-squares line through the staircase) and the median jump after the odd multiples
-    of ``q / 2`` is at most half of it; the quantum is the largest that qualifies. ``1``
-    when none does (latency grows smoothly with the width), or when latency rises by less
-    than ``flat`` over the whole range (width does not matter there).
+    An aligned width ``m`` sits in a valley of the staircase: ``L(m - 1) + L(m + 1) -
+    2 L(m)`` (the discrete second difference) is positive there, whether the next width
+    starts a new step (a staircase: ``L(m + 1)`` jumps) or the widths around ``m`` leave an
+    aligned kernel (``L(m - 1)`` and ``L(m + 1)`` are both slower). A candidate ``q``
+    qualifies when the median valley depth at its multiples is at least ``jump * q * slope``
+    (``slope``: of a least-squares line through the staircase: a real step, not noise) and
+    the median at the odd multiples of ``q / 2`` is at most half of it (else the period is
+    ``q / 2``); the quantum is the largest candidate that qualifies. ``1`` when none does
+    (latency grows smoothly with the width) or when latency rises by less than ``flat``
+    over the whole range (width does not matter there).
     """
     w = np.asarray(widths, np.int64)
     t = np.asarray(ms, np.float64)
@@ -187,17 +189,17 @@ def pick_quantum(widths: Sequence[int], ms: Sequence[float], *, candidates=CANDI
         return 1
     top = int(w.max())
 
-    def jumps(points) -> list[float]:
-        return [lat[p + 1] - lat[p] for p in points if p in lat and p + 1 in lat]
+    def valleys(points) -> list[float]:
+        return [lat[p - 1] + lat[p + 1] - 2 * lat[p] for p in points if p - 1 in lat and p + 1 in lat]
 
     best = 1
     for q in sorted(candidates):
-        after = jumps(range(q, top, q))
-        half = jumps(range(q // 2, top, q))
-        if not after:
+        at = valleys(range(q, top, q))
+        half = valleys(range(q // 2, top, q))
+        if not at:
             continue
-        big = float(np.median(after))
-        if big >= jump * q * slope and (not half or float(np.median(half)) <= 0.5 * big):
+        depth = float(np.median(at))
+        if depth >= jump * q * slope and (not half or float(np.median(half)) <= 0.5 * depth):
             best = q
     return best
 
@@ -295,16 +297,26 @@ def measure_staircase(runtime: str, layer: Layer, widths: Sequence[int], *, roun
 
 def _measure_in_child(args) -> dict:
     runtime, layer, widths, kw = args
-    if runtime == "xla" and kw.get("threads", 0) > 0:
+    threads = kw.get("threads", 0)
+    if threads > 0:  # before any framework starts its thread pool
         cpus = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, cpus[:kw["threads"]])
+        os.sched_setaffinity(0, cpus[:threads])
+        if threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     return measure_staircase(runtime, Layer(**layer), widths, **kw).to_dict()
 
 
 def measure_staircases(runtimes: Sequence[str], layers: Sequence[Layer], widths: Sequence[int], *,
-                       rounds: int = 5, iters: int = 10, threads: int = 0) -> list[Staircase]:
+                       rounds: int = 5, iters: int = 10, threads: int = 1) -> list[Staircase]:
     """:func:`measure_staircase` for every runtime x layer, each runtime in a fresh
-    process of its own (frameworks in one process disturb each other's timings)."""
+    process of its own (frameworks in one process disturb each other's timings), pinned
+    to ``threads`` cores (0: all).
+
+    One thread by default: the quantum is a property of a core's kernels (vector width,
+    blocked layouts), and a single-threaded staircase stays clean on a machine shared with
+    other jobs, where idle-spinning thread pools make multi-threaded timings erratic
+    (docs/results/alignment.md).
+    """
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")

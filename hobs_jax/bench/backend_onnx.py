@@ -51,10 +51,11 @@ class OrtBackend(Backend):
         if self.threads > 0:
             opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
-        probe = ort.InferenceSession(path, providers=["CPUExecutionProvider"]) if req["runtime"] == "tensorrt" else None
-        in_name = (probe.get_inputs()[0].name if probe else None)
+        # TensorRT's optimization profile names the input: read the name off the graph.
+        in_name = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()[0].name \
+            if req["runtime"] == "tensorrt" else None
         sess = ort.InferenceSession(path, opts, providers=self._providers(
-            req["runtime"], req["device"], req["dtype"], x.shape, in_name or "input"))
+            req["runtime"], req["device"], req["dtype"], x.shape, in_name))
         want = {"tensorrt": "TensorrtExecutionProvider", "gpu": "CUDAExecutionProvider"}.get(
             "tensorrt" if req["runtime"] == "tensorrt" else req["device"], "CPUExecutionProvider")
         if sess.get_providers()[0] != want:
