@@ -73,8 +73,9 @@ def write_csv(rows: list[dict], path: str) -> None:
 
 def read_csv(path: str) -> list[dict]:
     """Rows of a results.csv with numbers parsed back (empty cells are None)."""
-    ints = {"batch", "samples"}
-    text = {"model", "runtime", "framework", "device", "dtype", "status", "reason", "note"}
+    ints = {"batch", "samples", "threads"}
+    text = {"model", "runtime", "framework", "device", "dtype", "status", "reason", "note", "cpu", "isa", "gpu",
+            "date", "commit", "versions"}
     out = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):

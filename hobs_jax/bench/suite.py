@@ -33,7 +33,9 @@ DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 COLUMNS = ("model", "runtime", "framework", "device", "dtype", "batch", "status", "reason",
            "p50_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "best_ms", "throughput_ips",
            "samples", "compile_s", "peak_rss_mb", "rss_delta_mb", "runtime_mem_mb",
-           "verify_rel_err", "verify_tol", "note")
+           "verify_rel_err", "verify_tol", "note",
+           # the machine and software, repeated on every row so that a CSV row stands alone
+           "threads", "cpu", "isa", "gpu", "date", "commit", "versions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +158,20 @@ def _plan(specs, runtimes, devices, opts, gpu_present) -> list[_Config]:
     return configs
 
 
-def _row(c: _Config, specs, opts) -> dict:
+def _machine_columns(machine: dict, opts: Options) -> dict:
+    git = machine.get("git") or {}
+    v = machine["versions"]
+    return {"threads": opts.threads or machine["cpu"]["schedulable_cores"], "cpu": machine["cpu"]["model"],
+            "isa": machine["cpu"]["isa"], "gpu": ", ".join(g["name"] for g in machine["gpus"]) or None,
+            "date": machine["date"],
+            "commit": (git.get("commit") or "")[:12] + ("+dirty" if git.get("dirty") else "") or None,
+            "versions": ";".join(f"{k}={v[k]}" for k in ("jax", "jaxlib", "flax", "torch", "onnxruntime",
+                                                           "torch-tensorrt", "tensorrt") if v.get(k))}
+
+
+def _row(c: _Config, specs, opts, machine_cols: dict) -> dict:
     row = {k: None for k in COLUMNS}
+    row.update(machine_cols)
     row.update(model=specs[c.model].label, runtime=c.runtime.name, framework=c.framework, device=c.device,
                dtype=c.dtype, batch=c.batch, status=c.status, reason=c.reason or None)
     for k in ("compile_s", "peak_rss_mb", "rss_delta_mb", "runtime_mem_mb"):
@@ -313,7 +327,8 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
     meta = {"machine": machine, "load_average_end": sysinfo.load_average(), "devices": list(devices),
             "options": dataclasses.asdict(opts), "runtimes": [r.name for r, _ in resolved],
             "workers": hello, "seconds": round(time.time() - t_start, 1), "argv": list(sys.argv)}
-    result = SuiteResult(meta, infos, [_row(c, specs, opts) for c in configs])
+    cols = _machine_columns(machine, opts)
+    result = SuiteResult(meta, infos, [_row(c, specs, opts, cols) for c in configs])
     if out_dir:
         result.write(out_dir, plots=plots, baseline=baseline)
     return result
