@@ -34,40 +34,58 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="cores per runtime (1: clean staircases on a shared "
                                                              "machine; 0: all)")
     p.add_argument("--out", default="docs/results/alignment")
+    p.add_argument("--from", dest="from_json", default="",
+                   help="re-analyse the staircases of an earlier run's JSON (no measuring; its command, "
+                        "machine and threads are kept)")
     args = p.parse_args(argv)
 
     from hobs_jax.allocation import alignment
     from hobs_jax.bench import sysinfo
 
-    layers = [alignment.Layer(k, args.cin, args.spatial, int(b))
-              for b in args.batches.split(",") for k in args.layers.split(",")]
-    widths = list(range(1, args.max_width + 1))
-    runtimes = [r for r in args.runtimes.split(",") if r]
-    machine = sysinfo.machine()
-    stairs = alignment.measure_staircases(runtimes, layers, widths, rounds=args.rounds, iters=args.iters,
-                                          threads=args.threads)
-    cached = alignment.save_staircases(stairs, alignment.device_id())
+    if args.from_json:
+        with open(args.from_json) as f:
+            old = json.load(f)
+        stairs = [alignment.Staircase.from_dict(d) for d in old["staircases"]]
+        machine, command, threads = old["machine"], old["command"], old.get("threads", args.threads)
+        runtimes = list(dict.fromkeys(s.runtime for s in stairs))
+        cached = "(not cached: re-analysed)"
+    else:
+        layers = [alignment.Layer(k, args.cin, args.spatial, int(b))
+                  for b in args.batches.split(",") for k in args.layers.split(",")]
+        widths = list(range(1, args.max_width + 1))
+        runtimes = [r for r in args.runtimes.split(",") if r]
+        machine, threads = sysinfo.machine(), args.threads
+        stairs = alignment.measure_staircases(runtimes, layers, widths, rounds=args.rounds, iters=args.iters,
+                                              threads=threads)
+        cached = alignment.save_staircases(stairs, alignment.device_id())
+        command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
     quanta = {r: alignment.combined_quantum([s for s in stairs if s.runtime == r]) for r in runtimes}
-    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
-    doc = {"command": command, "machine": machine, "device_class": stairs[0].device, "quantum": quanta,
-           "staircases": [s.to_dict() for s in stairs]}
+    doc = {"command": command, "machine": machine, "threads": threads, "device_class": stairs[0].device,
+           "quantum": quanta, "staircases": [dict(s.to_dict(), width_bound=alignment.width_bound(s)) for s in stairs]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(doc, f, indent=1)
     _plot(stairs, args.out + ".png")
     lines = ["# Width staircases", "", f"`{command}` on {sysinfo.describe(machine)} "
-             f"(device class `{stairs[0].device}`), {machine['date']}, {args.threads or 'all'} thread(s) per "
+             f"(device class `{stairs[0].device}`), {machine['date']}, {threads or 'all'} thread(s) per "
              "runtime; the machine was shared with other jobs.",
              "", "Latency (minimum over rounds of each round's median, ms) of one layer over its output "
-             "width; the quantum is where the latency steps (`alignment.pick_quantum`).", "",
-             "| runtime | layer | quantum | ms at w = 7, 8, 9, 15, 16, 17, 31, 32, 33 (where measured) |",
-             "|---|---|---:|---|"]
+             "width; the quantum is where the latency steps (`alignment.pick_quantum`); width-bound: the "
+             "widest width takes at least twice the narrowest (only those vote for the runtime's quantum).", "",
+             "| runtime | layer | width-bound | quantum | ms at w = 7, 8, 9, 15, 16, 17, 31, 32, 33 |",
+             "|---|---|---|---:|---|"]
+    if args.from_json:
+        lines[3:3] = [f"Re-analysed from that run's JSON with `PYTHONPATH=. python benchmarks/alignment_staircase.py "
+                      f"--from {args.from_json} --out {args.out}` (the current `pick_quantum` and "
+                      "`combined_quantum`).", ""]
     probe = (7, 8, 9, 15, 16, 17, 31, 32, 33)
     for s in stairs:
         at = dict(zip(s.widths, s.ms))
-        lines.append(f"| {s.runtime} | {s.layer.name()} | {s.to_dict()['quantum']} | "
+        lines.append(f"| {s.runtime} | {s.layer.name()} | {'yes' if alignment.width_bound(s) else 'no'} | "
+                     f"{s.to_dict()['quantum']} | "
                      + ", ".join(f"{at[w]:.3f}" for w in probe if w in at) + " |")
-    lines += ["", "Quantum per runtime (least common multiple over the layers): "
+    lines += ["", "Quantum per runtime (the largest dividing the quanta of most width-bound layers, "
+              "`alignment.combined_quantum`): "
               + ", ".join(f"{r} {q}" for r, q in quanta.items()) + f". Plot: `{os.path.basename(args.out)}.png`.", ""]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(lines))

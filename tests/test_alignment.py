@@ -51,13 +51,22 @@ def test_runtime_names_match_the_bench_registry():
     assert tuple(RUNTIMES) == alignment.RUNTIMES
 
 
-def test_combined_quantum_is_the_lcm_and_the_cache_round_trips(tmp_path):
-    layer = alignment.Layer("conv3x3", 8)
-    s4 = alignment.Staircase("xla", "cpu-avx512", layer, W, tuple(2.0 + math.ceil(w / 4) for w in W))
-    s16 = alignment.Staircase("xla", "cpu-avx512", alignment.Layer("dense", 8), W,
-                              tuple(2.0 + math.ceil(w / 16) for w in W))
-    assert alignment.combined_quantum([s4, s16]) == 16
-    path = alignment.save_staircases([s4, s16], "my cpu (cpu-avx512, 2 cores)", str(tmp_path))
+def _stairs(q, kind="conv3x3", base=2.0):
+    return alignment.Staircase("xla", "cpu-avx512", alignment.Layer(kind, 8), W,
+                               tuple(base + math.ceil(w / q) for w in W))
+
+
+def test_combined_quantum_is_the_majority_of_the_width_bound_layers(tmp_path):
+    s8, s16 = _stairs(8), _stairs(16, "conv1x1")
+    assert alignment.width_bound(s8) and alignment.combined_quantum([s8, s8, s16]) == 8
+    assert alignment.combined_quantum([s8, s16]) == 8  # 16 divides only one of two
+    assert alignment.combined_quantum([s16, s16, s8]) == 16
+    # A layer dominated by its fixed cost does not vote (unless nothing else does).
+    fixed32 = _stairs(32, "dense", base=100.0)
+    assert not alignment.width_bound(fixed32)
+    assert alignment.combined_quantum([s8, fixed32]) == 8
+    assert alignment.combined_quantum([fixed32]) == 1  # a rise of 1%: flat, width does not matter
+    path = alignment.save_staircases([s8, s16, s16], "my cpu (cpu-avx512, 2 cores)", str(tmp_path))
     assert path.endswith(".json")
     assert alignment.cached_quantum("xla", "cpu-avx512", "my cpu (cpu-avx512, 2 cores)", str(tmp_path)) == \
         (16, "measured here")
@@ -66,8 +75,7 @@ def test_combined_quantum_is_the_lcm_and_the_cache_round_trips(tmp_path):
         (alignment.quantum_for("xla", "cpu-avx2"), "default for cpu-avx2")
     assert alignment.cached_quantum("onnxruntime", "cpu-avx512", "my cpu (cpu-avx512, 2 cores)",
                                     str(tmp_path))[1] == "default for cpu-avx512"
-    back = alignment.Staircase.from_dict(s4.to_dict())
-    assert back == s4
+    assert alignment.Staircase.from_dict(s8.to_dict()) == s8
 
 
 @pytest.mark.parametrize("runtime", ["xla", "onnxruntime"])

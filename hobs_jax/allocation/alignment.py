@@ -44,10 +44,11 @@ MEASURABLE = ("xla", "onnxruntime")
 CANDIDATES = (2, 4, 8, 16, 32)
 LAYER_KINDS = ("conv3x3", "conv1x1", "dense")
 
-# Measured on the 2-core AVX-512 EPYC/Xeon development CPU (docs/results/alignment.md,
-# `python benchmarks/alignment_staircase.py`); rows for other devices come from the same
-# command run there.
-MEASURED: dict[tuple[str, str], int] = {}
+# Measured on the 2-core AVX-512 development CPU, one thread per runtime
+# (docs/results/alignment.md, `PYTHONPATH=. python benchmarks/alignment_staircase.py`):
+# XLA's 3x3 convolutions dip at every multiple of 8, ONNX Runtime's NCHWc kernels step
+# at every 16 channels. Rows for other devices come from the same command run there.
+MEASURED: dict[tuple[str, str], int] = {("xla", "cpu-avx512"): 8, ("onnxruntime", "cpu-avx512"): 16}
 
 # Where nothing was measured: the vector width of the device class in float32 channels
 # (AVX-512: 16 lanes, AVX2: 8) for CPU runtimes, 8 for GPU runtimes (tensor-core tiles in
@@ -204,13 +205,27 @@ def pick_quantum(widths: Sequence[int], ms: Sequence[float], *, candidates=CANDI
     return best
 
 
+def width_bound(s: Staircase) -> bool:
+    """Whether the layer's latency is mostly width-dependent work (the widest width takes
+    at least twice the narrowest): only such staircases say something about kernels; the
+    others are dominated by a fixed per-call cost and their steps by noise."""
+    return max(s.ms[-3:]) >= 2.0 * min(s.ms[:3])
+
+
 def combined_quantum(staircases: Sequence[Staircase]) -> int:
-    """One quantum for a runtime and device from several layers' staircases: the least
-    common multiple of theirs (a width aligned to it is aligned for every layer)."""
-    q = 1
-    for s in staircases:
-        q = math.lcm(q, pick_quantum(s.widths, s.ms))
-    return q
+    """One quantum for a runtime and device from several layers' staircases: the largest
+    ``q`` that divides the quantum of more than half of the width-bound staircases
+    (:func:`width_bound`; all of them when none is). A majority, not the least common
+    multiple: one noisy layer must not force a coarse quantum on every layer."""
+    if not staircases:
+        raise ValueError("combined_quantum: no staircases")
+    use = [s for s in staircases if width_bound(s)] or list(staircases)
+    quanta = [pick_quantum(s.widths, s.ms) for s in use]
+    best = 1
+    for q in sorted(set(CANDIDATES) | {1}):
+        if sum(1 for x in quanta if x % q == 0) * 2 > len(quanta):
+            best = max(best, q)
+    return best
 
 
 def _xla_layer(layer: Layer, width: int):
@@ -359,16 +374,19 @@ def save_staircases(staircases: Sequence[Staircase], ident: str, directory: str 
 
 
 def cached_quantum(runtime: str, device: str, ident: str, directory: str | None = None) -> tuple[int, str]:
-    """``(quantum, source)``: the quantum measured on the device ``ident`` (a
-    :func:`device_id`, cached by :func:`save_staircases`) when there is one for
-    ``runtime`` (source ``"measured here"``), else :func:`quantum_for` ``(runtime,
-    device)`` (source ``"default for <device>"``)."""
+    """``(quantum, source)``: the quantum of the staircases measured on the device
+    ``ident`` (a :func:`device_id`, cached by :func:`save_staircases`; recomputed with
+    :func:`combined_quantum`) when there are some for ``runtime`` (source ``"measured
+    here"``), else :func:`quantum_for` ``(runtime, device)`` (source ``"default for
+    <device>"``)."""
     path = os.path.join(directory or cache_dir(), _device_key(ident) + ".json")
     try:
         with open(path) as f:
             doc = json.load(f)
-        if doc.get("version") == 1 and doc.get("device_id") == ident and runtime in doc.get("quantum", {}):
-            return int(doc["quantum"][runtime]), "measured here"
-    except (OSError, ValueError, TypeError):
+        if doc.get("version") == 1 and doc.get("device_id") == ident:
+            mine = [Staircase.from_dict(d) for d in doc.get("staircases", []) if d.get("runtime") == runtime]
+            if mine:
+                return combined_quantum(mine), "measured here"
+    except (OSError, ValueError, TypeError, KeyError):
         pass
     return quantum_for(runtime, device), f"default for {device}"
