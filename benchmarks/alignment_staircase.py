@@ -75,7 +75,7 @@ def main(argv=None):
              "| runtime | layer | width-bound | quantum | ms at w = 7, 8, 9, 15, 16, 17, 31, 32, 33 |",
              "|---|---|---|---:|---|"]
     if args.from_json:
-        lines[3:3] = [f"Re-analysed from that run's JSON with `PYTHONPATH=. python benchmarks/alignment_staircase.py "
+        lines[4:4] = [f"Re-analysed from that run's JSON with `PYTHONPATH=. python benchmarks/alignment_staircase.py "
                       f"--from {args.from_json} --out {args.out}` (the current `pick_quantum` and "
                       "`combined_quantum`).", ""]
     probe = (7, 8, 9, 15, 16, 17, 31, 32, 33)
