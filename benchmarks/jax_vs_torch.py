@@ -8,6 +8,7 @@ with the model); each writes its results, summary and plots to ``--out/<group>/`
 ``--out.md`` collects the JAX-vs-PyTorch tables.
 
     PYTHONPATH=. nice -n 10 python benchmarks/jax_vs_torch.py                  # docs/results/jax_vs_torch*
+    PYTHONPATH=. nice -n 10 python benchmarks/jax_vs_torch.py --threads 1 --clock cpu   # on a shared machine
     PYTHONPATH=. python benchmarks/jax_vs_torch.py --groups small --quick --out /tmp/jvt   # minutes
 """
 
@@ -32,6 +33,8 @@ def main(argv=None):
     p.add_argument("--runtimes", default="xla,torch,torch-compile,onnxruntime,tensorrt")
     p.add_argument("--devices", default="", help="cpu and/or gpu (default: the GPU when present)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the workers' CPU time per call (with --threads 1; robust on a shared machine)")
     p.add_argument("--quick", action="store_true", help="batch sizes 1,8 and 4 calls (a smoke run)")
     p.add_argument("--out", default="docs/results/jax_vs_torch")
     args = p.parse_args(argv)
@@ -54,7 +57,7 @@ def main(argv=None):
         if args.quick:
             sizes, iters, rounds, warmup = sizes[:2], 4, 2, 1
         opts = Options(batch_sizes=sizes, iters=iters, rounds=rounds, warmup=warmup, threads=args.threads,
-                       devices=devices)
+                       devices=devices, clock=args.clock)
         result = run_suite([parse_model(m) for m in specs], runtimes, opts, out_dir=os.path.join(args.out, group))
         body = summary_markdown(result).split("\n", 2)[2]  # without the title
         parts += [f"## Group {group}: batch sizes {','.join(map(str, sizes))}, {iters} timed calls over "

@@ -109,6 +109,8 @@ def test_unknown_and_missing_runtimes_name_the_package():
     ({"rounds": 0}, r"rounds=0"),
     ({"devices": ("tpu",)}, r"unknown device 'tpu'; use cpu, gpu"),
     ({"dtypes": ("int8",)}, r"unknown dtype 'int8'"),
+    ({"clock": "cpu", "threads": 2}, r"clock='cpu' needs threads=1 and CPU devices only"),
+    ({"clock": "gpu"}, r"clock='gpu': use 'wall' or 'cpu'"),
 ])
 def test_bad_options_fail_before_anything_runs(kw, match, tmp_path):
     with pytest.raises(ValueError, match=match):
@@ -184,6 +186,8 @@ def test_worker_protocol_prepare_time_release(tiny_saved, tmp_path):
         assert bench.relative_error(np.load(tmp_path / "out.npy"), ref) < 1e-5
         ms = w.call("time", key="k", n=3, warm=1)["ms"]
         assert len(ms) == 3 and all(t > 0 for t in ms)
+        cpu_ms = w.call("time", key="k", n=2, warm=0, clock="cpu")["ms"]
+        assert len(cpu_ms) == 2 and all(t > 0 for t in cpu_ms)
         w.call("release", key="k")
         with pytest.raises(WorkerError, match="configuration 'k' is not prepared"):
             w.call("time", key="k", n=1)

@@ -53,6 +53,8 @@ def worker_env(framework: str, *, threads: int, gpu: bool) -> dict[str, str]:
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
+    if threads == 1 and framework == "jax":  # XLA:CPU's Eigen pool off: the call runs on one thread
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile_s is a real compile, never a cache load
     if framework != "jax" or not gpu:

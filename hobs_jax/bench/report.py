@@ -74,8 +74,8 @@ def write_csv(rows: list[dict], path: str) -> None:
 def read_csv(path: str) -> list[dict]:
     """Rows of a results.csv with numbers parsed back (empty cells are None)."""
     ints = {"batch", "samples", "threads"}
-    text = {"model", "runtime", "framework", "device", "dtype", "status", "reason", "note", "cpu", "isa", "gpu",
-            "date", "commit", "versions"}
+    text = {"model", "runtime", "framework", "device", "dtype", "status", "reason", "note", "clock", "cpu", "isa",
+            "gpu", "date", "commit", "versions"}
     out = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
@@ -106,8 +106,10 @@ def summary_markdown(result, baseline: str | None = None) -> str:
              f"{(git.get('commit') or '-')[:10]}{' (dirty)' if git.get('dirty') else ''}.",
              "Software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
              f"Method: {opts['rounds']} interleaved rounds, {opts['iters']} timed calls per configuration "
-             f"after {opts['warmup']} warm-up calls, {opts['threads'] or 'all'} threads; latency is wall time "
-             "per call (ms), throughput examples/s at the p50; ratios are of p50s from this one run.", ""]
+             f"after {opts['warmup']} warm-up calls, {opts['threads'] or 'all'} threads; latency is "
+             + ("wall time" if opts.get("clock", "wall") == "wall" else "the worker's CPU time (one thread: the "
+                "core time of a call, unaffected by other jobs)")
+             + " per call (ms), throughput examples/s at the p50; ratios are of p50s from this one run.", ""]
     idx = index(rows)
     for info in result.models:
         label = info["label"]

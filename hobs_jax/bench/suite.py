@@ -35,7 +35,7 @@ COLUMNS = ("model", "runtime", "framework", "device", "dtype", "batch", "status"
            "samples", "compile_s", "peak_rss_mb", "rss_delta_mb", "runtime_mem_mb",
            "verify_rel_err", "verify_tol", "note",
            # the machine and software, repeated on every row so that a CSV row stands alone
-           "threads", "cpu", "isa", "gpu", "date", "commit", "versions")
+           "threads", "clock", "cpu", "isa", "gpu", "date", "commit", "versions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Options:
       devices: ``cpu`` and/or ``gpu`` (None: the GPU when one is visible, else the CPU).
       dtypes: None: each runtime's defaults on the device (float32 on a CPU; on a GPU also
         bfloat16, and float16 for TensorRT).
+      clock: ``wall`` (time per call) or ``cpu`` (the worker's CPU time per call, with
+        ``threads=1`` on a CPU only: the core time a call takes, i.e. its latency on an
+        idle core, unaffected by other jobs preempting it on a shared machine).
     """
 
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -64,6 +67,7 @@ class Options:
     verify: bool = True
     devices: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+    clock: str = "wall"
 
     def validate(self) -> "Options":
         sizes = tuple(self.batch_sizes)
@@ -77,6 +81,11 @@ class Options:
             rt_mod.parse_list(self.devices, "device", rt_mod.DEVICES)
         if self.dtypes is not None:
             rt_mod.parse_list(self.dtypes, "dtype", rt_mod.DTYPES)
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"clock={self.clock!r}: use 'wall' or 'cpu'")
+        if self.clock == "cpu" and (self.threads != 1 or (self.devices is not None and "gpu" in self.devices)):
+            raise ValueError("clock='cpu' needs threads=1 and CPU devices only (CPU time of several threads, "
+                             "or of a GPU run, is not a latency)")
         return dataclasses.replace(self, batch_sizes=tuple(dict.fromkeys(sizes)))
 
 
@@ -161,7 +170,8 @@ def _plan(specs, runtimes, devices, opts, gpu_present) -> list[_Config]:
 def _machine_columns(machine: dict, opts: Options) -> dict:
     git = machine.get("git") or {}
     v = machine["versions"]
-    return {"threads": opts.threads or machine["cpu"]["schedulable_cores"], "cpu": machine["cpu"]["model"],
+    return {"threads": opts.threads or machine["cpu"]["schedulable_cores"], "clock": opts.clock,
+            "cpu": machine["cpu"]["model"],
             "isa": machine["cpu"]["isa"], "gpu": ", ".join(g["name"] for g in machine["gpus"]) or None,
             "date": machine["date"],
             "commit": (git.get("commit") or "")[:12] + ("+dirty" if git.get("dirty") else "") or None,
@@ -208,6 +218,9 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
         raise ValueError(f"two models are labelled {dup!r}; give each a distinct label")
     resolved, _explicit = rt_mod.resolve(runtimes)
     devices = rt_mod.parse_list(opts.devices, "device", rt_mod.DEVICES) if opts.devices else rt_mod.default_devices()
+    if opts.clock == "cpu" and "gpu" in devices:
+        raise ValueError("clock='cpu' needs CPU devices only (the CPU time of a GPU run is not its latency); "
+                         "pass devices=('cpu',)")
     t_start = time.time()
     machine = sysinfo.machine()
     gpu_present = bool(machine["gpus"])
@@ -309,7 +322,7 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
                     continue
                 try:
                     c.rounds.append(workers[c.framework].call("time", key=c.key, n=per_round,
-                                                              warm=opts.round_warmup)["ms"])
+                                                              warm=opts.round_warmup, clock=opts.clock)["ms"])
                 except WorkerError as e:
                     c.status, c.reason = "failed", str(e)
         finished = True

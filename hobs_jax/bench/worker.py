@@ -149,15 +149,16 @@ class Backend:
                 "peak_rss_mb": peak, "rss_delta_mb": None if peak is None or rss0 is None else peak - rss0,
                 "runtime_mem_mb": r.memory_mb(), "note": r.note}
 
-    def op_time(self, key: str, n: int, warm: int = 1) -> dict:
-        """``warm`` untimed calls, then ``n`` timed ones: per-call milliseconds."""
+    def op_time(self, key: str, n: int, warm: int = 1, clock: str = "wall") -> dict:
+        """``warm`` untimed calls, then ``n`` timed ones: per-call milliseconds of wall
+        time, or (``clock="cpu"``) of this process' CPU time (all its threads)."""
         if key not in self.prepared:
             raise ValueError(f"configuration {key!r} is not prepared")
         run = self.prepared[key][0].run
         for _ in range(warm):
             run()
         ms = []
-        clock = time.perf_counter
+        clock = time.process_time if clock == "cpu" else time.perf_counter
         for _ in range(n):
             t0 = clock()
             run()
