@@ -25,6 +25,9 @@ def test_runtimes_from_config_and_one_line_errors():
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"benchmark.rounds/threads=0/0: rounds >= 1"):
         validate(_config(rounds=0))
+    with pytest.raises(ValueError, match=r"benchmark.clock='cpu': 'wall', or 'cpu' with benchmark.threads=1"):
+        validate(_config(clock="cpu"))
+    validate(_config(clock="cpu", threads=1))
 
 
 def test_unaligned_widths_skip_unchanged_entries_and_head_counts():

@@ -101,8 +101,9 @@ def run(ctx: Context) -> dict:
     models = [ModelSpec.from_saved(ctx.model_dir("train"), label="dense", input_shape=shape),
               ModelSpec.from_saved(ctx.model_dir(stage), label="pruned", input_shape=shape)]
     b = c.benchmark
+    devices = ("cpu",) if b.clock == "cpu" else rt.default_devices()
     opts = Options(batch_sizes=batch_sizes(c), warmup=b.warmup, iters=b.iters, rounds=b.rounds,
-                   threads=b.threads, devices=rt.default_devices())
+                   threads=b.threads, clock=b.clock, devices=devices)
     out_dir = ctx.workdir.stage_dir("benchmark")
     result = run_suite(models, names, opts, out_dir=out_dir, baseline="dense")
     rows = rows_from(result, names)
@@ -114,7 +115,7 @@ def run(ctx: Context) -> dict:
     return {"rows": rows, "speedup": first[0]["speedup"] if first else None,
             "throughput_speedup": first[-1]["speedup"] if first else None,
             "runtimes": list(names), "device": sysinfo.describe(result.meta["machine"]),
-            "rounds": b.rounds, "not_faster": slow,
+            "rounds": b.rounds, "clock": b.clock, "threads": b.threads, "not_faster": slow,
             "not_timed": [{"runtime": r["runtime"], "batch": r["batch"], "model": r["model"],
                            "reason": r["reason"]} for r in result.rows if r["status"] != "ok"],
             "suite_dir": out_dir}

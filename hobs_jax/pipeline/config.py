@@ -62,7 +62,8 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
       benchmark: dense vs pruned latency with hobs_jax.bench: runtimes (comma-separated
         names; "" = xla,onnxruntime on a CPU, xla and tensorrt (when installed) on a GPU),
         batch_sizes, warmup (untimed calls), iters (timed calls per configuration), rounds
-        (interleaved rounds), threads (CPU threads per framework, 0 = all cores).
+        (interleaved rounds), threads (CPU threads per framework, 0 = all cores), clock
+        ('wall', or 'cpu' with threads=1: per-call CPU time, robust on a shared machine).
       export: torch (state_dict next to the orbax checkpoint), onnx.
       stages: comma-separated subset of train,calibrate,prune,finetune,evaluate,
         benchmark,export, run in that order.
@@ -90,7 +91,7 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.finetune.lr = 0.01
     c.finetune.warmup_fraction = 0.0
     c.benchmark = ml_collections.ConfigDict(dict(runtimes="", batch_sizes="1,64", warmup=3, iters=20,
-                                                 rounds=5, threads=0))
+                                                 rounds=5, threads=0, clock="wall"))
     c.export = ml_collections.ConfigDict(dict(torch=True, onnx=False))
     c.stages = ",".join(STAGES)
     return c
@@ -179,6 +180,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
     if c.benchmark.rounds < 1 or c.benchmark.threads < 0:
         raise ValueError(f"benchmark.rounds/threads={c.benchmark.rounds}/{c.benchmark.threads}: rounds >= 1, "
                          "threads >= 0")
+    if c.benchmark.clock not in ("wall", "cpu") or (c.benchmark.clock == "cpu" and c.benchmark.threads != 1):
+        raise ValueError(f"benchmark.clock={c.benchmark.clock!r}: 'wall', or 'cpu' with benchmark.threads=1")
     if "benchmark" in stages:
         from hobs_jax.pipeline.benchmark_stage import runtimes_of
 

@@ -48,6 +48,7 @@ def summarize(ctx: Context) -> dict:
         "latency_runtimes": _get(bench, "runtimes"),
         "latency_device": _get(bench, "device"),
         "latency_rounds": _get(bench, "rounds"),
+        "latency_clock": _get(bench, "clock"),
         "latency_not_faster": _get(bench, "not_faster"),
         "latency_not_timed": _get(bench, "not_timed"),
         "device": jax.devices()[0].device_kind,
@@ -74,7 +75,9 @@ def latency_lines(s: dict) -> list[str]:
     rows = s["latency"]
     rounds = s.get("latency_rounds")
     where = s.get("latency_device") or s["device"]
-    lines = ["", f"Latency on {where}: ms per call, dense and pruned timed interleaved"
+    cpu_clock = s.get("latency_clock") == "cpu"
+    lines = ["", f"Latency on {where}: ms per call" + (" (CPU time, one thread)" if cpu_clock else "")
+             + ", dense and pruned timed interleaved"
              + (f" over {rounds} rounds" if rounds else "") + "; speedup = dense p50 / pruned p50 "
              "(benchmark/summary.md has every statistic, benchmark/results.csv every row).", "",
              "| runtime | batch | dense p50 | dense p95 | pruned p50 | pruned p95 | speedup |",
