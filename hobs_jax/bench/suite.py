@@ -329,8 +329,11 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
     finally:
         for w in workers.values():
             w.close()
-        if finished and out_dir:  # the workers' logs (tracebacks of failed rows) go with the results
-            shutil.copytree(log_dir, os.path.join(out_dir, "logs"), dirs_exist_ok=True)
+        if finished and out_dir:  # the workers' non-empty logs (tracebacks of failed rows) go with the results
+            for name in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+                if os.path.getsize(os.path.join(log_dir, name)) > 0:
+                    os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
+                    shutil.copy(os.path.join(log_dir, name), os.path.join(out_dir, "logs", name))
         shutil.rmtree(scratch, ignore_errors=True)
     for info in infos:
         if info["path"].startswith(scratch):
