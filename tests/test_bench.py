@@ -63,6 +63,7 @@ def test_relative_error_is_scale_free():
 def test_parse_model_zoo_and_saved(tiny_saved, tmp_path):
     s = bench.parse_model("resnet20:input=16x16x1,scale=0.25,label=small,seed=3")
     assert (s.zoo, s.label, s.input_shape, s.in_channels, s.seed) == ("resnet20", "small", SHAPE, 1, 3)
+    assert ModelSpec.from_zoo("resnet20", input_shape=(28, 28, 1)).in_channels == 1
     assert s.widths == TINY
     widths = tmp_path / "w.json"
     widths.write_text(json.dumps({"conv1": 8}))

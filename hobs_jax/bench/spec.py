@@ -56,6 +56,8 @@ class ModelSpec:
         from hobs_jax import models
 
         models.get_entry(name)  # one-line error for an unknown name
+        if input_shape is not None and in_channels is None:
+            in_channels = int(tuple(input_shape)[2])  # the input decides the first layer's channels
         return cls(label=label or name, zoo=name, widths=dict(widths) if widths else None,
                    num_classes=num_classes, in_channels=in_channels, input_shape=input_shape, seed=seed)
 
@@ -149,6 +151,4 @@ def parse_model(text: str) -> ModelSpec:
     if opts:
         raise ValueError(f"--model {text!r}: unknown option {sorted(opts)[0]!r} for a zoo model "
                          "(use label, input, classes, channels, seed, widths, scale, round)")
-    if shape is not None and "in_channels" not in kw:
-        kw["in_channels"] = shape[2]
     return ModelSpec.from_zoo(head, label=label, widths=widths, input_shape=shape, **kw)
