@@ -130,9 +130,11 @@ def test_check_batches_finds_the_batch_a_model_cannot_take():
         def __call__(self, x, train=False):
             return nn.Dense(3)(x.reshape(-1, 2, x.shape[1] * x.shape[2] * x.shape[3]).mean(1))
 
+    from hobs_jax.bench.backend_jax import apply_fn
+
     m = PairsOnly()
     v = m.init(__import__("jax").random.key(0), jnp.zeros((2, 4, 4, 1)))
-    bad = check_batches(lambda v, x: m.apply(v, x), v, (4, 4, 1), [2, 3, 8, 0])
+    bad = check_batches(apply_fn(m), v, (4, 4, 1), [2, 3, 8, 0])
     assert [b for b, _ in bad] == [3, 0]
     assert "positive" in bad[1][1] and "\n" not in bad[0][1]
 

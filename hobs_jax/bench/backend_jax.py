@@ -17,8 +17,18 @@ REFERENCE_CHUNK = 32
 
 
 def apply_fn(module):
-    """The inference call of a loaded model: ``f(variables, x[B, H, W, C]) -> outputs``."""
-    return lambda v, x: module.apply(v, x, train=False)
+    """The inference call of a loaded model: ``f(variables, x[B, H, W, C]) -> outputs``
+    (``train=False`` where the module's ``__call__`` takes it, as the zoo's do)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.__call__).parameters
+        takes_train = "train" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        takes_train = True
+    if takes_train:
+        return lambda v, x: module.apply(v, x, train=False)
+    return lambda v, x: module.apply(v, x)
 
 
 def check_batches(fn, variables, input_shape, batches) -> list[tuple[int, str]]:
