@@ -106,7 +106,8 @@ def summary_markdown(result, baseline: str | None = None) -> str:
              f"{(git.get('commit') or '-')[:10]}{' (dirty)' if git.get('dirty') else ''}.",
              "Software: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
              f"Method: {opts['rounds']} interleaved rounds, {opts['iters']} timed calls per configuration "
-             f"after {opts['warmup']} warm-up calls, {opts['threads'] or 'all'} threads; latency is "
+             f"after {opts['warmup']} warm-up calls, threads per framework: {opts['threads'] or 'all cores'}; "
+             "latency is "
              + ("wall time" if opts.get("clock", "wall") == "wall" else "the worker's CPU time (one thread: the "
                 "core time of a call, unaffected by other jobs)")
              + " per call (ms), throughput examples/s at the p50; ratios are of p50s from this one run.", ""]
