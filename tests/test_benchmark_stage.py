@@ -89,12 +89,12 @@ def test_report_shows_p50_p95_and_says_in_bold_where_pruned_is_slower():
 
 
 @pytest.mark.slow
-def test_stage_times_dense_and_pruned_in_each_runtime(tmp_path):
+def test_stage_times_dense_and_pruned_and_reports_p95(tmp_path):
     from hobs_jax import export, models
     from hobs_jax.pipeline.context import Context
     from hobs_jax.pipeline.workdir import Workdir
 
-    c = _config(runtimes="xla,onnxruntime", batch_sizes="1,2", iters=2, rounds=2, warmup=1)
+    c = _config(runtimes="xla", batch_sizes="1,2", iters=2, rounds=2, warmup=1)  # ORT etc.: test_bench.py
     c.lock()
     wd = Workdir(str(tmp_path))
     ctx = Context(c, wd)
@@ -105,9 +105,8 @@ def test_stage_times_dense_and_pruned_in_each_runtime(tmp_path):
         export.save(ctx.model_dir(stage), m, models.random_variables(m, (1, 16, 16, 1)))
     wd.finish("prune", c, {}, 0.0)
     out = bs.run(ctx)
-    assert out["runtimes"] == ["xla", "onnxruntime"] and len(out["rows"]) == 4
-    assert [(r["runtime"], r["batch"]) for r in out["rows"]] == [("xla", 1), ("xla", 2), ("onnxruntime", 1),
-                                                                  ("onnxruntime", 2)]
+    assert out["runtimes"] == ["xla"] and [(r["runtime"], r["batch"]) for r in out["rows"]] == [("xla", 1),
+                                                                                                ("xla", 2)]
     for r in out["rows"]:
         assert 0 < r["dense_ms"] <= r["dense_p95_ms"] and 0 < r["pruned_ms"] <= r["pruned_p95_ms"]
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["pruned_ms"])
