@@ -22,6 +22,7 @@ def _tiny(stages="train,calibrate,prune,finetune,evaluate,benchmark,export"):
     c.finetune.steps, c.finetune.epochs, c.finetune.batch_size = 3, 0.0, 32
     c.finetune.progress, c.finetune.tensorboard = False, False
     c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup = "1,4", 2, 1
+    c.benchmark.runtimes, c.benchmark.rounds = "xla", 2  # every runtime: tests/test_bench.py
     c.export.torch = True
     c.stages = stages
     c.lock()

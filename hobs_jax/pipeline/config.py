@@ -59,7 +59,11 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
         data after pruning), evaluate_oneshot (test accuracy right after pruning), and one
         sub-section per registered method (its options).
       finetune: a train section for fine-tuning the pruned model (epochs 0 skips it).
-      benchmark: batch sizes, warm-up and timed iterations for dense vs pruned latency.
+      benchmark: dense vs pruned latency with hobs_jax.bench: runtimes (comma-separated
+        names; "" = xla,onnxruntime on a CPU, xla and tensorrt (when installed) on a GPU),
+        batch_sizes, warmup (untimed calls), iters (timed calls per configuration), rounds
+        (interleaved rounds), threads (CPU threads per framework, 0 = all cores), clock
+        ('wall', or 'cpu' with threads=1: per-call CPU time, robust on a shared machine).
       export: torch (state_dict next to the orbax checkpoint), onnx.
       stages: comma-separated subset of train,calibrate,prune,finetune,evaluate,
         benchmark,export, run in that order.
@@ -86,7 +90,8 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.finetune.epochs = 1.0
     c.finetune.lr = 0.01
     c.finetune.warmup_fraction = 0.0
-    c.benchmark = ml_collections.ConfigDict(dict(batch_sizes="1,64", warmup=3, iters=20))
+    c.benchmark = ml_collections.ConfigDict(dict(runtimes="", batch_sizes="1,64", warmup=3, iters=20,
+                                                 rounds=5, threads=0, clock="wall"))
     c.export = ml_collections.ConfigDict(dict(torch=True, onnx=False))
     c.stages = ",".join(STAGES)
     return c
@@ -123,7 +128,7 @@ def imagenet_smoke(c: ml_collections.ConfigDict) -> None:
         t.steps, t.epochs, t.batch_size, t.checkpoint.every_steps = 2, 0.0, 8, 1
         t.mixed_precision = "off"
     c.calibrate.num_images, c.calibrate.batch_size = 16, 8
-    c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup = "1,8", 2, 1
+    c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup, c.benchmark.rounds = "1,8", 2, 1, 2
 
 
 def stages_of(c: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -172,6 +177,15 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
         raise ValueError(f"benchmark.batch_sizes={c.benchmark.batch_sizes!r}: positive ints, comma-separated")
     if c.benchmark.iters < 1 or c.benchmark.warmup < 0:
         raise ValueError(f"benchmark.iters/warmup={c.benchmark.iters}/{c.benchmark.warmup}: iters >= 1, warmup >= 0")
+    if c.benchmark.rounds < 1 or c.benchmark.threads < 0:
+        raise ValueError(f"benchmark.rounds/threads={c.benchmark.rounds}/{c.benchmark.threads}: rounds >= 1, "
+                         "threads >= 0")
+    if c.benchmark.clock not in ("wall", "cpu") or (c.benchmark.clock == "cpu" and c.benchmark.threads != 1):
+        raise ValueError(f"benchmark.clock={c.benchmark.clock!r}: 'wall', or 'cpu' with benchmark.threads=1")
+    if "benchmark" in stages:
+        from hobs_jax.pipeline.benchmark_stage import runtimes_of
+
+        runtimes_of(c)
     if c.data.eval_batch_size < 1 or (num_devices and c.data.eval_batch_size % num_devices):
         raise ValueError(f"data.eval_batch_size={c.data.eval_batch_size}: must be a positive "
                          f"multiple of the device count {num_devices or 1}")
@@ -203,7 +217,7 @@ def fmnist_smoke(c: ml_collections.ConfigDict) -> None:
     c.train.epochs, c.train.steps, c.train.checkpoint.every_steps = 0.0, 8, 4
     c.calibrate.num_images, c.calibrate.batch_size = 64, 32
     c.finetune.steps = 4
-    c.benchmark.batch_sizes, c.benchmark.iters = "1,8", 3
+    c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.rounds = "1,8", 3, 3
 
 
 def fmnist_config(model: str, epochs: float) -> ml_collections.ConfigDict:

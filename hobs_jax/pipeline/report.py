@@ -45,6 +45,12 @@ def summarize(ctx: Context) -> dict:
         "params_ratio": _get(ev, "params_ratio"),
         "latency_speedup": _get(bench, "speedup"),
         "latency": _get(bench, "rows"),
+        "latency_runtimes": _get(bench, "runtimes"),
+        "latency_device": _get(bench, "device"),
+        "latency_rounds": _get(bench, "rounds"),
+        "latency_clock": _get(bench, "clock"),
+        "latency_not_faster": _get(bench, "not_faster"),
+        "latency_not_timed": _get(bench, "not_timed"),
         "device": jax.devices()[0].device_kind,
         "stage_seconds": seconds,
     }
@@ -58,6 +64,49 @@ def _fmt(v, pct=False):
     if isinstance(v, float):
         return f"{v:.4g}"
     return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def latency_lines(s: dict) -> list[str]:
+    """The report's latency part: p50/p95 of dense and pruned per runtime and batch, and in
+    bold every runtime where the pruned network is not faster, with the pruned widths off
+    that runtime's width quantum."""
+    from hobs_jax.bench.report import TITLES
+
+    rows = s["latency"]
+    rounds = s.get("latency_rounds")
+    where = s.get("latency_device") or s["device"]
+    cpu_clock = s.get("latency_clock") == "cpu"
+    lines = ["", f"Latency on {where}: ms per call" + (" (CPU time, one thread)" if cpu_clock else "")
+             + ", dense and pruned timed interleaved"
+             + (f" over {rounds} rounds" if rounds else "") + "; speedup = dense p50 / pruned p50 "
+             "(benchmark/summary.md has every statistic, benchmark/results.csv every row).", "",
+             "| runtime | batch | dense p50 | dense p95 | pruned p50 | pruned p95 | speedup |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        name = TITLES.get(r.get("runtime"), r.get("runtime") or "XLA")
+        extra = "" if r.get("dtype", "float32") == "float32" else f" {r['dtype']}"
+        extra += f" ({r['device']})" if r.get("device") == "gpu" else ""
+        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "-"
+                 for k in ("dense_ms", "dense_p95_ms", "pruned_ms", "pruned_p95_ms")]
+        lines.append(f"| {name}{extra} | {r['batch']} | " + " | ".join(cells) + f" | {r['speedup']:.2f}x |")
+    for nf in s.get("latency_not_faster") or []:
+        name = TITLES.get(nf["runtime"], nf["runtime"])
+        at = ", ".join(f"batch {b} ({x:.2f}x)" for b, x in zip(nf["batches"], nf["speedups"]))
+        if nf["unaligned"]:
+            why = (f"Pruned widths that are not multiples of {name}'s width quantum {nf['quantum']} "
+                   f"({nf['quantum_source']}): " + ", ".join(f"{k} {v}" for k, v in nf["unaligned"].items()) + ".")
+        else:
+            why = (f"Every pruned width is a multiple of {name}'s width quantum {nf['quantum']} "
+                   f"({nf['quantum_source']}): the widths do not explain it.")
+        lines += ["", f"**The pruned network is not faster than dense in {name} ({nf['device']}, {nf['dtype']}) "
+                      f"at {at}. {why}**"]
+    missing: dict[tuple, list] = {}
+    for nt in s.get("latency_not_timed") or []:
+        missing.setdefault((nt["model"], nt["runtime"], nt["reason"]), []).append(str(nt["batch"]))
+    for (model, runtime, reason), batches in missing.items():
+        lines += ["", f"Not timed: {model} in {TITLES.get(runtime, runtime)} at batch "
+                      f"{','.join(batches)}: {reason}"]
+    return lines
 
 
 def render(s: dict) -> str:
@@ -75,11 +124,7 @@ def render(s: dict) -> str:
                      f"{_fmt(s['acc_oneshot'], True)}; after BN re-estimation: "
                      f"{_fmt(s['acc_bn_recalibrated'], True)}.")
     if s["latency"]:
-        lines += ["", f"Latency on {s['device']} (median, ms):", "",
-                  "| batch | dense | pruned | speedup |", "|---:|---:|---:|---:|"]
-        for r in s["latency"]:
-            lines.append(f"| {r['batch']} | {r['dense_ms']:.3f} | {r['pruned_ms']:.3f} | "
-                         f"{r['speedup']:.2f}x |")
+        lines += latency_lines(s)
     lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                         s["stage_seconds"].items()), ""]
     return "\n".join(lines)
