@@ -32,6 +32,10 @@ def initial_variables(ctx: Context) -> dict:
         if meta.get("model") != c.model:
             raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')!r}, "
                              f"but model={c.model!r}")
+        for key in ("num_classes", "in_channels"):
+            if meta.get(key) != c[key]:
+                raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')} with "
+                                 f"{key}={meta.get(key)}, but the config has {key}={c[key]}")
         return variables
     # A torch state_dict, converted by the parity layer (torch needed only here).
     from parity.convert import load_torch_file, torch_to_flax
