@@ -60,9 +60,21 @@ def one_line(exc: BaseException) -> str:
 
 
 def fail(message: str, code: int = USAGE_EXIT) -> None:
-    """Print ``error: message`` to stderr and exit with ``code``."""
+    """Print ``error: message`` to stderr and exit with ``code``.
+
+    Unless tracebacks were asked for, nothing is printed after that line: the libraries'
+    late complaints while the interpreter shuts down (orbax's background writes that
+    failed, asyncio's "exception was never retrieved") are dropped; the line said it.
+    """
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
+    if not verbose(sys.argv):
+        import logging
+        import threading
+
+        logging.disable(logging.CRITICAL)
+        sys.unraisablehook = lambda *_: None
+        threading.excepthook = lambda *_: None
     sys.exit(code)
 
 
@@ -163,9 +175,14 @@ def _keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
 
 
 def _suggest(name: str, config: ml_collections.ConfigDict) -> list[str]:
-    """Known dotted names close to ``name``, then those with the same last part."""
-    keys = _keys(config)
-    leaf = name.rpartition(".")[2]
+    """Known dotted names close to ``name``: in its own section if any are, else anywhere
+    (close spellings, then the same last part in another section)."""
+    keys = [k for k in _keys(config) if not name.startswith(k + ".")]  # not its own sections
+    section, _, leaf = name.rpartition(".")
+    siblings = [k for k in keys if k.rpartition(".")[0] == section]
+    near = difflib.get_close_matches(name, siblings, n=3, cutoff=0.75)
+    if near:
+        return near
     close = difflib.get_close_matches(name, keys, n=3, cutoff=0.75)
     same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf and k not in close]
     return (close + same_leaf)[:3]
