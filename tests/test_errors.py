@@ -384,13 +384,13 @@ def test_nan_statistics_stop_pruning_with_the_layer_named_before_anything_is_wri
         c.prune.hobs.progress = False
     root = tmp_path / "run"
     assert _one_line_error(run, c, str(root)) == (
-        "calibration batch 0: the input of layer layer2/0/bn1 has NaN/Inf values (activations overflow "
-        "or the weights are not finite)") or True
+        "calibration batch 0: the input of layer layer2/0/conv2 has NaN/Inf values (activations overflow "
+        "or the weights are not finite)")
     assert (root / "calibrate" / "stage.json").exists()
-    assert not (root / "prune").exists() or not os.listdir(root / "prune")
+    assert not (root / "prune").exists()  # no record, plan or model
     h = np.eye(3)
     h[1, 2] = np.nan
-    assert _one_line_error(robust_inverse, h, 0.01, name="layer1/0/conv1") == \
+    assert _one_line_error(lambda: robust_inverse(h, 0.01, name="layer1/0/conv1")) == \
         "layer1/0/conv1: the Hessian has NaN/Inf entries"
 
 

@@ -172,6 +172,7 @@ def test_faults_at_every_stage_then_the_same_summary(tmp_path, reference, record
     try:
         _, status = os.waitpid(holder.pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), status
+        tally.runs += 1
         before = snapshot(workdir)
         second = main_job(workdir)
         tally.runs += 1
