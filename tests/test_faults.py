@@ -278,3 +278,36 @@ def test_fault_sweep(tmp_path, reference, reference_dir, record_property, reques
         tally.fault(_KIND[action])
     completes_as_reference(workdir, reference, tally)
     tally.report(record_property)
+
+
+@pytest.mark.slow
+@pytest.mark.multihost
+def test_multihost_runs_take_the_lock_through_process_0(tmp_path):
+    """Two processes on localhost: process 0 holds the workdir lock and the other follows
+    its answer. While another run holds the workdir, both stop in one line and write
+    nothing; once it is free, the two-process run goes through (process 1 never touches
+    the lock: it would find it held by process 0)."""
+    from hobs_jax.pipeline.lock import WorkdirLock
+
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    launcher = [os.path.join(REPO_ROOT, "launch", "local_multihost.sh"), "2"]
+    logs = tmp_path / "logs"
+    env = dict(_env(None), LOG_DIR=str(logs))
+    cmd = launcher + _cmd(workdir) + ["--config.stages=train", "--config.train.steps=2"]
+    other = WorkdirLock(workdir).acquire()  # "another run" (this process)
+    try:
+        before = snapshot(workdir)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        last = {i: (logs / f"process_{i}.log").read_text().strip().splitlines()[-1] for i in (0, 1)}
+        assert re.fullmatch(rf"error: workdir {re.escape(workdir)} is in use by another run \(pid "
+                            rf"{os.getpid()} on host .*", last[0]), last[0]
+        assert last[1] == (f"error: workdir {workdir} is in use by another run (process 0 could not take "
+                           f"{workdir}/.lock; its error names the holder)"), last[1]
+        assert snapshot(workdir) == before
+    finally:
+        other.release()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, [(logs / f"process_{i}.log").read_text()[-2000:] for i in (0, 1)]
+    assert recorded(workdir, "train")
