@@ -426,3 +426,13 @@ def test_fault_specs():
     for bad in ("train.step@x=kill", "prune.end=explode", "=kill"):
         with pytest.raises(ValueError, match=r"HOBS_JAX_FAULT=.*expected <point>\[@<n>\]=<action>"):
             faults.parse(bad)
+
+
+def test_an_unreadable_record_counts_as_not_finished(tmp_path, caplog):
+    wd = Workdir(str(tmp_path))
+    wd.finish("train", _tiny(), {"ok": 1}, 1.0)
+    assert wd.done("train")["outputs"] == {"ok": 1}
+    with open(wd.record_path("train"), "w") as f:
+        f.write('{"stage": "tr')
+    assert wd.done("train") is None
+    assert "stage.json is unreadable" in caplog.text and "stage train runs again" in caplog.text

@@ -49,7 +49,9 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]
     return {k: v for k, v in out.items() if not k.endswith((".progress", ".tensorboard", ".log_every"))}
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_json(path: str, obj: Any, fault_point: str | None = None) -> None:
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename); a failed
+    write raises a one-line WriteError and leaves the previous file intact."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=float)
     tmp = path + ".tmp"
     try:
@@ -57,7 +59,8 @@ def _write_json(path: str, obj: Any) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        faults.point("record.write")
+        if fault_point:
+            faults.point(fault_point)
         os.replace(tmp, path)  # atomic: a killed run never leaves half a record
     except OSError as e:
         reason = write_failure(e) or e.strerror or str(e)
@@ -175,7 +178,7 @@ class Workdir:
         rec = {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
                "fingerprint": fingerprint(config, stage), "outputs": outputs}
         self.stage_dir(stage)
-        _write_json(self.record_path(stage), rec)
+        _write_json(self.record_path(stage), rec, fault_point="record.write")
         return rec
 
     def write_json(self, name: str, obj: Any) -> str:
