@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -396,6 +397,11 @@ def test_nan_statistics_stop_pruning_with_the_layer_named_before_anything_is_wri
 
 # --- stop signals and the fault hook ----------------------------------------------------
 
+main_thread_only = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                                      reason="signal handlers need the main thread")
+
+
+@main_thread_only
 def test_stop_signals_wait_for_a_safe_point_and_a_second_one_stops_at_once():
     previous = signal.getsignal(signal.SIGTERM)
     with interrupt.stop_signals():
@@ -411,6 +417,7 @@ def test_stop_signals_wait_for_a_safe_point_and_a_second_one_stops_at_once():
     assert signal.getsignal(signal.SIGTERM) is previous and not interrupt.requested()
 
 
+@main_thread_only
 def test_training_catches_sigint_too():
     from hobs_jax.train import Preemption
 

@@ -6,6 +6,7 @@ one line. Random ResNet-20 at 16x16x1 (exactness is algebraic, no training neede
 import functools
 import os
 import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,8 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path):
     assert rest.references == whole.references
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
 def test_sigterm_in_the_search_saves_stops_and_resumes_to_the_same_result(tmp_path):
     """A stop signal during an episode: the episode ends, the search saves its checkpoint
     and raises Interrupted; the next call continues to the uninterrupted result."""
