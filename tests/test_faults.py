@@ -51,7 +51,7 @@ def _cmd(workdir) -> list[str]:
 
 def main_job(workdir, fault: str | None = None, *, preexec=None) -> subprocess.CompletedProcess:
     return subprocess.run(_cmd(workdir), cwd=REPO_ROOT, env=_env(fault), capture_output=True,
-                          text=True, timeout=600, preexec_fn=preexec)
+                          text=True, timeout=1800, preexec_fn=preexec)
 
 
 def summary(workdir) -> dict:
