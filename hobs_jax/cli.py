@@ -105,7 +105,8 @@ def overrides(argv: Sequence[str]) -> list[tuple[str, str | None]]:
                     value = "false"
                 elif not eq:
                     nxt = argv[i + 1] if i + 1 < len(argv) else None
-                    value = nxt if nxt is not None and not nxt.startswith("-") else None
+                    is_flag = nxt is not None and nxt.startswith("-") and not _parses(float, nxt)
+                    value = None if nxt is None or is_flag else nxt
                 out.append((name, value))
                 break
     return out

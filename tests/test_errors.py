@@ -126,8 +126,9 @@ def test_argv_checks():
         "--workdir is required (e.g. --workdir=runs/my_run)"
     assert _one_line_error(check, "--config=c.py", "--wrkdir=x") == \
         "unknown option --wrkdir; did you mean --workdir?"
-    assert cli.overrides(["--config.a.b=1", "--noconfig.c", "--config.d", "2", "--x"]) == \
-        [("a.b", "1"), ("c", "false"), ("d", "2")]
+    assert cli.overrides(["--config.a.b=1", "--noconfig.c", "--config.d", "2", "--config.e", "-0.5",
+                          "--config.f", "--x"]) == \
+        [("a.b", "1"), ("c", "false"), ("d", "2"), ("e", "-0.5"), ("f", None)]
     check("--help")  # help needs nothing else
 
 
