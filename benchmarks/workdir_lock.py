@@ -42,6 +42,29 @@ def _times(fn, iters: int) -> dict:
             "max_ms": ms[-1], "over_10ms": sum(m > 10 for m in ms), "iters": iters}
 
 
+def _cpu() -> str:
+    """CPU model and vector ISA (the guide asks for it with every figure)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    isa = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else platform.machine()
+    return f"{model}, {isa}, {os.cpu_count()} cores"
+
+
+def _filesystem(path: str) -> str:
+    """The filesystem type of ``path`` (from /proc/mounts: the longest mount point above it)."""
+    try:
+        mounts = [ln.split()[1:3] for ln in open("/proc/mounts")]
+    except OSError:
+        return "?"
+    path = os.path.realpath(path)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=("?", "?"))
+    return best[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default=None, help="where the workdirs go (default: a temp dir)")
@@ -67,8 +90,9 @@ def main() -> None:
     results = {"lock file exists (rerun)": _times(cycle_existing, args.iters),
                "lock file created (first run)": _times(cycle_fresh, args.iters),
                "Workdir.open + close": _times(open_close, args.iters)}
+    fs = _filesystem(base)
     shutil.rmtree(base, ignore_errors=True)
-    record = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    record = {"machine": _cpu(), "filesystem": fs,
               "load_average_1min": os.getloadavg()[0], "results": results}
     for name, r in results.items():
         print(f"{name}: median {r['median_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
