@@ -288,6 +288,29 @@ def parse_flags(argv: Sequence[str], flag_values) -> list[str]:
 
 # --- the job ---------------------------------------------------------------------------
 
+def quiet_libraries() -> None:
+    """Keep the console to hobs_jax's own progress and its one-line errors.
+
+    orbax logs every checkpoint step through absl at INFO and a failed save as several
+    ERROR tracebacks, which hobs_jax reports in one line; when orbax closes its event loop
+    after such a failure, tensorstore's remaining completion callbacks each print an
+    ignored ``RuntimeError: Event loop is closed``. ``--verbose`` keeps all of it.
+    """
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                str(unraisable.exc_value) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def run_job(job: Callable[[], Any], *, show_traceback: bool = False) -> Any:
     """Run ``job()``; map its errors to one line on stderr and an exit status (module doc)."""
     from hobs_jax.data import DatasetError

@@ -40,10 +40,7 @@ def main(argv: list[str]) -> None:
     verbose = _VERBOSE.value or cli.verbose()
     logging.getLogger("hobs_jax").setLevel(logging.INFO)
     if not verbose and not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv[1:]):
-        # orbax and other libraries log every checkpoint step through absl at INFO, and a
-        # failed save as several ERROR tracebacks that hobs_jax reports in one line.
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
-        logging.getLogger("jax").setLevel(logging.WARNING)
+        cli.quiet_libraries()
 
     def job():
         from hobs_jax import compile_cache
