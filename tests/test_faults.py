@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -49,9 +48,19 @@ def _cmd(workdir) -> list[str]:
     return [sys.executable, "-m", "hobs_jax.main", f"--config={CONFIG}", f"--workdir={workdir}"]
 
 
-def main_job(workdir, fault: str | None = None, *, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(workdir), cwd=REPO_ROOT, env=_env(fault), capture_output=True,
-                          text=True, timeout=1800, preexec_fn=preexec)
+def main_job(workdir, fault: str | None = None, *, max_file_size: int | None = None
+             ) -> subprocess.CompletedProcess:
+    """One run of the main job; ``max_file_size``: an RLIMIT_FSIZE for it, set by a small
+    Python launcher that then execs the job (a ``preexec_fn`` would fork this process,
+    which JAX's threads make unsafe)."""
+    cmd = _cmd(workdir)
+    if max_file_size is not None:
+        launcher = ("import os, resource, sys; "
+                    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_size}, "
+                    "resource.getrlimit(resource.RLIMIT_FSIZE)[1])); os.execv(sys.argv[1], sys.argv[1:])")
+        cmd = [sys.executable, "-c", launcher] + cmd
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=_env(fault), capture_output=True, text=True,
+                          timeout=1800)
 
 
 def summary(workdir) -> dict:
@@ -193,10 +202,7 @@ def test_faults_at_every_stage_then_the_same_summary(tmp_path, reference, record
 
     # A full disk while saving the last fine-tuning checkpoint: with a 64 KiB file-size
     # limit every larger write fails (EFBIG, as ENOSPC would); step 3's checkpoint stays.
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-    full = main_job(workdir, preexec=small_files)
+    full = main_job(workdir, max_file_size=64 << 10)
     tally.runs += 1
     ckpt_dir = os.path.join(workdir, "finetune", "checkpoints")
     assert full.returncode == 1, full.stderr[-3000:]
