@@ -131,6 +131,20 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _what_is(path: str) -> str:
+    """What a directory without meta.json looks like (a hint for the one-line error)."""
+    names = set(os.listdir(path))
+    steps = [n for n in names if n.isdigit()]
+    if steps and any(os.path.isdir(os.path.join(path, n, "state")) for n in steps):
+        return ("; it holds training checkpoints (hobs_jax.train, steps " + ", ".join(sorted(steps, key=int)[-3:])
+                + "): load an exported model instead, e.g. a pipeline stage's model/ folder")
+    if names & {"_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkpoint"}:
+        return "; it is an orbax checkpoint not written by hobs_jax.export.save"
+    if any(n.startswith(".tmp") or ".tmp-" in n for n in names) or not names:
+        return "; it is empty or an unfinished save"
+    return ""
+
+
 def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     """``(model, variables, meta)`` from a checkpoint written by :func:`save`.
 
@@ -144,17 +158,26 @@ def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
-        raise ValueError(f"no hobs_jax checkpoint at {path} (not a directory)")
+        what = "" if not os.path.exists(path) else \
+            ": a file; torch files load with init.kind='torch'"
+        raise ValueError(f"no hobs_jax checkpoint at {path} (not a directory{what})")
     meta_file = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_file):
-        raise ValueError(f"{path} is not a complete hobs_jax checkpoint (no meta.json)")
+        raise ValueError(f"{path} is not a complete hobs_jax checkpoint (no meta.json){_what_is(path)}")
     try:
         with open(meta_file) as f:
             meta = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"corrupt checkpoint {path}: meta.json unreadable ({_one_line(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{path} is not a version-{VERSION} {FORMAT} checkpoint")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (meta.json has format {fmt!r})")
+    if meta.get("version") != VERSION:
+        v = meta.get("version")
+        newer = isinstance(v, int) and v > VERSION
+        raise ValueError(f"{path} is a {FORMAT} checkpoint of format version {v!r}, written by "
+                         f"{'a newer' if newer else 'another'} hobs_jax; this one reads version "
+                         f"{VERSION}" + ("; upgrade hobs_jax" if newer else ""))
     try:
         model = _build(meta)
         plan = None if meta.get("plan") is None else PrunePlan.from_json(json.dumps(meta["plan"]))

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import collections
 import os
+import re
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -141,9 +143,63 @@ def _to_flax_leaf(kind: str, t: np.ndarray, layout: tuple[int, int, int] | None,
     return np.ascontiguousarray(sl.reshape(h, d, -1).transpose(2, 0, 1))
 
 
+# A torch.save file is a zip archive (torch >= 1.6) or, in the legacy format, a pickle that
+# starts with torch's magic number 0x1950a86a20f9469cfc6c (pickle protocol 2, LONG1).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
 def load_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A ``state_dict`` from a ``.pt``/``.pth`` file, read with ``weights_only=True``."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """A ``state_dict`` from a ``.pt``/``.pth`` file, read with ``weights_only=True``.
+
+    Anything else raises a one-line ``ValueError`` that says what the file is: missing,
+    empty, not a torch file (random bytes, text, a plain Python pickle), a truncated or
+    corrupt archive, or a pickled object (a whole ``nn.Module``, a class of its own) that
+    weights-only loading refuses because unpickling it would run code. The remedy offered
+    is always to re-save the weights (``torch.save(model.state_dict(), path)``), never to
+    unpickle untrusted code.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"torch file {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"torch file {path}: is a directory, not a file written by torch.save")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except OSError as e:
+        raise ValueError(f"torch file {path}: not readable ({e.strerror})") from None
+    resave = "re-save the weights with torch.save(model.state_dict(), path)"
+    if not head:
+        raise ValueError(f"torch file {path}: empty file")
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"torch file {path}: truncated or corrupt zip archive (the end of the "
+                             f"archive is missing or damaged); copy or save it again")
+        with zipfile.ZipFile(path) as z:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist()):
+                raise ValueError(f"torch file {path}: a zip archive, but not one written by "
+                                 f"torch.save (no data.pkl inside); {resave}")
+    elif not head.startswith(_LEGACY_MAGIC):
+        what = ("starts like a Python pickle but is not a torch.save file" if head[:1] == b"\x80"
+                else f"not a torch.save file (neither a zip archive nor torch's legacy format; "
+                     f"starts with bytes {head[:4].hex()})")
+        raise ValueError(f"torch file {path}: {what}; {resave}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError...
+        text = str(e)
+        m = _GLOBAL.search(text)
+        if m:
+            raise ValueError(f"torch file {path}: holds a pickled object that needs {m.group(1)} "
+                             f"to load, not a plain state_dict; weights-only loading refuses it "
+                             f"because unpickling it would run code: {resave}") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()
+                      and "weights_only" not in ln and "Weights only" not in ln), type(e).__name__)
+        first = first.split(". ")[0].rstrip(".")[:200]
+        raise ValueError(f"torch file {path}: corrupt ({type(e).__name__}: {first}); "
+                         f"copy or save it again") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

@@ -112,7 +112,7 @@ def test_wrong_rank_conv_weight_is_named():
         torch_to_flax("resnet20", sd)
 
 
-def test_torch_files_load_with_weights_only(tmp_path):
+def test_torch_files_load_with_weights_only(tmp_path, capfd):
     good = tmp_path / "good.pt"
     torch.save(_sd(), good)
     model, v = torch_to_flax("resnet20", load_torch_file(good))
@@ -124,8 +124,10 @@ def test_torch_files_load_with_weights_only(tmp_path):
 
     bad = tmp_path / "bad.pt"
     torch.save({"x": Evil()}, bad)
-    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+    with pytest.raises(ValueError, match=r"holds a pickled object that needs print to load, not "
+                                         r"a plain state_dict; weights-only loading refuses it"):
         load_torch_file(bad)
+    assert "pickled code ran" not in capfd.readouterr().out
 
 
 def test_cli_reports_pass_and_exit_code(capsys):

@@ -53,6 +53,7 @@ def finetune_fn(ctx: Context):
     trains the unpruned network with the ``finetune`` recipe for ``steps`` steps, with an
     extra loss or gradient transformation, resumably under ``prune/method_training``."""
     def train(variables, steps, extra_loss=None, extra_transform=None):
+        from hobs_jax.pipeline.train_stage import stop_if_preempted
         from hobs_jax.train import fit
 
         c = ctx.config
@@ -63,6 +64,7 @@ def finetune_fn(ctx: Context):
         result = fit(model, variables, ctx.train_loader(section), section,
                      os.path.join(ctx.workdir.stage_dir("prune"), "method_training"),
                      extra_loss=extra_loss, extra_transform=extra_transform)
+        stop_if_preempted(result.metrics)
         return result.variables
     return train
 

@@ -3,10 +3,21 @@ checkpoint or a torch state_dict (optionally trained further)."""
 
 from __future__ import annotations
 
+import signal
+
 import jax
 
-from hobs_jax import models
+from hobs_jax import faults, interrupt, models
 from hobs_jax.pipeline.context import Context, log
+
+
+def stop_if_preempted(metrics: dict) -> None:
+    """After :func:`hobs_jax.train.fit`: a run that a stop signal cut short saved its
+    step; the stage must not go on as if training had finished."""
+    if metrics.get("stopped") == "preempted":
+        raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM,
+                                    f"at step {metrics['steps']} of {metrics['total_steps']} "
+                                    f"(checkpoint saved)")
 
 
 def initial_variables(ctx: Context) -> dict:
@@ -21,6 +32,10 @@ def initial_variables(ctx: Context) -> dict:
         if meta.get("model") != c.model:
             raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')!r}, "
                              f"but model={c.model!r}")
+        for key in ("num_classes", "in_channels"):
+            if meta.get(key) != c[key]:
+                raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')} with "
+                                 f"{key}={meta.get(key)}, but the config has {key}={c[key]}")
         return variables
     # A torch state_dict, converted by the parity layer (torch needed only here).
     from parity.convert import load_torch_file, torch_to_flax
@@ -39,9 +54,11 @@ def run(ctx: Context) -> dict:
                  "device": f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"}
     if c.init.kind == "scratch" or c.init.train:
         result = fit(model, variables, ctx.train_loader(c.train), c.train,
-                     ctx.workdir.stage_dir("train"), eval_data=ctx.eval_loader())
+                     ctx.workdir.stage_dir("train"), eval_data=ctx.eval_loader(),
+                     callbacks=[faults.step_callback("train")])
         variables = result.variables
         m = result.metrics
+        stop_if_preempted(m)
         out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
                                           "val_top1", "stability_score", "stopped")})
         log.info("train: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
