@@ -247,9 +247,10 @@ def _validate(task: PruneTask) -> None:
         raise ValueError(f"udfc: ridge={o.ridge!r} must be >= 0")
     if not isinstance(o.compensate, bool):
         raise ValueError(f"udfc: compensate={o.compensate!r} must be True or False")
-    if not task.model_name.startswith("resnet"):
-        raise ValueError(f"udfc: model {task.model_name!r} is not a ReLU network; UDFC's ReLU "
-                         f"moments support the resnet family only")
+    acts = set(task.graph.activations)
+    if acts != {"relu"}:
+        raise ValueError(f"udfc: {task.name} applies {', '.join(sorted(acts)) or 'no nonlinearity'} to its "
+                         f"channels, not ReLU alone; UDFC's ReLU moments need BN then ReLU")
     if "batch_stats" not in task.variables:
         raise ValueError("udfc: variables have no batch_stats; UDFC needs BatchNorm statistics")
 
@@ -265,7 +266,7 @@ def prune(task: PruneTask) -> PruneOutcome:
     cost = task.cost
     groups = list(cost.group_ids) if o.scope == "all" else [g for g in cost.group_ids if g in chains]
     if not groups:
-        raise ValueError(f"udfc: {task.model_name} has no compensable group (conv-BN-ReLU-conv)")
+        raise ValueError(f"udfc: {task.name} has no compensable group (conv-BN-ReLU-conv)")
     sub = restrict(cost, groups)
     scores = {g: s for g, s in group_l2_scores(task.graph, variables).items() if g in groups}
     if o.allocation == "uniform":
