@@ -35,7 +35,10 @@ def _tiny(stages="train,calibrate,prune,finetune,evaluate,benchmark,export"):
     ("prune.method", "nope", r"unknown pruning method 'nope'"),
     ("stages", "train,oops", r"unknown stage 'oops'"),
     ("init.kind", "checkpoint", r"init.path is empty"),
-    ("model", "resnet5", r"unknown model 'resnet5'"),
+    ("model.name", "resnet5", r"unknown model 'resnet5'"),
+    ("model.import_path", "hobs_jax.testing.nets:Nope", r"import path 'hobs_jax.testing.nets:Nope': "
+                                                        r"hobs_jax.testing.nets has no 'Nope'"),
+    ("model.import_path", "nets", r"import path 'nets': use 'package.module:ClassName'"),
 ])
 def test_invalid_values_fail_before_compute(key, value, match):
     c = _tiny()

@@ -15,8 +15,8 @@ compute at the sliced widths and no mask or padding exists anywhere.
 Layers and the fields taken from their variables:
 
 ====================================  =============================================
-``nn.Conv``, ``nn.ConvTranspose``,    ``features`` = kernel's last axis
-``nn.ConvLocal``, ``nn.Dense``
+``nn.Conv``, ``nn.ConvTranspose``,    ``features`` = kernel's last axis; a depthwise conv
+``nn.ConvLocal``, ``nn.Dense``        (kernel in-axis 1) gets one group per input channel
 ``nn.DenseGeneral``                   ``features`` = kernel's trailing feature axes
 ``nn.Embed``                          ``num_embeddings``, ``features``
 ``nn.Einsum``                         ``shape`` = the kernel's shape
@@ -49,9 +49,10 @@ than remove channels.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
+import numpy as np
 
 _TRAIN_ARGS = {"train": True, "training": True, "is_training": True, "deterministic": False,
                "use_running_average": False}
@@ -93,9 +94,10 @@ def _kernel(mod: nn.Module, name: str = "kernel"):
     return mod.get_variable("params", name)
 
 
-def width_updates(mod: nn.Module) -> dict:
+def width_updates(mod: nn.Module, x=None) -> dict:
     """The width fields of Flax layer ``mod`` that differ from what its variables hold
-    (see module docstring); empty for other modules or when nothing differs."""
+    (see module docstring); empty for other modules or when nothing differs. ``x``: the
+    layer's input, for a depthwise conv's group count (one group per input channel)."""
     upd: dict = {}
     if isinstance(mod, nn.MultiHeadDotProductAttention):
         params = mod.variables.get("params", {}) if mod.scope is not None else {}
@@ -103,13 +105,19 @@ def width_updates(mod: nn.Module) -> dict:
         o = params.get("out", {}).get("kernel")
         if q is not None:
             h, d = int(q.shape[-2]), int(q.shape[-1])
-            upd["num_heads"], upd["qkv_features"] = h, h * d
+            upd["num_heads"] = h
+            # qkv_features None means "the input's width": only set it when that differs.
+            if mod.qkv_features is not None or x is None or int(np.shape(x)[-1]) != h * d:
+                upd["qkv_features"] = h * d
         if o is not None and mod.out_features is not None:
             upd["out_features"] = int(o.shape[-1])
     elif isinstance(mod, (nn.Conv, nn.ConvTranspose, nn.ConvLocal, nn.Dense)):
         k = _kernel(mod)
         if k is not None:
             upd["features"] = int(k.shape[-1])
+            groups = getattr(mod, "feature_group_count", 1)
+            if groups > 1 and k.shape[-2] == 1 and x is not None and np.ndim(x) >= 2:
+                upd["feature_group_count"] = int(np.shape(x)[-1])  # depthwise: a group per channel
     elif isinstance(mod, nn.DenseGeneral):
         k = _kernel(mod)
         if k is not None:
@@ -133,7 +141,7 @@ def follow_widths(next_fun, args, kwargs, context):
     """Method interceptor: run a Flax layer at the width of its variables (module doc)."""
     mod = context.module
     if context.method_name == "__call__" and mod.scope is not None:
-        upd = width_updates(mod)
+        upd = width_updates(mod, args[0] if args else None)
         if upd:
             return mod.clone(parent=mod.scope, **upd)(*args, **kwargs)
     return next_fun(*args, **kwargs)
@@ -155,6 +163,8 @@ class LinenModel(nn.Module):
     inner: Ref
     call: tuple = ()
     kwargs: tuple = ()
+    # Name-stack components before the first layer: this class's and the user module's.
+    NAME_STACK_ROOTS: ClassVar[int] = 2
 
     @property
     def module(self) -> nn.Module:

@@ -39,7 +39,7 @@ RNG state.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -213,6 +213,7 @@ class NNXModel(_Node):
     layers: tuple = ()
     refs: tuple = ()
     kwargs: tuple = ()
+    NAME_STACK_ROOTS: ClassVar[int] = 1  # the layers sit at their own paths below this class
 
     def __call__(self, x, train: bool = False):
         from flax.nnx import statelib
@@ -256,7 +257,14 @@ class NNXModel(_Node):
                     return x
                 return layer(x, deterministic=False)
             return dropout
-        return layer
+
+        def plain(x, *args, **kwargs):  # NNX's optional arguments (out_sharding, mask) left at None
+            extra = [k for k, v in kwargs.items() if v is not None]
+            if args or extra:
+                raise ValueError(f"NNX {kind} layer called with {extra or 'extra positional arguments'}: "
+                                 f"not supported by the pruning adapter")
+            return layer(x)
+        return plain
 
 
 def failing_layer(exc: BaseException) -> str | None:
@@ -369,7 +377,11 @@ def _fix_widths(module) -> None:
             continue
         if isinstance(mod, nnx.Conv):
             k = mod.kernel.value.shape
-            mod.in_features, mod.out_features = int(k[-2]) * int(mod.feature_group_count), int(k[-1])
+            g = int(mod.feature_group_count)
+            if g > 1 and k[-2] == 1:  # depthwise (x multiplier): a group per input channel
+                g = int(k[-1]) // max(int(mod.out_features) // g, 1)
+                mod.feature_group_count = g
+            mod.in_features, mod.out_features = int(k[-2]) * g, int(k[-1])
             mod.kernel_shape = tuple(int(s) for s in k)
         elif isinstance(mod, nnx.Linear):
             k = mod.kernel.value.shape

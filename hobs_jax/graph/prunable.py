@@ -43,7 +43,7 @@ from hobs_jax.graph.linen_model import LinenModel, attention_layers, fixed_axes,
 from hobs_jax.graph.trace import _is_zoo, build_graph, trace_module
 from hobs_jax.models.prunable import Prunable, prunable as zoo_prunable
 
-ROOTS = {"zoo": 1, "linen": 2, "nnx": 1}  # name-stack components before the first layer
+ROOTS = {"zoo": 1, "linen": LinenModel.NAME_STACK_ROOTS, "nnx": 1}  # name-stack components before a layer
 
 
 def label_of(module: Any) -> str:
@@ -113,7 +113,7 @@ def resized(module: nn.Module, variables: Mapping, input_shape) -> bool:
     found = []
 
     def spy(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and width_updates(context.module):
+        if context.method_name == "__call__" and width_updates(context.module, args[0] if args else None):
             found.append(tuple(context.module.path))
         return next_fun(*args, **kwargs)
 

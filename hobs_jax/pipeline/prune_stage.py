@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict:
         options = options.copy_and_resolve_references()
         with options.unlocked():
             options.workdir = os.path.join(ctx.workdir.stage_dir("prune"), "rspar_search")
-    task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
+    task = make_task(c.prune.method, ctx.prunable(variables), target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
                      calib=calib, options=options, seed=c.seed,
                      finetune=finetune_fn(ctx))
@@ -101,7 +101,7 @@ def run(ctx: Context) -> dict:
         r = outcome.info["rspar"]
         stage = ctx.workdir.stage_dir("prune")
         save_allocation(os.path.join(stage, "rspar_allocation"),
-                        allocation_record(r["group_ids"], r["sizes"], r["allocations"], model=c.model,
+                        allocation_record(r["group_ids"], r["sizes"], r["allocations"], model=task.name,
                                           target=c.prune.target, budget=r["budget"]))
         save_learning_curve(os.path.join(stage, "rspar_curve"), {"rspar": r["curve"]})
         out["rspar_plots"] = [os.path.join(stage, "rspar_allocation.png"), os.path.join(stage, "rspar_curve.png")]

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from hobs_jax.pipeline.config import stage_sections
+from hobs_jax.pipeline.config import fingerprint_view, stage_sections
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -30,7 +30,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
     """The flattened config keys ``stage``'s result depends on."""
-    full = json.loads(config.to_json())
+    full = fingerprint_view(json.loads(config.to_json()))
     out = {}
     for section in stage_sections(stage):
         out.update(_flatten({section: full[section]}))
