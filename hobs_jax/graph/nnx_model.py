@@ -376,7 +376,7 @@ def _fix_widths(module) -> None:
         if not isinstance(mod, nnx.Module):
             continue
         if isinstance(mod, nnx.Conv):
-            k = mod.kernel.value.shape
+            k = mod.kernel.get_value().shape
             g = int(mod.feature_group_count)
             if g > 1 and k[-2] == 1:  # depthwise (x multiplier): a group per input channel
                 g = int(k[-1]) // max(int(mod.out_features) // g, 1)
@@ -384,10 +384,10 @@ def _fix_widths(module) -> None:
             mod.in_features, mod.out_features = int(k[-2]) * g, int(k[-1])
             mod.kernel_shape = tuple(int(s) for s in k)
         elif isinstance(mod, nnx.Linear):
-            k = mod.kernel.value.shape
+            k = mod.kernel.get_value().shape
             mod.in_features, mod.out_features = int(k[0]), int(k[1])
         elif isinstance(mod, nnx.LinearGeneral):
-            k = mod.kernel.value.shape
+            k = mod.kernel.get_value().shape
             nb, ni = len(mod.batch_axis), len(mod.in_features)
             mod.in_features = tuple(int(s) for s in k[nb:nb + ni])
             mod.out_features = tuple(int(s) for s in k[nb + ni:])
@@ -395,9 +395,9 @@ def _fix_widths(module) -> None:
             arr = next((v for v in (getattr(mod, "scale", None), getattr(mod, "bias", None),
                                     getattr(mod, "mean", None)) if isinstance(v, nnx.Variable)), None)
             if arr is not None:
-                mod.num_features = int(arr.value.shape[-1])
+                mod.num_features = int(arr.get_value().shape[-1])
         elif isinstance(mod, nnx.Embed):
-            e = mod.embedding.value.shape
+            e = mod.embedding.get_value().shape
             mod.num_embeddings, mod.features = int(e[0]), int(e[-1])
         elif isinstance(mod, nnx.MultiHeadAttention):
             mhas.append(mod)

@@ -48,9 +48,14 @@ def _path(prefix: str, eqn) -> str:
 
 
 def _strip_root(path: str, roots: int = 1) -> str:
-    # Flax puts the top module's class name first ("ResNet/layer1/0/conv1"); the adapters
-    # of hobs_jax.graph.linen_model / nnx_model add their own (``roots``).
-    return "/".join(path.split("/")[roots:])
+    # Flax puts the top module's class name first ("ResNet/layer1/0/conv1"); the adapter
+    # of hobs_jax.graph.linen_model adds its own (``roots`` 2). Code of the user's top
+    # module itself is named by its class ("Spectral"), not left empty.
+    parts = path.split("/")
+    rest = parts[roots:]
+    if not rest and roots > 1 and len(parts) >= roots:
+        return parts[roots - 1]
+    return "/".join(rest)
 
 
 def _shape_of(v) -> tuple[int, ...]:
