@@ -31,7 +31,7 @@ enable_compile_cache()
 
 SHAPE = (1, 16, 16, 1)
 NETS = list(LINEN_NETS) + list(NNX_NETS)
-FULL_HOBS = ("resnext", "vit_nnx")  # H-OBS with its default options (the sequential refit on)
+FULL_HOBS = ("resnext", "mbconv_nnx")  # H-OBS with its default options (the sequential refit on)
 
 
 @functools.lru_cache(maxsize=None)

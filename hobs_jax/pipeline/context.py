@@ -73,12 +73,14 @@ class Context:
 
     @functools.cached_property
     def _nnx_module(self):
-        """The configured NNX module, constructed for real (its own initializers)."""
+        """The configured NNX module, constructed for real (its own initializers, compiled
+        once with ``nnx.jit`` instead of dispatched op by op)."""
         from flax import nnx
 
         from hobs_jax.graph.spec import resolve
 
-        return resolve(self.spec["import_path"])(**self.spec["kwargs"], rngs=nnx.Rngs(self.config.seed))
+        cls, kwargs, seed = resolve(self.spec["import_path"]), self.spec["kwargs"], self.config.seed
+        return nnx.jit(lambda: cls(**kwargs, rngs=nnx.Rngs(seed)))()
 
     def dense_model(self):
         """What ``apply(variables, x, train=...)`` runs at the constructor's widths: the zoo

@@ -28,7 +28,7 @@ class DenseNetTiny(nn.Module):
     num_classes: int = 10
     stem: int = 8
     growth: int = 4
-    layers: int = 3
+    layers: int = 2
 
     @nn.compact
     def __call__(self, x, train: bool = False):
