@@ -206,6 +206,11 @@ def as_prunable(model: Any, variables: Mapping | None = None, input_shape=None, 
         return zoo_prunable(model, variables, input_shape)
     from flax import nnx
 
+    from hobs_jax.graph.nnx_model import NNXModel
+
+    if isinstance(model, NNXModel):
+        raise ValueError("this is the adapter an NNX module runs through: pass the NNX module itself "
+                         "(PruneResult.nnx, Prunable.to_nnx()) or its Prunable (PruneResult.prunable)")
     if isinstance(model, nnx.Module):
         if variables is not None:
             raise ValueError(f"{label_of(model)}: an NNX module holds its own variables; pass the module alone")
