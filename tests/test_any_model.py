@@ -102,19 +102,20 @@ def test_hobs_and_magnitude_prune_any_network(name):
 @pytest.mark.parametrize("name", NETS)
 def test_udfc_runs_or_refuses_in_one_line(name):
     model, variables = _net(name)
-    acts = G.graph_of(G.prunable(model, variables, SHAPE)).activations
-    if acts != ("relu",):
+    scope = "all" if name == "densenet" else "compensable"
+    task = methods.make_task("udfc", model, variables, target=0.5, input_shape=SHAPE, options=dict(scope=scope))
+    if task.graph.activations != ("relu",):
         with pytest.raises(ValueError, match=r"udfc: .* not ReLU alone; UDFC's ReLU moments need BN then ReLU"):
-            methods.prune("udfc", model, variables, target=0.5, input_shape=SHAPE)
+            methods.run("udfc", task)
         return
-    if name == "densenet":  # one compensable chain (transition conv -> BN -> ReLU -> head): prune all
-        r = methods.prune("udfc", model, variables, target=0.5, input_shape=SHAPE, options=dict(scope="all"))
+    if name == "densenet":  # one compensable chain (transition conv -> BN -> ReLU -> head); prune all groups
+        r = methods.run("udfc", task)
         _check_result(r, 0.5)
         assert r.outcome.info["compensated"]
         return
-    with pytest.raises(ValueError) as e:
-        methods.prune("udfc", model, variables, target=0.5, input_shape=SHAPE)
-    assert "\n" not in str(e.value) and "udfc" in str(e.value) or "unreachable" in str(e.value)
+    with pytest.raises(ValueError, match=r"udfc: .* has no compensable group \(conv-BN-ReLU-conv\)") as e:
+        methods.run("udfc", task)
+    assert "\n" not in str(e.value)
 
 
 def test_split_halves_stay_equal_and_shuffle_is_refused_in_one_line():
