@@ -70,11 +70,6 @@ def _layer_kind(mod) -> str | None:
     return None
 
 
-_OWN = {"conv": ("kernel", "bias"), "dense": ("kernel", "bias"), "dense_general": ("kernel", "bias"),
-        "batch_norm": ("scale", "bias", "mean", "var"), "layer_norm": ("scale", "bias"),
-        "embed": ("embedding",), "dropout": ()}
-
-
 def _dtype(d):
     return None if d is None else jnp.dtype(d).name
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax.graph.groups import Atom, Graph, Group, Layout
-from hobs_jax.graph.linen_model import LinenModel, attention_layers, fixed_axes, follow_widths, width_updates, wrap
+from hobs_jax.graph.linen_model import LinenModel, attention_layers, fixed_axes, width_updates, wrap
 from hobs_jax.graph.trace import _is_zoo, build_graph, trace_module
 from hobs_jax.models.prunable import Prunable, prunable as zoo_prunable
 
