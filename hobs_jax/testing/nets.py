@@ -26,8 +26,8 @@ class DenseNetTiny(nn.Module):
     and a global-average-pooled classifier."""
 
     num_classes: int = 10
-    stem: int = 8
-    growth: int = 4
+    stem: int = 16
+    growth: int = 8
     layers: int = 2
 
     @nn.compact
