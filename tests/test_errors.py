@@ -285,7 +285,7 @@ def test_bad_initial_weights_stop_the_run_before_it_writes(tmp_path):
     before = _tree(root)
     c = _tiny(**{"init.kind": "checkpoint", "init.path": os.path.join(REPO_ROOT, "checkpoints/resnet56_fmnist")})
     assert _one_line_error(run, c, str(root)) == \
-        f"init.path={c.init.path!r} holds a 'resnet56', but model='resnet20'"
+        f"init.path={c.init.path!r} holds a 'resnet56', but the config's model is 'resnet20'"
     assert _tree(root) == before and sorted(os.listdir(root)) == ["keep.txt"]
 
 

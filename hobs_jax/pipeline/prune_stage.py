@@ -81,7 +81,7 @@ def run(ctx: Context) -> dict:
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
     stage = os.path.join(ctx.workdir.root, "prune")  # created by the first write, not before
-    task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
+    task = make_task(c.prune.method, ctx.prunable(variables), target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
                      calib=calib, options=c.prune[c.prune.method], seed=c.seed,
                      finetune=finetune_fn(ctx))

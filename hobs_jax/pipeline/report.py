@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from hobs_jax.pipeline.config import model_label
 from hobs_jax.pipeline.context import Context
 
 
@@ -27,7 +28,7 @@ def summarize(ctx: Context) -> dict:
             seconds[stage] = round(rec["seconds"], 2)
     prune = ctx.results.get("prune", {})
     return {
-        "model": c.model,
+        "model": model_label(c),
         "method": c.prune.method if "prune" in ctx.results else None,
         "target": c.prune.target if "prune" in ctx.results else None,
         "metric": c.prune.metric if "prune" in ctx.results else None,
