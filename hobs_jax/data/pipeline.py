@@ -133,6 +133,10 @@ class TrainLoader:
         start = pos.step * self.batch_size
         return cache[1][start:start + self.batch_size]
 
+    def _indices(self, pos: LoaderPosition) -> np.ndarray:
+        """This host's slice of :meth:`global_indices`."""
+        return self.global_indices(pos)[self._slice]
+
     def global_noise(self, pos: LoaderPosition) -> np.ndarray | None:
         """Augmentation noise of the *global* batch at ``pos``: float64 [B, noise_dim], or
         None without augmentation. Row i belongs to ``global_indices(pos)[i]``."""

@@ -22,15 +22,21 @@ Control law (positional PI on u = logit(q), bumpless start, anti-windup, clampin
     ema_t = ema * rate_t + (1 - ema) * ema_{t-1}          (ema = weight of the newest batch)
     e_t   = clip(log(ema_t / target), -error_clip, error_clip)
     I_t   = I_{t-1} + e_t                                    (frozen while saturated, below)
-    u_t   = clip(logit(target) - kp * e_t - ki * I_t, logit(q_min), logit(q_max))
+    u_t   = clip(logit(target) - kp * e_t - ki * I_t, logit(target) +- LEVEL_SPAN)
     threshold_t = clip(quantile(reference, 1 - sigmoid(u_t)), THRESHOLD_MIN, THRESHOLD_MAX)
 
+The level is clamped to within ``LEVEL_SPAN`` = 2 logit units of the target (odds off by
+at most a factor of 7.4, e.g. a level in [1.5%, 45%] for a 10% target): the reference
+window makes the needed level close to the target, and a tight clamp bounds how far
+the integral can wind up.
+
 The first controlled batch, whose reference is empty, is cut at its own ``1 - target``
-quantile. Anti-windup by conditional integration: when the unclamped output lies beyond a
-clamp and the error pushes it further out, the integral keeps its old value, so a long
+quantile. Anti-windup: when the unclamped output lies beyond a clamp and the error
+pushes it further out, the integral stops growing, so a long
 saturation (scores that collapse for a while) does not wind up an integral that would
-hold the level at the clamp long after the scores recover; the integral is also bounded
-by the value that spans the clamp range. The original AST controller adds
+hold the level at the clamp long after the scores recover: while saturating, the
+integral is set to the value that puts the output exactly on the clamp (no further), and
+it is also bounded by the value that spans the clamp range. The original AST controller adds
 ``Kp * error + Ki * integral`` to a raw threshold in score units (Kp 0.0015, Ki 0.00005);
 its gains do not transfer to these units, and ``benchmarks/ast_controller.py`` shows that
 on our plant they are 100x too slow (docs/ast.md).
@@ -50,8 +56,7 @@ import numpy as np
 # Threshold clamp, in units of the normalized score (mean ~1), and the level clamp.
 THRESHOLD_MIN = 1e-6
 THRESHOLD_MAX = 1e6
-LEVEL_MIN = 1e-4
-LEVEL_MAX = 1.0 - 1e-4
+LEVEL_SPAN = 2.0
 REFERENCE_BATCHES = 8
 
 
@@ -73,7 +78,9 @@ class ControllerConfig:
         error).
       ema: weight of the newest batch's rate in the EMA, in (0, 1].
       error_clip: |e| bound (log units; 2 = a factor of 7.4 off target).
-      anti_windup: conditional integration while saturated (off only to test it).
+      anti_windup: conditional integration while saturated and the integral bound (off
+        only to show what they prevent).
+      level_span: the level clamp, in logit units around logit(target).
     """
 
     target: float
@@ -82,13 +89,23 @@ class ControllerConfig:
     ema: float
     error_clip: float = 2.0
     anti_windup: bool = True
-    u_min: float = logit(LEVEL_MIN)
-    u_max: float = logit(LEVEL_MAX)
+    level_span: float = LEVEL_SPAN
+
+    @property
+    def u_min(self) -> float:
+        return max(logit(self.target) - self.level_span, logit(1e-6))
+
+    @property
+    def u_max(self) -> float:
+        return min(logit(self.target) + self.level_span, logit(1 - 1e-6)) if self.target < 1 \
+            else logit(1 - 1e-6)
 
     @property
     def integral_max(self) -> float:
-        """The integral that moves u across the whole clamp range (inf when ki == 0)."""
-        return (self.u_max - self.u_min) / self.ki if self.ki > 0 else math.inf
+        """The integral that moves u across the whole clamp range (inf when ki == 0 or
+        without anti-windup)."""
+        return (self.u_max - self.u_min) / self.ki if self.ki > 0 and self.anti_windup \
+            else math.inf
 
 
 class ControllerState(NamedTuple):
@@ -127,8 +144,10 @@ def update(cfg: ControllerConfig, s: ControllerState, rate: float) -> Controller
     integral = s.integral + e
     u = u0 - cfg.kp * e - cfg.ki * integral
     if cfg.anti_windup and ((u < cfg.u_min and e > 0) or (u > cfg.u_max and e < 0)):
-        integral = s.integral
-        u = u0 - cfg.kp * e - cfg.ki * integral
+        # Saturating: keep the integral no larger than what puts the output on the clamp.
+        edge = cfg.u_min if u < cfg.u_min else cfg.u_max
+        integral = (u0 - cfg.kp * e - edge) / cfg.ki if cfg.ki > 0 else s.integral
+        u = edge
     integral = float(np.clip(integral, -cfg.integral_max, cfg.integral_max))
     u = float(np.clip(u, cfg.u_min, cfg.u_max))
     return ControllerState(integral, ema, u, s.updates + 1)
