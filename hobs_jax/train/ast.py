@@ -150,7 +150,9 @@ class Selector:
         self.ib_mean, self.ib_epoch = float("nan"), -1
         self.c = {"candidates": 0, "scored": 0, "selected": 0, "backprop": 0,
                   "post_candidates": 0, "post_selected": 0, "seconds_scoring": 0.0,
-                  "seconds_selection": 0.0, "seconds_post": 0.0}
+                  "seconds_selection": 0.0, "seconds_post": 0.0,
+                  "seconds_scoring_first_calls": 0.0}
+        self._compiled: set[int] = set()  # scorer batch sizes called in this process
         self.windows: list[float] = []
         self.win = [0, 0]  # selected, candidates of the open window
         self.thr_range = [math.inf, -math.inf]
@@ -194,7 +196,8 @@ class Selector:
             if len(self.warm_times) >= 4:  # the first steps include compilation
                 self.warm_step_seconds = float(np.median(np.diff(self.warm_times[2:] + [now])))
         self._apply_pending()
-        waited, scoring0 = 0.0, self.c["seconds_scoring"]
+        waited = 0.0
+        scoring0 = self.c["seconds_scoring"] + self.c["seconds_scoring_first_calls"]
         while len(self.q_index) < self.B:
             waited += self._candidate(state)
         idx, self.q_index = self.q_index[:self.B], self.q_index[self.B:]
@@ -208,7 +211,7 @@ class Selector:
         local["weight"] = weight[p * lb:(p + 1) * lb]
         self._popped = idx
         batch = mesh_lib.global_batch(local, self.mesh)
-        scoring = self.c["seconds_scoring"] - scoring0
+        scoring = (self.c["seconds_scoring"] + self.c["seconds_scoring_first_calls"]) - scoring0
         self.c["seconds_selection"] += max(time.perf_counter() - now - waited - scoring, 0.0)
         return batch
 
@@ -247,7 +250,12 @@ class Selector:
         out = self.scorer(state.variables(), mesh_lib.global_batch(local, self.mesh))
         comps = np.asarray(mesh_lib.host_value(out["components"]), np.float64)
         labels = np.asarray(mesh_lib.host_value(out["label"]), np.int64)
-        self.c["seconds_scoring"] += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        if len(comps) in self._compiled:
+            self.c["seconds_scoring"] += dt
+        else:  # a batch shape's first call compiles (or loads) the scorer: kept apart
+            self._compiled.add(len(comps))
+            self.c["seconds_scoring_first_calls"] += dt
         self.c["scored"] += len(comps)
         return comps, labels, waited
 
@@ -485,6 +493,7 @@ class Selector:
             "data_epochs": self.c["candidates"] / self.steps_per_epoch,
             "planned_steps": self.planned, "full_steps": self.full_steps,
             "seconds_scoring": self.c["seconds_scoring"],
+            "seconds_scoring_first_calls": self.c["seconds_scoring_first_calls"],
             "seconds_selection": self.c["seconds_selection"],
             "speedup_vs_warmup_steps": speedup, "fallbacks": self.fallbacks,
         }
