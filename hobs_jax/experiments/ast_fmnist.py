@@ -169,6 +169,14 @@ class Store:
         self.save()
 
     def save(self) -> None:
+        from hobs_jax.experiments.ast_report import with_speedups
+
+        # speedup (vs the full row of the same task, seed and schedule) and delta_top1 are
+        # recomputed for every row whenever a row lands
+        by_key: dict = {}
+        for r in self.data["rows"]:
+            by_key.setdefault(r.get("schedule_key"), []).append(r)
+        self.data["rows"] = [r for rows in by_key.values() for r in with_speedups(rows)]
         self.data.update({
             "experiment": "ast_fmnist", "schedule": dataclasses.asdict(self.schedule),
             "schedule_key": self.schedule.key(), "command": self.command,
