@@ -179,7 +179,8 @@ class Store:
         self.data["rows"] = [r for rows in by_key.values() for r in with_speedups(rows)]
         self.data.update({
             "experiment": "ast_fmnist", "schedule": dataclasses.asdict(self.schedule),
-            "schedule_key": self.schedule.key(), "command": self.command,
+            "schedule_key": self.schedule.key(),
+            "command": self.command or self.data.get("command", ""),
             "updated": datetime.datetime.now().isoformat(timespec="seconds")})
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     s = Schedule(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Schedule)})
     command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
-    store = Store(args.out, s, command.strip())
+    store = Store(args.out, s, "" if args.report_only else command.strip())
     from hobs_jax.experiments import ast_report
 
     if not args.report_only:
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"rate {row['achieved_rate']:.3f}  backprop {row['samples_backpropagated']}",
                       flush=True)
                 ast_report.write(store.data, args.out, s)
+    if store.data["rows"]:
+        store.save()
     ast_report.write(store.data, args.out, s)
 
 
