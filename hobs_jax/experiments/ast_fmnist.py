@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"seed {seed}" + (f" budget {budget:.3f}" if budget else ""), flush=True)
                 row = run_row(task, mode, score, rate, seed, s, args.workroot, args.pruned,
                               budget)
+                row["command"] = command.strip()
                 store.add(row)
                 print(f"  top-1 {row['acc_top1']:.4f}  wall {row['wall_seconds']:.0f} s  "
                       f"rate {row['achieved_rate']:.3f}  backprop {row['samples_backpropagated']}",

@@ -133,11 +133,14 @@ def write(data: dict, out: str, schedule: Any) -> None:
     s = data.get("schedule", {})
     dev = sorted({r["device"] for r in rows})
     name = os.path.basename(out)
+    commands = sorted({r.get("command") or data.get("command", "") for r in rows})
     lines = [
         "# Adaptive Sparse Training on Fashion-MNIST",
         "",
-        f"Command: `{data.get('command', '')}` (rows are cached in `{name}.json` and "
-        f"skipped on a rerun; `--report_only` rewrites this page). Device: "
+        "The whole grid is `python -m hobs_jax.experiments.ast_fmnist` (defaults: both tasks, "
+        "rates 0.05-0.2, every mode, the scoring ablation, 3 seeds). The rows below come from "
+        "these slices of it: " + "; ".join(f"`{c}`" for c in commands) + f". Rows are cached "
+        f"in `{name}.json` and skipped on a rerun; `--report_only` rewrites this page. Device: "
         f"{'; '.join(dev)}. The machine was shared with other jobs, so wall times are noisy; "
         f"speedups are ratios against the `full` row of the same task and seed.",
         "",
