@@ -38,8 +38,8 @@ hold the level at the clamp long after the scores recover: while saturating, the
 integral is set to the value that puts the output exactly on the clamp (no further), and
 it is also bounded by the value that spans the clamp range. The original AST controller adds
 ``Kp * error + Ki * integral`` to a raw threshold in score units (Kp 0.0015, Ki 0.00005);
-its gains do not transfer to these units, and ``benchmarks/ast_controller.py`` shows that
-on our plant they are 100x too slow (docs/ast.md).
+in our units those gains mean almost no feedback, and the reference window alone holds
+the rate; ``benchmarks/ast_controller.py`` compares them with ours (docs/ast.md).
 
 Everything here is host-side numpy: deterministic, and its state is a few floats plus the
 reference window, which go into the training checkpoint.

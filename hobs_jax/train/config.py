@@ -107,8 +107,8 @@ def get_ast_config() -> ml_collections.ConfigDict:
       score: 'loss' | 'loss_entropy' | 'loss_intensity' | 'loss_grad' | 'entropy' (the
         only one needing no labels), see hobs_jax.train.ast_scores.
       kp, ki, ema: PI gains and the EMA weight of the newest batch's rate
-        (hobs_jax.train.ast_control; tuned defaults, the original AST's Kp 0.0015 /
-        Ki 0.00005 are for another unit, see docs/ast.md).
+        (hobs_jax.train.ast_control; tuned in simulation, benchmarks/ast_controller.py;
+        the original AST's Kp 0.0015 / Ki 0.00005 are for raw score units, docs/ast.md).
       warmup_steps: the first steps train on every sample (scores of a random network
         mean little); the controller starts after them.
       class_balanced: normalize scores per class (about the same rate in every class).
