@@ -195,8 +195,10 @@ class Selector:
             self._t_enter = now
             if len(self.warm_times) >= 4:  # the first steps include compilation
                 self.warm_step_seconds = float(np.median(np.diff(self.warm_times[2:] + [now])))
+        # Reading the last steps' per-example outputs waits for the train step: training time.
+        t_pending = time.perf_counter()
         self._apply_pending()
-        waited = 0.0
+        waited = time.perf_counter() - t_pending
         scoring0 = self.c["seconds_scoring"] + self.c["seconds_scoring_first_calls"]
         while len(self.q_index) < self.B:
             waited += self._candidate(state)
