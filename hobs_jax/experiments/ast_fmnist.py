@@ -236,8 +236,10 @@ def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedul
     t0 = time.time()
     result = fit(model, variables, TrainLoader(src, "train", s.batch_size, seed=seed), c, wd)
     wall = time.time() - t0
-    acc = evaluate_per_class(model, result.variables, src)
     m = result.metrics
+    if m["stopped"]:  # SIGTERM (fit saved and returned) or early stopping: not a row
+        raise SystemExit(f"{wd}: training stopped early ({m['stopped']}); row not recorded")
+    acc = evaluate_per_class(model, result.variables, src)
     a = m.get("ast") or {}
     backprop = a.get("samples_backpropagated", m["steps"] * s.batch_size)
     row = {"model": model_name, "task": task, "mode": mode,
