@@ -11,7 +11,8 @@ Rows (one training run each; model, task, mode, score, target_rate, seed):
   ResNet-56 at 3x fewer MACs (``--pruned``, a pipeline ``prune/model`` directory, see
   docs/ast.md for the command) recovered by fine-tuning;
 * mode ``full`` (every sample), ``ast`` (PI-controlled selection at ``target_rate``, with
-  ``--score`` and the scoring ablation ``--ablation_scores`` at ``--ablation_rate``),
+  ``--score`` and the scoring ablation ``--ablation_scores`` at ``--ablation_rate``;
+  a score written ``NAME:cb`` runs with ``class_balanced``),
   ``random`` (a uniform random subset at the same back-propagation budget) and
   ``infobatch`` (InfoBatch at the same wall time as the AST row of the same task, rate
   and seed: its budget of optimizer steps is AST's wall time over the full run's time per
@@ -207,7 +208,9 @@ def train_config(task: str, mode: str, score: str, rate: float, seed: int, s: Sc
     if mode != "full":
         a.enabled, a.rule = True, mode
         a.target_rate = float(budget if mode == "infobatch" else rate)
-        a.score, a.kp, a.ki, a.ema = score, s.kp, s.ki, s.ema
+        name, _, variant = score.partition(":")
+        a.score, a.kp, a.ki, a.ema = name, s.kp, s.ki, s.ema
+        a.class_balanced = variant == "cb"
         a.warmup_steps = s.warmup_steps if task == "train" else s.finetune_warmup_steps
         a.score_refresh = s.score_refresh
     return c
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rates", type=csv(float), default=[0.05, 0.1, 0.15, 0.2])
     p.add_argument("--seeds", type=csv(int), default=[0, 1, 2])
     p.add_argument("--score", default="loss")
-    p.add_argument("--ablation_scores", type=csv(str), default=list(SCORES))
+    p.add_argument("--ablation_scores", type=csv(str), default=list(SCORES) + ["loss:cb"])
     p.add_argument("--ablation_rate", type=float, default=0.1)
     p.add_argument("--pruned", default=os.path.join(REPO, "runs", "r56_hobs3x", "prune", "model"))
     for f in dataclasses.fields(Schedule):
@@ -301,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile_cache", default=None)
     args = p.parse_args(argv)
     s = Schedule(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Schedule)})
+    for score in [args.score, *args.ablation_scores]:
+        name, _, variant = score.partition(":")
+        if name not in SCORES or variant not in ("", "cb"):
+            raise ValueError(f"--score/--ablation_scores: {score!r} is not one of {SCORES} "
+                             f"(optionally with ':cb')")
     command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
     store = Store(args.out, s, "" if args.report_only else command.strip())
