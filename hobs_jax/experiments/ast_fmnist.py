@@ -19,7 +19,10 @@ Rows (one training run each; model, task, mode, score, target_rate, seed):
   step);
 * every row: top-1, top-5 and per-class accuracy on the 10,000 test images, wall time of
   the training call (compiles included; the persistent compilation cache is on, so only
-  a first run of a shape compiles), samples back-propagated and scored, the AST record
+  a first run of a shape compiles) and its CPU time (all threads of the process: on a
+  machine shared with other jobs the CPU-time ratio estimates the idle machine's
+  wall-clock ratio better than noisy wall times do), samples back-propagated and scored,
+  the AST record
   (achieved rate, rate-window deviation, threshold range, converged) and the speedup
   against the ``full`` row of the same task and seed.
 
@@ -236,9 +239,9 @@ def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedul
     c = train_config(task, mode, score, rate, seed, s, budget)
     wd = os.path.join(workroot, f"{task}_{mode}_{score}_{rate:g}_s{seed}")
     shutil.rmtree(wd, ignore_errors=True)  # a row is timed from scratch, never resumed
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     result = fit(model, variables, TrainLoader(src, "train", s.batch_size, seed=seed), c, wd)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, time.process_time() - cpu0
     m = result.metrics
     if m["stopped"]:  # SIGTERM (fit saved and returned) or early stopping: not a row
         raise SystemExit(f"{wd}: training stopped early ({m['stopped']}); row not recorded")
@@ -248,7 +251,8 @@ def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedul
     row = {"model": model_name, "task": task, "mode": mode,
            "score": score if mode == "ast" else None, "target_rate": rate, "seed": seed,
            "achieved_rate": a.get("achieved_rate", 1.0), **acc,
-           "wall_seconds": wall, "fit_seconds": m["seconds"], "steps": m["steps"],
+           "wall_seconds": wall, "cpu_seconds": cpu, "fit_seconds": m["seconds"],
+           "steps": m["steps"],
            "samples_backpropagated": backprop, "samples_scored": a.get("samples_scored", 0),
            "samples_seen": a.get("samples_seen", m["steps"] * s.batch_size),
            "seconds_scoring": a.get("seconds_scoring", 0.0),
