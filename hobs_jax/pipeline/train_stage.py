@@ -68,6 +68,8 @@ def run(ctx: Context) -> dict:
         stop_if_preempted(m)
         out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
                                           "val_top1", "stability_score", "stopped")})
+        if "ast" in m:  # train.ast: the sample-selection record (summary.json's 'ast')
+            out["ast"] = m["ast"]
         log.info("train: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
     out["model_dir"] = ctx.save_model("train", model, variables)
     return out
