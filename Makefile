@@ -12,11 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile
 WORKDIR ?= workdir/quickstart
 
-.PHONY: demo test venv data lock parity clean help
+.PHONY: demo test lint venv data lock parity clean help
 
 help:
 	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
 	@echo "make test   - run the test suite (bootstraps .venv and the dataset)"
+	@echo "make lint   - ruff (lint, import order) and mypy over the sources (bootstraps .venv)"
 	@echo "make parity - python -m parity --all in float32 and float64"
 	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
 
@@ -39,6 +40,13 @@ $(FMNIST):
 
 test: venv data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint and type check; rules and scope live in pyproject.toml ([tool.ruff], [tool.mypy]).
+LINT_PATHS := hobs_jax kernels parity tests benchmarks
+
+lint: venv
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m mypy
 
 demo: venv data
 	$(PY) -m parity --model resnet50 resnet20
