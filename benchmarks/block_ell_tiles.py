@@ -10,15 +10,20 @@ The sweep behind the defaults in ``kernels/config.py``; GPU only.
 
     PYTHONPATH=. python benchmarks/block_ell_tiles.py   # writes $OUT or /tmp/explore2.json
 """
-import json, os, sys, time, statistics, glob, gzip
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
 import numpy as np
-import jax, jax.numpy as jnp
-from kernels.devtime import device_times
+
 from kernels.autotune import random_balanced
 from kernels.block_ell import BlockELL
+from kernels.config import KernelConfig
+from kernels.devtime import device_times
 from kernels.operands import forward_operands
 from kernels.ops import bell_matmul_parts
-from kernels.config import KernelConfig
 from kernels.pallas_mosaic import mosaic_gather_spmm
 
 OUT = os.environ.get("OUT", "/tmp")

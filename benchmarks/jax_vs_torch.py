@@ -46,7 +46,7 @@ def main(argv=None):
     runtimes = [r for r in runtimes if r != "tensorrt" or rt.get_runtime(r).framework()]
     devices = rt.parse_list(args.devices, "device", rt.DEVICES) or None
     command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
-    parts = [f"# JAX vs PyTorch: dense inference", "",
+    parts = ["# JAX vs PyTorch: dense inference", "",
              f"`{command}`. Per group: `summary.md`, `results.csv`/`.json` and the plots in "
              f"`{os.path.basename(args.out)}/<group>/`. Random weights (latency does not depend on them); "
              "every runtime's outputs were verified against Flax before timing.", ""]

@@ -39,7 +39,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 

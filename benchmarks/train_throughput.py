@@ -73,8 +73,16 @@ def run_jax(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from hobs_jax.train import (TrainState, get_train_config, global_batch, make_mesh,
-                                make_optimizer, make_train_step, put_global, state_shardings)
+    from hobs_jax.train import (
+        TrainState,
+        get_train_config,
+        global_batch,
+        make_mesh,
+        make_optimizer,
+        make_train_step,
+        put_global,
+        state_shardings,
+    )
     model = jax_model(args.model, args.classes, args.width)
     x = np.random.default_rng(0).normal(size=(args.batch, args.image, args.image, 3))
     y = np.random.default_rng(1).integers(0, args.classes, args.batch)

@@ -32,7 +32,8 @@ import importlib.util
 import os
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 

@@ -31,7 +31,8 @@ import os
 import shutil
 import uuid
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -35,7 +35,8 @@ import functools
 import os
 import signal
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 

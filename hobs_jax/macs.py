@@ -16,7 +16,8 @@ Flax module. :func:`xla_flops` gives XLA's compiled cost for a cross-check (XLA 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -33,7 +33,8 @@ named ``input``, the output ``logits``, at the traced batch size.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -26,8 +26,9 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

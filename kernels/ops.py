@@ -30,10 +30,8 @@ import jax.numpy as jnp
 
 from kernels import autotune
 from kernels.block_ell import BlockELL, BlockELLMeta
-from kernels.config import (BACKENDS, KernelConfig, available_backends, backend_config,
-                            default_config, platform)
-from kernels.operands import (ForwardIndex, GatherOperands, dx_operands, forward_operands,
-                              masked_values)
+from kernels.config import BACKENDS, KernelConfig, available_backends, backend_config, default_config, platform
+from kernels.operands import ForwardIndex, GatherOperands, dx_operands, forward_operands, masked_values
 from kernels.reference import reference_matmul
 from kernels.xla import gather_spmm, scatter_spmm, sddmm_blocks
 

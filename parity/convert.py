@@ -38,7 +38,8 @@ import collections
 import os
 import re
 import zipfile
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import jax
 import numpy as np
@@ -54,7 +55,7 @@ RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "dataparallel": ((r"^module\.", ""),),
     "cifar_shortcut": ((r"\.shortcut\.", ".downsample."), (r"^linear\.", "fc.")),
 }
-Rules = Union[str, Sequence[Union[str, tuple[str, str]]], Callable[[str], str], None]
+Rules = Union[str, Sequence[str | tuple[str, str]], Callable[[str], str], None]
 
 
 def _rules(rename: Rules) -> list[Callable[[str], str]]:
@@ -350,7 +351,7 @@ def _scale_dim(name: str, source: Any) -> int:
     return w["encoder_layer_0.qk_dim"]
 
 
-def flax_to_state_dict(name: str, variables: Mapping) -> "collections.OrderedDict[str, torch.Tensor]":
+def flax_to_state_dict(name: str, variables: Mapping) -> collections.OrderedDict[str, torch.Tensor]:
     """The torch ``state_dict`` of Flax ``variables`` of zoo model ``name`` (any widths)."""
     flat = _flat({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     pieces: dict[str, dict[str, np.ndarray]] = {}

@@ -10,7 +10,7 @@ torch's ``in_proj_weight`` / ``out_proj`` state-dict keys.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

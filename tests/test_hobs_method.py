@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from hobs_jax import models
-from hobs_jax.methods import Calibration, get_method, make_task, prune, run
+from hobs_jax.methods import Calibration, get_method, make_task, prune
 from hobs_jax.stats import reestimate_bn
 
 SIZE = 14

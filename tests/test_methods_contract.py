@@ -39,7 +39,7 @@ NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 TOL = 0.01
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)

@@ -26,7 +26,7 @@ enable_compile_cache()
 NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)
@@ -43,7 +43,7 @@ def _setup():
 HOBS = get_method("hobs")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _selection():
     """H-OBS's scored selection (paths down to the global allocator's min_ratio=0.2)."""
     return HOBS.select(_setup()[3])

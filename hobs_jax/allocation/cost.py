@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Mapping
 
 import jax
 import numpy as np

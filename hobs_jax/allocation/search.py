@@ -20,9 +20,9 @@ per-channel scores into a :class:`~hobs_jax.graph.PrunePlan`.
 
 from __future__ import annotations
 
-import math
 import dataclasses
-from typing import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 from hobs_jax.bench import sysinfo
 

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class Options:
     dtypes: tuple[str, ...] | None = None
     clock: str = "wall"
 
-    def validate(self) -> "Options":
+    def validate(self) -> Options:
         sizes = tuple(self.batch_sizes)
         if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
             raise ValueError(f"batch sizes {list(sizes)!r}: positive ints")

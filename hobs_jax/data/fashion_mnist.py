@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from hobs_jax.data.preprocess import FASHION_MNIST_MEAN_STD, SmallImages
-from hobs_jax.data.registry import DataSource, DatasetError, register
+from hobs_jax.data.registry import DatasetError, DataSource, register
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FIX = "install it with `apt-get install dataset-fashion-mnist`"

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Iterator
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class LoaderPosition:
         return {"epoch": self.epoch, "step": self.step}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoaderPosition":
+    def from_dict(cls, d: dict) -> LoaderPosition:
         return cls(epoch=int(d["epoch"]), step=int(d["step"]))
 
 

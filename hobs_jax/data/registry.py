@@ -7,7 +7,8 @@ configs name it (``data.name = 'fashion_mnist'``) and :func:`get_source` builds 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -39,7 +39,8 @@ RNG state.
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class PrunePlan:
                            "keep": {str(g): list(idx) for g, idx in self.keep}}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PrunePlan":
+    def from_json(cls, text: str) -> PrunePlan:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -108,7 +108,7 @@ class PrunePlan:
         try:
             keep = {int(g): idx for g, idx in d["keep"].items()}
         except (ValueError, AttributeError):
-            raise ValueError(f"plan JSON 'keep' must map group ids to index lists") from None
+            raise ValueError("plan JSON 'keep' must map group ids to index lists") from None
         return cls(d["model"], d["fingerprint"], keep, d.get("round_to"))
 
 

@@ -31,7 +31,8 @@ probe: it is rebuilt from width entries.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,7 +42,8 @@ import numpy as np
 from hobs_jax.graph.groups import Atom, Graph, Group, Layout
 from hobs_jax.graph.linen_model import LinenModel, attention_layers, fixed_axes, width_updates, wrap
 from hobs_jax.graph.trace import _is_zoo, build_graph, trace_module
-from hobs_jax.models.prunable import Prunable, prunable as zoo_prunable
+from hobs_jax.models.prunable import Prunable
+from hobs_jax.models.prunable import prunable as zoo_prunable
 
 ROOTS = {"zoo": 1, "linen": LinenModel.NAME_STACK_ROOTS, "nnx": 1}  # name-stack components before a layer
 

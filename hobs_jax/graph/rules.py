@@ -38,7 +38,8 @@ reported non-prunable, never pruned wrongly.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hobs_jax.graph.spaces import SpaceTable, Tag
 

@@ -39,7 +39,7 @@ Structural Pruning", CVPR 2023); this is an independent jaxpr-level formulation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 BLOCKING = ("pinned", "spatial", "opaque")
 

@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from hobs_jax.graph.groups import (Atom, Composite, Graph, Group, Layout, OpCost, VarAxis, layout_groups,
-                                   members_by_group)
+from hobs_jax.graph.groups import (
+    Atom,
+    Composite,
+    Graph,
+    Group,
+    Layout,
+    OpCost,
+    VarAxis,
+    layout_groups,
+    members_by_group,
+)
 from hobs_jax.graph.rules import RULES, RuleContext, unsupported
 from hobs_jax.graph.spaces import SpaceTable
 

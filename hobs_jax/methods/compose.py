@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

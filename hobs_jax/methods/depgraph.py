@@ -37,7 +37,8 @@ same norm gets gamma = 1 (Torch-Pruning would divide 0 by 0 there).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

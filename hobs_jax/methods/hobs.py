@@ -58,7 +58,8 @@ ZipLM / oBERT structured OBS (Kurtic et al.). Math and conventions: docs/hobs.md
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 

@@ -20,8 +20,16 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, sowing, stochastic_depth)
+from hobs_jax.models.layers import (
+    ConvBNAct,
+    Dense,
+    Sequential,
+    check_input,
+    conv,
+    global_avg_pool,
+    sowing,
+    stochastic_depth,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 

@@ -16,8 +16,17 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, relu6, sowing)
+from hobs_jax.models.layers import (
+    ConvBNAct,
+    Dense,
+    Sequential,
+    batch_norm,
+    check_input,
+    conv,
+    global_avg_pool,
+    relu6,
+    sowing,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 

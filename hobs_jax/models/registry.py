@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -127,7 +127,7 @@ def primes_from(start: int, count: int) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def width_axes(name: str) -> dict[str, tuple[tuple[str, tuple[str, ...], int], ...]]:
     """Which variable axes each width entry sizes: ``entry -> ((collection, path, axis), ...)``.
 

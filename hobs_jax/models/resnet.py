@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from hobs_jax.models.layers import (Dense, Sequential, batch_norm, check_input, conv,
-                                    global_avg_pool, max_pool_3x3_s2, sow_stage)
+from hobs_jax.models.layers import (
+    Dense,
+    Sequential,
+    batch_norm,
+    check_input,
+    conv,
+    global_avg_pool,
+    max_pool_3x3_s2,
+    sow_stage,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 

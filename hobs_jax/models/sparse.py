@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -123,7 +124,7 @@ class BlockPattern:
                 f"slots={self.slots}, density={self.density():.3f})")
 
     @classmethod
-    def from_col_idx(cls, col_idx: Any, shape: tuple[int, int], block: int) -> "BlockPattern":
+    def from_col_idx(cls, col_idx: Any, shape: tuple[int, int], block: int) -> BlockPattern:
         """Pattern of W [K, N] = ``shape`` from ``col_idx`` [R, S]; col_slots is computed."""
         block = check_block_size(block)
         meta0 = BlockELLMeta((int(shape[0]), int(shape[1])), block, 0)
@@ -133,7 +134,7 @@ class BlockPattern:
         return cls(idx, BlockELLMeta(meta0.shape, block, t))
 
     @classmethod
-    def from_block_ell(cls, w: BlockELL) -> "BlockPattern":
+    def from_block_ell(cls, w: BlockELL) -> BlockPattern:
         """The pattern of a ``kernels.BlockELL`` (its values are not kept)."""
         return cls(np.asarray(w.col_idx), w.meta)
 

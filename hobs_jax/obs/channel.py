@@ -22,12 +22,11 @@ ZipLM / oBERT structured OBS (Kurtic et al.); OSSCAR (Meng et al., 2024). docs/h
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from hobs_jax.obs.layers import (ChannelGroup, Path, SolvedLayers, column_weights, copy_tree, layer_weights,
-                                 set_leaf)
+from hobs_jax.obs.layers import ChannelGroup, Path, SolvedLayers, column_weights, copy_tree, layer_weights, set_leaf
 from hobs_jax.obs.linalg import Consumer, channel_rows, compensate, dampen, greedy_path
 
 __all__ = ["compensate_layers", "consumers", "group_grid", "removed_rows", "select"]

@@ -14,7 +14,7 @@ groups onto layers, :func:`hobs_jax.methods.group_roles`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np

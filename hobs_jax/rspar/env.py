@@ -22,7 +22,8 @@ exact MACs/params :class:`~hobs_jax.allocation.CostModel`; the latency budget
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.hessian import batched_gram
 from hobs_jax.stats.gram import chunk_size, chunked_sum, tn_product
+from hobs_jax.stats.hessian import batched_gram
 from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, shape_key, sliceable
 
 _HI = jax.lax.Precision.HIGHEST

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,11 +42,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax import faults, interrupt
-from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_shift2d, gram_conv_sliced, gram_depthwise,
-                                 gram_rows, row_shiftable, shift2d_able)
+from hobs_jax.stats.gram import (
+    gram_conv,
+    gram_conv_rowshift,
+    gram_conv_shift2d,
+    gram_conv_sliced,
+    gram_depthwise,
+    gram_rows,
+    row_shiftable,
+    shift2d_able,
+)
+from hobs_jax.stats.layers import (
+    LayerInfo,
+    conv_output_hw,
+    conv_patches,
+    dense_rows,
+    intercepting,
+    shape_key,
+    sliceable,
+    trace_layers,
+)
 from hobs_jax.stats.streams import ordered_map, resolve_workers
-from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, shape_key,
-                                   sliceable, trace_layers)
 
 log = logging.getLogger(__name__)
 

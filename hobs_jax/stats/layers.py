@@ -23,7 +23,7 @@ its output, if any (used to weigh reconstruction errors in post-BN units).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -220,7 +220,7 @@ def sliceable(info: LayerInfo) -> bool:
     return info.kind == "conv" and tuple(info.lhs_dilation or (1, 1)) == (1, 1)
 
 
-def shape_key(info: "LayerInfo") -> "LayerInfo":
+def shape_key(info: LayerInfo) -> LayerInfo:
     """``info`` without what does not change a statistics computation (path, call order,
     BN): layers of one shape share one compiled function (the 3x3 convs of a ResNet stage
     compile once)."""

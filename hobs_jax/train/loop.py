@@ -25,7 +25,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import ml_collections

@@ -13,7 +13,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -29,7 +29,7 @@ class Preemption:
         self._flag = False
         self._scope = None
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         self._scope = interrupt.stop_signals(self.signals)
         self._scope.__enter__()
         return self

@@ -7,7 +7,8 @@ rngs={'dropout': key}) -> (logits, {'batch_stats': ...})`` (empty for a ViT).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
