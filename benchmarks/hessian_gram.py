@@ -64,7 +64,8 @@ def main(argv=None) -> None:
                 best = min(best, time.process_time() - c0)
             rec[f"{name}_cpu_s"] = round(best, 4)
         ref = out["patches"]
-        rec["max_rel_diff"] = {k: float(np.abs(v - ref).max() / np.abs(ref).max()) for k, v in out.items() if k != "patches"}
+        rec["max_rel_diff"] = {k: float(np.abs(v - ref).max() / np.abs(ref).max())
+                               for k, v in out.items() if k != "patches"}
         rows.append(rec)
         print(json.dumps(rec), flush=True)
     load = open("/proc/loadavg").read().split()[0]

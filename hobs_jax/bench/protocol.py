@@ -48,7 +48,8 @@ def worker_env(framework: str, *, threads: int, gpu: bool) -> dict[str, str]:
     unless GPU rows are wanted (and never preallocating it, so that frameworks share it);
     no persistent XLA compilation cache."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([_package_root()] + inherited)
     env["HOBS_BENCH_THREADS"] = str(threads)
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

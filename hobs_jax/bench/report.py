@@ -130,7 +130,8 @@ def summary_markdown(result, baseline: str | None = None) -> str:
                          f"{_fmt(r['peak_rss_mb'], 4)} | {_fmt(r['rss_delta_mb'], 4)} | "
                          f"{_fmt(r['runtime_mem_mb'], 4)} | {_fmt(r['verify_rel_err'], 2)} |")
         ratio_rows = []
-        for (mm, runtime, device, dtype, batch), r in sorted(idx.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][4])):
+        by_device_dtype_batch = sorted(idx.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][4]))
+        for (mm, runtime, device, dtype, batch), r in by_device_dtype_batch:
             if mm != label or runtime != "xla":
                 continue
             cells = []
@@ -142,7 +143,8 @@ def summary_markdown(result, baseline: str | None = None) -> str:
         if ratio_rows:
             lines += ["", "JAX vs PyTorch (and the other runtimes): p50 of each runtime / p50 of XLA "
                           "(> 1: XLA is faster).", "",
-                      "| device | dtype | batch | XLA p50 ms | " + " | ".join(f"{TITLES[p]} / XLA" for p in PEERS) + " |",
+                      "| device | dtype | batch | XLA p50 ms | "
+                      + " | ".join(f"{TITLES[p]} / XLA" for p in PEERS) + " |",
                       "|---|---|---:|---:|" + "---:|" * len(PEERS)]
             lines += ratio_rows
         if baseline and label != baseline:

@@ -44,6 +44,7 @@ from hobs_jax.graph.surgery import apply_plan, mask_variables, slice_variables, 
 from hobs_jax.graph.trace import build_graph
 
 __all__ = ["Atom", "Composite", "Graph", "Group", "IndexMap", "Layout", "Member", "OpCost", "PrunePlan",
-           "VarAxis", "apply_plan", "as_prunable", "build_graph", "graph_of", "prunable", "compose", "empty_plan", "group_l2_scores", "layout_channels",
+           "VarAxis", "apply_plan", "as_prunable", "build_graph", "graph_of", "prunable", "compose", "empty_plan",
+           "group_l2_scores", "layout_channels",
            "layout_groups", "layout_indices", "make_plan", "mask_variables", "plan_from_scores",
            "random_plan", "round_keep", "slice_variables", "validate", "zoo_name"]

@@ -236,7 +236,8 @@ class NNXModel(_Node):
         for path, first in self.refs:
             parent = model
             for k in path[:-1]:
-                parent = parent[k] if isinstance(parent, (list, tuple, dict, nnx.List, nnx.Dict)) else getattr(parent, k)
+                indexable = isinstance(parent, (list, tuple, dict, nnx.List, nnx.Dict))
+                parent = parent[k] if indexable else getattr(parent, k)
             _set(parent, path[-1], _Proxy(self._twin(kinds[first], self.child(_spath(first)), train)))
         return model(x, **dict(self.kwargs))
 

@@ -101,7 +101,8 @@ class PrunePlan:
         except json.JSONDecodeError as e:
             raise ValueError(f"plan JSON is malformed: {e}") from None
         if not isinstance(d, dict) or d.get("version") != _VERSION:
-            raise ValueError(f"not a version-{_VERSION} PrunePlan JSON (version {d.get('version') if isinstance(d, dict) else None!r})")
+            found = d.get("version") if isinstance(d, dict) else None
+            raise ValueError(f"not a version-{_VERSION} PrunePlan JSON (version {found!r})")
         missing = {"model", "fingerprint", "keep"} - set(d)
         if missing:
             raise ValueError(f"plan JSON lacks {sorted(missing)}")

@@ -126,7 +126,8 @@ class _Tracer:
             if name in CALLS and _sub_jaxpr(eqn) is not None:
                 sub, sub_consts = _sub_jaxpr(eqn)
                 if len(sub.invars) != len(eqn.invars):
-                    self.ctx.where, self.ctx.primitive, self.ctx.act = _strip_root(where, self.roots), name, list(ins_act)
+                    self.ctx.where = _strip_root(where, self.roots)
+                    self.ctx.primitive, self.ctx.act = name, list(ins_act)
                     outs = unsupported(self.ctx, eqn, list(ins_axes))
                     out_act = [any(ins_act)] * len(outs)
                 else:

@@ -128,7 +128,8 @@ class EfficientNetB0(nn.Module):
         feats = [lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=nn.silu, name=n)(y, train))]
         for s in range(1, len(B0_SETTING) + 1):
             stage = [(idx, b) for idx, b in enumerate(layout) if b["s"] == s]
-            feats.append(lambda n, stage=stage: (lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)))
+            feats.append(lambda n, stage=stage: (
+                lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)))
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.8"], 1, act=nn.silu, name=n)(y, train)))
         feats = [sowing(self, f, f"features.{k}") for k, f in enumerate(feats)]
         x = Sequential(tuple(feats), name="features")(x)

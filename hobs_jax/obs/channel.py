@@ -168,7 +168,8 @@ def group_grid(group: ChannelGroup, order: np.ndarray, counts: np.ndarray, flat:
             else:  # rows sliced away, nothing compensated
                 deltas[j][sel_rows] = -w[sel_rows]
         key = "/".join(info.path)
-        out[(key, "kernel")] = deltas[:, :info.d_in].reshape((len(counts),) + tuple(info.kernel_shape)).astype(np.float32)
+        kernel = deltas[:, :info.d_in].reshape((len(counts),) + tuple(info.kernel_shape))
+        out[(key, "kernel")] = kernel.astype(np.float32)
         if info.use_bias:
             out[(key, "bias")] = deltas[:, info.d_in].astype(np.float32)
     return out

@@ -169,7 +169,8 @@ class RsparAllocator:
         budget = self._budget(sel, o)
         workdir = o.workdir or (os.path.join(task.workdir, "rspar") if task.workdir else "")
         with blas_threads(int(o.blas_threads) or None):
-            keep, info = search_allocation(sel, task.target, budget=budget, options=dataclasses.replace(o, workdir=workdir),
+            keep, info = search_allocation(sel, task.target, budget=budget,
+                                           options=dataclasses.replace(o, workdir=workdir),
                                            seed=int(task.seed), reward_images=sel.holdout.images,
                                            reward_labels=sel.holdout.labels)
         r = info["rspar"]

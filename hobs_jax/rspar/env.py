@@ -127,8 +127,8 @@ class AllocationEnv:
         self.floor = np.array([g[0] for g in self.grids])
         best = budget.ratio(self.floor)
         if best > self.target * (1 + allocation.TOLERANCE):
-            raise allocation.Unreachable(f"target {self.target:.4f} of the {budget.kind} is unreachable: every prunable "
-                             f"group at its floor (lbound={self.lbound}) still keeps {best:.4f}")
+            raise allocation.Unreachable(f"target {self.target:.4f} of the {budget.kind} is unreachable: every "
+                                         f"prunable group at its floor (lbound={self.lbound}) still keeps {best:.4f}")
         self.state_dim = self.static.shape[1] + len(DYNAMIC)
 
     def _state(self, t: int, keep: np.ndarray, prev: float) -> np.ndarray:
@@ -174,8 +174,8 @@ class AllocationEnv:
         """(keep, grid index) within 1% of the target (see module doc); groups whose
         request exceeded their count the most are grown first."""
         gap = (np.zeros(self.G) if actions is None else actions * self.sizes - keep) / self.sizes
-        keep = allocation.repair(AsCost(self.budget), keep, self.target, self.budget.kind, round_to=self.round_to, floor=self.floor,
-                                 order=np.argsort(-gap, kind="stable"))
+        keep = allocation.repair(AsCost(self.budget), keep, self.target, self.budget.kind, round_to=self.round_to,
+                                 floor=self.floor, order=np.argsort(-gap, kind="stable"))
         return keep, self.snap(keep)
 
     def snap(self, keep: np.ndarray) -> np.ndarray:

@@ -147,7 +147,8 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
     if shift2d_able(info) or row_shiftable(info) or sliceable(info):
-        fn = gram_conv_shift2d if shift2d_able(info) else gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced
+        fn = (gram_conv_shift2d if shift2d_able(info)
+              else gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced)
         g, s = fn(info, x)
         ho, wo = conv_output_hw(info, x.shape[1:3])
         return g, s, ho * wo
@@ -273,7 +274,8 @@ def check_images(images, input_shape: Sequence[int] | None, what: str = "calibra
 
 def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *,
                      paths: Sequence[Sequence[str]] | None = None, batch_size: int = 256,
-                     dtype: str = "float32", progress: bool = True, infos: Mapping[tuple[str, ...], LayerInfo] | None = None,
+                     dtype: str = "float32", progress: bool = True,
+                     infos: Mapping[tuple[str, ...], LayerInfo] | None = None,
                      workers: int | None = None) -> HessianStats:
     """Stream ``images`` through ``model`` (eval mode) and accumulate every layer's input
     statistics (see module docstring).

@@ -93,8 +93,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
     Returns:
       The jitted step. ``batch`` = {'image': [B, H, W, C], 'label': int32 [B]} sharded over
       'data', optionally 'weight' float32 [B] (per-example loss weights: the loss is
-      mean(weight * loss_i), e.g. InfoBatch's rescaling); the state argument is donated. A step whose loss or gradients are not finite
-      leaves params, batch_stats and optimizer state unchanged and increments
+      mean(weight * loss_i), e.g. InfoBatch's rescaling); the state argument is donated. A step
+      whose loss or gradients are not finite leaves params, batch_stats and optimizer state unchanged and increments
       ``state.nan_skips`` (step still advances). Metrics (replicated scalars): loss, ce,
       accuracy, grad_norm, finite (and lr).
     """
