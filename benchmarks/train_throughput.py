@@ -59,7 +59,7 @@ def jax_model(name: str, num_classes: int, width: int):
     class TinyCNN(nn.Module):
         @nn.compact
         def __call__(self, x, train: bool = False):
-            for i, (f, s) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
+            for _i, (f, s) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
                 x = nn.Conv(f, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=False)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
                 x = nn.relu(x)

@@ -229,7 +229,7 @@ class NNXModel(_Node):
         model = nnx.merge(self.graphdef, statelib.State.from_flat_path(values))
         model.set_attributes(deterministic=not train, use_running_average=not train, raise_if_not_found=False)
         paths = {id(model): ()}
-        for path, parent, key, child in _walk(model):
+        for path, parent, _key, child in _walk(model):
             paths.setdefault(id(child), path)
         _CALL.paths = {i: "/".join(_spath(p)) for i, p in paths.items()}
         kinds = dict(self.layers)
@@ -303,7 +303,7 @@ def _check_tied(module) -> None:
     """One-line error when a variable is shared by two layers, or by a layer and another
     module (tied weights: their groups could not be cut independently)."""
     owner: dict[int, str] = {}
-    for path, parent, key, child in _walk(module):
+    for path, _parent, _key, child in _walk(module):
         if not isinstance(child, nnx.Variable) or isinstance(child, (nnx.RngKey, nnx.RngCount)):
             continue
         where = "/".join(_spath(path))
@@ -321,7 +321,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
     variables, flat = split_variables(module)
     first: dict[int, tuple] = {}
     layers, refs = [], []
-    for path, parent, key, child in _walk(module):
+    for path, _parent, _key, child in _walk(module):
         if isinstance(child, nnx.Module):
             kind = _layer_kind(child)
             if kind is None:
@@ -369,7 +369,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
 def _fix_widths(module) -> None:
     """Set each Flax layer's width attributes of ``module`` from its arrays' shapes."""
     mhas = []
-    for path, parent, key, mod in _walk(module):
+    for _path, _parent, _key, mod in _walk(module):
         if not isinstance(mod, nnx.Module):
             continue
         if isinstance(mod, nnx.Conv):

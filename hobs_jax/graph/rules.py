@@ -351,7 +351,7 @@ def concatenate(ctx: RuleContext, eqn, ins: list) -> list:
     d = eqn.params["dimension"]
     shape = _shape(eqn.outvars[0])
     out = []
-    for i, n in enumerate(shape):
+    for i, _n in enumerate(shape):
         if i == d:
             out.append(ctx.table.composite("sum", [a[d] for a in ins], ctx.site))
         else:

@@ -280,7 +280,7 @@ def trace_module(model, variables: Mapping, input_shape: Sequence[int], *, zoo_n
               for c in closed.consts]
     acts = [False] * len(var_axes) + [True]
     outs, _ = tr.walk(closed.jaxpr, var_axes + [x_axes], acts, consts, "")
-    for k, axes in enumerate(outs):
+    for _k, axes in enumerate(outs):
         for d, sp in enumerate(axes):
             what = "logits" if d == len(axes) - 1 else f"axis {d}"
             tr.table.tag(sp, "pinned", f"tied to the network output's {what}")

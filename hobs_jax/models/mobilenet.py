@@ -52,7 +52,7 @@ def mbv2_layout():
 
 def mbv2_default_widths() -> dict[str, int]:
     w = {"features.0": 32}
-    for b, (t, c, n, s) in zip(_first_blocks(), MBV2_SETTING):
+    for b, (_t, c, _n, _s) in zip(_first_blocks(), MBV2_SETTING):
         w[f"features.{b}"] = c
     prev = 32
     for blk in mbv2_layout():
