@@ -51,7 +51,7 @@ def jax_model(name: str, num_classes: int, width: int):
         try:
             from hobs_jax.models import build
         except ImportError as e:
-            raise _zoo_error("hobs_jax.models.build", e)
+            raise _zoo_error("hobs_jax.models.build", e) from e
         return build(name, num_classes=num_classes)
     import flax.linen as nn
     import jax.numpy as jnp
@@ -121,7 +121,7 @@ def torch_model(name: str, num_classes: int, width: int):
         try:
             from parity.torch_models import build_torch
         except ImportError as e:
-            raise _zoo_error("parity.torch_models.build_torch", e)
+            raise _zoo_error("parity.torch_models.build_torch", e) from e
         return build_torch(name, num_classes=num_classes)
     layers, cin = [], 3
     for f, s in [(width, 1), (2 * width, 2), (4 * width, 2)]:

@@ -39,7 +39,7 @@ import os
 import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,7 +55,7 @@ RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "dataparallel": ((r"^module\.", ""),),
     "cifar_shortcut": ((r"\.shortcut\.", ".downsample."), (r"^linear\.", "fc.")),
 }
-Rules = Union[str, Sequence[str | tuple[str, str]], Callable[[str], str], None]
+Rules = str | Sequence[str | tuple[str, str]] | Callable[[str], str] | None
 
 
 def _rules(rename: Rules) -> list[Callable[[str], str]]:

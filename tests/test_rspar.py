@@ -64,9 +64,9 @@ def test_clipping_keeps_the_budget_for_random_actions(target, round_to):
     env = _env(target, round_to=round_to)
     for seed in range(15):
         rng = np.random.default_rng(seed)
-        ep = env.rollout(lambda s, t: rng.uniform(0, 1), repair=False)
+        ep = env.rollout(lambda s, t, rng=rng: rng.uniform(0, 1), repair=False)
         assert ep.ratio <= target + 1e-9, (seed, ep.ratio)
-        fixed = env.rollout(lambda s, t: np.random.default_rng(seed + t).uniform(0, 1))
+        fixed = env.rollout(lambda s, t, seed=seed: np.random.default_rng(seed + t).uniform(0, 1))
         assert abs(fixed.ratio / target - 1) <= allocation.TOLERANCE, (seed, fixed.ratio)
         for k, size in zip(fixed.keep, env.sizes):
             assert k == size or k % round_to == 0

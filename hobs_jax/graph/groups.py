@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import Union
 
 import numpy as np
 
@@ -47,7 +46,7 @@ class Composite:
         return int(np.prod(sizes)) if self.kind == "prod" else int(sum(sizes))
 
 
-Layout = Union[Atom, Composite]
+Layout = Atom | Composite
 
 
 def layout_groups(node: Layout) -> list[int]:

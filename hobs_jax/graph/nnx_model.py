@@ -229,7 +229,7 @@ class NNXModel(_Node):
         model = nnx.merge(self.graphdef, statelib.State.from_flat_path(values))
         model.set_attributes(deterministic=not train, use_running_average=not train, raise_if_not_found=False)
         paths = {id(model): ()}
-        for path, parent, _key, child in _walk(model):
+        for path, _parent, _key, child in _walk(model):
             paths.setdefault(id(child), path)
         _CALL.paths = {i: "/".join(_spath(p)) for i, p in paths.items()}
         kinds = dict(self.layers)

@@ -170,7 +170,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     if st["episode"] == 0 and not st["references"] and references:
         for name, keep in references.items():
             keep = np.asarray(keep, np.float64)
-            ep = env.rollout(lambda s, t: keep[t] / env.sizes[t])
+            ep = env.rollout(lambda s, t, keep=keep: keep[t] / env.sizes[t])
             index = env.snap(keep)
             ep = Episode(ep.states, ep.actions, index, keep, env.budget.ratio(keep))
             loss, acc = reward_fn(index)
@@ -195,7 +195,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
             act = lambda s, t: env.lbound + (1 - env.lbound) * float(rng.uniform())
         else:
             sigma = st["sigma"]
-            act = lambda s, t: env.lbound + (1 - env.lbound) * truncated_normal(rng, agent.act(s), sigma)
+            act = lambda s, t, sigma=sigma: env.lbound + (1 - env.lbound) * truncated_normal(rng, agent.act(s), sigma)
         ep = env.rollout(act)
         loss, acc = reward_fn(ep.index)
         r = record(ep, loss, acc, _to_unit(ep.keep, env.sizes, env.lbound), f"episode {e}")
