@@ -11,13 +11,13 @@ from hobs_jax.data import synthetic as _synthetic  # noqa: F401
 from hobs_jax.data import tfds_source as _tfds_source  # noqa: F401
 from hobs_jax.data.pipeline import Batch, EvalLoader, LoaderPosition, TrainLoader, epoch_permutation
 from hobs_jax.data.preprocess import (
-                                    FASHION_MNIST_MEAN_STD,
-                                    IMAGENET_MEAN_STD,
-                                    ImageNetImages,
-                                    SmallImages,
-                                    bilinear_resize,
-                                    pad_crop_flip,
-                                    random_resized_box,
+    FASHION_MNIST_MEAN_STD,
+    IMAGENET_MEAN_STD,
+    ImageNetImages,
+    SmallImages,
+    bilinear_resize,
+    pad_crop_flip,
+    random_resized_box,
 )
 from hobs_jax.data.registry import SOURCES, DatasetError, DataSource, Preprocess, get_source, register
 

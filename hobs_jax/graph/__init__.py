@@ -15,29 +15,29 @@ See docs/graph.md for the rules and how this compares with DepGraph.
 """
 
 from hobs_jax.graph.groups import (
-                                   Atom,
-                                   Composite,
-                                   Graph,
-                                   Group,
-                                   IndexMap,
-                                   Layout,
-                                   Member,
-                                   OpCost,
-                                   VarAxis,
-                                   layout_channels,
-                                   layout_groups,
-                                   layout_indices,
+    Atom,
+    Composite,
+    Graph,
+    Group,
+    IndexMap,
+    Layout,
+    Member,
+    OpCost,
+    VarAxis,
+    layout_channels,
+    layout_groups,
+    layout_indices,
 )
 from hobs_jax.graph.norms import group_l2_scores
 from hobs_jax.graph.plan import (
-                                   PrunePlan,
-                                   compose,
-                                   empty_plan,
-                                   make_plan,
-                                   plan_from_scores,
-                                   random_plan,
-                                   round_keep,
-                                   validate,
+    PrunePlan,
+    compose,
+    empty_plan,
+    make_plan,
+    plan_from_scores,
+    random_plan,
+    round_keep,
+    validate,
 )
 from hobs_jax.graph.prunable import as_prunable, graph_of, prunable
 from hobs_jax.graph.surgery import apply_plan, mask_variables, slice_variables, zoo_name

@@ -20,16 +20,16 @@ from hobs_jax.methods.compose import MethodOptions, MethodSpec
 from hobs_jax.methods.obs_groups import group_roles
 from hobs_jax.methods.parts import Allocation, Scores, Selection
 from hobs_jax.methods.registry import (
-                                       METHODS,
-                                       PARTS,
-                                       config_sections,
-                                       declare_part,
-                                       get_method,
-                                       get_part,
-                                       list_methods,
-                                       list_parts,
-                                       register_method,
-                                       register_part,
+    METHODS,
+    PARTS,
+    config_sections,
+    declare_part,
+    get_method,
+    get_part,
+    list_methods,
+    list_parts,
+    register_method,
+    register_part,
 )
 
 __all__ = ["Allocation", "Calibration", "METHODS", "MethodOptions", "MethodSpec", "PARTS", "PruneOutcome",
