@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels import autotune
+from kernels import autotune_cache
 from kernels.block_ell import BlockELL, BlockELLMeta
 from kernels.config import BACKENDS, KernelConfig, available_backends, backend_config, default_config, platform
 from kernels.operands import ForwardIndex, GatherOperands, dx_operands, forward_operands, masked_values
@@ -72,8 +72,8 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
     plat = platform()
     avail = available_backends(plat, dtype, meta.block)
     if backend in ("auto", "xla"):
-        key = autotune.problem_key(m, meta, slots, dtype)
-        cached = autotune.lookup(key)
+        key = autotune_cache.problem_key(m, meta, slots, dtype)
+        cached = autotune_cache.lookup(key)
         if cached is not None and cached.backend in avail and (
                 backend == "auto" or cached.backend.startswith("xla_")):
             return cached
