@@ -35,6 +35,7 @@ applied in order to every key (``re.sub``), or the name of a preset of :data:`RE
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import re
 import zipfile
@@ -76,7 +77,7 @@ def _rules(rename: Rules) -> list[Callable[[str], str]]:
                 pat = re.compile(r[0])
             except re.error as e:
                 raise ValueError(f"renaming rule {r!r}: bad pattern ({e})") from None
-            out.append(lambda k, pat=pat, repl=r[1]: pat.sub(repl, k))
+            out.append(functools.partial(pat.sub, r[1]))
         else:
             raise ValueError(f"renaming rule {r!r}: use (pattern, replacement), a preset name or a function")
     return out
@@ -177,6 +178,8 @@ def _to_flax_leaf(kind: str, t: np.ndarray, layout: tuple[int, int, int] | None,
         return np.ascontiguousarray(t.T)
     if kind == "copy":
         return t
+    if layout is None:
+        raise ValueError(f"{key}: an attention weight without its (heads, q/k dim, v dim) layout")
     h, dq, dv = layout
     part, leaf = kind.split("_")
     if part == "out":
@@ -344,9 +347,9 @@ def _scale_dim(name: str, source: Any) -> int:
     if isinstance(source, nn.Module):
         for m in source.modules():
             if isinstance(m, nn.MultiheadAttention):
-                return m.head_dim
+                return int(m.head_dim)
             if hasattr(m, "scale_dim"):
-                return m.scale_dim
+                return int(m.scale_dim)
     w = models.default_widths(name)
     return w["encoder_layer_0.qk_dim"]
 
@@ -384,7 +387,7 @@ def flax_to_state_dict(name: str, variables: Mapping) -> collections.OrderedDict
 
 def attention_layouts_from_flax(variables: Mapping, scale_dim: int) -> dict[str, tuple[int, int, int, int]]:
     """torch attention path -> (heads, qk_dim, v_dim, scale_dim) from the Flax kernels."""
-    out = {}
+    out: dict[str, tuple[int, int, int, int]] = {}
     for path, leaf in _flat(variables.get("params", {})).items():
         if len(path) >= 3 and path[-3] == "self_attention" and path[-2] in ("query", "value") and path[-1] == "kernel":
             mod = ".".join(path[:-2])

@@ -141,6 +141,7 @@ class Selection:
         if not hasattr(comp, "grid"):
             raise ValueError(f"{self.spec.name}: compensator {comp.name!r} cannot precompute per-count "
                              f"compensations, which allocator {self.options.allocation!r} needs")
+        assert self.scores is not None  # set by the scorer, which runs before any allocator or compensator
         return comp.grid(self, gid, np.asarray(self.scores.order[gid]), counts, self.options.compensator)
 
 

@@ -163,7 +163,8 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
 def compiled_reductions() -> int:
     """How many per-layer-shape Gram reductions are compiled in this process (each layer
     *shape* compiles once, whatever the number of layers; tests check it)."""
-    return _layer_sums._cache_size()
+    # jax.jit offers no public count of its compiled executables; tests pin the count with it.
+    return _layer_sums._cache_size()  # type: ignore[attr-defined]
 
 
 def clear_compiled() -> None:
@@ -206,6 +207,7 @@ def _layer_sums(info: LayerInfo, dtype_name: str, inputs: tuple, w: jax.Array):
         g = gi if g is None else g + gi
         if si is not None:
             s = si if s is None else s + si
+    assert g is not None  # a layer is called at least once
     out = {"xtx": g}
     ok = jnp.all(jnp.isfinite(g))
     if s is not None:
@@ -234,8 +236,9 @@ def batched_gram(info: LayerInfo, x: jax.Array, batch_size: int,
             xi = jnp.concatenate([xi, jnp.zeros((bs - xi.shape[0],) + tuple(xi.shape[1:]), xi.dtype)])
         parts.append(_layer_sums(key, dtype_name, (xi,), jnp.asarray(w)))
     parts = jax.device_get(parts)
-    g = sum(np.asarray(sums["xtx"], np.float64) for sums, _ in parts)
-    s = sum(np.asarray(sums["xsum"], np.float64) for sums, _ in parts) if "xsum" in parts[0][0] else None
+    g = functools.reduce(np.add, (np.asarray(sums["xtx"], np.float64) for sums, _ in parts))
+    s = (functools.reduce(np.add, (np.asarray(sums["xsum"], np.float64) for sums, _ in parts))
+         if "xsum" in parts[0][0] else None)
     return g, s, all(bool(fin) for _, fin in parts), n * _rows_per_example(key, x.shape)
 
 
@@ -349,7 +352,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
         acc = None
         batches = ordered_map(one_batch, range(nb), workers)
         for i, (sums, finite) in enumerate(bar(batches, total=nb, desc="hessians", unit="batch", enabled=progress)):
-            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=order.get)
+            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=lambda k: order[k])
             if bad:
                 raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
                                  f"values (activations overflow or the weights are not finite)")
