@@ -217,6 +217,8 @@ def xla_flops(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jn
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
+    if cost is None:
+        raise ValueError("XLA gave no cost analysis for this backend")
     return float(cost["flops"])
 
 

@@ -87,7 +87,9 @@ class Options:
             if f.default is not dataclasses.MISSING:
                 out[f.name] = f.default
             else:
-                out[f.name] = f.default_factory().to_dict()  # nested Options
+                factory = f.default_factory
+                assert callable(factory), f.name  # every Options field has a default
+                out[f.name] = factory().to_dict()  # nested Options
         return out
 
     @classmethod
@@ -133,7 +135,9 @@ def _construct(cls, values: dict, where: str):
         elif f.default is not dataclasses.MISSING:
             v = f.default
         else:
-            v = f.default_factory()
+            factory = f.default_factory
+            assert callable(factory), f.name  # every Options field has a default
+            v = factory()
         object.__setattr__(obj, f.name, v)
     obj.__post_init__()
     return obj

@@ -146,7 +146,7 @@ def tune_block_size(m: int, k: int, n: int, sparsity: float, dtype: Any = jnp.fl
         else:
             fn = jax.jit(lambda a, v, c, w=w: bell_matmul(a, BlockELL(v, c, w.meta)))
             timings[b] = measure_ms(fn, x, w.values, w.col_idx, iters=iters)
-    best = min(timings, key=timings.get)
+    best = min(timings, key=timings.__getitem__)
     if save:
         def update(data):
             data["blocks"][block_key(m, k, n, sparsity, dtype)] = {

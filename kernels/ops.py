@@ -123,7 +123,7 @@ def _run_gather(cfg: KernelConfig, x: jax.Array, ops: GatherOperands, precision)
     """Runs a gather-form product on the configured backend."""
     name = cfg.backend
     if name in ("xla_scatter", "xla_gather"):
-        return gather_spmm(x, ops.blocks[ops.pos], ops.idx, chunk_m=cfg.chunk_m,
+        return gather_spmm(x, ops.blocks[ops.pos], jnp.asarray(ops.idx), chunk_m=cfg.chunk_m,
                            precision=precision)
     if name in ("pallas_interpret", "pallas_triton"):
         from kernels.pallas_spmm import pallas_gather_spmm

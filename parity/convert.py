@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from hobs_jax import models
-from parity.torch_models import build_torch, resize_to
+from parity.torch_models import HeadAttention, build_torch, resize_to
 
 _ATTN = ("query", "key", "value", "out")
 
@@ -348,8 +348,8 @@ def _scale_dim(name: str, source: Any) -> int:
         for m in source.modules():
             if isinstance(m, nn.MultiheadAttention):
                 return int(m.head_dim)
-            if hasattr(m, "scale_dim"):
-                return int(m.scale_dim)
+            if isinstance(m, HeadAttention):
+                return m.scale_dim
     w = models.default_widths(name)
     return w["encoder_layer_0.qk_dim"]
 

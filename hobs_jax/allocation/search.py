@@ -171,7 +171,7 @@ def global_threshold(cost: CostModel, scores: Mapping[int, np.ndarray], target: 
     per_group = [np.sort(np.asarray(scores[g], np.float64))[::-1] for g in cost.group_ids]
 
     def keep_at(tau: float) -> np.ndarray:
-        return np.array([_round(np.count_nonzero(s >= tau), len(s), round_to, int(f))
+        return np.array([_round(int(np.count_nonzero(s >= tau)), len(s), round_to, int(f))
                          for s, f in zip(per_group, floor)], np.float64)
 
     values = np.unique(np.concatenate(per_group))

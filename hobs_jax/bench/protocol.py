@@ -93,6 +93,7 @@ class Worker:
         if self.proc.poll() is not None:
             raise WorkerError(f"{self.framework} worker has exited (code {self.proc.returncode}): "
                               f"{self._last_log_line()}")
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # started with PIPEs
         try:
             self.proc.stdin.write(json.dumps(dict(kw, op=op)) + "\n")
             self.proc.stdin.flush()
@@ -121,6 +122,8 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
+            if f is None:
+                continue
             try:
                 f.close()
             except OSError:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from hobs_jax.bench import sysinfo
 
@@ -79,7 +80,7 @@ def read_csv(path: str) -> list[dict]:
     out = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            row = {}
+            row: dict[str, Any] = {}
             for k, v in r.items():
                 if v == "":
                     row[k] = None

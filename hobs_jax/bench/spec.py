@@ -86,7 +86,7 @@ def _shape(text: str, what: str) -> tuple[int, int, int]:
         raise ValueError(f"{what}: input {text!r} must be HxWxC (e.g. 28x28x1)") from None
     if len(dims) != 3:
         raise ValueError(f"{what}: input {text!r} must be HxWxC (e.g. 28x28x1)")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def parse_model(text: str) -> ModelSpec:

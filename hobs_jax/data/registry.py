@@ -25,8 +25,11 @@ class Preprocess(Protocol):
     depend on how many hosts share the batch.
     """
 
-    noise_dim: int
-    out_shape: tuple[int, int, int]
+    @property
+    def noise_dim(self) -> int: ...
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]: ...
 
     def __call__(self, images: Any, *, train: bool, noise: np.ndarray | None) -> np.ndarray:
         ...
@@ -53,7 +56,8 @@ class DataSource:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.preprocess.out_shape)
+        h, w, c = self.preprocess.out_shape
+        return (int(h), int(w), int(c))
 
     def size(self, split: str) -> int:
         """Number of examples in ``split``; unknown split -> one-line KeyError."""

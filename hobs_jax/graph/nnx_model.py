@@ -351,7 +351,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
             put(path, ("var", col, tuple(np.shape(value)), jnp.dtype(value.dtype).name))
 
     def spec(node) -> tuple:
-        out = []
+        out: list[tuple] = []
         for name, entry in node.items():
             if isinstance(entry, dict):
                 out.append((name, "node", spec(entry)))
@@ -392,7 +392,7 @@ def _fix_widths(module) -> None:
             arr = next((v for v in (getattr(mod, "scale", None), getattr(mod, "bias", None),
                                     getattr(mod, "mean", None)) if isinstance(v, nnx.Variable)), None)
             if arr is not None:
-                mod.num_features = int(arr.get_value().shape[-1])
+                mod.num_features = int(arr.get_value().shape[-1])  # type: ignore[union-attr]  # GroupNorm has it at run time; its stub omits it
         elif isinstance(mod, nnx.Embed):
             e = mod.embedding.get_value().shape
             mod.num_embeddings, mod.features = int(e[0]), int(e[-1])

@@ -110,7 +110,7 @@ class PrunePlan:
             keep = {int(g): idx for g, idx in d["keep"].items()}
         except (ValueError, AttributeError):
             raise ValueError("plan JSON 'keep' must map group ids to index lists") from None
-        return cls(d["model"], d["fingerprint"], keep, d.get("round_to"))
+        return cls(d["model"], d["fingerprint"], tuple(keep.items()), d.get("round_to"))
 
 
 def _where(g: Group) -> str:
@@ -152,7 +152,7 @@ def empty_plan(graph: Graph) -> PrunePlan:
 
 def make_plan(graph: Graph, keep: Mapping[int, Sequence[int]], round_to: int | None = None) -> PrunePlan:
     """A validated plan from explicit kept indices (sorted, no duplicates)."""
-    plan = PrunePlan(graph.model, graph.fingerprint, dict(keep), round_to)
+    plan = PrunePlan(graph.model, graph.fingerprint, tuple((g, tuple(idx)) for g, idx in keep.items()), round_to)
     validate(plan, graph)
     return plan
 

@@ -318,10 +318,11 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
     if eqn.params.get("dimensions") is not None:
         return unsupported(ctx, eqn, ins)
     table = ctx.table
-    leaves = [leaf for s in ins[0] for leaf in table.prod_leaves(s)]
+    leaves: list[int | None] = [leaf for s in ins[0] for leaf in table.prod_leaves(s)]
     out = []
     for n in _shape(eqn.outvars[0]):
-        parts, size = [], 1
+        parts: list[int | None] = []
+        size = 1
         while size < n:
             if not leaves:
                 why = f"{ctx.site} cannot be followed"
@@ -338,6 +339,7 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
                 why = f"{ctx.site} mixes axes (sizes {_shape(eqn.invars[0])} -> {_shape(eqn.outvars[0])})"
                 ctx.opaque(list(ins[0]), why)
                 return [tuple(ctx.fresh(m, "opaque", why) for m in _shape(eqn.outvars[0]))]
+            assert leaf is not None  # a size-1 (None) leaf always fits above
             head, tail = table.decompose(leaf, "prod", (need, ls // need), ctx.site)
             parts.append(head)
             size *= need
@@ -488,7 +490,7 @@ def gather(ctx: RuleContext, eqn, ins: list) -> list:
         if d not in set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ())):
             passed.append(x[d] if (d not in indexed and sizes[d] == n) else None)
     oshape = _shape(eqn.outvars[0])
-    out = [None] * len(oshape)
+    out: list[int | None] = [None] * len(oshape)
     for pos, space in zip(dn.offset_dims, passed):
         out[pos] = space if space is not None else ctx.fresh(oshape[pos], "opaque", why)
     for pos in range(len(oshape)):

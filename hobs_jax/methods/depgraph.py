@@ -109,7 +109,7 @@ def group_sq_norms(params: Mapping, slots: Mapping[int, list[Slot]],
 class GroupNormRegularizerState(NamedTuple):
     """``count``: how many times the regularizer was applied (Torch-Pruning's ``cnt``)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's state idiom; the field shadows tuple.count
 
 
 def group_norm_regularizer(graph: Graph, reg: float, alpha: float = 4.0,

@@ -119,7 +119,8 @@ def primes_from(start: int, count: int) -> list[int]:
     entry set to its own prime, a variable's shape says which entries size it; products of
     distinct primes do not collide). Used by the zoo's width axes, the cost models'
     monomial search and the rebuild probe of modules outside the zoo."""
-    out, n = [], start
+    out: list[int] = []
+    n = start
     while len(out) < count:
         if n > 1 and all(n % p for p in range(2, int(n ** 0.5) + 1)):
             out.append(n)

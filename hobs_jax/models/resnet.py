@@ -18,6 +18,8 @@ by the widths, so pruning cannot change the topology.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 
@@ -90,7 +92,8 @@ class Stage(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         for j, (kind, kw) in enumerate(self.blocks):
             cls = BasicBlock if kind == "basic" else Bottleneck
-            x = cls(**dict(kw), name=str(j))(x, train)
+            fields: dict[str, Any] = dict(kw)  # widths and strides, as the block's fields
+            x = cls(**fields, name=str(j))(x, train)
         return x
 
 

@@ -113,7 +113,7 @@ class BlockPattern:
         object.__setattr__(self, "_hash", hash((self.meta, idx.shape, idx.tobytes())))
 
     def __hash__(self) -> int:
-        return self._hash
+        return self.__dict__["_hash"]  # set once in __post_init__ (frozen dataclass)
 
     def __eq__(self, other: Any) -> bool:
         return (isinstance(other, BlockPattern) and self.meta == other.meta
@@ -204,7 +204,8 @@ def spec_from_dict(data: Mapping[str, Mapping[str, Any]]) -> BlockELLSpec | None
     out = {}
     for key, entry in data.items():
         try:
-            shape = tuple(int(d) for d in entry["shape"])
+            k, n = (int(d) for d in entry["shape"])
+            shape = (k, n)
             rows = BlockELLMeta(shape, check_block_size(entry["block"]), 0).n_row_blocks
             idx = np.asarray(entry["col_idx"], np.int64).reshape(rows, -1)
             out[key] = BlockPattern.from_col_idx(idx, shape, entry["block"])

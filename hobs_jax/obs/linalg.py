@@ -248,7 +248,7 @@ def greedy_path(consumers: list[Consumer], n_remove: int, per_step: int = 1) -> 
     """
     size = len(consumers[0].rows)
     alive = np.ones(size, bool)
-    order: list[np.ndarray] = []
+    order: list[int] = []
     losses: list[float] = []
     per_step = max(1, int(per_step))
     while len(order) < n_remove:

@@ -214,7 +214,7 @@ def search_allocation(sel, target: float, *, budget, options: RsparOptions, seed
                         round_to=task.round_to)
     refs = {}
     if o.references:  # met in the search's own budget (MACs, params or the latency table)
-        as_cost = AsCost(budget)
+        as_cost = AsCost(budget).cost_model()
         refs["uniform"] = allocation.uniform(as_cost, target, budget.kind, round_to=task.round_to)
         refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target, task.metric,
                                                 normalize=o.normalize, min_ratio=lbound, round_to=task.round_to,

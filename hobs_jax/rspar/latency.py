@@ -19,7 +19,8 @@ import dataclasses
 import json
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,7 @@ def layer_table(model, variables, input_shape, graph) -> list[dict]:
     from hobs_jax.stats.layers import intercepting, trace_layers
 
     infos = trace_layers(model, variables, input_shape)
-    shapes = {}
+    shapes: dict[tuple[str, ...], Any] = {}
 
     def on_layer(mod, x, y):
         shapes.setdefault(tuple(mod.path), tuple(x.shape))
@@ -88,7 +89,7 @@ def layer_table(model, variables, input_shape, graph) -> list[dict]:
     return out
 
 
-def _layer_fn(entry: dict, cin: int, cout: int, batch: int):
+def _layer_fn(entry: dict, cin: int, cout: int, batch: int) -> tuple[Callable, tuple]:
     """(jitted fn, args) computing the layer at ``cin`` -> ``cout`` channels."""
     rng = np.random.default_rng(0)
     shape = list(entry["input_shape"])

@@ -61,6 +61,7 @@ class CrossStats:
         a, r = self.a.astype(np.float64), self.r.astype(np.float64)
         if not self.info.use_bias:
             return a, r
+        assert self.psum is not None and self.ysum is not None  # kept for layers with a bias
         d = a.shape[0]
         aa = np.empty((d + 1, d + 1))
         ps = self.psum.astype(np.float64)

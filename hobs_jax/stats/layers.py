@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -104,7 +105,7 @@ def _conv_padding(module: nn.Conv, in_spatial: Sequence[int], kernel: Sequence[i
             raise ValueError(f"conv {'/'.join(module.path)}: padding {pad!r} is not supported for "
                              f"Hessian statistics (use explicit, 'SAME' or 'VALID')")
         window = [(k - 1) * d + 1 for k, d in zip(kernel, rhs_dil)]
-        return tuple(tuple(int(a) for a in p) for p in
+        return tuple((int(p[0]), int(p[1])) for p in
                      jax.lax.padtype_to_pads(tuple(in_spatial), window, tuple(strides), pad.upper()))
     if isinstance(pad, int):
         return ((pad, pad),) * n
@@ -327,5 +328,5 @@ def capture_outputs(model: nn.Module, variables: Mapping, x: Array) -> tuple[Arr
 
     with nn.intercept_methods(intercepting(on_layer)):
         logits = model.apply(variables, x, train=False)
-    return logits, out
+    return cast(Array, logits), out  # apply without mutable collections returns the output only
 

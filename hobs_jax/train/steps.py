@@ -7,6 +7,7 @@ rngs={'dropout': key}) -> (logits, {'batch_stats': ...})`` (empty for a ViT).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -134,7 +135,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(
+        new_state = dataclasses.replace(  # flax.struct's .replace, which its typing does not show
+            state,
             step=state.step + 1, params=keep(new_params, state.params),
             batch_stats=keep(new_stats, state.batch_stats),
             opt_state=keep(new_opt_state, state.opt_state),
