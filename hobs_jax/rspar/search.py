@@ -102,12 +102,12 @@ def _to_unit(keep: np.ndarray, sizes: np.ndarray, lbound: float) -> np.ndarray:
     return np.clip((r - lbound) / max(1.0 - lbound, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
-@interrupt.deferring_signals  # SIGTERM/SIGINT end the current episode, then save and stop
 def _replay_action(fractions: np.ndarray, state: np.ndarray, t: int) -> float:
     """The action that replays a reference allocation: its kept fraction of group ``t``."""
     return float(fractions[t])
 
 
+@interrupt.deferring_signals  # SIGTERM/SIGINT end the current episode, then save and stop
 def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, float]], *,
            episodes: int, warmup: int, seed: int, agent_config,
            references: Mapping[str, np.ndarray] | None = None, cost_weight: float = 0.0,
