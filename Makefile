@@ -12,13 +12,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 WORKDIR ?= workdir/quickstart
 
-.PHONY: demo test test-fast test-all venv data lock parity clean help
+.PHONY: demo test test-fast test-all lint venv data lock parity clean help
 
 help:
 	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
 	@echo "make test   - run the test suite CI runs, < 15 min on 2 cores (bootstraps .venv and the dataset)"
 	@echo "make test-fast - the logic tests on tiny models, < 3 min (the inner loop)"
 	@echo "make test-all  - every test: the heavy variants and the fault sweep too (about an hour)"
+	@echo "make lint   - ruff (lint, import order) and mypy over the sources (bootstraps .venv)"
 	@echo "make parity - python -m parity --all in float32 and float64"
 	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
 
@@ -48,6 +49,13 @@ test-fast: venv data
 
 test-all: venv data
 	$(PY) -m pytest $(PYTEST_ARGS) -m "extended or fault_sweep or not extended"
+
+# Lint and type check; rules and scope live in pyproject.toml ([tool.ruff], [tool.mypy]).
+LINT_PATHS := hobs_jax kernels parity tests benchmarks
+
+lint: venv
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m mypy
 
 demo: venv data
 	$(PY) -m parity --model resnet50 resnet20

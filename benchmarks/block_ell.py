@@ -38,11 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from kernels.devtime import device_times_many
 from kernels import bell_matmul_parts, keep_per_row, random_balanced
 from kernels.config import available_backends
-from kernels.ops import select_config
+from kernels.devtime import device_times_many
 from kernels.operands import forward_index
+from kernels.ops import select_config
 
 GPU_BACKENDS = ("pallas_mosaic", "pallas_triton", "triton", "xla_scatter")
 GOAL_SPARSITIES = (0.5, 0.6, 0.75, 0.9, 0.95)  # the full sweep adds 0.6: --sparsities
@@ -253,7 +253,7 @@ def render_md(records: list[dict]) -> str:
                       "| block | 4096^3 | ResNet-50 1x1 shapes (median, min-max) | "
                       "ViT-B MLP shapes (median) |", "|---|---|---|---|"]
             for b in sorted({r["block"] for r in rs}):
-                def be_for(label):
+                def be_for(label, rs=rs, b=b):
                     pts = {}
                     for r in rs:
                         if r["label"] == label and r["block"] == b:

@@ -10,15 +10,20 @@ The sweep behind the defaults in ``kernels/config.py``; GPU only.
 
     PYTHONPATH=. python benchmarks/block_ell_tiles.py   # writes $OUT or /tmp/explore2.json
 """
-import json, os, sys, time, statistics, glob, gzip
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
 import numpy as np
-import jax, jax.numpy as jnp
-from kernels.devtime import device_times
+
 from kernels.autotune import random_balanced
 from kernels.block_ell import BlockELL
+from kernels.config import KernelConfig
+from kernels.devtime import device_times
 from kernels.operands import forward_operands
 from kernels.ops import bell_matmul_parts
-from kernels.config import KernelConfig
 from kernels.pallas_mosaic import mosaic_gather_spmm
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -41,13 +46,19 @@ def circulant(k, n, b, s, seed):
 def run(name, fn, extra, **info):
     try:
         t = device_times(fn, [(x, *extra) for x in xs], calls=16)
-        t0 = time.perf_counter(); n = 20
-        for i in range(n): y = fn(xs[i % 4], *extra)
-        jax.block_until_ready(y); wall = (time.perf_counter() - t0) * 1e3 / n
+        t0 = time.perf_counter()
+        n = 20
+        for i in range(n):
+            y = fn(xs[i % 4], *extra)
+        jax.block_until_ready(y)
+        wall = (time.perf_counter() - t0) * 1e3 / n
     except Exception as e:
-        print(f"{name}: FAIL {type(e).__name__}: {str(e)[:400]}", flush=True); return None
-    rec = dict(name=name, wall_loop_ms=wall, **(t or {}), **info); res.append(rec)
-    print(f"{name:48s} span {rec.get('span_ms', float('nan')):.4f} busy {rec.get('busy_ms', float('nan')):.4f} k={rec.get('kernels')} loop {wall:.4f}", flush=True)
+        print(f"{name}: FAIL {type(e).__name__}: {str(e)[:400]}", flush=True)
+        return None
+    rec = dict(name=name, wall_loop_ms=wall, **(t or {}), **info)
+    res.append(rec)
+    print(f"{name:48s} span {rec.get('span_ms', float('nan')):.4f} busy {rec.get('busy_ms', float('nan')):.4f} "
+          f"k={rec.get('kernels')} loop {wall:.4f}", flush=True)
     return y
 
 print(jax.devices(), flush=True)
@@ -66,13 +77,17 @@ for pattern in ("random", "circulant"):
         if s in (0.5, 0.95):
             cfgs = cfgs[:2] + cfgs[4:5]
         for cfg in cfgs:
-            fn = jax.jit(lambda a, v, c, cfg=cfg: bell_matmul_parts(a, v, c, w.meta, config=cfg))
-            y = run(f"full {cfg.backend} bm{cfg.block_m} st{cfg.max_concurrent_steps if cfg.backend=='pallas_mosaic' else cfg.num_stages} w{cfg.num_warps}", fn, (w.values, w.col_idx), kind="full", cfg=cfg.to_dict(), **info)
+            fn = jax.jit(lambda a, v, c, cfg=cfg, w=w: bell_matmul_parts(a, v, c, w.meta, config=cfg))
+            steps = cfg.max_concurrent_steps if cfg.backend == "pallas_mosaic" else cfg.num_stages
+            y = run(f"full {cfg.backend} bm{cfg.block_m} st{steps} w{cfg.num_warps}", fn, (w.values, w.col_idx),
+                    kind="full", cfg=cfg.to_dict(), **info)
             if y is not None:
                 err = float(np.linalg.norm(np.asarray(y, np.float32) - ref) / np.linalg.norm(ref))
                 res[-1]["relerr"] = err
-                if not err < 2e-2: print("   !!! relerr", err, flush=True)
-        ops = jax.block_until_ready(jax.jit(lambda v, c: forward_operands(v, c, w.meta, zero_block=False))(w.values, w.col_idx))
+                if not err < 2e-2:
+                    print("   !!! relerr", err, flush=True)
+        prepare = jax.jit(lambda v, c, w=w: forward_operands(v, c, w.meta, zero_block=False))
+        ops = jax.block_until_ready(prepare(w.values, w.col_idx))
         fn = jax.jit(lambda a, o: mosaic_gather_spmm(a, o, block_m=256, max_concurrent_steps=4))
         run("kern mosaic bm256 st4 (prepared operands)", fn, (ops,), kind="kern", **info)
         json.dump(res, open(f"{OUT}/explore2.json", "w"), indent=1)

@@ -106,7 +106,8 @@ def main() -> None:
              "", "Median of the repeats after one warm-up, each framework in its own subprocess; "
              "'first' is the warm-up call. Ours traces abstractly (no arithmetic); Torch-Pruning "
              "runs a forward pass at 224x224 and builds its graph.", "",
-             "| model | ours median (s) | TP median (s) | TP / ours | ours first (s) | TP first (s) | groups ours / TP |",
+             "| model | ours median (s) | TP median (s) | TP / ours | ours first (s) | TP first (s) "
+             "| groups ours / TP |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for name, r in rows.items():
         o, t = r["ours"], r["torch_pruning"]

@@ -46,10 +46,10 @@ def main(argv=None) -> None:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, size, size, c)), jnp.float32)
         cs = chunk_size(a.batch, size * size * 9 * c)
 
-        fns = {"patches": jax.jit(lambda x: gram_conv(conv_patches(info, x))),
-               "sliced": jax.jit(lambda x: gram_conv_sliced(info, x)[0]),
-               "rowshift": jax.jit(lambda x: gram_conv_rowshift(info, x)[0]),
-               "shift2d": jax.jit(lambda x: gram_conv_shift2d(info, x)[0])}
+        fns = {"patches": jax.jit(lambda x, info=info: gram_conv(conv_patches(info, x))),
+               "sliced": jax.jit(lambda x, info=info: gram_conv_sliced(info, x)[0]),
+               "rowshift": jax.jit(lambda x, info=info: gram_conv_rowshift(info, x)[0]),
+               "shift2d": jax.jit(lambda x, info=info: gram_conv_shift2d(info, x)[0])}
         out = {}
         rec = {"shape": [a.batch, size, size, c], "d": 9 * c, "chunk_images": cs,
                "gflop_full_gram": 2 * a.batch * size * size * (9 * c) ** 2 / 1e9}
@@ -64,7 +64,8 @@ def main(argv=None) -> None:
                 best = min(best, time.process_time() - c0)
             rec[f"{name}_cpu_s"] = round(best, 4)
         ref = out["patches"]
-        rec["max_rel_diff"] = {k: float(np.abs(v - ref).max() / np.abs(ref).max()) for k, v in out.items() if k != "patches"}
+        rec["max_rel_diff"] = {k: float(np.abs(v - ref).max() / np.abs(ref).max())
+                               for k, v in out.items() if k != "patches"}
         rows.append(rec)
         print(json.dumps(rec), flush=True)
     load = open("/proc/loadavg").read().split()[0]

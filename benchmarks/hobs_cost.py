@@ -27,7 +27,8 @@ Cases (each runs in its own subprocess, so its peak RSS is its own):
 Phases (wall seconds, and process CPU seconds summed over threads, which depend much
 less on what else runs on the shared CPU; on an idle 2-core machine a phase's wall time
 lies between CPU/2 and CPU; both through the OBS engine's public timing hook,
-``hobs_jax.obs.listen``, which also gives the selection time of every group): ``setup`` (graph, cost model, layer trace; part of ``prune`` outside the method),
+``hobs_jax.obs.listen``, which also gives the selection time of every group): ``setup`` (graph,
+cost model, layer trace; part of ``prune`` outside the method),
 ``calibration``, ``inverses``, ``selection``, ``compensation`` (from H-OBS's
 ``outcome.info['timings']``; ``propagation`` = the refit), ``surgery_check`` (cutting the network, counting MACs,
 the finite-output check: the rest of ``hobs_jax.methods.prune``), ``bn_reestimation``
@@ -176,7 +177,8 @@ def case_resnet56(args) -> dict:
            "hobs_bn": _accuracy(res.model, pv, tx, ty)}
     return {"case": "resnet56", "model": meta["model"], "checkpoint": args.checkpoint,
             "input": "28x28x1 Fashion-MNIST", "calibration_images": len(x), "target_macs": 0.5,
-            "options": f"hobs defaults (global allocation, damp 0.01, 1 channel per step, float32), propagate {args.propagate}",
+            "options": "hobs defaults (global allocation, damp 0.01, 1 channel per step, float32), "
+                       f"propagate {args.propagate}",
             "load_s": round(load_s, 2), "runs": runs,
             "test_acc_first_2000": {k: round(v, 4) for k, v in acc.items()},
             "goal_s": GOALS["resnet56"]}

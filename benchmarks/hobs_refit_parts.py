@@ -67,7 +67,8 @@ def main() -> None:
 
     def conv_grad(info, xi, y):
         def conv(k):
-            return jax.lax.conv_general_dilated(xi, k, info.strides, info.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jax.lax.conv_general_dilated(xi, k, info.strides, info.padding,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return jax.vjp(conv, jnp.zeros(info.kernel_shape, xi.dtype))[1](y)[0]
 
     grad = jax.jit(conv_grad, static_argnums=0)
@@ -78,7 +79,7 @@ def main() -> None:
         k = shape_key(info)
         parts["gram"] += _cpu(gram, k, ins[q])
         parts["rhs_slices"] += _cpu(rhs, k, ins[q], outs[q])
-        parts["rhs_conv_grad"] += _cpu(grad, k, ins[q], outs[q]) if info.kind == "conv" else _cpu(rhs, k, ins[q], outs[q])
+        parts["rhs_conv_grad"] += _cpu(grad if info.kind == "conv" else rhs, k, ins[q], outs[q])
     stage1 = ("layer1", "0", "conv1")
     parts["gram_stage1_layer"] = _cpu(gram, shape_key(infos[stage1]), ins[stage1])
     rows = jnp.asarray(np.random.default_rng(0).random((a.images * 28 * 28, 144), np.float32))

@@ -45,8 +45,9 @@ def main(argv=None):
     # TensorRT only where installed: the suite errors on a named runtime that is missing.
     runtimes = [r for r in runtimes if r != "tensorrt" or rt.get_runtime(r).framework()]
     devices = rt.parse_list(args.devices, "device", rt.DEVICES) or None
-    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
-    parts = [f"# JAX vs PyTorch: dense inference", "",
+    args_ = sys.argv[1:] if argv is None else argv
+    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + args_)
+    parts = ["# JAX vs PyTorch: dense inference", "",
              f"`{command}`. Per group: `summary.md`, `results.csv`/`.json` and the plots in "
              f"`{os.path.basename(args.out)}/<group>/`. Random weights (latency does not depend on them); "
              "every runtime's outputs were verified against Flax before timing.", ""]

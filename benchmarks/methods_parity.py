@@ -25,7 +25,6 @@ only use the entry points every version of the library keeps (zoo names, option 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -33,13 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shlex
 import statistics
 import sys
 import time
 from concurrent import futures
-import multiprocessing
 
 import numpy as np
 
@@ -141,7 +141,6 @@ class Bench:
         return reestimate_bn(model, variables, (x for x, _ in self.calib.batches(256)))
 
     def steps(self) -> list[int]:
-        from hobs_jax.data import TrainLoader
         per_epoch = self.source.size("train") // self.recipe.batch_size
         out = sorted({per_epoch if s == "epoch" else int(s) for s in self.args.steps.split(",") if s})
         return [s for s in out if s > 0]
@@ -189,8 +188,16 @@ class Bench:
     def curve(self, model, variables, steps: list[int], workdir: str) -> dict[int, float]:
         """Fine-tune for max(steps) (one schedule), accuracy at every step in ``steps``."""
         import jax
-        from hobs_jax.train import (Checkpointer, TrainState, abstract_like, fit, make_mesh,
-                                    make_optimizer, state_shardings)
+
+        from hobs_jax.train import (
+            Checkpointer,
+            TrainState,
+            abstract_like,
+            fit,
+            make_mesh,
+            make_optimizer,
+            state_shardings,
+        )
         total = max(steps)
         shorter = [s for s in steps if s < total]
         every = math.gcd(*shorter) if shorter else 0

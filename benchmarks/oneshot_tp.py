@@ -21,7 +21,7 @@ closest attempt is returned and the caller refuses the row).
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

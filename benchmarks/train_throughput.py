@@ -51,7 +51,7 @@ def jax_model(name: str, num_classes: int, width: int):
         try:
             from hobs_jax.models import build
         except ImportError as e:
-            raise _zoo_error("hobs_jax.models.build", e)
+            raise _zoo_error("hobs_jax.models.build", e) from e
         return build(name, num_classes=num_classes)
     import flax.linen as nn
     import jax.numpy as jnp
@@ -59,7 +59,7 @@ def jax_model(name: str, num_classes: int, width: int):
     class TinyCNN(nn.Module):
         @nn.compact
         def __call__(self, x, train: bool = False):
-            for i, (f, s) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
+            for _i, (f, s) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)]):
                 x = nn.Conv(f, (3, 3), strides=s, padding=((1, 1), (1, 1)), use_bias=False)(x)
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
                 x = nn.relu(x)
@@ -73,8 +73,16 @@ def run_jax(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from hobs_jax.train import (TrainState, get_train_config, global_batch, make_mesh,
-                                make_optimizer, make_train_step, put_global, state_shardings)
+    from hobs_jax.train import (
+        TrainState,
+        get_train_config,
+        global_batch,
+        make_mesh,
+        make_optimizer,
+        make_train_step,
+        put_global,
+        state_shardings,
+    )
     model = jax_model(args.model, args.classes, args.width)
     x = np.random.default_rng(0).normal(size=(args.batch, args.image, args.image, 3))
     y = np.random.default_rng(1).integers(0, args.classes, args.batch)
@@ -113,7 +121,7 @@ def torch_model(name: str, num_classes: int, width: int):
         try:
             from parity.torch_models import build_torch
         except ImportError as e:
-            raise _zoo_error("parity.torch_models.build_torch", e)
+            raise _zoo_error("parity.torch_models.build_torch", e) from e
         return build_torch(name, num_classes=num_classes)
     layers, cin = [], 3
     for f, s in [(width, 1), (2 * width, 2), (4 * width, 2)]:

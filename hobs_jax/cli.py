@@ -32,7 +32,8 @@ import importlib.util
 import os
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -261,7 +262,10 @@ def check_argv(argv: Sequence[str], known: Sequence[str] = (),
         if _flag_value(args, name) is None:
             example = "configs/quickstart.py" if name == "config" else "runs/my_run"
             raise UsageError(f"--{name} is required (e.g. --{name}={example})")
-    config = load_config(_flag_value(args, "config"))
+    config_path = _flag_value(args, "config")
+    if config_path is None:
+        raise UsageError("--config is required (e.g. --config=configs/quickstart.py)")
+    config = load_config(config_path)
     for name, value in overrides(args):
         check_override(config, name, value)
 

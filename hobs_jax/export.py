@@ -31,7 +31,8 @@ import os
 import shutil
 import uuid
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -288,7 +289,7 @@ def _load_user(path: str, meta: dict) -> tuple[Any, dict, dict]:
         p = prunable_from_spec(spec, variables, shape)
     except ValueError as e:
         raise ValueError(f"checkpoint {path}: {str(e).splitlines()[0]}") from None
-    return p.module, p.variables, dict(meta, plan=plan, prunable=p)
+    return p.module, dict(p.variables), dict(meta, plan=plan, prunable=p)
 
 
 def load_prunable(path: str | os.PathLike):
@@ -358,6 +359,8 @@ def to_onnx(model_name, variables: Mapping | None, path: str | os.PathLike, *, i
     if hasattr(model_name, "rebuild"):
         variables = model_name.variables if variables is None else variables
         model_name = model_name.module
+    if variables is None:
+        raise ValueError("to_onnx(via='torch'): pass the zoo model's variables")
     name, _ = _zoo(model_name)
     module, _ = to_torch(model_name, variables, scale_dim=scale_dim)
     _, _, ic = models.infer_widths(name, variables)

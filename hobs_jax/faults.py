@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 ENV = "HOBS_JAX_FAULT"
 ACTIONS = {"kill": (signal.SIGKILL,), "term": (signal.SIGTERM,), "int": (signal.SIGINT,),

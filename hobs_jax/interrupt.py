@@ -35,7 +35,8 @@ import functools
 import os
 import signal
 import threading
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 F = TypeVar("F", bound=Callable)
 
@@ -43,7 +44,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _received: list[int] = []  # stop signals received in the current outermost scope
 _depth = 0
-_previous: dict[int, object] = {}
+_previous: dict[int, Any] = {}  # signal.signal's previous handlers (callables, ints or None)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -118,7 +119,7 @@ def deferring_signals(fn: F) -> F:
     def wrapper(*args, **kwargs):
         with stop_signals():
             return fn(*args, **kwargs)
-    return wrapper
+    return cast(F, wrapper)
 
 
 def requested() -> bool:

@@ -16,7 +16,8 @@ Flax module. :func:`xla_flops` gives XLA's compiled cost for a cross-check (XLA 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -216,6 +217,8 @@ def xla_flops(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jn
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
+    if cost is None:
+        raise ValueError("XLA gave no cost analysis for this backend")
     return float(cost["flops"])
 
 

@@ -33,7 +33,8 @@ named ``input``, the output ``logits``, at the traced batch size.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -98,7 +99,7 @@ class _Converter:
     def __init__(self):
         self.b = _Builder()
 
-    def fail(self, eqn, why: str = "") -> None:
+    def fail(self, eqn, why: str = "") -> NoReturn:
         where = str(eqn.source_info.name_stack) or "<top>"
         raise ValueError(f"ONNX export: unsupported primitive '{eqn.primitive.name}' at {where}"
                          + (f" ({why})" if why else ""))
@@ -213,17 +214,15 @@ class _Converter:
         ln, rn = len(_shape(eqn.invars[0])), len(_shape(eqn.invars[1]))
         letters = iter("abcdefghijklmnopqrstuvwxyz")
         lhs = [next(letters) for _ in range(ln)]
-        rhs = [None] * rn
+        rhs: list[str | None] = [None] * rn
         for i, j in zip(lc, rc):
             rhs[j] = lhs[i]
         for i, j in zip(lb, rb):
             rhs[j] = lhs[i]
-        for j in range(rn):
-            if rhs[j] is None:
-                rhs[j] = next(letters)
+        rhs_letters = [r if r is not None else next(letters) for r in rhs]
         out = [lhs[i] for i in lb] + [lhs[i] for i in range(ln) if i not in lc and i not in lb] + \
-              [rhs[j] for j in range(rn) if j not in rc and j not in rb]
-        eq = f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"
+              [rhs_letters[j] for j in range(rn) if j not in rc and j not in rb]
+        eq = f"{''.join(lhs)},{''.join(rhs_letters)}->{''.join(out)}"
         y = self.b.op("Einsum", x, equation=eq)
         if _dtype(eqn.outvars[0]) != _dtype(eqn.invars[0]):
             y = self.b.op("Cast", y, to=_onnx_type(_dtype(eqn.outvars[0])))

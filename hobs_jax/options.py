@@ -30,7 +30,8 @@ import dataclasses
 import functools
 import numbers
 import typing
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 __all__ = ["Options", "as_dict", "to_config"]
 
@@ -86,11 +87,13 @@ class Options:
             if f.default is not dataclasses.MISSING:
                 out[f.name] = f.default
             else:
-                out[f.name] = f.default_factory().to_dict()  # nested Options
+                factory = f.default_factory
+                assert callable(factory), f.name  # every Options field has a default
+                out[f.name] = factory().to_dict()  # nested Options
         return out
 
     @classmethod
-    def build(cls, values: Mapping | None = None, *, where: str = "") -> "Options":
+    def build(cls, values: Mapping | None = None, *, where: str = "") -> Options:
         """An instance from ``values`` (missing keys: defaults); one-line errors for an
         unknown key or a bad value, prefixed with ``where``."""
         values = dict(as_dict(values or {}))
@@ -100,7 +103,7 @@ class Options:
             raise ValueError(f"{prefix}unknown option {unknown[0]!r}; options: {', '.join(cls.keys()) or 'none'}")
         return _construct(cls, values, where)
 
-    def replace(self, **changes) -> "Options":
+    def replace(self, **changes) -> Options:
         """A validated copy with ``changes``."""
         return _construct(type(self), {**self.to_dict(), **changes}, self._where())
 
@@ -132,13 +135,15 @@ def _construct(cls, values: dict, where: str):
         elif f.default is not dataclasses.MISSING:
             v = f.default
         else:
-            v = f.default_factory()
+            factory = f.default_factory
+            assert callable(factory), f.name  # every Options field has a default
+            v = factory()
         object.__setattr__(obj, f.name, v)
     obj.__post_init__()
     return obj
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 

@@ -1,152 +1,35 @@
 """Autotuning of ``bell_matmul``: backend and tile sizes per problem, and the block
-size per dense problem, chosen from measured timings and cached on disk.
-
-Cache: a JSON file at ``$HOBS_JAX_AUTOTUNE_CACHE`` or
-``~/.cache/hobs_jax/autotune.json``::
-
-    {"version": 1,
-     "configs": {problem_key: {"config": {...KernelConfig...}, "ms": 1.23,
-                               "timings": {"<config json>": ms, ...}}},
-     "blocks":  {block_key: {"block": 64, "ms": ..., "timings": {"16": ms, ...}}}}
-
-Writes are atomic (temporary file in the same directory + ``os.replace``) and
-merge with what is on disk, so concurrent tuners lose at most their own entry.
-A missing cache means defaults; an unreadable or malformed one gives a
-``RuntimeWarning`` and defaults (never an exception at matmul time).
-
-Keys include ``jax.devices()[0].device_kind``, the dtype, M rounded up to a power
-of two (batch sizes in one bucket share an entry) and the exact K, N, b, S, T.
+size per dense problem, chosen from measured timings and recorded in the autotune cache
+(``kernels.autotune_cache``: file location, keys, atomic writes).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.block_ell import BlockELL, BlockELLMeta, check_block_size
-from kernels.config import KernelConfig, available_backends, device_kind, platform
+from kernels.autotune_cache import block_key, problem_key, store, update_cache
+from kernels.block_ell import BlockELL, check_block_size
+from kernels.config import KernelConfig, available_backends, platform
+from kernels.ops import bell_matmul, bell_matmul_parts
+from kernels.prune import keep_per_row
 
 __all__ = [
-    "ENV_VAR",
-    "cache_path",
-    "problem_key",
-    "load_cache",
-    "lookup",
-    "store",
     "candidates",
     "measure_ms",
+    "random_balanced",
     "tune",
     "tune_block_size",
-    "lookup_block",
-    "random_balanced",
 ]
-
-ENV_VAR = "HOBS_JAX_AUTOTUNE_CACHE"
-_VERSION = 1
-_memo: dict[str, tuple[float, dict]] = {}
-
-
-def cache_path() -> Path:
-    """Path of the autotune cache (env var, else ~/.cache/hobs_jax/autotune.json)."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "hobs_jax" / "autotune.json"
-
-
-def _bucket(m: int) -> int:
-    return 1 << max(0, int(m) - 1).bit_length()
-
-
-def problem_key(m: int, meta: BlockELLMeta, slots: int, dtype: Any,
-                device: str | None = None) -> str:
-    """Cache key of one ``bell_matmul`` problem."""
-    k, n = meta.shape
-    return (f"{device or device_kind()}|{jnp.dtype(dtype).name}|m{_bucket(m)}|k{k}|n{n}"
-            f"|b{meta.block}|s{slots}|t{meta.col_slots}")
-
-
-def _empty() -> dict:
-    return {"version": _VERSION, "configs": {}, "blocks": {}}
-
-
-def load_cache(path: Path | None = None) -> dict:
-    """Reads the cache; missing -> empty, corrupt -> RuntimeWarning and empty."""
-    path = Path(path) if path is not None else cache_path()
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        return _empty()
-    memo = _memo.get(str(path))
-    if memo is not None and memo[0] == mtime:
-        return memo[1]
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("version") != _VERSION or \
-                not isinstance(data.get("configs", {}), dict) or \
-                not isinstance(data.get("blocks", {}), dict):
-            raise ValueError("unexpected structure")
-    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
-        warnings.warn(f"autotune cache {path} is unreadable ({err}); using defaults",
-                      RuntimeWarning, stacklevel=2)
-        data = _empty()
-    data.setdefault("configs", {})
-    data.setdefault("blocks", {})
-    _memo[str(path)] = (mtime, data)
-    return data
-
-
-def lookup(key: str, path: Path | None = None) -> KernelConfig | None:
-    """Cached ``KernelConfig`` for ``key`` or None (bad entries warn)."""
-    entry = load_cache(path)["configs"].get(key)
-    if entry is None:
-        return None
-    try:
-        return KernelConfig.from_dict(entry["config"])
-    except (KeyError, TypeError, ValueError) as err:
-        warnings.warn(f"autotune cache entry {key!r} is invalid ({err}); using defaults",
-                      RuntimeWarning, stacklevel=2)
-        return None
-
-
-def _atomic_update(update: Callable[[dict], None], path: Path | None) -> None:
-    path = Path(path) if path is not None else cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # rewrite a corrupt file
-        data = json.loads(json.dumps(load_cache(path)))  # private copy
-    update(data)
-    fd, tmp = tempfile.mkstemp(prefix=".autotune.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _memo.pop(str(path), None)
-
-
-def store(key: str, config: KernelConfig, ms: float,
-          timings: dict[str, float] | None = None, path: Path | None = None) -> None:
-    """Atomically records the best ``config`` for ``key``."""
-    def update(data):
-        data["configs"][key] = {"config": config.to_dict(), "ms": float(ms),
-                                "timings": dict(timings or {})}
-    _atomic_update(update, path)
 
 
 def candidates(plat: str, dtype: Any, block: int) -> list[KernelConfig]:
@@ -199,8 +82,6 @@ def tune(x: jax.Array, w: BlockELL, *, configs: Iterable[KernelConfig] | None = 
     Configs that fail to compile or run are skipped (recorded as ``inf``).
     Returns (best config, {config json: ms}).
     """
-    from kernels.ops import bell_matmul_parts  # ops imports this module
-
     x2 = x.reshape(-1, w.shape[0])
     configs = list(configs) if configs is not None else candidates(
         platform(), x.dtype, w.block)
@@ -230,8 +111,6 @@ def tune(x: jax.Array, w: BlockELL, *, configs: Iterable[KernelConfig] | None = 
 def random_balanced(k: int, n: int, block: int, sparsity: float, dtype: Any = jnp.float32,
                     seed: int = 0) -> BlockELL:
     """Random balanced Block-ELL W [k, n] at ``sparsity`` (benchmarks, tuning)."""
-    from kernels.prune import keep_per_row  # prune imports block_ell only
-
     block = check_block_size(block)
     rng = np.random.default_rng(seed)
     r_blocks, c_blocks = -(-k // block), -(-n // block)
@@ -247,20 +126,6 @@ def random_balanced(k: int, n: int, block: int, sparsity: float, dtype: Any = jn
     return BlockELL.from_parts(jnp.asarray(values, dtype), col_idx, (k, n), block)
 
 
-def _block_key(m: int, k: int, n: int, sparsity: float, dtype: Any) -> str:
-    return f"{device_kind()}|{jnp.dtype(dtype).name}|m{_bucket(m)}|k{k}|n{n}|sp{sparsity:.4f}"
-
-
-def lookup_block(m: int, k: int, n: int, sparsity: float, dtype: Any,
-                 path: Path | None = None) -> int | None:
-    """Cached best block size for a dense problem, or None."""
-    entry = load_cache(path)["blocks"].get(_block_key(m, k, n, sparsity, dtype))
-    try:
-        return None if entry is None else check_block_size(entry["block"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def tune_block_size(m: int, k: int, n: int, sparsity: float, dtype: Any = jnp.float32, *,
                     blocks: Iterable[int] = (16, 32, 64, 128), iters: int = 3,
                     tune_configs: bool = False, path: Path | None = None,
@@ -271,8 +136,6 @@ def tune_block_size(m: int, k: int, n: int, sparsity: float, dtype: Any = jnp.fl
     With ``tune_configs`` each block size is itself autotuned (slower); otherwise
     the default/cached config is used.
     """
-    from kernels.ops import bell_matmul
-
     x = jnp.asarray(np.random.default_rng(1).standard_normal((m, k)), dtype)
     timings: dict[int, float] = {}
     for b in blocks:
@@ -283,11 +146,11 @@ def tune_block_size(m: int, k: int, n: int, sparsity: float, dtype: Any = jnp.fl
         else:
             fn = jax.jit(lambda a, v, c, w=w: bell_matmul(a, BlockELL(v, c, w.meta)))
             timings[b] = measure_ms(fn, x, w.values, w.col_idx, iters=iters)
-    best = min(timings, key=timings.get)
+    best = min(timings, key=timings.__getitem__)
     if save:
         def update(data):
-            data["blocks"][_block_key(m, k, n, sparsity, dtype)] = {
+            data["blocks"][block_key(m, k, n, sparsity, dtype)] = {
                 "block": int(best), "ms": timings[best],
                 "timings": {str(b): t for b, t in timings.items()}}
-        _atomic_update(update, path)
+        update_cache(update, path)
     return best, timings

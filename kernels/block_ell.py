@@ -176,7 +176,7 @@ class BlockELL:
     # ----------------------------------------------------------- constructors
     @classmethod
     def from_parts(cls, values: Any, col_idx: Any, shape: tuple[int, int],
-                   block: int) -> "BlockELL":
+                   block: int) -> BlockELL:
         """Builds and validates a BlockELL from concrete arrays (host side).
 
         ``col_slots`` is computed from ``col_idx``, which must therefore be
@@ -198,7 +198,7 @@ class BlockELL:
 
     @classmethod
     def from_dense(cls, w: Any, block: int, *, mask: Any = None,
-                   slots: int | None = None) -> "BlockELL":
+                   slots: int | None = None) -> BlockELL:
         """Converts a dense W [K, N] (host side).
 
         Args:

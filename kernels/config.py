@@ -81,7 +81,7 @@ class KernelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "KernelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> KernelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - fields
         if unknown:

@@ -9,7 +9,7 @@ way. A 1x1 conv is the plain matmul over channels (W = kernel[0, 0]).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,8 @@ import json
 import os
 import statistics
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 

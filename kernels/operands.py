@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels.block_ell import BlockELLMeta, column_index
 
@@ -42,9 +43,9 @@ class GatherOperands(NamedTuple):
     """
 
     blocks: jax.Array
-    idx: jax.Array
-    pos: jax.Array
-    cnt: jax.Array
+    idx: jax.Array | np.ndarray  # numpy when from a host-computed ForwardIndex
+    pos: jax.Array | np.ndarray
+    cnt: jax.Array | np.ndarray
 
 
 class ForwardIndex(NamedTuple):
@@ -59,9 +60,9 @@ class ForwardIndex(NamedTuple):
     idx, pos: [C, T] int32 (padding -> 0); cnt: [C] int32.
     """
 
-    idx: jax.Array
-    pos: jax.Array
-    cnt: jax.Array
+    idx: jax.Array | np.ndarray  # numpy when computed on the host
+    pos: jax.Array | np.ndarray
+    cnt: jax.Array | np.ndarray
 
 
 def forward_index(col_idx, meta: BlockELLMeta) -> ForwardIndex:

@@ -28,12 +28,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kernels import autotune
+from kernels import autotune_cache
 from kernels.block_ell import BlockELL, BlockELLMeta
-from kernels.config import (BACKENDS, KernelConfig, available_backends, backend_config,
-                            default_config, platform)
-from kernels.operands import (ForwardIndex, GatherOperands, dx_operands, forward_operands,
-                              masked_values)
+from kernels.config import BACKENDS, KernelConfig, available_backends, backend_config, default_config, platform
+from kernels.operands import ForwardIndex, GatherOperands, dx_operands, forward_operands, masked_values
 from kernels.reference import reference_matmul
 from kernels.xla import gather_spmm, scatter_spmm, sddmm_blocks
 
@@ -74,8 +72,8 @@ def select_config(backend: str, m: int, meta: BlockELLMeta, slots: int, dtype: A
     plat = platform()
     avail = available_backends(plat, dtype, meta.block)
     if backend in ("auto", "xla"):
-        key = autotune.problem_key(m, meta, slots, dtype)
-        cached = autotune.lookup(key)
+        key = autotune_cache.problem_key(m, meta, slots, dtype)
+        cached = autotune_cache.lookup(key)
         if cached is not None and cached.backend in avail and (
                 backend == "auto" or cached.backend.startswith("xla_")):
             return cached
@@ -125,7 +123,7 @@ def _run_gather(cfg: KernelConfig, x: jax.Array, ops: GatherOperands, precision)
     """Runs a gather-form product on the configured backend."""
     name = cfg.backend
     if name in ("xla_scatter", "xla_gather"):
-        return gather_spmm(x, ops.blocks[ops.pos], ops.idx, chunk_m=cfg.chunk_m,
+        return gather_spmm(x, ops.blocks[ops.pos], jnp.asarray(ops.idx), chunk_m=cfg.chunk_m,
                            precision=precision)
     if name in ("pallas_interpret", "pallas_triton"):
         from kernels.pallas_spmm import pallas_gather_spmm

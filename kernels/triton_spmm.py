@@ -25,7 +25,7 @@ from kernels.operands import GatherOperands
 __all__ = ["triton_gather_spmm", "build_triton_kernel"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_triton_kernel():
     """Defines and returns the ``@triton.jit`` kernel (imports triton lazily)."""
     import triton

@@ -35,10 +35,12 @@ applied in order to every key (``re.sub``), or the name of a preset of :data:`RE
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import re
 import zipfile
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,7 +48,7 @@ import torch
 from torch import nn
 
 from hobs_jax import models
-from parity.torch_models import build_torch, resize_to
+from parity.torch_models import HeadAttention, build_torch, resize_to
 
 _ATTN = ("query", "key", "value", "out")
 
@@ -54,7 +56,7 @@ RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
     "dataparallel": ((r"^module\.", ""),),
     "cifar_shortcut": ((r"\.shortcut\.", ".downsample."), (r"^linear\.", "fc.")),
 }
-Rules = Union[str, Sequence[Union[str, tuple[str, str]]], Callable[[str], str], None]
+Rules = str | Sequence[str | tuple[str, str]] | Callable[[str], str] | None
 
 
 def _rules(rename: Rules) -> list[Callable[[str], str]]:
@@ -75,7 +77,7 @@ def _rules(rename: Rules) -> list[Callable[[str], str]]:
                 pat = re.compile(r[0])
             except re.error as e:
                 raise ValueError(f"renaming rule {r!r}: bad pattern ({e})") from None
-            out.append(lambda k, pat=pat, repl=r[1]: pat.sub(repl, k))
+            out.append(functools.partial(pat.sub, r[1]))
         else:
             raise ValueError(f"renaming rule {r!r}: use (pattern, replacement), a preset name or a function")
     return out
@@ -176,6 +178,8 @@ def _to_flax_leaf(kind: str, t: np.ndarray, layout: tuple[int, int, int] | None,
         return np.ascontiguousarray(t.T)
     if kind == "copy":
         return t
+    if layout is None:
+        raise ValueError(f"{key}: an attention weight without its (heads, q/k dim, v dim) layout")
     h, dq, dv = layout
     part, leaf = kind.split("_")
     if part == "out":
@@ -343,14 +347,14 @@ def _scale_dim(name: str, source: Any) -> int:
     if isinstance(source, nn.Module):
         for m in source.modules():
             if isinstance(m, nn.MultiheadAttention):
-                return m.head_dim
-            if hasattr(m, "scale_dim"):
+                return int(m.head_dim)
+            if isinstance(m, HeadAttention):
                 return m.scale_dim
     w = models.default_widths(name)
     return w["encoder_layer_0.qk_dim"]
 
 
-def flax_to_state_dict(name: str, variables: Mapping) -> "collections.OrderedDict[str, torch.Tensor]":
+def flax_to_state_dict(name: str, variables: Mapping) -> collections.OrderedDict[str, torch.Tensor]:
     """The torch ``state_dict`` of Flax ``variables`` of zoo model ``name`` (any widths)."""
     flat = _flat({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
     pieces: dict[str, dict[str, np.ndarray]] = {}
@@ -383,7 +387,7 @@ def flax_to_state_dict(name: str, variables: Mapping) -> "collections.OrderedDic
 
 def attention_layouts_from_flax(variables: Mapping, scale_dim: int) -> dict[str, tuple[int, int, int, int]]:
     """torch attention path -> (heads, qk_dim, v_dim, scale_dim) from the Flax kernels."""
-    out = {}
+    out: dict[str, tuple[int, int, int, int]] = {}
     for path, leaf in _flat(variables.get("params", {})).items():
         if len(path) >= 3 and path[-3] == "self_attention" and path[-2] in ("query", "value") and path[-1] == "kernel":
             mod = ".".join(path[:-2])

@@ -10,7 +10,8 @@ torch's ``in_proj_weight`` / ``out_proj`` state-dict keys.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -139,8 +140,11 @@ def _like_conv(m: nn.Conv2d, in_ch: int | None = None, out_ch: int | None = None
     out_ch = m.out_channels if out_ch is None else out_ch
     depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
     groups = out_ch if depthwise else m.groups
-    return nn.Conv2d(in_ch, out_ch, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                     bias=m.bias is not None, dtype=m.weight.dtype)
+    # torch types a conv's own geometry attributes as tuple[int, ...], its constructor as
+    # tuple[int, int]: passed through unchanged.
+    geometry: dict[str, Any] = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding,
+                                    dilation=m.dilation)
+    return nn.Conv2d(in_ch, out_ch, groups=groups, bias=m.bias is not None, dtype=m.weight.dtype, **geometry)
 
 
 def resize_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]],
@@ -174,6 +178,8 @@ def resize_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]],
             if c != m.normalized_shape[0]:
                 _set_module(model, path, nn.LayerNorm(c, m.eps, dtype=m.weight.dtype))
         elif isinstance(m, (nn.MultiheadAttention, HeadAttention)):
+            if attention is None or path not in attention:
+                raise ValueError(f"{path}: an attention module needs its (heads, qk, v, scale) layout in attention=")
             heads, qk, v, scale = attention[path]
             dim = shapes[pre + "in_proj_weight"][1]
             if isinstance(m, nn.MultiheadAttention) and (heads, qk, v, scale, dim) == (
@@ -189,5 +195,5 @@ def resize_to(model: nn.Module, shapes: Mapping[str, tuple[int, ...]],
             if tuple(old.shape) != tuple(shapes[key]):
                 setattr(owner, leaf, nn.Parameter(torch.zeros(shapes[key], dtype=old.dtype)))
     if hasattr(model, "hidden_dim") and "class_token" in shapes:
-        model.hidden_dim = shapes["class_token"][-1]
+        setattr(model, "hidden_dim", int(shapes["class_token"][-1]))  # noqa: B010 (nn.Module's typed __setattr__)
     return model

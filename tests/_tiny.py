@@ -6,9 +6,9 @@ import os
 import sys
 
 import flax.linen as nn
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class TinyCNN(nn.Module):

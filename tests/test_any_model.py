@@ -34,7 +34,7 @@ NETS = list(LINEN_NETS) + list(NNX_NETS)
 FULL_HOBS = ("resnext", "mbconv_nnx")  # H-OBS with its default options (the sequential refit on)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _net(name):
     """(the model argument of methods.prune, variables or None)."""
     if name in LINEN_NETS:
@@ -43,7 +43,7 @@ def _net(name):
     return random_nnx(NNX_NETS[name], seed=1), None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _calib():
     rng = np.random.default_rng(0)
     return methods.Calibration(rng.normal(size=(16,) + SHAPE[1:]).astype(np.float32),

@@ -7,9 +7,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import (KernelConfig, bell_matmul, cache_path, load_cache, lookup, lookup_block,
-                     problem_key, random_balanced, select_config, store, tune,
-                     tune_block_size)
+from kernels import (
+    KernelConfig,
+    bell_matmul,
+    cache_path,
+    load_cache,
+    lookup,
+    lookup_block,
+    problem_key,
+    random_balanced,
+    select_config,
+    store,
+    tune,
+    tune_block_size,
+)
 
 
 @pytest.fixture

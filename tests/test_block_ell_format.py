@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import (BlockELL, BlockELLMeta, block_mask, column_index, densify,
-                     to_cusparse_blocked_ell)
+from kernels import BlockELL, BlockELLMeta, block_mask, column_index, densify, to_cusparse_blocked_ell
 from tests.block_ell_testing import random_bell
 
 

@@ -38,7 +38,7 @@ def check_dropped_blocks_zero(sparse_model, dense_vars):
         k, n = pattern.shape
         b = pattern.block
         w = np.asarray(node["kernel"]).reshape(k, n)
-        wp = np.zeros((pattern.meta.padded_shape))
+        wp = np.zeros(pattern.meta.padded_shape)
         wp[:k, :n] = w
         nonzero = np.abs(wp.reshape(wp.shape[0] // b, b, -1, b)).sum(axis=(1, 3)) > 0
         assert not (nonzero & ~pattern.block_mask()).any(), path

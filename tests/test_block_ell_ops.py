@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from kernels import (BlockELL, BlockELLMeta, KernelConfig, bell_matmul, bell_matmul_parts,
-                     reference_matmul, select_config)
+from kernels import (
+    BlockELL,
+    BlockELLMeta,
+    KernelConfig,
+    bell_matmul,
+    bell_matmul_parts,
+    reference_matmul,
+    select_config,
+)
 from tests.block_ell_testing import random_bell
 
 CPU_BACKENDS = ["auto", "xla", "xla_scatter", "xla_gather", "xla_dense", "pallas_interpret"]

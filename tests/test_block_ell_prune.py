@@ -10,8 +10,16 @@ from hobs_jax.obs.block import compensate as obs_compensate
 from hobs_jax.obs.block import hessian_from_inputs
 from hobs_jax.obs.block import prune as prune_obs
 from hobs_jax.obs.block import saliency as obs_saliency
-from kernels import (bell_matmul, block_norms, conv_kernel_to_matrix, im2col, keep_per_row, prune,
-                     prune_magnitude, select_balanced)
+from kernels import (
+    bell_matmul,
+    block_norms,
+    conv_kernel_to_matrix,
+    im2col,
+    keep_per_row,
+    prune,
+    prune_magnitude,
+    select_balanced,
+)
 
 
 def _correlated_inputs(n, k, seed=0):

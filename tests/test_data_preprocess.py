@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from hobs_jax.data import (ImageNetImages, SmallImages, bilinear_resize, pad_crop_flip,
-                           random_resized_box)
+from hobs_jax.data import ImageNetImages, SmallImages, bilinear_resize, pad_crop_flip, random_resized_box
 
 
 @pytest.mark.parametrize("size", [(56, 56), (14, 10), (224, 224)])

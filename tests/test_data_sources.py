@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from hobs_jax.data import DatasetError, SOURCES, get_source, register
+from hobs_jax.data import SOURCES, DatasetError, get_source, register
 from hobs_jax.data import fashion_mnist as fm
 
 FMNIST_PRESENT = os.path.exists(os.path.join(fm.DEFAULT_DIR, "t10k-labels-idx1-ubyte.gz"))

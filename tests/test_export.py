@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 import hobs_jax
-from hobs_jax import export
+from hobs_jax import export, models
 from hobs_jax import graph as G
-from hobs_jax import models
 from tests._tiny import subprocess_env
 from tests._zoo_vars import random_variables, zoo_model
 

@@ -96,7 +96,8 @@ def test_bad_plans_raise_one_line_errors(r20, keep, match):
 def test_round_to_that_cannot_be_met(r20):
     model, v, g = r20
     grp = g.by_width("layer1.0.conv1")
-    with pytest.raises(ValueError, match=rf"group {grp.id} \(.*\) keeps 5 of 16 channels, not a multiple of round_to=8"):
+    msg = rf"group {grp.id} \(.*\) keeps 5 of 16 channels, not a multiple of round_to=8"
+    with pytest.raises(ValueError, match=msg):
         G.make_plan(g, {grp.id: tuple(range(5))}, round_to=8)
     with pytest.raises(ValueError, match=r"round_to must be a positive int"):
         G.PrunePlan(g.model, g.fingerprint, {}, round_to=0)
@@ -105,7 +106,8 @@ def test_round_to_that_cannot_be_met(r20):
 def test_pinned_group_is_refused(r20):
     model, v, g = r20
     logits = g.by_width("@num_classes")
-    with pytest.raises(ValueError, match=rf"group {logits.id} \(params/fc/.*\) is not prunable: tied to the network output's logits"):
+    msg = rf"group {logits.id} \(params/fc/.*\) is not prunable: tied to the network output's logits"
+    with pytest.raises(ValueError, match=msg):
         G.apply_plan(model, v, G.PrunePlan(g.model, g.fingerprint, {logits.id: (0, 1)}), graph=g)
 
 

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from hobs_jax import models
-from hobs_jax.methods import Calibration, get_method, make_task, prune, run
+from hobs_jax.methods import Calibration, get_method, make_task, prune
 from hobs_jax.stats import reestimate_bn
 
 SIZE = 14
@@ -51,7 +51,8 @@ def trained():
 def evaluate(model, variables, data):
     x, y = data
     logits = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x)), np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    top = logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits - top).sum(1, keepdims=True)) - top
     return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(1) == y).mean())
 
 

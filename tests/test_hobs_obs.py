@@ -6,8 +6,19 @@ import logging
 import numpy as np
 import pytest
 
-from hobs_jax.obs import (Consumer, blas_threads, channel_rows, compensate, greedy_path, path_scores, rank_scores,
-                          reconstruction_error, robust_inverse, single_removal, subtract_product)
+from hobs_jax.obs import (
+    Consumer,
+    blas_threads,
+    channel_rows,
+    compensate,
+    greedy_path,
+    path_scores,
+    rank_scores,
+    reconstruction_error,
+    robust_inverse,
+    single_removal,
+    subtract_product,
+)
 
 
 def correlated_inputs(n=400, channels=6, taps=2, seed=0):

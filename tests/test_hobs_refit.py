@@ -76,7 +76,8 @@ def reference_refit(model, dense, pruned, layers, removed, x, damp):
         new[keep] = scipy.linalg.solve(a, rows_p[:, keep].T @ rows_d @ w, assume_a="pos")
         _get(out["params"], p)["kernel"] = new[:info.d_in].reshape(info.kernel_shape).astype(np.float32)
         if info.use_bias:
-            _get(out["params"], p)["bias"] = new[info.d_in].reshape(np.shape(_get(dense["params"], p)["bias"])).astype(np.float32)
+            bias_shape = np.shape(_get(dense["params"], p)["bias"])
+            _get(out["params"], p)["bias"] = new[info.d_in].reshape(bias_shape).astype(np.float32)
     return out
 
 

@@ -14,13 +14,12 @@ from hobs_jax import models
 from hobs_jax.graph import apply_plan, build_graph, make_plan
 from hobs_jax.methods import make_task, run
 from hobs_jax.methods.depgraph import group_norm_regularizer
-from hobs_jax.methods.udfc import (bivariate_cdf, compensation, find_chains, fold, relu_gram,
-                                   restrict)
+from hobs_jax.methods.udfc import bivariate_cdf, compensation, find_chains, fold, relu_gram, restrict
 
 NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)

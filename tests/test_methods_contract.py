@@ -27,10 +27,10 @@ import dataclasses
 import functools
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import optax
 import pytest
 
@@ -73,7 +73,7 @@ def _finetune_fn(model, calib: Calibration):
     return finetune
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)
@@ -163,7 +163,7 @@ class _UserNet(nn.Module):
         return nn.Dense(10)(x.mean(axis=(1, 2)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _user_setup():
     from hobs_jax.testing.init import random_linen
 

@@ -70,7 +70,7 @@ def test_int_option_widens_to_float_and_config_sections_round_trip():
     assert opts.allocation == "global" and opts.allocator.min_ratio == 0.1 and opts.allocator.normalize == "cost"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)

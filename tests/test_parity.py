@@ -154,7 +154,8 @@ def test_renaming_rules_convert_other_naming_schemes():
     _, v2 = torch_to_flax("resnet20", theirs, rename=[(r"^module\.", ""), (r"shortcut", "downsample"),
                                                       (r"^linear", "fc")])
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, v2, want)))
-    with pytest.raises(ValueError, match=r"renaming maps both 'module\.\w+\.weight' and 'module\.\w+\.weight' to 'fc.weight'"):
+    msg = r"renaming maps both 'module\.\w+\.weight' and 'module\.\w+\.weight' to 'fc.weight'"
+    with pytest.raises(ValueError, match=msg):
         torch_to_flax("resnet20", dict(theirs, **{"module.fc.weight": sd["fc.weight"]}),
                       rename=["dataparallel", "cifar_shortcut"])
     with pytest.raises(ValueError, match=r"unknown renaming preset 'ddp'"):

@@ -125,8 +125,9 @@ def test_end_to_end_on_an_imported_module(tmp_path):
     """The pipeline on a linen module of one's own (--config.model.import_path): trained,
     pruned by H-OBS to half the MACs, fine-tuned, evaluated, saved and reloaded by import
     path, exported to ONNX (torch skipped: no torchvision structure)."""
-    import hobs_jax
     import numpy as np
+
+    import hobs_jax
 
     c = _tiny("train,calibrate,prune,finetune,evaluate,export")
     with c.unlocked():

@@ -26,7 +26,7 @@ enable_compile_cache()
 NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     model = models.build(NAME, num_classes=10, in_channels=1)
     variables = models.random_variables(model, SHAPE, seed=0)
@@ -43,7 +43,7 @@ def _setup():
 HOBS = get_method("hobs")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _selection():
     """H-OBS's scored selection (paths down to the global allocator's min_ratio=0.2)."""
     return HOBS.select(_setup()[3])
@@ -64,9 +64,9 @@ def test_clipping_keeps_the_budget_for_random_actions(target, round_to):
     env = _env(target, round_to=round_to)
     for seed in range(15):
         rng = np.random.default_rng(seed)
-        ep = env.rollout(lambda s, t: rng.uniform(0, 1), repair=False)
+        ep = env.rollout(lambda s, t, rng=rng: rng.uniform(0, 1), repair=False)
         assert ep.ratio <= target + 1e-9, (seed, ep.ratio)
-        fixed = env.rollout(lambda s, t: np.random.default_rng(seed + t).uniform(0, 1))
+        fixed = env.rollout(lambda s, t, seed=seed: np.random.default_rng(seed + t).uniform(0, 1))
         assert abs(fixed.ratio / target - 1) <= allocation.TOLERANCE, (seed, fixed.ratio)
         for k, size in zip(fixed.keep, env.sizes):
             assert k == size or k % round_to == 0

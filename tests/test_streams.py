@@ -60,8 +60,8 @@ def test_workers_are_checked():
 
 def test_calibration_and_bn_do_not_depend_on_workers():
     """Sums in batch order: two workers give the sequential loop's bits exactly."""
-    from tests.test_hobs_hessian import SHAPE, Net
     from tests._tiny import init_tiny
+    from tests.test_hobs_hessian import SHAPE, Net
 
     model = Net()
     v = init_tiny(model, SHAPE[1:], seed=1)

@@ -12,11 +12,10 @@ import optax
 import pytest
 
 from hobs_jax.data import TrainLoader, get_source
-from hobs_jax.train import fit, get_train_config, read_metrics, validate_train_config
 from hobs_jax.train import ast_control as ctl
-from hobs_jax.train import ast_scores
+from hobs_jax.train import ast_scores, fit, get_train_config, read_metrics, validate_train_config
 from hobs_jax.train.ast import planned_steps
-from tests._tiny import TinyCNN, init_tiny, enable_compile_cache
+from tests._tiny import TinyCNN, enable_compile_cache, init_tiny
 
 enable_compile_cache()
 

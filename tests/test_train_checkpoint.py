@@ -13,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from hobs_jax.train import (Checkpointer, TrainState, abstract_like, make_mesh, put_global,
-                            read_metrics, state_shardings)
+from hobs_jax.train import Checkpointer, TrainState, abstract_like, make_mesh, put_global, read_metrics, state_shardings
 from tests._tiny import REPO_ROOT, subprocess_env
 
 STEPS, EVERY = 30, 10

@@ -6,8 +6,14 @@ import numpy as np
 import optax
 import pytest
 
-from hobs_jax.train import (decay_mask, get_train_config, make_optimizer, make_schedule,
-                            total_steps, validate_train_config)
+from hobs_jax.train import (
+    decay_mask,
+    get_train_config,
+    make_optimizer,
+    make_schedule,
+    total_steps,
+    validate_train_config,
+)
 
 
 def test_defaults_validate_and_are_locked():

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from hobs_jax.data import TrainLoader, get_source
-from hobs_jax.train import (StabilityConfig, StabilityError, StabilityState, fit,
-                            get_train_config, observe, read_metrics, summary)
+from hobs_jax.train import (
+    StabilityConfig,
+    StabilityError,
+    StabilityState,
+    fit,
+    get_train_config,
+    observe,
+    read_metrics,
+    summary,
+)
 from hobs_jax.train.stability import check
 from tests._tiny import TinyCNN, TinyMLP, enable_compile_cache, init_tiny
 

@@ -7,10 +7,22 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from hobs_jax.train import (TrainState, Teacher, cross_entropy, distillation_loss, fsdp_spec,
-                            get_train_config, global_batch, make_eval_step, make_mesh,
-                            make_optimizer, make_train_step, put_global,
-                            resolve_compute_dtype, state_shardings)
+from hobs_jax.train import (
+    Teacher,
+    TrainState,
+    cross_entropy,
+    distillation_loss,
+    fsdp_spec,
+    get_train_config,
+    global_batch,
+    make_eval_step,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    put_global,
+    resolve_compute_dtype,
+    state_shardings,
+)
 from tests._tiny import TinyCNN, TinyMLP, enable_compile_cache, init_tiny
 
 enable_compile_cache()

@@ -34,7 +34,7 @@ import json
 import math
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class Staircase:
                 "widths": list(self.widths), "ms": list(self.ms), "quantum": pick_quantum(self.widths, self.ms)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Staircase":
+    def from_dict(cls, d: dict) -> Staircase:
         return cls(d["runtime"], d["device"], Layer(**d["layer"]), tuple(d["widths"]), tuple(d["ms"]))
 
 

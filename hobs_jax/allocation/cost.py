@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Mapping
 
 import jax
 import numpy as np
@@ -116,12 +116,16 @@ def build_cost_model(model, graph=None, widths: Mapping[str, int] | None = None,
     ``input_shape`` [1, H, W, C], ``num_classes`` and ``in_channels``.
     """
     if isinstance(model, str) and widths is not None:
+        if input_shape is None or num_classes is None or in_channels is None:
+            raise ValueError(f"build_cost_model({model!r}, widths=...): a zoo name needs input_shape, "
+                             "num_classes and in_channels too")
         return _zoo_cost_model(model, graph, widths, input_shape, num_classes, in_channels)
     from hobs_jax.graph import as_prunable, graph_of
 
     p = as_prunable(model, None, input_shape)
     graph = graph_of(p) if graph is None else graph
     if p.kind == "zoo":
+        assert p.name is not None  # a zoo Prunable carries its zoo name
         w, nc, ic = models.infer_widths(p.name, p.variables)
         return _zoo_cost_model(p.name, graph, w, p.input_shape, nc, ic)
     return _graph_cost_model(p, graph)
@@ -188,17 +192,17 @@ def _layout_poly(node, index: Mapping[int, int], n: int) -> Poly:
 
     zero = (0,) * n
     if isinstance(node, Atom):
-        if node.group in index:
+        if node.group is not None and node.group in index:
             e = [0] * n
             e[index[node.group]] = 1
             return {tuple(e): 1}
         return {zero: int(node.size)}
     parts = [_layout_poly(q, index, n) for q in node.parts]
     if node.kind == "prod":
-        out = {zero: 1}
+        prod: Poly = {zero: 1}
         for q in parts:
-            out = _poly_mul(out, q)
-        return out
+            prod = _poly_mul(prod, q)
+        return prod
     out: Poly = {}
     for q in parts:
         for e, c in q.items():

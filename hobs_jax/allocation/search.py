@@ -20,9 +20,9 @@ per-channel scores into a :class:`~hobs_jax.graph.PrunePlan`.
 
 from __future__ import annotations
 
-import math
 import dataclasses
-from typing import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -197,7 +197,7 @@ def global_threshold(cost: CostModel, scores: Mapping[int, np.ndarray], target: 
     per_group = [np.sort(np.asarray(scores[g], np.float64))[::-1] for g in cost.group_ids]
 
     def keep_at(tau: float) -> np.ndarray:
-        return np.array([_round(np.count_nonzero(s >= tau), len(s), round_to, int(f))
+        return np.array([_round(int(np.count_nonzero(s >= tau)), len(s), round_to, int(f))
                          for s, f in zip(per_group, floor)], np.float64)
 
     values = np.unique(np.concatenate(per_group))

@@ -44,7 +44,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +126,7 @@ def reconstruction_curves(graph: Graph, variables: Mapping, stats: HessianStats,
         order = obs.select(role, n_max, flat, solved, bn_weighted=bn_weighted)[0]
         mag_order = np.argsort(l2[gid], kind="stable")
         ref = sum(float(np.sum(w * (solved(s.layer)[0] @ w))) for s, w, _ in sites)
-        curves = {k: [] for k in CURVES}
+        curves: dict[str, list[float]] = {k: [] for k in CURVES}
         for k in keeps:
             n_rm = size - k
             for name, rm in (("hobs", order[:n_rm]), ("hobs_nocomp", order[:n_rm]),
@@ -232,7 +232,7 @@ def feature_errors(model, variables: Mapping, graph: Graph, plans: Mapping[str, 
     fwd = jax.jit(lambda v, x: capture_outputs(model, v, x))
     _, dense = fwd(variables, jnp.asarray(x))
     layers = sorted(infos, key=lambda p: infos[p].order)
-    out = {"layers": ["/".join(p) for p in layers]}
+    out: dict[str, list] = {"layers": ["/".join(p) for p in layers]}
     for name, (plan, pv) in plans.items():
         masked = mask_variables(graph, pv, plan)
         _, pruned = fwd(masked, jnp.asarray(x))

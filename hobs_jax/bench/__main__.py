@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(RUNTIMES)} (default: all; those not installed "
                         "are reported as skipped; a named one that is not installed is an error)")
     p.add_argument("--devices", default="", help="cpu and/or gpu (default: the GPU when one is visible, else cpu)")
-    p.add_argument("--dtypes", default="", help="float32, bfloat16, float16 (default: each runtime's own on the device)")
+    p.add_argument("--dtypes", default="",
+                   help="float32, bfloat16, float16 (default: each runtime's own on the device)")
     p.add_argument("--batch-sizes", default="1,8,32,128")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls after the compiling one")
     p.add_argument("--iters", type=int, default=50, help="timed calls per configuration (over all rounds)")

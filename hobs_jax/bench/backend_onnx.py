@@ -21,7 +21,7 @@ class OrtBackend(Backend):
     def framework_info(self) -> dict:
         return {"providers": ort.get_available_providers(), "device": ort.get_device()}
 
-    def _providers(self, runtime: str, device: str, dtype: str, shape: tuple[int, ...], name: str):
+    def _providers(self, runtime: str, device: str, dtype: str, shape: tuple[int, ...], name: str | None):
         avail = ort.get_available_providers()
         if runtime == "tensorrt":
             if "TensorrtExecutionProvider" not in avail:

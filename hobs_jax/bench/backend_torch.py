@@ -5,6 +5,7 @@ torch-tensorrt (``tensorrt`` on a GPU). NCHW input; ``torch.inference_mode``."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ class TorchBackend(Backend):
         self._modules: dict[str, torch.nn.Module] = {}
 
     def framework_info(self) -> dict:
-        info = {"cuda": torch.cuda.is_available(), "threads_used": torch.get_num_threads()}
+        info: dict[str, Any] = {"cuda": torch.cuda.is_available(), "threads_used": torch.get_num_threads()}
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
         try:

@@ -48,7 +48,8 @@ def worker_env(framework: str, *, threads: int, gpu: bool) -> dict[str, str]:
     unless GPU rows are wanted (and never preallocating it, so that frameworks share it);
     no persistent XLA compilation cache."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([_package_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([_package_root()] + inherited)
     env["HOBS_BENCH_THREADS"] = str(threads)
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -92,6 +93,7 @@ class Worker:
         if self.proc.poll() is not None:
             raise WorkerError(f"{self.framework} worker has exited (code {self.proc.returncode}): "
                               f"{self._last_log_line()}")
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # started with PIPEs
         try:
             self.proc.stdin.write(json.dumps(dict(kw, op=op)) + "\n")
             self.proc.stdin.flush()
@@ -120,6 +122,8 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
+            if f is None:
+                continue
             try:
                 f.close()
             except OSError:

@@ -12,7 +12,8 @@ import csv
 import json
 import math
 import os
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from hobs_jax.bench import sysinfo
 
@@ -79,7 +80,7 @@ def read_csv(path: str) -> list[dict]:
     out = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            row = {}
+            row: dict[str, Any] = {}
             for k, v in r.items():
                 if v == "":
                     row[k] = None
@@ -130,7 +131,8 @@ def summary_markdown(result, baseline: str | None = None) -> str:
                          f"{_fmt(r['peak_rss_mb'], 4)} | {_fmt(r['rss_delta_mb'], 4)} | "
                          f"{_fmt(r['runtime_mem_mb'], 4)} | {_fmt(r['verify_rel_err'], 2)} |")
         ratio_rows = []
-        for (mm, runtime, device, dtype, batch), r in sorted(idx.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][4])):
+        by_device_dtype_batch = sorted(idx.items(), key=lambda kv: (kv[0][2], kv[0][3], kv[0][4]))
+        for (mm, runtime, device, dtype, batch), r in by_device_dtype_batch:
             if mm != label or runtime != "xla":
                 continue
             cells = []
@@ -142,7 +144,8 @@ def summary_markdown(result, baseline: str | None = None) -> str:
         if ratio_rows:
             lines += ["", "JAX vs PyTorch (and the other runtimes): p50 of each runtime / p50 of XLA "
                           "(> 1: XLA is faster).", "",
-                      "| device | dtype | batch | XLA p50 ms | " + " | ".join(f"{TITLES[p]} / XLA" for p in PEERS) + " |",
+                      "| device | dtype | batch | XLA p50 ms | "
+                      + " | ".join(f"{TITLES[p]} / XLA" for p in PEERS) + " |",
                       "|---|---|---:|---:|" + "---:|" * len(PEERS)]
             lines += ratio_rows
         if baseline and label != baseline:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ModelSpec:
     @classmethod
     def from_zoo(cls, name: str, *, label: str | None = None, widths: Mapping[str, int] | None = None,
                  num_classes: int | None = None, in_channels: int | None = None,
-                 input_shape: tuple[int, int, int] | None = None, seed: int = 0) -> "ModelSpec":
+                 input_shape: tuple[int, int, int] | None = None, seed: int = 0) -> ModelSpec:
         from hobs_jax import models
 
         models.get_entry(name)  # one-line error for an unknown name
@@ -63,7 +63,7 @@ class ModelSpec:
 
     @classmethod
     def from_saved(cls, path: str | os.PathLike, *, label: str | None = None,
-                   input_shape: tuple[int, int, int] | None = None, onnx: str | None = None) -> "ModelSpec":
+                   input_shape: tuple[int, int, int] | None = None, onnx: str | None = None) -> ModelSpec:
         path = os.path.abspath(os.fspath(path))
         if not os.path.isdir(path):
             raise ValueError(f"no saved model at {path} (not a directory)")
@@ -86,7 +86,7 @@ def _shape(text: str, what: str) -> tuple[int, int, int]:
         raise ValueError(f"{what}: input {text!r} must be HxWxC (e.g. 28x28x1)") from None
     if len(dims) != 3:
         raise ValueError(f"{what}: input {text!r} must be HxWxC (e.g. 28x28x1)")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 def parse_model(text: str) -> ModelSpec:

@@ -18,7 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class Options:
     dtypes: tuple[str, ...] | None = None
     clock: str = "wall"
 
-    def validate(self) -> "Options":
+    def validate(self) -> Options:
         sizes = tuple(self.batch_sizes)
         if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
             raise ValueError(f"batch sizes {list(sizes)!r}: positive ints")
@@ -180,7 +181,7 @@ def _machine_columns(machine: dict, opts: Options) -> dict:
 
 
 def _row(c: _Config, specs, opts, machine_cols: dict) -> dict:
-    row = {k: None for k in COLUMNS}
+    row: dict[str, Any] = {k: None for k in COLUMNS}
     row.update(machine_cols)
     row.update(model=specs[c.model].label, runtime=c.runtime.name, framework=c.framework, device=c.device,
                dtype=c.dtype, batch=c.batch, status=c.status, reason=c.reason or None)
@@ -269,7 +270,8 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
         # 3. One worker per framework; prepare (compile, first call = verification output).
         hello = {}
         active = [c for c in configs if c.status == "planned"]
-        for fw in dict.fromkeys(c.framework for c in active):
+        # a planned config always has a framework (None: not installed, skipped in _plan)
+        for fw in dict.fromkeys(c.framework for c in active if c.framework is not None):
             workers[fw] = Worker(fw, threads=opts.threads, gpu="gpu" in devices,
                                  log_path=os.path.join(log_dir, f"{fw}.log"))
             try:
@@ -283,6 +285,7 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
             if c.status != "planned":
                 continue
             spec, info = specs[c.model], infos[c.model]
+            assert c.framework is not None
             try:
                 c.prep = workers[c.framework].call(
                     "prepare", key=c.key, model_path=info["path"], onnx=info.get("onnx"),
@@ -320,6 +323,7 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
             for c in (timed if r % 2 == 0 else timed[::-1]):
                 if c.status != "ok":
                     continue
+                assert c.framework is not None
                 try:
                     c.rounds.append(workers[c.framework].call("time", key=c.key, n=per_round,
                                                               warm=opts.round_warmup, clock=opts.clock)["ms"])

@@ -134,7 +134,7 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "host": platform.node(), "os": platform.platform(), "cpu": cpu_info(),
             "memory_gib": mem, "gpus": gpus(), "load_average": load_average(),
             "versions": versions(), "git": git_commit()}

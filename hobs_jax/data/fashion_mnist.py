@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from hobs_jax.data.preprocess import FASHION_MNIST_MEAN_STD, SmallImages
-from hobs_jax.data.registry import DataSource, DatasetError, register
+from hobs_jax.data.registry import DatasetError, DataSource, register
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 FIX = "install it with `apt-get install dataset-fashion-mnist`"
@@ -132,7 +132,7 @@ def fashion_mnist(data_dir: str = DEFAULT_DIR, augment: bool = True,
 
     pre = SmallImages(in_shape=(28, 28, 1), mean=FASHION_MNIST_MEAN_STD[0],
                       std=FASHION_MNIST_MEAN_STD[1], pad=4 if augment else 0, flip=augment,
-                      resize_to=None if resize_to is None else tuple(resize_to),
+                      resize_to=None if resize_to is None else (int(resize_to[0]), int(resize_to[1])),
                       channels=channels)
     return DataSource("fashion_mnist", NUM_CLASSES, {s: n for s, (_, n) in SPLITS.items()},
                       reader, pre)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Iterator
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class LoaderPosition:
         return {"epoch": self.epoch, "step": self.step}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoaderPosition":
+    def from_dict(cls, d: dict) -> LoaderPosition:
         return cls(epoch=int(d["epoch"]), step=int(d["step"]))
 
 
@@ -160,7 +160,7 @@ class TrainLoader:
             len(indices), self.process_index, self.process_count)
         if self.augment and (noise is None or len(noise) != len(indices)):
             raise ValueError("read: training augmentation needs one noise row per index")
-        local_noise = noise[part] if self.augment else None
+        local_noise = noise[part] if self.augment and noise is not None else None
         images, labels = self.source.batch(self.split, indices[part], train=self.augment,
                                            noise=local_noise)
         return {"image": images, "label": labels}
@@ -214,6 +214,7 @@ class EvalLoader:
         with futures.ThreadPoolExecutor(1, thread_name_prefix="eval-loader") as pool:
             pending = pool.submit(self._batch, 0) if len(self) else None
             for b in range(len(self)):
+                assert pending is not None  # submitted whenever len(self) > 0
                 batch = pending.result()
                 if b + 1 < len(self):
                     pending = pool.submit(self._batch, b + 1)

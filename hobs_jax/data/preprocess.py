@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class SmallImages:
             images = pad_crop_flip(images, noise, self.pad, self.flip)
         x = _normalize(images, self.mean, self.std)
         if self.resize_to is not None and tuple(self.resize_to) != tuple(self.in_shape[:2]):
-            x = bilinear_resize(x, tuple(self.resize_to))
+            x = bilinear_resize(x, (int(self.resize_to[0]), int(self.resize_to[1])))
         if self.channels == 3 and x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -144,7 +144,7 @@ class SmallImages:
 
 def _resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image  # pillow ships with matplotlib; only the ImageNet recipe needs it
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def random_resized_box(h: int, w: int, u: np.ndarray,
@@ -205,6 +205,7 @@ class ImageNetImages:
             image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
         h, w = image.shape[:2]
         if train:
+            assert u is not None  # training draws its uniforms per image
             top, left, ch, cw = random_resized_box(h, w, u[:40])
             out = _resize_uint8(np.ascontiguousarray(image[top:top + ch, left:left + cw]),
                                 self.size, self.size)

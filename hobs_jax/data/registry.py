@@ -7,7 +7,8 @@ configs name it (``data.name = 'fashion_mnist'``) and :func:`get_source` builds 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,8 +25,11 @@ class Preprocess(Protocol):
     depend on how many hosts share the batch.
     """
 
-    noise_dim: int
-    out_shape: tuple[int, int, int]
+    @property
+    def noise_dim(self) -> int: ...
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]: ...
 
     def __call__(self, images: Any, *, train: bool, noise: np.ndarray | None) -> np.ndarray:
         ...
@@ -52,7 +56,8 @@ class DataSource:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.preprocess.out_shape)
+        h, w, c = self.preprocess.out_shape
+        return (int(h), int(w), int(c))
 
     def size(self, split: str) -> int:
         """Number of examples in ``split``; unknown split -> one-line KeyError."""

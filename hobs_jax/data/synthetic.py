@@ -59,7 +59,7 @@ def synthetic(image_shape: tuple[int, int, int] = (28, 28, 1), num_classes: int 
     c = image_shape[2]
     pre = SmallImages(in_shape=image_shape, mean=(0.5,) * c, std=(0.25,) * c,
                       pad=4 if augment else 0, flip=augment,
-                      resize_to=None if resize_to is None else tuple(resize_to),
+                      resize_to=None if resize_to is None else (int(resize_to[0]), int(resize_to[1])),
                       channels=channels)
     return DataSource("synthetic", num_classes, {"train": train_size, "test": test_size},
                       reader, pre)

@@ -18,9 +18,8 @@ from concurrent import futures
 
 import numpy as np
 
-from hobs_jax.data.preprocess import (FASHION_MNIST_MEAN_STD, IMAGENET_MEAN_STD,
-                                      ImageNetImages, SmallImages)
-from hobs_jax.data.registry import DataSource, DatasetError, register
+from hobs_jax.data.preprocess import FASHION_MNIST_MEAN_STD, IMAGENET_MEAN_STD, ImageNetImages, SmallImages
+from hobs_jax.data.registry import DatasetError, DataSource, register
 
 # Per-channel mean/std of [0, 1]-scaled training images, for the small-image recipe.
 MEAN_STD = {

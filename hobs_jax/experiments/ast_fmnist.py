@@ -40,7 +40,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -151,7 +150,7 @@ class Store:
     def __init__(self, out: str, schedule: Schedule, command: str):
         self.path = out + ".json"
         self.schedule, self.command = schedule, command
-        self.data = {"rows": []}
+        self.data: dict[str, Any] = {"rows": []}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.data = json.load(f)
@@ -209,8 +208,10 @@ def train_config(task: str, mode: str, score: str, rate: float, seed: int, s: Sc
     c.progress, c.tensorboard = False, False
     a = c.ast
     if mode != "full":
+        if mode == "infobatch" and budget is None:
+            raise ValueError("train_config: mode 'infobatch' needs budget (the AST row's rate)")
         a.enabled, a.rule = True, mode
-        a.target_rate = float(budget if mode == "infobatch" else rate)
+        a.target_rate = float(budget if budget is not None and mode == "infobatch" else rate)
         name, _, variant = score.partition(":")
         a.score, a.kp, a.ki, a.ema = name, s.kp, s.ki, s.ema
         a.class_balanced = variant == "cb"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class Composite:
     """A row-major product ("prod") or a concatenation ("sum") of parts."""
 
     kind: str
-    parts: tuple["Layout", ...]
+    parts: tuple[Layout, ...]
 
     @property
     def size(self) -> int:
@@ -46,7 +46,7 @@ class Composite:
         return int(np.prod(sizes)) if self.kind == "prod" else int(sum(sizes))
 
 
-Layout = Union[Atom, Composite]
+Layout = Atom | Composite
 
 
 def layout_groups(node: Layout) -> list[int]:
@@ -123,7 +123,7 @@ class IndexMap:
         return "(" + ", ".join(bits) + ")"
 
     @staticmethod
-    def from_channels(channels: np.ndarray, size: int) -> "IndexMap":
+    def from_channels(channels: np.ndarray, size: int) -> IndexMap:
         """The map of a group whose channel at each axis position is ``channels`` (-1:
         another group's or no group's position)."""
         counts = np.bincount(channels[channels >= 0], minlength=size)
@@ -239,7 +239,7 @@ class OpCost:
     path: str
     kind: str  # "conv" | "dot"
     const: int
-    factors: tuple["Layout", ...]
+    factors: tuple[Layout, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +323,7 @@ class Graph:
         lines.append(f"{len(self.prunable)} groups, {self.channels} channels")
         return "\n".join(lines)
 
-    def with_groups(self, groups: Sequence[Group]) -> "Graph":
+    def with_groups(self, groups: Sequence[Group]) -> Graph:
         """The same graph with ``groups`` replacing its groups (ids and members unchanged)."""
         return dataclasses.replace(self, groups=tuple(groups))
 

@@ -49,7 +49,8 @@ than remove channels.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import numpy as np

@@ -39,7 +39,8 @@ RNG state.
 from __future__ import annotations
 
 import threading
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -228,14 +229,15 @@ class NNXModel(_Node):
         model = nnx.merge(self.graphdef, statelib.State.from_flat_path(values))
         model.set_attributes(deterministic=not train, use_running_average=not train, raise_if_not_found=False)
         paths = {id(model): ()}
-        for path, parent, key, child in _walk(model):
+        for path, _parent, _key, child in _walk(model):
             paths.setdefault(id(child), path)
         _CALL.paths = {i: "/".join(_spath(p)) for i, p in paths.items()}
         kinds = dict(self.layers)
         for path, first in self.refs:
             parent = model
             for k in path[:-1]:
-                parent = parent[k] if isinstance(parent, (list, tuple, dict, nnx.List, nnx.Dict)) else getattr(parent, k)
+                indexable = isinstance(parent, (list, tuple, dict, nnx.List, nnx.Dict))
+                parent = parent[k] if indexable else getattr(parent, k)
             _set(parent, path[-1], _Proxy(self._twin(kinds[first], self.child(_spath(first)), train)))
         return model(x, **dict(self.kwargs))
 
@@ -301,7 +303,7 @@ def _check_tied(module) -> None:
     """One-line error when a variable is shared by two layers, or by a layer and another
     module (tied weights: their groups could not be cut independently)."""
     owner: dict[int, str] = {}
-    for path, parent, key, child in _walk(module):
+    for path, _parent, _key, child in _walk(module):
         if not isinstance(child, nnx.Variable) or isinstance(child, (nnx.RngKey, nnx.RngCount)):
             continue
         where = "/".join(_spath(path))
@@ -319,7 +321,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
     variables, flat = split_variables(module)
     first: dict[int, tuple] = {}
     layers, refs = [], []
-    for path, parent, key, child in _walk(module):
+    for path, _parent, _key, child in _walk(module):
         if isinstance(child, nnx.Module):
             kind = _layer_kind(child)
             if kind is None:
@@ -349,7 +351,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
             put(path, ("var", col, tuple(np.shape(value)), jnp.dtype(value.dtype).name))
 
     def spec(node) -> tuple:
-        out = []
+        out: list[tuple] = []
         for name, entry in node.items():
             if isinstance(entry, dict):
                 out.append((name, "node", spec(entry)))
@@ -367,7 +369,7 @@ def adapter(module, call_kwargs: Mapping[str, Any] | None = None) -> NNXModel:
 def _fix_widths(module) -> None:
     """Set each Flax layer's width attributes of ``module`` from its arrays' shapes."""
     mhas = []
-    for path, parent, key, mod in _walk(module):
+    for _path, _parent, _key, mod in _walk(module):
         if not isinstance(mod, nnx.Module):
             continue
         if isinstance(mod, nnx.Conv):
@@ -390,7 +392,7 @@ def _fix_widths(module) -> None:
             arr = next((v for v in (getattr(mod, "scale", None), getattr(mod, "bias", None),
                                     getattr(mod, "mean", None)) if isinstance(v, nnx.Variable)), None)
             if arr is not None:
-                mod.num_features = int(arr.get_value().shape[-1])
+                mod.num_features = int(arr.get_value().shape[-1])  # type: ignore[union-attr]  # GroupNorm has it at run time; its stub omits it
         elif isinstance(mod, nnx.Embed):
             e = mod.embedding.get_value().shape
             mod.num_embeddings, mod.features = int(e[0]), int(e[-1])

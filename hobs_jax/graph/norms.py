@@ -7,7 +7,7 @@ as the baseline importance and in the README example.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np

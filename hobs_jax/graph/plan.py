@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -95,21 +95,22 @@ class PrunePlan:
                            "keep": {str(g): list(idx) for g, idx in self.keep}}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "PrunePlan":
+    def from_json(cls, text: str) -> PrunePlan:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"plan JSON is malformed: {e}") from None
         if not isinstance(d, dict) or d.get("version") != _VERSION:
-            raise ValueError(f"not a version-{_VERSION} PrunePlan JSON (version {d.get('version') if isinstance(d, dict) else None!r})")
+            found = d.get("version") if isinstance(d, dict) else None
+            raise ValueError(f"not a version-{_VERSION} PrunePlan JSON (version {found!r})")
         missing = {"model", "fingerprint", "keep"} - set(d)
         if missing:
             raise ValueError(f"plan JSON lacks {sorted(missing)}")
         try:
             keep = {int(g): idx for g, idx in d["keep"].items()}
         except (ValueError, AttributeError):
-            raise ValueError(f"plan JSON 'keep' must map group ids to index lists") from None
-        return cls(d["model"], d["fingerprint"], keep, d.get("round_to"))
+            raise ValueError("plan JSON 'keep' must map group ids to index lists") from None
+        return cls(d["model"], d["fingerprint"], tuple(keep.items()), d.get("round_to"))
 
 
 def _where(g: Group) -> str:
@@ -151,7 +152,7 @@ def empty_plan(graph: Graph) -> PrunePlan:
 
 def make_plan(graph: Graph, keep: Mapping[int, Sequence[int]], round_to: int | None = None) -> PrunePlan:
     """A validated plan from explicit kept indices (sorted, no duplicates)."""
-    plan = PrunePlan(graph.model, graph.fingerprint, dict(keep), round_to)
+    plan = PrunePlan(graph.model, graph.fingerprint, tuple((g, tuple(idx)) for g, idx in keep.items()), round_to)
     validate(plan, graph)
     return plan
 

@@ -31,7 +31,8 @@ probe: it is rebuilt from width entries.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,7 +42,8 @@ import numpy as np
 from hobs_jax.graph.groups import Atom, Graph, Group, Layout
 from hobs_jax.graph.linen_model import LinenModel, attention_layers, fixed_axes, width_updates, wrap
 from hobs_jax.graph.trace import _is_zoo, build_graph, trace_module
-from hobs_jax.models.prunable import Prunable, prunable as zoo_prunable
+from hobs_jax.models.prunable import Prunable
+from hobs_jax.models.prunable import prunable as zoo_prunable
 
 ROOTS = {"zoo": 1, "linen": LinenModel.NAME_STACK_ROOTS, "nnx": 1}  # name-stack components before a layer
 
@@ -201,6 +203,8 @@ def as_prunable(model: Any, variables: Mapping | None = None, input_shape=None, 
     if isinstance(model, tuple) and len(model) == 2 and variables is None:
         model, variables = model
     if isinstance(model, Prunable):
+        if variables is None:
+            raise ValueError("a (Prunable, variables) pair needs variables")
         return as_prunable(model.with_variables(variables), None, input_shape)
     if _is_zoo(model, None):
         return zoo_prunable(model, variables, input_shape)
@@ -216,6 +220,8 @@ def as_prunable(model: Any, variables: Mapping | None = None, input_shape=None, 
             raise ValueError(f"{label_of(model)}: an NNX module holds its own variables; pass the module alone")
         return nnx_prunable(model, input_shape, call_kwargs=call_kwargs)
     if isinstance(model, nn.Module):
+        if variables is None:
+            raise ValueError(f"{label_of(model)}: a flax.linen module needs its variables: pass (module, variables)")
         return linen_prunable(model, variables, input_shape, call_kwargs=call_kwargs)
     raise ValueError(f"cannot prune a {type(model).__name__}: pass a zoo name, a flax.linen or flax.nnx module, "
                      f"a (module, variables) pair or a hobs_jax.models.Prunable")

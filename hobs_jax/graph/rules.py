@@ -38,7 +38,8 @@ reported non-prunable, never pruned wrongly.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hobs_jax.graph.spaces import SpaceTable, Tag
 
@@ -317,10 +318,11 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
     if eqn.params.get("dimensions") is not None:
         return unsupported(ctx, eqn, ins)
     table = ctx.table
-    leaves = [leaf for s in ins[0] for leaf in table.prod_leaves(s)]
+    leaves: list[int | None] = [leaf for s in ins[0] for leaf in table.prod_leaves(s)]
     out = []
     for n in _shape(eqn.outvars[0]):
-        parts, size = [], 1
+        parts: list[int | None] = []
+        size = 1
         while size < n:
             if not leaves:
                 why = f"{ctx.site} cannot be followed"
@@ -337,6 +339,7 @@ def reshape(ctx: RuleContext, eqn, ins: list) -> list:
                 why = f"{ctx.site} mixes axes (sizes {_shape(eqn.invars[0])} -> {_shape(eqn.outvars[0])})"
                 ctx.opaque(list(ins[0]), why)
                 return [tuple(ctx.fresh(m, "opaque", why) for m in _shape(eqn.outvars[0]))]
+            assert leaf is not None  # a size-1 (None) leaf always fits above
             head, tail = table.decompose(leaf, "prod", (need, ls // need), ctx.site)
             parts.append(head)
             size *= need
@@ -350,7 +353,7 @@ def concatenate(ctx: RuleContext, eqn, ins: list) -> list:
     d = eqn.params["dimension"]
     shape = _shape(eqn.outvars[0])
     out = []
-    for i, n in enumerate(shape):
+    for i, _n in enumerate(shape):
         if i == d:
             out.append(ctx.table.composite("sum", [a[d] for a in ins], ctx.site))
         else:
@@ -487,7 +490,7 @@ def gather(ctx: RuleContext, eqn, ins: list) -> list:
         if d not in set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ())):
             passed.append(x[d] if (d not in indexed and sizes[d] == n) else None)
     oshape = _shape(eqn.outvars[0])
-    out = [None] * len(oshape)
+    out: list[int | None] = [None] * len(oshape)
     for pos, space in zip(dn.offset_dims, passed):
         out[pos] = space if space is not None else ctx.fresh(oshape[pos], "opaque", why)
     for pos in range(len(oshape)):

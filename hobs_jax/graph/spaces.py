@@ -39,7 +39,7 @@ Structural Pruning", CVPR 2023); this is an independent jaxpr-level formulation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 BLOCKING = ("pinned", "spatial", "opaque")
 
@@ -155,9 +155,11 @@ class SpaceTable:
                 self.union(a, keep[0][0], where)
                 return parts
             comp = self.new(self.size(a))
+            assert comp is not None  # a traced space has more than one index
             self._decomp[comp] = Decomp("prod", tuple(p for p, _ in keep), tuple(s for _, s in keep))
         else:
             comp = self.new(self.size(a))
+            assert comp is not None  # a traced space has more than one index
             self._decomp[comp] = Decomp("sum", parts, tuple(sizes))
         self.union(a, comp, where)
         return parts
@@ -175,6 +177,7 @@ class SpaceTable:
             for _, s in pairs:
                 total *= s
             comp = self.new(total)
+            assert comp is not None  # two or more parts of size > 1
             self._decomp[comp] = Decomp("prod", tuple(p for p, _ in pairs), tuple(s for _, s in pairs))
             return comp
         total = sum(sizes)
@@ -183,6 +186,7 @@ class SpaceTable:
         if len(parts) == 1:
             return parts[0]
         comp = self.new(total)
+        assert comp is not None  # total > 1
         self._decomp[comp] = Decomp("sum", tuple(parts), sizes)
         return comp
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hobs_jax.models.prunable import Prunable
 
@@ -136,9 +137,7 @@ def prunable_from_spec(spec: Mapping[str, Any], variables: Mapping, input_shape)
 def check_spec(p: Prunable, spec: Mapping[str, Any]) -> None:
     """One-line error unless ``spec`` rebuilds ``p``'s variable tree (before saving)."""
     from hobs_jax.graph.nnx_model import split_variables
-    from hobs_jax.graph.prunable import _check_structure
-
-    from hobs_jax.graph.prunable import linen_prunable
+    from hobs_jax.graph.prunable import _check_structure, linen_prunable
 
     module = build(spec)
     if spec["kind"] == "nnx":

@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-from hobs_jax.graph.groups import (Atom, Composite, Graph, Group, Layout, OpCost, VarAxis, layout_groups,
-                                   members_by_group)
+from hobs_jax.graph.groups import (
+    Atom,
+    Composite,
+    Graph,
+    Group,
+    Layout,
+    OpCost,
+    VarAxis,
+    layout_groups,
+    members_by_group,
+)
 from hobs_jax.graph.rules import RULES, RuleContext, unsupported
 from hobs_jax.graph.spaces import SpaceTable
 
@@ -116,7 +126,8 @@ class _Tracer:
             if name in CALLS and _sub_jaxpr(eqn) is not None:
                 sub, sub_consts = _sub_jaxpr(eqn)
                 if len(sub.invars) != len(eqn.invars):
-                    self.ctx.where, self.ctx.primitive, self.ctx.act = _strip_root(where, self.roots), name, list(ins_act)
+                    self.ctx.where = _strip_root(where, self.roots)
+                    self.ctx.primitive, self.ctx.act = name, list(ins_act)
                     outs = unsupported(self.ctx, eqn, list(ins_axes))
                     out_act = [any(ins_act)] * len(outs)
                 else:
@@ -269,7 +280,7 @@ def trace_module(model, variables: Mapping, input_shape: Sequence[int], *, zoo_n
               for c in closed.consts]
     acts = [False] * len(var_axes) + [True]
     outs, _ = tr.walk(closed.jaxpr, var_axes + [x_axes], acts, consts, "")
-    for k, axes in enumerate(outs):
+    for _k, axes in enumerate(outs):
         for d, sp in enumerate(axes):
             what = "logits" if d == len(axes) - 1 else f"axis {d}"
             tr.table.tag(sp, "pinned", f"tied to the network output's {what}")

@@ -69,6 +69,7 @@ class Global:
 
     def allocate(self, sel: Selection, options: GlobalOptions) -> Allocation:
         t = sel.task
+        assert sel.scores is not None  # set by the scorer, which runs before any allocator or compensator
         keep = allocation.global_keep(sel.cost, sel.scores.threshold, t.target, t.metric,
                                       normalize=options.normalize, min_ratio=float(options.min_ratio),
                                       round_to=t.round_to)

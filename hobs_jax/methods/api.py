@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +106,8 @@ def run(method: str, task: PruneTask) -> PruneResult:
     # declares (R-SPAR's latency table), checked in that budget's own terms.
     kind, declared = outcome.budget or (task.metric, None)
     got = mr if kind == "macs" else pr if kind == "params" else declared
+    if got is None:
+        raise ValueError(f"method {method!r} met its budget in {kind!r} without declaring the ratio it kept")
     if abs(got / task.target - 1) > TOLERANCE:
         raise ValueError(f"method {method!r} kept {got:.4f} of the {kind}, target "
                          f"{task.target} (tolerance {TOLERANCE:.0%})")

@@ -13,7 +13,8 @@ re-estimation (:mod:`hobs_jax.stats.bn`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

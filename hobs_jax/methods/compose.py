@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -217,6 +218,9 @@ class MethodSpec:
         holdout = None
         n = int(alloc.holdout(task, opts.allocator)) if hasattr(alloc, "holdout") else 0
         if n:
+            if task.calib is None:
+                raise ValueError(f"{self.name}: allocator {opts.allocation!r} holds out calibration images, "
+                                 "and this task has no calibration data")
             images, labels = task.calib.images, task.calib.labels
             holdout = Calibration(images[-n:], labels[-n:])
             task = dataclasses.replace(task, calib=Calibration(images[:-n], labels[:-n]))
@@ -235,6 +239,8 @@ class MethodSpec:
     def _train(task: PruneTask, reg, o) -> dict:
         """The regularizer's training phase through ``task.finetune``: host copies of the
         trained variables with the input's dtypes."""
+        if task.finetune is None:
+            raise ValueError("a regularizer's training phase needs task.finetune (a fine-tuning function)")
         trained = task.finetune(dict(task.variables), int(reg.steps(o)), extra_loss=reg.loss(task, o),
                                 extra_transform=reg.transform(task, o))
         return jax.tree.map(lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype),
@@ -254,6 +260,8 @@ class MethodSpec:
         group's top channels by score, the compensator gives the variables."""
         task, opts = sel.task, sel.options
         cost = sel.cost
+        # set by the scorer, which runs before any allocator or compensator
+        assert sel.scores is not None and sel.floor is not None
         keep = np.asarray(keep, np.float64)
         if np.any(keep < sel.floor):
             g = int(np.flatnonzero(keep < sel.floor)[0])

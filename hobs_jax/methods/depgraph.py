@@ -37,7 +37,8 @@ same norm gets gamma = 1 (Torch-Pruning would divide 0 by 0 there).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ def group_sq_norms(params: Mapping, slots: Mapping[int, list[Slot]],
 class GroupNormRegularizerState(NamedTuple):
     """``count``: how many times the regularizer was applied (Torch-Pruning's ``cnt``)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's state idiom; the field shadows tuple.count
 
 
 def group_norm_regularizer(graph: Graph, reg: float, alpha: float = 4.0,

@@ -58,7 +58,8 @@ ZipLM / oBERT structured OBS (Kurtic et al.). Math and conventions: docs/hobs.md
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -205,6 +206,7 @@ class ObsScorer:
 
     def report(self, sel: Selection, keep: Mapping[int, int], o: ObsScorerOptions) -> dict:
         st = obs_state(sel, o)
+        assert sel.scores is not None  # set by the scorer, which runs before any allocator or compensator
         return {"path_loss": {str(g): float(np.sum(sel.scores.losses[g][:int(s) - keep[g]]))
                               for g, s in zip(sel.group_ids, sel.cost.sizes)},
                 "damping_raised": dict(st.solved.raised),

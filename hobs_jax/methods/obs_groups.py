@@ -31,7 +31,7 @@ product, no linear layer) is scored by its producers' output energy
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class Scores:
     info: Mapping = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_importance(cls, importance: Mapping[int, np.ndarray], **info) -> "Scores":
+    def from_importance(cls, importance: Mapping[int, np.ndarray], **info) -> Scores:
         """Scores of an importance per channel (higher survives): the same array ranks
         within and across groups; the removal order is the plan's order reversed."""
         imp = {g: np.asarray(s, np.float64) for g, s in importance.items()}
@@ -98,7 +99,7 @@ class Selection:
         self.scores: Scores | None = None
         self._shared: dict = {}
 
-    def with_task(self, **changes) -> "Selection":
+    def with_task(self, **changes) -> Selection:
         """A copy sharing this run's state and scores whose task has ``changes`` (another
         ``target``: one selection serves every target, the orders do not depend on it)."""
         new = copy.copy(self)
@@ -140,6 +141,7 @@ class Selection:
         if not hasattr(comp, "grid"):
             raise ValueError(f"{self.spec.name}: compensator {comp.name!r} cannot precompute per-count "
                              f"compensations, which allocator {self.options.allocation!r} needs")
+        assert self.scores is not None  # set by the scorer, which runs before any allocator or compensator
         return comp.grid(self, gid, np.asarray(self.scores.order[gid]), counts, self.options.compensator)
 
 

@@ -76,7 +76,6 @@ the compensable ones (``scope='compensable'``) through :meth:`Compensator.groups
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Literal
 
 import jax

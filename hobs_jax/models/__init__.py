@@ -2,12 +2,23 @@
 torchvision. Find them by name: ``build("resnet50")``, ``build("resnet20", in_channels=1)``.
 """
 
-from hobs_jax.models import zoo as _zoo  # noqa: F401  (registers the models)
-from hobs_jax.models.registry import (MODELS, ModelEntry, build, default_widths, get_entry, infer_widths,
-                                      init, input_shape, list_models, random_variables, register,
-                                      width_axes)
 from hobs_jax.models import sparse
+from hobs_jax.models import zoo as _zoo  # noqa: F401  (registers the models)
 from hobs_jax.models.prunable import Prunable, prunable
+from hobs_jax.models.registry import (
+    MODELS,
+    ModelEntry,
+    build,
+    default_widths,
+    get_entry,
+    infer_widths,
+    init,
+    input_shape,
+    list_models,
+    random_variables,
+    register,
+    width_axes,
+)
 from hobs_jax.models.sparse import BlockPattern, eligible_layers
 from hobs_jax.models.widths import Widths, resolve_widths
 

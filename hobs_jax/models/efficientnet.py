@@ -17,11 +17,21 @@ stream (stage 1: the stem).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, sowing, stochastic_depth)
+from hobs_jax.models.layers import (
+    ConvBNAct,
+    Dense,
+    Sequential,
+    check_input,
+    conv,
+    global_avg_pool,
+    sowing,
+    stochastic_depth,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
@@ -117,10 +127,14 @@ class EfficientNetB0(nn.Module):
         w = self.widths
         layout = b0_layout()
         total = len(layout)
-        feats = [lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=nn.silu, name=n)(y, train))]
+        feats: list[Callable[[str], Callable[[Array], Array]]] = [
+            lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=nn.silu, name=n)(y, train))]
         for s in range(1, len(B0_SETTING) + 1):
             stage = [(idx, b) for idx, b in enumerate(layout) if b["s"] == s]
-            feats.append(lambda n, stage=stage: (lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)))
+            def stage_fn(n: str, stage: list = stage) -> Callable[[Array], Array]:
+                return lambda y: _stage(w, self.stochastic_depth_prob, stage, total, n, y, train)
+
+            feats.append(stage_fn)
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.8"], 1, act=nn.silu, name=n)(y, train)))
         feats = [sowing(self, f, f"features.{k}") for k, f in enumerate(feats)]
         x = Sequential(tuple(feats), name="features")(x)

@@ -12,7 +12,7 @@ parameter path joined with dots is the torch ``state_dict`` key (``layer1.0.conv
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

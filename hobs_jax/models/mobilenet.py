@@ -13,11 +13,22 @@ Width entries:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flax.linen as nn
 import jax
 
-from hobs_jax.models.layers import (ConvBNAct, Dense, Sequential, batch_norm, check_input,
-                                    conv, global_avg_pool, relu6, sowing)
+from hobs_jax.models.layers import (
+    ConvBNAct,
+    Dense,
+    Sequential,
+    batch_norm,
+    check_input,
+    conv,
+    global_avg_pool,
+    relu6,
+    sowing,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
@@ -43,7 +54,7 @@ def mbv2_layout():
 
 def mbv2_default_widths() -> dict[str, int]:
     w = {"features.0": 32}
-    for b, (t, c, n, s) in zip(_first_blocks(), MBV2_SETTING):
+    for b, (_t, c, _n, _s) in zip(_first_blocks(), MBV2_SETTING):
         w[f"features.{b}"] = c
     prev = 32
     for blk in mbv2_layout():
@@ -98,7 +109,7 @@ class MobileNetV2(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         check_input(x, self.arch, self.in_channels)
         w = self.widths
-        feats = []
+        feats: list[Callable[[str], Callable[[Array], Array]]] = []
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=relu6, name=n)(y, train)))
         prev = "features.0"
         for blk in mbv2_layout():
@@ -106,7 +117,10 @@ class MobileNetV2(nn.Module):
             hidden = w[f"features.{i}.hidden"] if blk["t"] != 1 else w[prev]
             kw = dict(hidden=hidden, out=w[blk["stream"]], stride=blk["stride"],
                       expand=blk["t"] != 1, residual=blk["residual"])
-            feats.append(lambda n, kw=kw: (lambda y: InvertedResidual(**kw, name=n)(y, train)))
+            def block(n: str, kw: dict = kw) -> Callable[[Array], Array]:
+                return lambda y: InvertedResidual(**kw, name=n)(y, train)
+
+            feats.append(block)
             prev = blk["stream"]
         feats.append(lambda n: (lambda y: ConvBNAct(w["features.18"], 1, act=relu6, name=n)(y, train)))
         feats = [sowing(self, f, f"features.{k}") for k, f in enumerate(feats)]

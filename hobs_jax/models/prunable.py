@@ -23,11 +23,13 @@ turns any of them into a Prunable.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 
-from hobs_jax.models.registry import MODELS, build, get_entry, infer_widths, init, input_shape as _input_shape
+from hobs_jax.models.registry import MODELS, build, get_entry, infer_widths, init
+from hobs_jax.models.registry import input_shape as _input_shape
 
 KINDS = ("zoo", "linen", "nnx")
 
@@ -55,7 +57,7 @@ class Prunable:
     module: Any
     variables: Mapping
     input_shape: tuple[int, ...]
-    rebuild: Callable[[Mapping], "Prunable"]
+    rebuild: Callable[[Mapping], Prunable]
     kind: str = "zoo"
     name: str | None = None
     label: str = ""
@@ -73,7 +75,7 @@ class Prunable:
         """``module.apply(variables, x, train=train, **kwargs)``."""
         return self.module.apply(self.variables, x, train=train, **kwargs)
 
-    def with_variables(self, variables: Mapping) -> "Prunable":
+    def with_variables(self, variables: Mapping) -> Prunable:
         """The same network holding ``variables`` of the same widths (e.g. after BN
         re-estimation or fine-tuning); use :attr:`rebuild` for other widths."""
         return dataclasses.replace(self, variables=variables)

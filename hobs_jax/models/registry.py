@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -119,7 +119,8 @@ def primes_from(start: int, count: int) -> list[int]:
     entry set to its own prime, a variable's shape says which entries size it; products of
     distinct primes do not collide). Used by the zoo's width axes, the cost models'
     monomial search and the rebuild probe of modules outside the zoo."""
-    out, n = [], start
+    out: list[int] = []
+    n = start
     while len(out) < count:
         if n > 1 and all(n % p for p in range(2, int(n ** 0.5) + 1)):
             out.append(n)
@@ -127,7 +128,7 @@ def primes_from(start: int, count: int) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def width_axes(name: str) -> dict[str, tuple[tuple[str, tuple[str, ...], int], ...]]:
     """Which variable axes each width entry sizes: ``entry -> ((collection, path, axis), ...)``.
 

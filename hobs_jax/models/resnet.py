@@ -18,12 +18,21 @@ by the widths, so pruning cannot change the topology.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from hobs_jax.models.layers import (Dense, Sequential, batch_norm, check_input, conv,
-                                    global_avg_pool, max_pool_3x3_s2, sow_stage)
+from hobs_jax.models.layers import (
+    Dense,
+    Sequential,
+    batch_norm,
+    check_input,
+    conv,
+    global_avg_pool,
+    max_pool_3x3_s2,
+    sow_stage,
+)
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
@@ -83,7 +92,8 @@ class Stage(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         for j, (kind, kw) in enumerate(self.blocks):
             cls = BasicBlock if kind == "basic" else Bottleneck
-            x = cls(**dict(kw), name=str(j))(x, train)
+            fields: dict[str, Any] = dict(kw)  # widths and strides, as the block's fields
+            x = cls(**fields, name=str(j))(x, train)
         return x
 
 

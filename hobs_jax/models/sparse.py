@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -112,7 +113,7 @@ class BlockPattern:
         object.__setattr__(self, "_hash", hash((self.meta, idx.shape, idx.tobytes())))
 
     def __hash__(self) -> int:
-        return self._hash
+        return self.__dict__["_hash"]  # set once in __post_init__ (frozen dataclass)
 
     def __eq__(self, other: Any) -> bool:
         return (isinstance(other, BlockPattern) and self.meta == other.meta
@@ -123,7 +124,7 @@ class BlockPattern:
                 f"slots={self.slots}, density={self.density():.3f})")
 
     @classmethod
-    def from_col_idx(cls, col_idx: Any, shape: tuple[int, int], block: int) -> "BlockPattern":
+    def from_col_idx(cls, col_idx: Any, shape: tuple[int, int], block: int) -> BlockPattern:
         """Pattern of W [K, N] = ``shape`` from ``col_idx`` [R, S]; col_slots is computed."""
         block = check_block_size(block)
         meta0 = BlockELLMeta((int(shape[0]), int(shape[1])), block, 0)
@@ -133,7 +134,7 @@ class BlockPattern:
         return cls(idx, BlockELLMeta(meta0.shape, block, t))
 
     @classmethod
-    def from_block_ell(cls, w: BlockELL) -> "BlockPattern":
+    def from_block_ell(cls, w: BlockELL) -> BlockPattern:
         """The pattern of a ``kernels.BlockELL`` (its values are not kept)."""
         return cls(np.asarray(w.col_idx), w.meta)
 
@@ -203,7 +204,8 @@ def spec_from_dict(data: Mapping[str, Mapping[str, Any]]) -> BlockELLSpec | None
     out = {}
     for key, entry in data.items():
         try:
-            shape = tuple(int(d) for d in entry["shape"])
+            k, n = (int(d) for d in entry["shape"])
+            shape = (k, n)
             rows = BlockELLMeta(shape, check_block_size(entry["block"]), 0).n_row_blocks
             idx = np.asarray(entry["col_idx"], np.int64).reshape(rows, -1)
             out[key] = BlockPattern.from_col_idx(idx, shape, entry["block"])

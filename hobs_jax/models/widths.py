@@ -10,7 +10,7 @@ topology (a residual stream, a depthwise conv's input and output) share one entr
 from __future__ import annotations
 
 import numbers
-from typing import Mapping
+from collections.abc import Mapping
 
 from flax.core import FrozenDict
 

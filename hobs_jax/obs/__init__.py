@@ -21,13 +21,35 @@ The layer Hessians themselves are streamed by :func:`hobs_jax.stats.collect_hess
 """
 
 from hobs_jax.obs.channel import compensate_layers, consumers, group_grid, removed_at, removed_rows, select
-from hobs_jax.obs.layers import (ChannelGroup, Site, SolvedLayers, bn_weights, column_weights, copy_tree,
-                                 flat_variables, layer_weights, set_leaf)
-from hobs_jax.obs.linalg import (Consumer, blas_threads, channel_rows, compensate, dampen, greedy_path, path_scores,
-                                 rank_scores, reconstruction_error, robust_inverse, single_removal, subtract_product)
+from hobs_jax.obs.layers import (
+    ChannelGroup,
+    Site,
+    SolvedLayers,
+    bn_weights,
+    column_weights,
+    copy_tree,
+    flat_variables,
+    layer_weights,
+    set_leaf,
+)
+from hobs_jax.obs.linalg import (
+    Consumer,
+    blas_threads,
+    channel_rows,
+    compensate,
+    dampen,
+    greedy_path,
+    path_scores,
+    rank_scores,
+    reconstruction_error,
+    robust_inverse,
+    single_removal,
+    subtract_product,
+)
 from hobs_jax.obs.refit import refit_sequential, solve_refit
 from hobs_jax.obs.timing import PhaseListener, Timer, listen
-from hobs_jax.stats.hessian import HessianStats, check_images, collect_hessians as layer_hessians
+from hobs_jax.stats.hessian import HessianStats, check_images
+from hobs_jax.stats.hessian import collect_hessians as layer_hessians
 
 __all__ = ["ChannelGroup", "Consumer", "HessianStats", "PhaseListener", "Site", "SolvedLayers", "Timer",
            "blas_threads", "bn_weights", "channel_rows", "check_images", "column_weights", "compensate",

@@ -22,12 +22,12 @@ ZipLM / oBERT structured OBS (Kurtic et al.); OSSCAR (Meng et al., 2024). docs/h
 
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+from collections.abc import Mapping
 
 import numpy as np
 
-from hobs_jax.obs.layers import (ChannelGroup, Path, SolvedLayers, column_weights, copy_tree, layer_weights,
-                                 set_leaf)
+from hobs_jax.obs.layers import ChannelGroup, Path, SolvedLayers, column_weights, copy_tree, layer_weights, set_leaf
 from hobs_jax.obs.linalg import Consumer, channel_rows, compensate, dampen, greedy_path
 
 __all__ = ["compensate_layers", "consumers", "group_grid", "removed_rows", "select"]
@@ -67,7 +67,7 @@ def select(group: ChannelGroup, n_remove: int, flat: Mapping, solved: SolvedLaye
     if group.consumers:
         cons = consumers(group, flat, solved, bn_weighted=bn_weighted, relative=relative)
         if not group.compensate:  # independent no-compensation losses: one sort
-            s = sum(c.saliency(np.ones(size, bool)) for c in cons)
+            s = functools.reduce(np.add, (c.saliency(np.ones(size, bool)) for c in cons))
             order = np.argsort(s, kind="stable")[:n_remove]
             return order, s[order], "obs_nocomp"
         order, losses = greedy_path(cons, n_remove, int(per_step))
@@ -154,6 +154,8 @@ def group_grid(group: ChannelGroup, order: np.ndarray, counts: np.ndarray, flat:
         rows_of = channel_rows(site.channel, size, info.name)
         fit = bool(group.consumers) and group.compensate and compensate_rows
         if fit:
+            if solved is None:
+                raise ValueError(f"group {group.id}: compensated grids need the solved layer Hessians")
             h, hd, _, _ = solved(info)
             hc = dampen(h, 1e-8)[0] if refit else hd
         deltas = np.zeros((len(counts),) + w.shape, np.float64)
@@ -169,7 +171,8 @@ def group_grid(group: ChannelGroup, order: np.ndarray, counts: np.ndarray, flat:
             else:  # rows sliced away, nothing compensated
                 deltas[j][sel_rows] = -w[sel_rows]
         key = "/".join(info.path)
-        out[(key, "kernel")] = deltas[:, :info.d_in].reshape((len(counts),) + tuple(info.kernel_shape)).astype(np.float32)
+        kernel = deltas[:, :info.d_in].reshape((len(counts),) + tuple(info.kernel_shape))
+        out[(key, "kernel")] = kernel.astype(np.float32)
         if info.use_bias:
             out[(key, "bias")] = deltas[:, info.d_in].astype(np.float32)
     return out

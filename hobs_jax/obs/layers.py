@@ -14,7 +14,7 @@ groups onto layers, :func:`hobs_jax.methods.group_roles`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -107,6 +107,8 @@ def column_weights(flat: Mapping, info: LayerInfo, *, bn_weighted: bool, relativ
     and ``h`` [d, d])."""
     c = bn_weights(flat, info) if bn_weighted else None
     if relative:
+        if w is None or h is None:
+            raise ValueError(f"{info.name}: relative column weights need the layer's w and h")
         cw = np.ones(w.shape[1]) if c is None else c
         energy = 0.5 * float(np.sum(cw * w * (h @ w)))
         c = cw / max(energy, 1e-30)

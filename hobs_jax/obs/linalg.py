@@ -81,7 +81,7 @@ def blas_threads(n: int | None):
     handles = _openblas_handles() if n else []
     old = [get() for _, get in handles]
     for set_, _ in handles:
-        set_(int(n))
+        set_(int(n or 0))  # handles is empty when n is None or 0
     try:
         yield
     finally:
@@ -198,6 +198,7 @@ class Consumer:
         if self.compensate:
             b = self.hinv[r[:, :, None], r[:, None, :]]  # [k, q, q]
         else:
+            assert self.h is not None  # required without compensation
             b = self.h[r[:, :, None], r[:, None, :]]
         if r.shape[1] == 1:
             if self.compensate:
@@ -215,6 +216,7 @@ class Consumer:
         q = np.asarray(q)
         wq = self.w[q]
         if not self.compensate:
+            assert self.h is not None  # required without compensation
             loss = 0.5 * float(np.sum(self._weighted(wq * (self.h[np.ix_(q, q)] @ wq))))
             self.w[q] = 0.0
             return loss
@@ -246,7 +248,8 @@ def greedy_path(consumers: list[Consumer], n_remove: int, per_step: int = 1) -> 
     """
     size = len(consumers[0].rows)
     alive = np.ones(size, bool)
-    order, losses = [], []
+    order: list[int] = []
+    losses: list[float] = []
     per_step = max(1, int(per_step))
     while len(order) < n_remove:
         s = np.zeros(size)

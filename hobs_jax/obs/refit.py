@@ -28,7 +28,7 @@ all ``propagate_images`` images' activations.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax

@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Iterator, Mapping, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 __all__ = ["PhaseListener", "Timer", "listen"]
 

@@ -97,7 +97,8 @@ def run(ctx: Context) -> dict:
     if stage is None:
         return {"rows": [], "speedup": None, "note": "no pruned model (prune stage not run)"}
     names = runtimes_of(c)
-    shape = tuple(ctx.input_shape[1:])
+    h, w, ch = ctx.input_shape[1:]
+    shape = (int(h), int(w), int(ch))
     models = [ModelSpec.from_saved(ctx.model_dir("train"), label="dense", input_shape=shape),
               ModelSpec.from_saved(ctx.model_dir(stage), label="pruned", input_shape=shape)]
     b = c.benchmark

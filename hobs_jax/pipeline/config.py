@@ -7,7 +7,7 @@ compute and raises a one-line ``ValueError`` naming the key.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ml_collections
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -142,7 +143,7 @@ class Context:
 
         return export.load(self.model_dir(stage))
 
-    def save_model(self, stage: str, model, variables: dict, plan=None) -> str:
+    def save_model(self, stage: str, model, variables: Mapping, plan=None) -> str:
         """Save ``stage``'s network (a zoo module or name, or the configured module of one's
         own at the widths of ``variables``) with its plan; replaces a leftover from an
         interrupted attempt (the stage record is written after this)."""

@@ -3,6 +3,8 @@ and parameters of the dense and the pruned network."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hobs_jax import macs
 from hobs_jax.pipeline.context import Context
 
@@ -29,7 +31,7 @@ def _measure(ctx: Context, model, variables) -> dict:
 
 def run(ctx: Context) -> dict:
     model, variables, _ = ctx.load_model("train")
-    out = {"dense": _measure(ctx, model, variables)}
+    out: dict[str, Any] = {"dense": _measure(ctx, model, variables)}
     stage = final_stage(ctx)
     if stage is not None:
         pmodel, pvars, _ = ctx.load_model(stage)

@@ -5,6 +5,7 @@ at the pruned widths, and optionally ONNX."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hobs_jax.pipeline.context import Context
 from hobs_jax.pipeline.evaluate_stage import final_stage
@@ -17,7 +18,7 @@ def run(ctx: Context) -> dict:
     stage = final_stage(ctx) or "train"
     model, variables, meta = ctx.load_model(stage)
     root = ctx.workdir.stage_dir("export")
-    out = {"from_stage": stage, "orbax": os.path.join(root, "model")}
+    out: dict[str, Any] = {"from_stage": stage, "orbax": os.path.join(root, "model")}
     ctx.export(out["orbax"], model, variables, plan=meta.get("plan"))
     if c.export.torch and ctx.spec is not None:  # torchvision's structure exists for zoo models only
         out["torch"] = None

@@ -55,14 +55,14 @@ class WorkdirLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         import jax
 
         if jax.process_count() == 1:
             self._acquire_local()
             return self
-        from jax.experimental import multihost_utils
         import numpy as np
+        from jax.experimental import multihost_utils
 
         error = None
         if jax.process_index() == 0:
@@ -134,7 +134,7 @@ class WorkdirLock:
             pass
         os.close(fd)
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -96,7 +96,7 @@ def run(ctx: Context) -> dict:
            "info": outcome.info}
     if c.prune.evaluate_oneshot:
         out["acc_oneshot"] = _accuracy(ctx, pruned, pvars)
-    if c.prune.bn_recalibrate and "batch_stats" in pvars:
+    if c.prune.bn_recalibrate and "batch_stats" in pvars and calib is not None:  # calib exists then
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)

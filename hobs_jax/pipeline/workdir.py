@@ -107,7 +107,7 @@ class Workdir:
         if create:
             os.makedirs(self.root, exist_ok=True)
 
-    def open(self) -> "Workdir":
+    def open(self) -> Workdir:
         """Create the directory if needed and take the lock (:mod:`~hobs_jax.pipeline.lock`);
         one-line ``ValueError`` if either fails."""
         check_usable(self.root)

@@ -14,8 +14,8 @@ compensator around it) and ``magnitude_rspar`` use. See docs/rspar.md.
 from hobs_jax.rspar.agent import DDPG, AgentOptions, Replay
 from hobs_jax.rspar.allocator import RsparAllocator, RsparOptions, make_budget, search_allocation
 from hobs_jax.rspar.env import AllocationEnv, AsCost, Episode, MonomialBudget, check_lbound, kept_grid
-from hobs_jax.rspar.rerank import Candidate, candidates, pick, rerank
 from hobs_jax.rspar.report import allocation_record, save_allocation, save_learning_curve
+from hobs_jax.rspar.rerank import Candidate, candidates, pick, rerank
 from hobs_jax.rspar.reward import GridReward, build_grid_reward, compensation_stacks
 from hobs_jax.rspar.search import SearchResult, search
 

@@ -93,9 +93,9 @@ class Replay:
 
     capacity: int
     dim: int
-    states: np.ndarray = None
-    actions: np.ndarray = None
-    rewards: np.ndarray = None
+    states: np.ndarray | None = None  # allocated in __post_init__ unless restored
+    actions: np.ndarray | None = None
+    rewards: np.ndarray | None = None
     size: int = 0
     pos: int = 0
 
@@ -106,12 +106,14 @@ class Replay:
             self.rewards = np.zeros((self.capacity,), np.float32)
 
     def add(self, states: np.ndarray, actions: np.ndarray, reward: float) -> None:
+        assert self.states is not None and self.actions is not None and self.rewards is not None
         for s, a in zip(states, actions):
             self.states[self.pos], self.actions[self.pos, 0], self.rewards[self.pos] = s, a, reward
             self.pos = (self.pos + 1) % self.capacity
             self.size = min(self.size + 1, self.capacity)
 
     def sample(self, rng: np.random.Generator, n: int):
+        assert self.states is not None and self.actions is not None and self.rewards is not None
         i = rng.integers(0, self.size, n)
         return self.states[i], self.actions[i], self.rewards[i]
 

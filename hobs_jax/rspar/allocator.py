@@ -169,7 +169,8 @@ class RsparAllocator:
         budget = self._budget(sel, o)
         workdir = o.workdir or (os.path.join(task.workdir, "rspar") if task.workdir else "")
         with blas_threads(int(o.blas_threads) or None):
-            keep, info = search_allocation(sel, task.target, budget=budget, options=dataclasses.replace(o, workdir=workdir),
+            keep, info = search_allocation(sel, task.target, budget=budget,
+                                           options=dataclasses.replace(o, workdir=workdir),
                                            seed=int(task.seed), reward_images=sel.holdout.images,
                                            reward_labels=sel.holdout.labels)
         r = info["rspar"]
@@ -213,7 +214,7 @@ def search_allocation(sel, target: float, *, budget, options: RsparOptions, seed
                         round_to=task.round_to)
     refs = {}
     if o.references:  # met in the search's own budget (MACs, params or the latency table)
-        as_cost = AsCost(budget)
+        as_cost = AsCost(budget).cost_model()
         refs["uniform"] = allocation.uniform(as_cost, target, budget.kind, round_to=task.round_to)
         refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target, task.metric,
                                                 normalize=o.normalize, min_ratio=lbound, round_to=task.round_to,

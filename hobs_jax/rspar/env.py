@@ -22,7 +22,8 @@ exact MACs/params :class:`~hobs_jax.allocation.CostModel`; the latency budget
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -126,8 +127,8 @@ class AllocationEnv:
         self.floor = np.array([g[0] for g in self.grids])
         best = budget.ratio(self.floor)
         if best > self.target * (1 + allocation.TOLERANCE):
-            raise allocation.Unreachable(f"target {self.target:.4f} of the {budget.kind} is unreachable: every prunable "
-                             f"group at its floor (lbound={self.lbound}) still keeps {best:.4f}")
+            raise allocation.Unreachable(f"target {self.target:.4f} of the {budget.kind} is unreachable: every "
+                                         f"prunable group at its floor (lbound={self.lbound}) still keeps {best:.4f}")
         self.state_dim = self.static.shape[1] + len(DYNAMIC)
 
     def _state(self, t: int, keep: np.ndarray, prev: float) -> np.ndarray:
@@ -173,8 +174,8 @@ class AllocationEnv:
         """(keep, grid index) within 1% of the target (see module doc); groups whose
         request exceeded their count the most are grown first."""
         gap = (np.zeros(self.G) if actions is None else actions * self.sizes - keep) / self.sizes
-        keep = allocation.repair(AsCost(self.budget), keep, self.target, self.budget.kind, round_to=self.round_to, floor=self.floor,
-                                 order=np.argsort(-gap, kind="stable"))
+        keep = allocation.repair(AsCost(self.budget).cost_model(), keep, self.target, self.budget.kind,
+                                 round_to=self.round_to, floor=self.floor, order=np.argsort(-gap, kind="stable"))
         return keep, self.snap(keep)
 
     def snap(self, keep: np.ndarray) -> np.ndarray:
@@ -188,12 +189,19 @@ class AsCost:
 
     def __init__(self, budget: Budget):
         self.budget = budget
-        cost = getattr(budget, "cost", None)
-        self.sizes = cost.sizes if cost is not None else budget.sizes
-        self.group_ids = cost.group_ids if cost is not None else budget.group_ids
+        # a budget over a cost model carries it as .cost; other budgets carry sizes and
+        # group_ids themselves (the Budget protocol does not name them)
+        source: Any = getattr(budget, "cost", None) or budget
+        self.sizes = source.sizes
+        self.group_ids = source.group_ids
 
     def ratio(self, keep, metric=None) -> float:
         return self.budget.ratio(keep)
+
+    def cost_model(self) -> CostModel:
+        """This view typed as the :class:`CostModel` that ``allocation.repair`` and
+        ``allocation.uniform`` take: they read only ``ratio``, ``sizes`` and ``group_ids``."""
+        return cast(CostModel, self)
 
 
 def check_lbound(lbound) -> None:

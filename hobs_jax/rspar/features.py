@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 COLUMNS = ("consumers", "conv_consumer", "in_channels", "out_channels", "consumer_width", "kernel",
            "stride", "macs", "params", "sens75", "sens50", "sens25")
 SENS_POINTS = (0.75, 0.5, 0.25)

@@ -19,7 +19,8 @@ import dataclasses
 import json
 import statistics
 import time
-from typing import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +49,13 @@ def device_string() -> str:
 def layer_table(model, variables, input_shape, graph) -> list[dict]:
     """One entry per Conv/Dense layer: path, kind, spatial input, conv params, the
     prunable group on its input/output channels (-1: fixed) and full channel counts."""
-    from hobs_jax.methods.obs_groups import group_roles
-    from hobs_jax.stats.layers import intercepting, trace_layers
     import flax.linen as nn
 
+    from hobs_jax.methods.obs_groups import group_roles
+    from hobs_jax.stats.layers import intercepting, trace_layers
+
     infos = trace_layers(model, variables, input_shape)
-    shapes = {}
+    shapes: dict[tuple[str, ...], Any] = {}
 
     def on_layer(mod, x, y):
         shapes.setdefault(tuple(mod.path), tuple(x.shape))
@@ -87,7 +89,7 @@ def layer_table(model, variables, input_shape, graph) -> list[dict]:
     return out
 
 
-def _layer_fn(entry: dict, cin: int, cout: int, batch: int):
+def _layer_fn(entry: dict, cin: int, cout: int, batch: int) -> tuple[Callable, tuple]:
     """(jitted fn, args) computing the layer at ``cin`` -> ``cout`` channels."""
     rng = np.random.default_rng(0)
     shape = list(entry["input_shape"])
@@ -191,7 +193,7 @@ class LatencyBudget:
         self.full = self.seconds(self.sizes.astype(np.float64))
 
     @classmethod
-    def from_file(cls, path: str, task) -> "LatencyBudget":
+    def from_file(cls, path: str, task) -> LatencyBudget:
         """Load a table and check it was measured for ``task``'s model, input shape and
         graph, on this device (one-line ``ValueError`` otherwise)."""
         try:
@@ -201,7 +203,7 @@ class LatencyBudget:
         return cls.for_task(table, task, source=path)
 
     @classmethod
-    def for_task(cls, table: Mapping, task, source: str = "latency table") -> "LatencyBudget":
+    def for_task(cls, table: Mapping, task, source: str = "latency table") -> LatencyBudget:
         if table.get("version") != VERSION:
             raise ValueError(f"{source}: not a version-{VERSION} latency table")
         if table.get("model") != task.name:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def rerank(sel, cands: Sequence[Candidate], images: np.ndarray, labels: np.ndarr
     t0 = time.perf_counter()
     grids = candidate_grids(cands)
     reward = build_grid_reward(sel, grids, images, labels, bn=bn)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in cands:
         index = np.array([int(np.searchsorted(g, k)) for g, k in zip(grids, c.keep)], np.int64)
         loss, acc = reward(index)

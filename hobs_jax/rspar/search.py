@@ -13,11 +13,13 @@ the reward* (whether that carries over to test accuracy is what the experiment m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -100,6 +102,11 @@ def _to_unit(keep: np.ndarray, sizes: np.ndarray, lbound: float) -> np.ndarray:
     return np.clip((r - lbound) / max(1.0 - lbound, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
+def _replay_action(fractions: np.ndarray, state: np.ndarray, t: int) -> float:
+    """The action that replays a reference allocation: its kept fraction of group ``t``."""
+    return float(fractions[t])
+
+
 @interrupt.deferring_signals  # SIGTERM/SIGINT end the current episode, then save and stop
 def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, float]], *,
            episodes: int, warmup: int, seed: int, agent_config,
@@ -129,11 +136,11 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     agent = DDPG(env.state_dim, cfg, seed)
     replay = Replay(int(cfg.replay), env.state_dim)
     rng = np.random.default_rng(seed)
-    st = {"episode": 0, "sigma": float(cfg.noise), "baseline": None, "best": None, "curve": [],
+    st: dict[str, Any] = {"episode": 0, "sigma": float(cfg.noise), "baseline": None, "best": None, "curve": [],
           "references": {}, "seconds": 0.0, "top": []}
     ckpt = _Checkpoint(workdir) if workdir else None
     latest = ckpt.latest() if ckpt else None
-    if latest:
+    if ckpt and latest:
         tree, meta = ckpt.load(latest)
         leaves, treedef = jax.tree.flatten(agent.state)
         agent.state = jax.tree.unflatten(treedef, [np.asarray(tree["agent"][str(i)]) for i in range(len(leaves))])
@@ -170,7 +177,8 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     if st["episode"] == 0 and not st["references"] and references:
         for name, keep in references.items():
             keep = np.asarray(keep, np.float64)
-            ep = env.rollout(lambda s, t: keep[t] / env.sizes[t])
+            fractions = keep / env.sizes
+            ep = env.rollout(functools.partial(_replay_action, fractions))
             index = env.snap(keep)
             ep = Episode(ep.states, ep.actions, index, keep, env.budget.ratio(keep))
             loss, acc = reward_fn(index)
@@ -195,7 +203,7 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
             act = lambda s, t: env.lbound + (1 - env.lbound) * float(rng.uniform())
         else:
             sigma = st["sigma"]
-            act = lambda s, t: env.lbound + (1 - env.lbound) * truncated_normal(rng, agent.act(s), sigma)
+            act = lambda s, t, sigma=sigma: env.lbound + (1 - env.lbound) * truncated_normal(rng, agent.act(s), sigma)
         ep = env.rollout(act)
         loss, acc = reward_fn(ep.index)
         r = record(ep, loss, acc, _to_unit(ep.keep, env.sizes, env.lbound), f"episode {e}")

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +119,7 @@ def reestimate(model: Any, variables: Any = None, batches: Iterable[np.ndarray] 
     for n, stats in ordered_map(one_batch, batches, workers):
         # Per leaf: mean leaves accumulate the mean, var leaves var + mean^2 (below).
         contrib = _moments(stats)
-        contrib = jax.tree.map(lambda a: np.asarray(a, np.float64) * n, contrib)
+        contrib = jax.tree.map(lambda a, n=n: np.asarray(a, np.float64) * n, contrib)
         sums = contrib if sums is None else jax.tree.map(np.add, sums, contrib)
         total += n
     if total == 0:

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax.stats.hessian import batched_gram
 from hobs_jax.stats.gram import chunk_size, chunked_sum, tn_product
+from hobs_jax.stats.hessian import batched_gram
 from hobs_jax.stats.layers import LayerInfo, conv_output_hw, conv_slices, dense_rows, shape_key, sliceable
 
 _HI = jax.lax.Precision.HIGHEST
@@ -61,6 +61,7 @@ class CrossStats:
         a, r = self.a.astype(np.float64), self.r.astype(np.float64)
         if not self.info.use_bias:
             return a, r
+        assert self.psum is not None and self.ysum is not None  # kept for layers with a bias
         d = a.shape[0]
         aa = np.empty((d + 1, d + 1))
         ps = self.psum.astype(np.float64)

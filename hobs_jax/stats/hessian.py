@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,11 +42,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax import faults, interrupt
-from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_shift2d, gram_conv_sliced, gram_depthwise,
-                                 gram_rows, row_shiftable, shift2d_able)
+from hobs_jax.stats.gram import (
+    gram_conv,
+    gram_conv_rowshift,
+    gram_conv_shift2d,
+    gram_conv_sliced,
+    gram_depthwise,
+    gram_rows,
+    row_shiftable,
+    shift2d_able,
+)
+from hobs_jax.stats.layers import (
+    LayerInfo,
+    conv_output_hw,
+    conv_patches,
+    dense_rows,
+    intercepting,
+    shape_key,
+    sliceable,
+    trace_layers,
+)
 from hobs_jax.stats.streams import ordered_map, resolve_workers
-from hobs_jax.stats.layers import (LayerInfo, conv_output_hw, conv_patches, dense_rows, intercepting, shape_key,
-                                   sliceable, trace_layers)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +147,8 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
         rows = dense_rows(info, x)
         return gram_rows(rows), (rows.sum(0) if info.use_bias else None), int(rows.shape[0] // x.shape[0])
     if shift2d_able(info) or row_shiftable(info) or sliceable(info):
-        fn = gram_conv_shift2d if shift2d_able(info) else gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced
+        fn = (gram_conv_shift2d if shift2d_able(info)
+              else gram_conv_rowshift if row_shiftable(info) else gram_conv_sliced)
         g, s = fn(info, x)
         ho, wo = conv_output_hw(info, x.shape[1:3])
         return g, s, ho * wo
@@ -146,7 +163,8 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
 def compiled_reductions() -> int:
     """How many per-layer-shape Gram reductions are compiled in this process (each layer
     *shape* compiles once, whatever the number of layers; tests check it)."""
-    return _layer_sums._cache_size()
+    # jax.jit offers no public count of its compiled executables; tests pin the count with it.
+    return _layer_sums._cache_size()  # type: ignore[attr-defined]
 
 
 def clear_compiled() -> None:
@@ -189,6 +207,7 @@ def _layer_sums(info: LayerInfo, dtype_name: str, inputs: tuple, w: jax.Array):
         g = gi if g is None else g + gi
         if si is not None:
             s = si if s is None else s + si
+    assert g is not None  # a layer is called at least once
     out = {"xtx": g}
     ok = jnp.all(jnp.isfinite(g))
     if s is not None:
@@ -217,8 +236,9 @@ def batched_gram(info: LayerInfo, x: jax.Array, batch_size: int,
             xi = jnp.concatenate([xi, jnp.zeros((bs - xi.shape[0],) + tuple(xi.shape[1:]), xi.dtype)])
         parts.append(_layer_sums(key, dtype_name, (xi,), jnp.asarray(w)))
     parts = jax.device_get(parts)
-    g = sum(np.asarray(sums["xtx"], np.float64) for sums, _ in parts)
-    s = sum(np.asarray(sums["xsum"], np.float64) for sums, _ in parts) if "xsum" in parts[0][0] else None
+    g = functools.reduce(np.add, (np.asarray(sums["xtx"], np.float64) for sums, _ in parts))
+    s = (functools.reduce(np.add, (np.asarray(sums["xsum"], np.float64) for sums, _ in parts))
+         if "xsum" in parts[0][0] else None)
     return g, s, all(bool(fin) for _, fin in parts), n * _rows_per_example(key, x.shape)
 
 
@@ -257,7 +277,8 @@ def check_images(images, input_shape: Sequence[int] | None, what: str = "calibra
 
 def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *,
                      paths: Sequence[Sequence[str]] | None = None, batch_size: int = 256,
-                     dtype: str = "float32", progress: bool = True, infos: Mapping[tuple[str, ...], LayerInfo] | None = None,
+                     dtype: str = "float32", progress: bool = True,
+                     infos: Mapping[tuple[str, ...], LayerInfo] | None = None,
                      workers: int | None = None) -> HessianStats:
     """Stream ``images`` through ``model`` (eval mode) and accumulate every layer's input
     statistics (see module docstring).
@@ -331,7 +352,7 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
         acc = None
         batches = ordered_map(one_batch, range(nb), workers)
         for i, (sums, finite) in enumerate(bar(batches, total=nb, desc="hessians", unit="batch", enabled=progress)):
-            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=order.get)
+            bad = sorted((k for k, ok in finite.items() if not bool(ok)), key=lambda k: order[k])
             if bad:
                 raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
                                  f"values (activations overflow or the weights are not finite)")

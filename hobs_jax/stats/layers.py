@@ -23,7 +23,8 @@ its output, if any (used to weigh reconstruction errors in post-BN units).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -104,7 +105,7 @@ def _conv_padding(module: nn.Conv, in_spatial: Sequence[int], kernel: Sequence[i
             raise ValueError(f"conv {'/'.join(module.path)}: padding {pad!r} is not supported for "
                              f"Hessian statistics (use explicit, 'SAME' or 'VALID')")
         window = [(k - 1) * d + 1 for k, d in zip(kernel, rhs_dil)]
-        return tuple(tuple(int(a) for a in p) for p in
+        return tuple((int(p[0]), int(p[1])) for p in
                      jax.lax.padtype_to_pads(tuple(in_spatial), window, tuple(strides), pad.upper()))
     if isinstance(pad, int):
         return ((pad, pad),) * n
@@ -220,7 +221,7 @@ def sliceable(info: LayerInfo) -> bool:
     return info.kind == "conv" and tuple(info.lhs_dilation or (1, 1)) == (1, 1)
 
 
-def shape_key(info: "LayerInfo") -> "LayerInfo":
+def shape_key(info: LayerInfo) -> LayerInfo:
     """``info`` without what does not change a statistics computation (path, call order,
     BN): layers of one shape share one compiled function (the 3x3 convs of a ResNet stage
     compile once)."""
@@ -327,5 +328,5 @@ def capture_outputs(model: nn.Module, variables: Mapping, x: Array) -> tuple[Arr
 
     with nn.intercept_methods(intercepting(on_layer)):
         logits = model.apply(variables, x, train=False)
-    return logits, out
+    return cast(Array, logits), out  # apply without mutable collections returns the output only
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import jax
 

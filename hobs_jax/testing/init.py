@@ -10,7 +10,8 @@ N(0, 1/fan_in), scales around 1, BN variances U(0.5, 1.5)).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

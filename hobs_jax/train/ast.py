@@ -45,7 +45,8 @@ import math
 import os
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -229,6 +230,7 @@ class Selector:
 
     def _apply_pending(self) -> None:
         """Writes the training forward's per-example scores into the table (in step order)."""
+        assert self.table is not None and self.table_label is not None  # pending only with a table
         for idx, values in self._pending:
             v = np.asarray(mesh_lib.host_value(values), np.float32)
             self.table[idx] = v[:, :2]
@@ -247,6 +249,7 @@ class Selector:
 
     def _run_scorer(self, state: Any, local: dict) -> tuple[np.ndarray, np.ndarray, float]:
         """Fresh components [n, 2] and labels [n] of a local batch; (.., .., seconds waited)."""
+        assert self.scorer is not None  # only rules that score batches call this
         waited = self._wait_for_training()
         t = time.perf_counter()
         out = self.scorer(state.variables(), mesh_lib.global_batch(local, self.mesh))
@@ -337,6 +340,7 @@ class Selector:
 
     def _infobatch(self, pos, idx) -> tuple[np.ndarray, np.ndarray]:
         a = self.a
+        assert self.table is not None  # InfoBatch keeps the loss table
         if pos.epoch != self.ib_epoch:
             seen = self.table[:, 0][np.isfinite(self.table[:, 0])]
             self.ib_mean = float(seen.mean()) if len(seen) else float("nan")

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class ControllerState(NamedTuple):
         return dict(self._asdict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ControllerState":
+    def from_dict(cls, d: dict) -> ControllerState:
         return cls(float(d["integral"]), float(d["rate_ema"]), float(d["u"]), int(d["updates"]))
 
 

@@ -37,7 +37,8 @@ no gradient, jitted once at a fixed batch size.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -97,6 +97,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if missing:
         raise ValueError(f"distributed.initialize ({how}): {', '.join(missing)} missing; give "
                          f"all of coordinator_address, num_processes, process_id")
+    assert num_processes is not None and process_id is not None  # none is missing (above)
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(f"distributed.initialize: process_id={process_id} not in "
                          f"[0, num_processes={num_processes})")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,7 @@ class Evaluator:
         variables = place_variables(variables, self.mesh)
         step = self._step(variables)
         totals = None
-        total = len(eval_data) if hasattr(eval_data, "__len__") else None
+        total = len(eval_data) if isinstance(eval_data, Sized) else None
         for batch in progress(eval_data, total=total, desc=desc, enabled=show_progress,
                               unit="batch"):
             sums = step(variables, mesh_lib.global_batch(batch, self.mesh))

@@ -25,7 +25,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -161,7 +162,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         placed = mesh_lib.put_global({k: variables[k] for k in var_shardings}, var_shardings)
         state = jax.jit(make_state, out_shardings=shardings)(placed)
 
-    def meta() -> dict:
+    def checkpoint_meta() -> dict:
         out = {"data": train_data.position().to_dict(), "stability": monitor.to_dict(),
                "early_stopping": early, "total_steps": total}
         if selector is not None:
@@ -169,7 +170,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         return out
 
     if restored is None:
-        ckpt.save(0, state, meta())  # the rollback target before the first periodic save
+        ckpt.save(0, state, checkpoint_meta())  # the rollback target before the first periodic save
 
     step_fn = make_train_step(
         selector.train_apply_fn(model.apply) if selector else model.apply, tx, mesh=mesh,
@@ -180,7 +181,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         lr_schedule=make_schedule(c, total),
         example_fn=selector.example_fn() if selector else None)
     teacher_vars = (mesh_lib.put_global(teacher.variables, jax.tree.map(
-        lambda _: rep, teacher.variables)) if c.kd.enabled else {})
+        lambda _: rep, teacher.variables)) if c.kd.enabled and teacher is not None else {})
     evaluator = Evaluator(model.apply, mesh, c.mixed_precision) if eval_data is not None else None
     eval_every = c.eval_every or (selector.steps_per_data_epoch if selector
                                   else train_data.steps_per_epoch)
@@ -215,7 +216,9 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     def rollback() -> None:
         """Restores the newest checkpoint, keeping the data position and the new lr scale."""
         nonlocal state, step
-        back_step, state, _ = ckpt.restore(target)
+        restored = ckpt.restore(target)
+        assert restored is not None, "rollback before the step-0 checkpoint"
+        back_step, state, _ = restored
         state = state.replace(lr_scale=mesh_lib.put_global(np.float32(monitor.lr_scale), rep))
         record("event", step, {"event": "rollback", "to_step": back_step,
                                "lr_scale": monitor.lr_scale})
@@ -247,6 +250,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
 
     def run_eval() -> None:
         nonlocal last_eval, last_eval_step
+        assert evaluator is not None and eval_data is not None
         last_eval = evaluator(state.variables(), eval_data, desc=f"eval@{step}",
                               show_progress=c.progress)
         last_eval_step = step
@@ -294,13 +298,13 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                     if due_eval:
                         run_eval()
                     if due_ckpt or step == total:
-                        ckpt.save(step, state, meta())
+                        ckpt.save(step, state, checkpoint_meta())
                 else:
                     pending = (step, metrics)
                 bar.update(step - bar.n)
             drain()
             if stopped:
-                ckpt.save(step, state, meta())
+                ckpt.save(step, state, checkpoint_meta())
                 record("stop", step, {"reason": stopped})
     except BaseException:
         ckpt.close()  # let in-flight async saves finish before the error propagates

@@ -13,7 +13,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -59,6 +60,8 @@ class MetricsWriter:
             return
         record = {"kind": kind, "step": int(step), "time": round(time.time(), 3)}
         record.update({k: _plain(v) for k, v in metrics.items()})
+        if self._file is None:
+            raise ValueError(f"metrics writer for {self.path} is closed")
         self._file.write(json.dumps(record) + '\n')
         self._file.flush()
         if self._tb is not None:

@@ -11,6 +11,8 @@ before training started stops it at its first step.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 
@@ -27,11 +29,12 @@ class Preemption:
     def __init__(self, signals: tuple[int, ...] = interrupt.SIGNALS):
         self.signals = signals
         self._flag = False
-        self._scope = None
+        self._scope: contextlib.AbstractContextManager | None = None
 
-    def __enter__(self) -> "Preemption":
-        self._scope = interrupt.stop_signals(self.signals)
-        self._scope.__enter__()
+    def __enter__(self) -> Preemption:
+        scope = interrupt.stop_signals(self.signals)
+        scope.__enter__()
+        self._scope = scope
         return self
 
     def __exit__(self, *exc) -> None:

@@ -44,7 +44,7 @@ class StabilityConfig:
     lr_decay: float = 0.5
 
     @classmethod
-    def from_config(cls, c: Any) -> "StabilityConfig":
+    def from_config(cls, c: Any) -> StabilityConfig:
         return cls(float(c.spike_factor), int(c.window), int(c.max_consecutive_events),
                    float(c.lr_decay))
 
@@ -81,7 +81,7 @@ class StabilityState:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StabilityState":
+    def from_dict(cls, d: dict) -> StabilityState:
         d = dict(d)
         d["window"] = tuple(float(x) for x in d["window"])
         return cls(**d)

@@ -34,7 +34,7 @@ class TrainState:
     nan_skips: jax.Array
 
     @classmethod
-    def create(cls, variables: dict, tx: optax.GradientTransformation, seed: int) -> "TrainState":
+    def create(cls, variables: dict, tx: optax.GradientTransformation, seed: int) -> TrainState:
         """Initial state from model variables ({'params': ..., 'batch_stats'?: ...})."""
         params = variables["params"]
         return cls(step=jnp.zeros((), jnp.int32), params=params,

@@ -7,7 +7,9 @@ rngs={'dropout': key}) -> (logits, {'batch_stats': ...})`` (empty for a ViT).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +94,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
     Returns:
       The jitted step. ``batch`` = {'image': [B, H, W, C], 'label': int32 [B]} sharded over
       'data', optionally 'weight' float32 [B] (per-example loss weights: the loss is
-      mean(weight * loss_i), e.g. InfoBatch's rescaling); the state argument is donated. A step whose loss or gradients are not finite
-      leaves params, batch_stats and optimizer state unchanged and increments
+      mean(weight * loss_i), e.g. InfoBatch's rescaling); the state argument is donated. A step
+      whose loss or gradients are not finite leaves params, batch_stats and optimizer state unchanged and increments
       ``state.nan_skips`` (step still advances). Metrics (replicated scalars): loss, ce,
       accuracy, grad_norm, finite (and lr).
     """
@@ -133,7 +135,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = state.replace(
+        new_state = dataclasses.replace(  # flax.struct's .replace, which its typing does not show
+            state,
             step=state.step + 1, params=keep(new_params, state.params),
             batch_stats=keep(new_stats, state.batch_stats),
             opt_state=keep(new_opt_state, state.opt_state),
