@@ -295,8 +295,14 @@ def run_row(row: Row, *, cached_only: bool = False) -> dict | None:
         return None
     t0 = time.time()
     log.info("row %s %s t=%g seed %d: running in %s", row.model, row.label, row.target, row.seed, row.workdir)
-    summary = run(row.config, row.workdir)
     m = machine.record()
+    try:
+        summary = run(row.config, row.workdir)
+    except ValueError as e:  # the method refused the target, the model or the data: listed, not cached
+        log.warning("row %s %s t=%g seed %d refused: %s", row.model, row.label, row.target, row.seed, e)
+        return {"model": row.model, "label": row.label, "method": row.variant.method, "target": row.target,
+                "seed": row.seed, "budgets": list(row.budgets), "dataset": row.config.data.source,
+                "split": "test", "device": m["device"], "refused": str(e), "workdir": row.workdir}
     m["summary"] = machine.describe(m)
     rec = record(row, summary, m, time.time() - t0)
     os.makedirs(row.workdir, exist_ok=True)

@@ -144,6 +144,7 @@ class ResultTable:
         self.goals: list[Goal] = []
         self.notes: list[str] = []
         self.sources: dict[str, dict] = {}
+        self.meta: dict[str, Any] = {}  # JSON-only results beside the rows (e.g. a paired test)
 
     # -- building ---------------------------------------------------------------------
     def add(self, row: Mapping) -> bool:
@@ -192,6 +193,13 @@ class ResultTable:
         self.sources[key] = dict(info)
         return key
 
+    def add_sources(self, sources: Mapping[str, Mapping] | None) -> None:
+        """Record those of ``sources`` that a row (tabulated or refused) names."""
+        used = {r.get("source") for r in (*self.rows, *self.refused)}
+        for k, v in (sources or {}).items():
+            if k in used:
+                self.source(k, **v)
+
     def _label(self, row: Mapping) -> str:
         parts = [str(row[k]) for k in ("model", "method", "label", "target", "seed") if row.get(k) is not None]
         return "/".join(parts) or "(unnamed)"
@@ -205,7 +213,7 @@ class ResultTable:
                 "group_by": list(self.group_by), "iso_tolerance": self.iso_tolerance,
                 "rows": self.rows, "refused": self.refused,
                 "goals": [dataclasses.asdict(g) for g in self.goals], "notes": self.notes,
-                "sources": self.sources}
+                "sources": self.sources, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "result table") -> "ResultTable":
@@ -223,7 +231,7 @@ class ResultTable:
         t.context = d["context"]
         t.rows, t.refused = list(d["rows"]), list(d["refused"])
         t.goals = [Goal(**g) for g in d["goals"]]
-        t.notes, t.sources = list(d["notes"]), dict(d["sources"])
+        t.notes, t.sources, t.meta = list(d["notes"]), dict(d["sources"]), dict(d.get("meta", {}))
         return t
 
     @classmethod
