@@ -1,0 +1,96 @@
+"""The setup validator catches a misspelled recipe, a missing dataset and a method that
+refuses the model; --compare catches two saved models whose MACs differ by 2%."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from hobs_jax import export, models
+from hobs_jax.experiments import validate as v
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG = '''"""A test config.
+
+Recipe (checked by python -m hobs_jax.validate):
+
+    train: optimizer=sgd epochs=12 batch_size=128 {lr} warmup_fraction=0.1 early_stopping=off
+"""
+
+from hobs_jax.pipeline.config import fmnist_config, fmnist_smoke, with_variant
+
+
+def get_config(arg=None):
+    c = fmnist_config("{model}", epochs=12.0)
+    c.prune.method = "{method}"
+    c.data.data_dir = "{data_dir}"
+    c.benchmark.runtimes = "xla"
+    return with_variant(c, arg, fmnist_smoke)
+'''
+
+
+def write(tmp_path, lr="lr=0.1", model="resnet20", method="hobs", data_dir=""):
+    path = tmp_path / "cfg.py"
+    path.write_text(CONFIG.format(lr=lr, model=model, method=method, data_dir=data_dir))
+    return str(path)
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def test_a_config_that_matches_its_recipe_passes(tmp_path):
+    c = by_name(v.check_config(write(tmp_path), checks=("variants", "recipe", "data", "method")))
+    assert all(x.ok for x in c.values()), [x.line() for x in c.values()]
+    assert "60,000" in c["data"].detail and "sha256" in c["data"].detail
+
+
+@pytest.mark.parametrize("lr, why", [("lr=0.01", "train.lr: recipe 0.01, config 0.1"),
+                                     ("lrate=0.1", "train.lrate: not a key of the train section")])
+def test_a_misspelled_recipe_value_fails(tmp_path, lr, why):
+    (check,) = v.check_config(write(tmp_path, lr=lr), checks=("recipe",))
+    assert not check.ok and why in check.detail
+
+
+def test_a_missing_dataset_fails(tmp_path):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    (check,) = v.check_config(write(tmp_path, data_dir=str(empty)), checks=("data",))
+    assert not check.ok and "missing" in check.detail and "train-images-idx3-ubyte.gz" in check.detail
+
+
+def test_a_method_that_refuses_the_model_fails(tmp_path):
+    (check,) = v.check_config(write(tmp_path, model="mobilenet_v2", method="udfc"), checks=("method",))
+    assert not check.ok and "not a ReLU network" in check.detail
+
+
+def test_the_cli_prints_one_line_per_check_and_exits_non_zero(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-m", "hobs_jax.validate", f"--config={write(tmp_path, lr='lr=0.05')}",
+                          "--checks=variants,recipe"], capture_output=True, text=True, env=env, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]
+    assert out.returncode == 1 and len(lines) == 2
+    assert lines[0].startswith("PASS  variants") and lines[1].startswith("FAIL  recipe")
+
+
+def _save(path, widths):
+    model = models.build("resnet20", widths=widths, in_channels=1)
+    variables = models.init(model, jax.random.key(0), (1, 28, 28, 1))
+    export.save(str(path), model, variables)
+    return str(path)
+
+
+def test_compare_refuses_models_whose_macs_differ_by_2_percent(tmp_path):
+    w = models.default_widths("resnet20")
+    a = _save(tmp_path / "a", w)
+    b = _save(tmp_path / "b", dict(w, **{"layer1.0.conv1": 13}))  # 3 of 16 channels: -2.2% of the MACs
+    checks, table = v.compare_models(a, b, input_shape=(28, 28, 1))
+    c = by_name(checks)
+    assert not c["total MACs"].ok and "(2.18%" in c["total MACs"].detail
+    assert not c["per-layer MACs and params"].ok and "layer1/0/conv1" in c["per-layer MACs and params"].detail
+    assert "| layer1/0/conv2 |" in table and "**off**" in table
+    same, _ = v.compare_models(a, a, input_shape=(28, 28, 1))
+    assert all(x.ok for x in same)
