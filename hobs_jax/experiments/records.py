@@ -61,13 +61,13 @@ def _method(label: str) -> str:
     return label.partition("@")[0].partition("-")[0]
 
 
-def oneshot_rows(root: str = ".") -> list[dict]:
+def oneshot_rows(data: list | None = None, root: str = ".") -> list[dict]:
     """The one-shot comparison's rows (both models, both targets, every method and peer),
     and its refused rows (kept only in its report) with ``refused`` set."""
     base = {"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE, "source": ONESHOT["key"],
             "latency_runtime": LEGACY_LATENCY, "seed": 0, "budgets": [50, 200, 468]}
     rows = []
-    for r in _read(os.path.join(root, RECORDS, "oneshot_fmnist.json")):
+    for r in data if data is not None else _read(os.path.join(root, RECORDS, "oneshot_fmnist.json")):
         rows.append({**base, "model": r["model"], "label": r["method"], "method": _method(r["method"]),
                      "framework": r["framework"], "target": r["target_macs_ratio"],
                      "macs_ratio": r["macs_ratio"], "params_ratio": r["params_ratio"],
@@ -85,14 +85,14 @@ def oneshot_rows(root: str = ".") -> list[dict]:
     return rows
 
 
-def rspar_rows(root: str = ".") -> list[dict]:
+def rspar_rows(data: list | None = None, root: str = ".") -> list[dict]:
     """The R-SPAR comparison's rows on ResNet-56: uniform, global (deterministic, seed 0)
     and R-SPAR (three seeds), all with H-OBS's per-group compensation only
     (``propagate=0``); "one-shot" there was measured after BN re-estimation."""
     labels = {"uniform": "hobs-uniform@propagate=0", "global": "hobs-global@propagate=0",
               "rspar": "rspar@propagate=0"}
     rows = []
-    for r in _read(os.path.join(root, RECORDS, "rspar_fmnist.json")):
+    for r in data if data is not None else _read(os.path.join(root, RECORDS, "rspar_fmnist.json")):
         rows.append({"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
                      "source": RSPAR["key"], "model": r["model"], "label": labels[r["allocation"]],
                      "method": "rspar" if r["allocation"] == "rspar" else "hobs",
@@ -109,3 +109,57 @@ def rspar_rows(root: str = ".") -> list[dict]:
 def sources() -> dict[str, dict]:
     """Provenance of every legacy record, by the key rows name in ``source``."""
     return {d["key"]: {k: v for k, v in d.items() if k != "key"} for d in (ONESHOT, RSPAR)}
+
+
+def oneshot_legacy(data: list) -> tuple[list[dict], dict]:
+    """Converter of ``oneshot_fmnist.json`` as the earlier script wrote it."""
+    return oneshot_rows(data), {ONESHOT["key"]: sources()[ONESHOT["key"]]}
+
+
+def rspar_legacy(data: list) -> tuple[list[dict], dict]:
+    """Converter of ``rspar_fmnist.json`` as the earlier script wrote it."""
+    return rspar_rows(data), {RSPAR["key"]: sources()[RSPAR["key"]]}
+
+
+# -- run records written by this package ----------------------------------------------------
+FORMAT = "hobs_jax.run_record"
+FORMAT_VERSION = 1
+
+
+def save(path: str, rows: list[dict], sources: dict[str, dict]) -> str:
+    """Write a run record: the rows a table is built from and their sources (atomic)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"format": FORMAT, "version": FORMAT_VERSION, "rows": rows, "sources": sources}, f, indent=1,
+                  default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def load(path: str, legacy=None) -> tuple[list[dict], dict[str, dict]]:
+    """``(rows, sources)`` of a run record; a file in an earlier script's format goes
+    through ``legacy(data) -> (rows, sources)``, and without one it is refused by name."""
+    if not os.path.exists(path):
+        raise ValueError(f"no run record at {path}: run the table's measurement first (make reproduce)")
+    data = _read(path)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: {FORMAT} version {data.get('version')!r}; this code reads version "
+                             f"{FORMAT_VERSION}")
+        return list(data["rows"]), dict(data["sources"])
+    if legacy is None:
+        raise ValueError(f"{path} is not a {FORMAT} file and has no converter for an earlier format")
+    return legacy(data)
+
+
+def source_here(command: str, **extra) -> tuple[str, dict]:
+    """A source key and record for rows measured now on this machine."""
+    from hobs_jax.experiments import machine
+
+    m = machine.record()
+    commit = (m.get("git") or {}).get("commit") or "unknown"
+    key = f"{m['date']}@{commit[:7]}"
+    return key, {"command": command, "date": m["date"], "commit": commit,
+                 "dirty": (m.get("git") or {}).get("dirty"), "machine": machine.describe(m),
+                 "device": m["device"], "versions": {k: v for k, v in m["versions"].items() if v}, **extra}

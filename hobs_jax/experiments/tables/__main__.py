@@ -14,8 +14,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hobs_jax.experiments.tables", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help="tables to make (see --list)")
     p.add_argument("--list", action="store_true")
-    p.add_argument("--quick", action="store_true", help="every table marked quick")
-    p.add_argument("--all", action="store_true", help="every table")
+    p.add_argument("--quick", action="store_true", help="every table; compute the quick ones, rebuild the "
+                   "others from their run records")
+    p.add_argument("--all", action="store_true", help="every table, computing every one that can be")
+    p.add_argument("--records-only", action="store_true", help="compute nothing: rebuild from run records")
     p.add_argument("--workdir", default="runs/experiments", help="the sweep rows' cache")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--cached-only", action="store_true", help="build from finished rows; run nothing")
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
         for e in ENTRIES.values():
             print(f"{e.name:24s} {'quick' if e.quick else 'full ':5s} {e.summary}")
         return 0
-    names = list(a.names) or [n for n, e in ENTRIES.items() if a.all or (a.quick and e.quick)]
+    names = list(a.names) or (list(ENTRIES) if a.all or a.quick or a.records_only else [])
     bad = [n for n in names if n not in ENTRIES]
     if bad or not names:
         print(f"error: unknown table {bad[0]!r}; see --list" if bad else "error: name tables, or --quick/--all",
@@ -32,15 +34,17 @@ def main(argv=None) -> int:
         return 2
     from hobs_jax.experiments.sweep import plan
 
+    mode = "records" if a.records_only else "quick" if a.quick else "full"
+    run = Run(workdir=a.workdir, out=a.out, mode=mode, cached_only=a.cached_only)
     for n in names:  # every sweep planned (and so validated) before the first row runs
-        for s in ENTRIES[n].sweeps():
-            plan(s)
+        if ENTRIES[n].computes(run):
+            for s in ENTRIES[n].sweeps():
+                plan(s)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("hobs_jax").setLevel(logging.INFO)
     from hobs_jax import compile_cache
 
     compile_cache.enable(compile_cache.default_dir())
-    run = Run(workdir=a.workdir, out=a.out, cached_only=a.cached_only)
     for n in names:
         for path in ENTRIES[n].make(run):
             print(path)
