@@ -11,7 +11,7 @@ from hobs_jax.data.preprocess import (FASHION_MNIST_MEAN_STD, IMAGENET_MEAN_STD,
                                       ImageNetImages, SmallImages, bilinear_resize,
                                       pad_crop_flip, random_resized_box)
 from hobs_jax.data.pipeline import (Batch, EvalLoader, LoaderPosition, TrainLoader,
-                                    epoch_permutation)
+                                    epoch_permutation, sample_indices)
 # Importing the modules registers their sources.
 from hobs_jax.data import fashion_mnist as _fashion_mnist  # noqa: F401
 from hobs_jax.data import synthetic as _synthetic  # noqa: F401
@@ -21,5 +21,5 @@ __all__ = [
     "SOURCES", "DataSource", "DatasetError", "Preprocess", "get_source", "register",
     "FASHION_MNIST_MEAN_STD", "IMAGENET_MEAN_STD", "ImageNetImages", "SmallImages",
     "bilinear_resize", "pad_crop_flip", "random_resized_box", "Batch", "EvalLoader",
-    "LoaderPosition", "TrainLoader", "epoch_permutation",
+    "LoaderPosition", "TrainLoader", "epoch_permutation", "sample_indices",
 ]

@@ -29,14 +29,15 @@ __all__ = ["call"]
 
 def call(target: str, *, framework: str = "jax", threads: int = 0, gpu: bool = False,
          env: Mapping[str, str] | None = None, drop_env: tuple[str, ...] = (),
-         timeout: float | None = None, **kwargs) -> Any:
+         timeout: float | None = None, args: Mapping[str, Any] | None = None, **kwargs) -> Any:
     """``module:function(**kwargs)`` in a fresh process; returns its result.
 
     Args:
       target: ``'package.module:function'`` (importable from this checkout).
       framework, threads, gpu: the child's environment (``worker_env``; ``threads`` 0 = all).
       env: extra variables; drop_env: variables to remove (e.g. a compilation cache).
-      kwargs: JSON-able keyword arguments.
+      kwargs: JSON-able keyword arguments of the function (``args``: the same as a mapping,
+        for names this function takes itself, e.g. ``threads``).
     Raises:
       RuntimeError: one line with the child's exit code and last log line.
     """
@@ -52,7 +53,7 @@ def call(target: str, *, framework: str = "jax", threads: int = 0, gpu: bool = F
         child_env.pop(k, None)
     with tempfile.TemporaryDirectory(prefix="hobs_isolate_") as tmp:
         out, log = os.path.join(tmp, "result.json"), os.path.join(tmp, "log.txt")
-        request = json.dumps({"target": target, "kwargs": kwargs, "out": out})
+        request = json.dumps({"target": target, "kwargs": {**(args or {}), **kwargs}, "out": out})
         with open(log, "w") as lf:
             proc = subprocess.run([sys.executable, "-m", "hobs_jax.experiments.isolate"], input=request,
                                   text=True, stdout=lf, stderr=subprocess.STDOUT, env=child_env,

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 SCHEMA = "hobs_jax.result_table"
 VERSION = 1
 DEFAULT_CONTEXT = ("dataset", "split", "device")
-KINDS = ("text", "int", "float", "pct", "points", "share", "speedup", "pm", "ratio")
+KINDS = ("text", "int", "float", "pct", "points", "share", "speedup", "pm", "ratio", "sci")
 
 __all__ = ["Column", "Goal", "KINDS", "ResultTable", "SCHEMA", "VERSION", "iso_miss"]
 
@@ -39,7 +39,8 @@ __all__ = ["Column", "Goal", "KINDS", "ResultTable", "SCHEMA", "VERSION", "iso_m
 class Column:
     """One column: ``key`` in the rows, ``label`` in the header, how to format (``kind``):
 
-    text (as is), int (thousands separators), float / ratio (``digits`` decimals), pct (a
+    text (as is), int (thousands separators), float / ratio (``digits`` decimals), sci
+    (``1.2e-06``), pct (a
     fraction shown in percent), points (a difference of fractions in signed percentage
     points), share (a fraction as ``49.9%``), speedup (``1.23x``), pm (a ``{"mean", "std",
     "n"}`` of fractions as ``93.77 ± 0.02``). ``best``: 'max' or 'min' puts the best value
@@ -69,6 +70,8 @@ class Column:
             return f"{int(value):,}"
         if k in ("float", "ratio"):
             return f"{float(value):.{d}f}"
+        if k == "sci":
+            return f"{float(value):.{d}e}"
         if k == "pct":
             return f"{100 * float(value):.{d}f}"
         if k == "points":
@@ -291,7 +294,14 @@ class ResultTable:
             lines += ["## Sources", ""]
             for key, info in self.sources.items():
                 cmd = info.get("command")
-                rest = ", ".join(f"{k} {v}" for k, v in info.items() if k != "command" and v not in (None, ""))
+                vers = info.get("versions") or {}
+                shown = {k: v for k, v in info.items() if k not in ("command", "versions", "device", "dirty")
+                         and v not in (None, "")}
+                if vers:
+                    shown["versions"] = ", ".join(f"{p} {vers[p]}" for p in ("jax", "flax", "torch") if vers.get(p))
+                if info.get("dirty"):
+                    shown["commit"] = f"{shown.get('commit')} (with uncommitted changes)"
+                rest = ", ".join(f"{k} {v}" for k, v in shown.items())
                 lines.append(f"* `{key}`: " + (f"`{cmd}`" if cmd else "") + (f" ({rest})" if rest else ""))
             lines.append("")
         return "\n".join(lines)

@@ -10,6 +10,7 @@ import time
 
 from hobs_jax.experiments.table import Column, ResultTable
 
+NAME, SCRIPT = "graph", "benchmarks/graph.py"
 MODELS = ("resnet50", "efficientnet_b0")
 LEGACY_DEVICE = "cpu:AMD EPYC:unrecorded"
 
