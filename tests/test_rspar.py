@@ -4,6 +4,9 @@ a seed, an interrupted search resumes to the uninterrupted result, bad input fai
 one line. Random ResNet-20 at 16x16x1 (exactness is algebraic, no training needed)."""
 
 import functools
+import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +163,34 @@ def test_interrupted_search_resumes_to_the_same_result(tmp_path):
     assert [x["reward"] for x in rest.curve] == [x["reward"] for x in whole.curve]
     assert np.array_equal(rest.best_keep, whole.best_keep) and rest.best_reward == whole.best_reward
     assert rest.references == whole.references
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signal handlers need the main thread")
+def test_sigterm_in_the_search_saves_stops_and_resumes_to_the_same_result(tmp_path):
+    """A stop signal during an episode: the episode ends, the search saves its checkpoint
+    and raises Interrupted; the next call continues to the uninterrupted result."""
+    from hobs_jax.interrupt import Interrupted
+
+    env = _env(0.5)
+    fn = _toy_reward(env)
+    refs = {"uniform": allocation.uniform(env.budget.cost, 0.5, "macs")}
+    kw = dict(episodes=12, warmup=4, seed=0, agent_config=_cfg(), references=refs, progress=False)
+    whole = search(env, fn, **kw)
+    calls = []
+
+    def fn_then_sigterm(index):
+        calls.append(1)
+        if len(calls) == 6:  # the reference's reward, then episodes 0-4: during episode 4
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fn(index)
+
+    with pytest.raises(Interrupted, match=r"^interrupted by SIGTERM in the R-SPAR search before episode 5 "
+                                          r"of 12 \(search checkpoint saved\)$"):
+        search(env, fn_then_sigterm, workdir=str(tmp_path), checkpoint_every=100, **kw)
+    rest = search(env, fn, workdir=str(tmp_path), checkpoint_every=100, **kw)
+    assert [x["reward"] for x in rest.curve] == [x["reward"] for x in whole.curve]
+    assert np.array_equal(rest.best_keep, whole.best_keep) and rest.best_reward == whole.best_reward
 
 
 def test_bad_input_fails_in_one_line():

@@ -35,21 +35,33 @@ FILES = {
 }
 
 
+def _fix(path: str) -> str:
+    """What to do about a bad file at ``path``: install the package, and, for a folder
+    other than the package's, say where the package puts the files."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder == DEFAULT_DIR:
+        return FIX
+    return f"data.data_dir is {folder}: point it at the four files, or {FIX} and leave data.data_dir empty"
+
+
 def read_verified(path: str) -> bytes:
     """Raw bytes of one of :data:`FILES` after checking its size and sha256."""
     name = os.path.basename(path)
     size, digest = FILES[name]
     if not os.path.isfile(path):
-        raise DatasetError(f"Fashion-MNIST file {path} is missing; {FIX}")
+        raise DatasetError(f"Fashion-MNIST file {path} is missing; {_fix(path)}")
     actual = os.path.getsize(path)
     if actual != size:
         raise DatasetError(f"Fashion-MNIST file {path} has {actual} bytes, expected {size} "
-                           f"(truncated or replaced); reinstall: {FIX}")
-    with open(path, "rb") as f:
-        data = f.read()
+                           f"(truncated or replaced); reinstall: {_fix(path)}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DatasetError(f"Fashion-MNIST file {path} is not readable ({e.strerror})") from None
     if hashlib.sha256(data).hexdigest() != digest:
         raise DatasetError(f"Fashion-MNIST file {path} fails its sha256 check (corrupt); "
-                           f"reinstall: {FIX}")
+                           f"reinstall: {_fix(path)}")
     return data
 
 

@@ -10,7 +10,8 @@ Modules: :mod:`~hobs_jax.experiments.machine` (one machine record), :mod:`~.tabl
 :mod:`~.sweep` (rows as pipeline runs, cached), :mod:`~.records` (run records of earlier
 code converted, with their provenance), :mod:`~.tables` (Table 1, ablation, sensitivity,
 stability), :mod:`~.validate` (``python -m hobs_jax.validate``), :mod:`~.readme` (README
-figures rendered from docs/results/*.json), :mod:`~.isolate` (a call in a fresh process).
+figures rendered from docs/results/*.json), :mod:`~.isolate` (a call in a fresh process),
+:mod:`~.ast_fmnist` and :mod:`~.ast_report` (the AST sweep on Fashion-MNIST, ``python -m``).
 """
 
 from hobs_jax.experiments.sweep import Row, Sweep, Variant, model_of, parse_variant, plan, run_sweep

@@ -43,8 +43,11 @@ __all__ = ["BASES", "Row", "Sweep", "Variant", "model_of", "parse_variant", "pla
 
 
 def model_of(config: ml_collections.ConfigDict) -> str:
-    """The model a pipeline config names (the one place experiments read it)."""
-    return str(config.model)
+    """The model a pipeline config names: the zoo name or the import path of a module of
+    one's own (:func:`hobs_jax.pipeline.config.model_label`)."""
+    from hobs_jax.pipeline.config import model_label
+
+    return model_label(config)
 
 
 def _value(text: str) -> Any:

@@ -167,23 +167,40 @@ def recipe_mismatches(config: ml_collections.ConfigDict, recipe: Mapping[str, Ma
 
 
 # -- the checks ----------------------------------------------------------------------------
-def _dense(config):
-    """The config's dense model, abstract variables and input shape (no data read)."""
+def _shape(config) -> tuple[int, int, int, int]:
+    size = config.data.image_size or (224 if config.data.source == "tfds" else 28)
+    return (1, size, size, config.in_channels)
+
+
+def _dense(config, concrete: bool = False):
+    """The config's dense network, its variables (abstract unless ``concrete``) and the
+    input shape: a zoo module (no data read), or the Prunable of a module of one's own
+    built by the pipeline's own Context (which reads the data source for its shape)."""
     import jax
 
     from hobs_jax import models
-    from hobs_jax.experiments.sweep import model_of
+    from hobs_jax.pipeline.config import model_spec
 
-    model = models.build(model_of(config), num_classes=config.num_classes, in_channels=config.in_channels)
-    size = config.data.image_size or (224 if config.data.source == "tfds" else 28)
-    shape = (1, size, size, config.in_channels)
-    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), shape))
-    return model, variables, shape
+    shape = _shape(config)
+    if model_spec(config) is None:
+        model = models.build(config.model.name, num_classes=config.num_classes, in_channels=config.in_channels)
+        init = lambda: models.init(model, jax.random.key(config.seed), shape)  # noqa: E731
+        return model, (init() if concrete else jax.eval_shape(init)), shape
+    from hobs_jax.pipeline.context import Context
+    from hobs_jax.pipeline.workdir import Workdir
+
+    with tempfile.TemporaryDirectory(prefix="hobs_validate_") as tmp:
+        ctx = Context(config, Workdir(tmp))
+        p = ctx.prunable(None)
+        if concrete and any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(p.variables)):
+            p = ctx.prunable(models.init(p.module, jax.random.key(config.seed), p.input_shape))
+    return p, p.variables, tuple(p.input_shape)
 
 
 def check_variants(mod, path: str) -> str:
     from hobs_jax import macs
     from hobs_jax.pipeline import validate
+    from hobs_jax.pipeline.config import model_label
 
     done = []
     for v in variants_of(mod):
@@ -191,7 +208,7 @@ def check_variants(mod, path: str) -> str:
             c = mod.get_config(v or None)
             validate(c)
             model, variables, shape = _dense(c)
-            done.append(f"{v or 'default'} ({c.model}, {macs.count_params(variables):,} params)")
+            done.append(f"{v or 'default'} ({model_label(c)}, {macs.count_params(variables):,} params)")
         except Exception as e:
             raise ValueError(f"variant {v or 'default'!r} of {path}: {_one_line(e)}") from None
     return ", ".join(done) + " build"
@@ -241,59 +258,68 @@ def check_data(config) -> str:
 
 
 def check_macs(config) -> str:
-    from hobs_jax import macs
+    from hobs_jax import macs, models
+    from hobs_jax.pipeline.config import model_label
 
     model, variables, shape = _dense(config)
     rep = macs.count(model, variables, shape)
     if rep.macs <= 0 or not rep.layers:
-        raise ValueError(f"the counter found no MACs in {config.model}")
-    xla = macs.xla_op_flops(model, variables, shape) / 2
+        raise ValueError(f"the counter found no MACs in {model_label(config)}")
+    module = model.module if isinstance(model, models.Prunable) else model
+    xla = macs.xla_op_flops(module, variables, shape) / 2
     if xla != rep.valid_macs:
         raise ValueError(f"XLA counts {xla:,.0f} MACs over the counted ops, the counter {rep.valid_macs:,} "
                          f"without padding taps")
-    return (f"{config.model} at {'x'.join(map(str, shape[1:]))}: {rep.macs:,} MACs ({len(rep.layers)} layers), "
+    return (f"{model_label(config)} at {'x'.join(map(str, shape[1:]))}: {rep.macs:,} MACs ({len(rep.layers)} layers), "
             f"{rep.params:,} params; XLA's count of the same ops agrees ({xla:,.0f} padding-free)")
 
 
 def check_latency(config) -> str:
-    from hobs_jax.bench import ModelSpec, Options, run_suite
-    from hobs_jax.experiments.sweep import model_of
+    from hobs_jax.bench import ModelSpec
     from hobs_jax.pipeline.benchmark_stage import runtimes_of
+    from hobs_jax.pipeline.config import model_spec
+    from hobs_jax.pipeline.context import Context
+    from hobs_jax.pipeline.workdir import Workdir
 
     names = runtimes_of(config)
-    _, _, shape = _dense(config)
-    spec = ModelSpec.from_zoo(model_of(config), label="dense", num_classes=config.num_classes,
-                              input_shape=tuple(shape[1:]))
-    b = config.benchmark
-    opts = Options(batch_sizes=(1,), warmup=1, iters=3, rounds=1, threads=b.threads, clock=b.clock,
-                   devices=("cpu",) if b.clock == "cpu" else None)
     with tempfile.TemporaryDirectory(prefix="hobs_validate_bench_") as tmp:
-        result = run_suite([spec], names, opts, out_dir=tmp)
+        if model_spec(config) is None:
+            spec = ModelSpec.from_zoo(config.model.name, label="dense", num_classes=config.num_classes,
+                                      input_shape=tuple(_shape(config)[1:]))
+        else:  # a module of one's own: saved as the pipeline saves it, timed from the file
+            model, variables, shape = _dense(config, concrete=True)
+            path = Context(config, Workdir(tmp)).export(os.path.join(tmp, "dense"), model.module, variables)
+            spec = ModelSpec.from_saved(path, label="dense", input_shape=tuple(shape[1:]))
+        result = _time(config, names, spec, tmp)
     bad = [f"{r['runtime']}: {r['reason'] or r['status']}" for r in result.rows if r["status"] != "ok"]
     if bad or not result.rows:
         raise ValueError("; ".join(bad) or "no row timed")
     return "timed " + ", ".join(f"{r['runtime']} ({r['device']}) {r['p50_ms']:.3f} ms" for r in result.rows)
 
 
+def _time(config, names, spec, tmp: str):
+    from hobs_jax.bench import Options, run_suite
+
+    b = config.benchmark
+    opts = Options(batch_sizes=(1,), warmup=1, iters=3, rounds=1, threads=b.threads, clock=b.clock,
+                   devices=("cpu",) if b.clock == "cpu" else None)
+    return run_suite([spec], names, opts, out_dir=os.path.join(tmp, "bench"))
+
+
 def check_method(config) -> str:
     import numpy as np
 
-    from hobs_jax.experiments.sweep import model_of
     from hobs_jax.methods import Calibration, get_method, make_task
-
-    import jax
-
-    from hobs_jax import models
+    from hobs_jax.pipeline.config import model_label
 
     p = config.prune
     spec = get_method(p.method)
-    model, _, shape = _dense(config)
-    variables = models.init(model, jax.random.key(0), shape)  # the checks read shapes and collections only
+    model, variables, shape = _dense(config, concrete=True)  # the checks read shapes and collections only
     calib = Calibration(np.zeros((2,) + tuple(shape[1:]), np.float32), np.zeros((2,), np.int32))
-    task = make_task(p.method, model_of(config), variables, target=p.target, metric=p.metric, round_to=p.round_to,
+    task = make_task(p.method, model, variables, target=p.target, metric=p.metric, round_to=p.round_to,
                      input_shape=shape, calib=calib, options=p[p.method], seed=config.seed)
     spec.check(task)
-    return f"{p.method} is registered and accepts {config.model} (target {p.target} of the {p.metric})"
+    return f"{p.method} is registered and accepts {model_label(config)} (target {p.target} of the {p.metric})"
 
 
 def check_config(path: str, variant: str = "", overrides: Sequence[tuple[str, Any]] = (),

@@ -54,6 +54,7 @@ def finetune_fn(ctx: Context):
     trains the unpruned network with the ``finetune`` recipe for ``steps`` steps, with an
     extra loss or gradient transformation, resumably under ``prune/method_training``."""
     def train(variables, steps, extra_loss=None, extra_transform=None):
+        from hobs_jax.pipeline.train_stage import stop_if_preempted
         from hobs_jax.train import fit
 
         c = ctx.config
@@ -64,6 +65,7 @@ def finetune_fn(ctx: Context):
         result = fit(model, variables, ctx.train_loader(section), section,
                      os.path.join(ctx.workdir.stage_dir("prune"), "method_training"),
                      extra_loss=extra_loss, extra_transform=extra_transform)
+        stop_if_preempted(result.metrics)
         return result.variables
     return train
 
@@ -79,8 +81,8 @@ def run(ctx: Context) -> dict:
     _, variables, _ = ctx.load_model("train")
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
-    stage = ctx.workdir.stage_dir("prune")
-    task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
+    stage = os.path.join(ctx.workdir.root, "prune")  # created by the first write, not before
+    task = make_task(c.prune.method, ctx.prunable(variables), target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
                      calib=calib, options=c.prune[c.prune.method], seed=c.seed,
                      finetune=finetune_fn(ctx))
@@ -99,6 +101,7 @@ def run(ctx: Context) -> dict:
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)
+    os.makedirs(stage, exist_ok=True)
     out["artifacts"] = [p for name, write in outcome.artifacts.items()
                         for p in write(os.path.join(stage, name))]
     with open(os.path.join(stage, "plan.json"), "w") as f:

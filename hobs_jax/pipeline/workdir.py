@@ -1,22 +1,33 @@
-"""The workdir: one folder per stage, a ``stage.json`` when a stage has finished, and the
-guard that refuses to resume a workdir made with a different config.
+"""The workdir: one folder per stage, a ``stage.json`` when a stage has finished, the
+guard that refuses to resume a workdir made with a different config, and the lock that
+keeps a second run out (:mod:`hobs_jax.pipeline.lock`).
 
 A stage that finished is skipped on rerun; one that did not resumes (training resumes
 from its own checkpoints). A stage's record holds the config sections it depended on
 (:data:`hobs_jax.pipeline.config.STAGE_SECTIONS`); if the current config differs in any
 of them, the run stops with the differing keys instead of mixing results.
+
+Records are written to a temporary file, flushed to disk and renamed into place: a
+killed run never leaves half a record, and a failed write (full disk) leaves the
+previous record intact and raises a one-line :class:`hobs_jax.errors.WriteError`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
 
 import ml_collections
 
-from hobs_jax.pipeline.config import stage_sections
+from hobs_jax import faults
+from hobs_jax.errors import WriteError, write_failure
+from hobs_jax.pipeline.config import fingerprint_view, stage_sections
+from hobs_jax.pipeline.lock import WorkdirLock
+
+log = logging.getLogger(__name__)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -30,7 +41,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
     """The flattened config keys ``stage``'s result depends on."""
-    full = json.loads(config.to_json())
+    full = fingerprint_view(json.loads(config.to_json()))
     out = {}
     for section in stage_sections(stage):
         out.update(_flatten({section: full[section]}))
@@ -38,19 +49,91 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]
     return {k: v for k, v in out.items() if not k.endswith((".progress", ".tensorboard", ".log_every"))}
 
 
-def _write_json(path: str, obj: Any) -> None:
+def _write_json(path: str, obj: Any, fault_point: str | None = None) -> None:
+    """Write ``obj`` to ``path`` atomically (temporary file, fsync, rename); a failed
+    write raises a one-line WriteError and leaves the previous file intact."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=float)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a record
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if fault_point:
+            faults.point(fault_point)
+        os.replace(tmp, path)  # atomic: a killed run never leaves half a record
+    except OSError as e:
+        reason = write_failure(e) or e.strerror or str(e)
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        kept = "the previous version is intact" if os.path.exists(path) else "nothing was written"
+        raise WriteError(f"writing {path} failed ({reason}); {kept}") from e
+
+
+def check_usable(root: str) -> str:
+    """The absolute workdir path, after checking, without creating anything, that it is
+    (or can be created as) a writable directory; else a one-line ``ValueError`` naming
+    the path and why."""
+    if not root:
+        raise ValueError("--workdir is empty: give a directory for the run's outputs")
+    path = os.path.abspath(os.path.expanduser(root))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"workdir {path} exists and is not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"workdir {path} is not writable (permission denied)")
+        return path
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"workdir {path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"workdir {path} cannot be created: {parent} is not writable "
+                         f"(permission denied)")
+    return path
 
 
 class Workdir:
-    """Paths and stage records under ``root``."""
+    """Paths and stage records under ``root`` (created unless ``create=False``; then
+    :meth:`open` creates it and takes the lock)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, *, create: bool = True):
         self.root = os.path.abspath(root)
-        os.makedirs(self.root, exist_ok=True)
+        self.lock = WorkdirLock(self.root)
+        self.created = False
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+
+    def open(self) -> "Workdir":
+        """Create the directory if needed and take the lock (:mod:`~hobs_jax.pipeline.lock`);
+        one-line ``ValueError`` if either fails."""
+        check_usable(self.root)
+        self.created = not os.path.isdir(self.root)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"workdir {self.root} cannot be created ({e.strerror})") from None
+        try:
+            self.lock.acquire()
+        except BaseException:
+            self.close(remove_if_new=True)
+            raise
+        return self
+
+    def close(self, *, remove_if_new: bool = False) -> None:
+        """Release the lock. ``remove_if_new``: a run that wrote nothing yet leaves no
+        trace: the lock file and (if this run created it and it is empty) the directory
+        go away again."""
+        remove = remove_if_new and self.lock.created
+        self.lock.release(remove=remove)
+        if remove_if_new and self.created:
+            try:
+                os.rmdir(self.root)  # only if empty
+            except OSError:
+                pass
 
     def stage_dir(self, stage: str) -> str:
         path = os.path.join(self.root, stage)
@@ -61,11 +144,19 @@ class Workdir:
         return os.path.join(self.root, stage, "stage.json")
 
     def done(self, stage: str) -> dict | None:
+        """``stage``'s record, or None if it has not finished (an unreadable record, which
+        atomic writes never produce but a damaged disk or a hand edit might, counts as not
+        finished: the stage runs again)."""
         path = self.record_path(stage)
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, ValueError) as e:
+            log.warning("%s is unreadable (%s); stage %s runs again", path, e, stage)
+            return None
+        return rec if isinstance(rec, dict) and "outputs" in rec else None
 
     def check_compatible(self, config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
         """Raise if a finished stage was made with different values of its config keys."""
@@ -87,7 +178,7 @@ class Workdir:
         rec = {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
                "fingerprint": fingerprint(config, stage), "outputs": outputs}
         self.stage_dir(stage)
-        _write_json(self.record_path(stage), rec)
+        _write_json(self.record_path(stage), rec, fault_point="record.write")
         return rec
 
     def write_json(self, name: str, obj: Any) -> str:

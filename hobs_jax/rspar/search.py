@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+from hobs_jax import faults, interrupt
 from hobs_jax.rspar.agent import DDPG, Replay, truncated_normal
 from hobs_jax.rspar.env import AllocationEnv, Episode
 
@@ -99,6 +100,7 @@ def _to_unit(keep: np.ndarray, sizes: np.ndarray, lbound: float) -> np.ndarray:
     return np.clip((r - lbound) / max(1.0 - lbound, 1e-12), 0.0, 1.0).astype(np.float32)
 
 
+@interrupt.deferring_signals  # SIGTERM/SIGINT end the current episode, then save and stop
 def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, float]], *,
            episodes: int, warmup: int, seed: int, agent_config,
            references: Mapping[str, np.ndarray] | None = None, cost_weight: float = 0.0,
@@ -180,6 +182,12 @@ def search(env: AllocationEnv, reward_fn: Callable[[np.ndarray], tuple[float, fl
     pbar = bar(range(st["episode"], episodes), desc="R-SPAR search", unit="episode", enabled=progress,
                total=episodes, initial=st["episode"])
     for e in pbar:
+        faults.point("rspar.episode", e)
+        if interrupt.requested():  # SIGTERM/SIGINT: keep the finished episodes, then stop
+            if ckpt and st["episode"] % max(1, int(checkpoint_every)):
+                save()
+            interrupt.check(f"in the R-SPAR search before episode {e} of {episodes}"
+                            + (" (search checkpoint saved)" if ckpt else ""))
         t0 = time.perf_counter()
         if e == warmup and int(getattr(cfg, "imitate", 0)):
             agent.imitate(np.asarray(st["best"]["states"]), np.asarray(st["best"]["actions"]), int(cfg.imitate))

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hobs_jax import faults, interrupt
 from hobs_jax.stats.gram import (gram_conv, gram_conv_rowshift, gram_conv_shift2d, gram_conv_sliced, gram_depthwise,
                                  gram_rows, row_shiftable, shift2d_able)
 from hobs_jax.stats.streams import ordered_map, resolve_workers
@@ -335,6 +336,8 @@ def collect_hessians(model: nn.Module, variables: Mapping, images: np.ndarray, *
                 raise ValueError(f"calibration batch {i}: the input of layer {bad[0]} has NaN/Inf "
                                  f"values (activations overflow or the weights are not finite)")
             acc = sums if acc is None else _accumulate(acc, sums)  # batch order: as a sequential loop
+            faults.point("hessians.batch", i)
+            interrupt.check(f"while collecting calibration statistics (batch {i + 1} of {nb})")
         host = jax.device_get(acc)
     npdt = np.float64 if dtype == "float64" else np.float32
     layers = {}

@@ -10,7 +10,10 @@ Saves are asynchronous (training continues while the files are written); ``wait(
 blocks until they are on disk and must run before the process exits. Orbax writes each
 step to a temporary directory and renames it when complete, so a process killed mid-save
 leaves no half checkpoint behind; a checkpoint that still fails to restore (truncated or
-corrupted files) is skipped with a warning in favour of the previous one.
+corrupted files) is skipped with a warning in favour of the previous one. A save that
+fails for lack of space or any other storage error raises a one-line
+:class:`hobs_jax.errors.WriteError` naming the step and the newest complete checkpoint,
+which is left intact.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from hobs_jax import faults
+from hobs_jax.errors import WriteError, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
         self._unreadable: set[int] = set()
+        self._saving: int | None = None  # the step whose (async) save may still fail
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -60,12 +67,17 @@ class Checkpointer:
             self._unreadable.discard(step)
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        with _WriteFailure(self, step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._saving = step
+        faults.point("checkpoint.save", step)
 
     def wait(self) -> None:
         """Blocks until every started save is complete on disk."""
-        self.manager.wait_until_finished()
+        with _WriteFailure(self, self._saving):
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def restore(self, abstract_state: Any, step: int | None = None
                 ) -> tuple[int, Any, dict] | None:
@@ -95,8 +107,41 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+
+class _WriteFailure:
+    """Turns a storage failure inside orbax into a one-line :class:`WriteError`."""
+
+    def __init__(self, ckpt: Checkpointer, step: int | None):
+        self.ckpt, self.step = ckpt, step
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        reason = write_failure(exc) if exc is not None and not isinstance(exc, WriteError) else None
+        if reason is None:
+            return False
+        failed = self.ckpt._saving if self.ckpt._saving is not None else self.step
+        self.ckpt._saving = None
+        intact = [s for s in _finished_steps(self.ckpt.directory) if s != failed]
+        kept = (f"the previous checkpoint (step {intact[-1]}) is intact" if intact
+                else "there is no earlier checkpoint")
+        raise WriteError(f"saving checkpoint step {failed} in {self.ckpt.directory} failed "
+                         f"({reason}); {kept}") from exc
+
+
+def _finished_steps(directory: str) -> list[int]:
+    """Steps with a finalized checkpoint directory (orbax renames ``<step>.orbax-checkpoint-
+    tmp`` to ``<step>`` when a save completes)."""
+    try:
+        return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+    except OSError:
+        return []
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

@@ -1,46 +1,43 @@
-"""SIGTERM -> save a checkpoint and leave cleanly (preemptible VMs, SLURM time limits).
+"""SIGTERM / SIGINT -> save a checkpoint and leave cleanly (preemptible VMs, SLURM time
+limits, Ctrl-C).
 
-The handler only sets a flag; the training loop polls :meth:`Preemption.requested` once
-per step, then saves and returns. With several processes the flag is OR-ed across them
-(one tiny all-gather per step) so that every process stops at the same step, as the
-collective checkpoint save requires.
+The handler (:mod:`hobs_jax.interrupt`) only sets a flag; the training loop polls
+:meth:`Preemption.requested` once per step, then saves and returns. With several
+processes the flag is OR-ed across them (one tiny all-gather per step) so that every
+process stops at the same step, as the collective checkpoint save requires. Inside the
+pipeline the flag is shared with the pipeline's own scope, so a signal that arrived
+before training started stops it at its first step.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-
 import jax
 import numpy as np
 
+from hobs_jax import interrupt
+
 
 class Preemption:
-    """Context manager installing a SIGTERM handler (main thread only).
+    """Context manager deferring stop signals to the loop's polls (main thread only).
 
     Args:
-      signals: the signals to catch (default: SIGTERM).
+      signals: the signals to catch (default: SIGTERM and SIGINT).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    def __init__(self, signals: tuple[int, ...] = interrupt.SIGNALS):
         self.signals = signals
         self._flag = False
-        self._previous: dict[int, object] = {}
-
-    def _handler(self, signum, frame):
-        del frame
-        self._flag = True
+        self._scope = None
 
     def __enter__(self) -> "Preemption":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handler)
+        self._scope = interrupt.stop_signals(self.signals)
+        self._scope.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, prev in self._previous.items():
-            signal.signal(s, prev)
-        self._previous.clear()
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.__exit__(*exc)
 
     def request(self) -> None:
         """Asks for a stop as if a signal had arrived (tests, callbacks)."""
@@ -48,8 +45,9 @@ class Preemption:
 
     def requested(self) -> bool:
         """Whether any process got a stop signal (collective when process_count > 1)."""
+        flag = self._flag or interrupt.requested()
         if jax.process_count() == 1:
-            return self._flag
+            return flag
         from jax.experimental import multihost_utils
-        flags = multihost_utils.process_allgather(np.array([self._flag], np.int32))
+        flags = multihost_utils.process_allgather(np.array([flag], np.int32))
         return bool(np.asarray(flags).any())
