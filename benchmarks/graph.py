@@ -5,21 +5,17 @@ own process (:mod:`hobs_jax.experiments.studies.graph_discovery`).
     python benchmarks/graph.py --repeats 7        # docs/results/graph.{json,md,tex}
 """
 
-import argparse
-
-from hobs_jax.experiments import records, studies
+from hobs_jax.experiments import studies
 from hobs_jax.experiments.studies import graph_discovery as study
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = studies.parser(__doc__)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", default=",".join(study.MODELS))
-    p.add_argument("--out", default="docs/results")
     a = p.parse_args(argv)
-    key, src = records.source_here(studies.command("benchmarks/graph.py", argv))
-    rows = study.measure(a.models.split(","), a.repeats, device=src["device"], source=key)
-    studies.publish("graph", rows, {key: src}, study.table, a.out)
+    studies.measure_and_publish(study, argv, a.models.split(","), a.repeats, out=a.out, name="graph",
+                                script="benchmarks/graph.py")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,12 @@ each framework in its own processes (:mod:`hobs_jax.experiments.studies.train_th
     python benchmarks/train_throughput.py --model resnet20 --image 28 --batch 128
 """
 
-import argparse
-
-from hobs_jax.experiments import records, studies
+from hobs_jax.experiments import studies
 from hobs_jax.experiments.studies import train_throughput as study
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = studies.parser(__doc__)
     p.add_argument("--model", default="tiny_cnn")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--image", type=int, default=32)
@@ -23,12 +21,9 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="processes per framework, alternating")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0: every core")
-    p.add_argument("--out", default="docs/results")
     a = p.parse_args(argv)
-    key, src = records.source_here(studies.command(study.SCRIPT, argv))
-    rows = study.measure(a.model, a.batch, a.image, a.classes, a.width, a.steps, a.repeats, a.rounds, a.warmup,
-                         a.threads, device=src["device"], source=key)
-    studies.publish(study.NAME, rows, {key: src}, study.table, a.out)
+    studies.measure_and_publish(study, argv, a.model, a.batch, a.image, a.classes, a.width, a.steps, a.repeats,
+                                a.rounds, a.warmup, a.threads, out=a.out)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,11 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
 import sys
 import time
-from typing import Any
 
 import numpy as np
 

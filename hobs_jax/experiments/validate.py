@@ -390,7 +390,7 @@ def compare_models(a: str, b: str, *, tol: float = 0.01, per_layer: bool = True,
                     + (" **off**" if off > tol else ""))
         if off > tol:
             bad_layers.append(key)
-    table = "\n".join([f"| layer | MACs A | MACs B | diff | params A | params B | diff |",
+    table = "\n".join(["| layer | MACs A | MACs B | diff | params A | params B | diff |",
                        "|---|---:|---:|---:|---:|---:|---:|", *rows,
                        f"| total | {ra.macs:,} | {rb.macs:,} | {rel(ra.macs, rb.macs):.2%} | {ra.params:,} | "
                        f"{rb.params:,} | {rel(ra.params, rb.params):.2%} |"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 
+import argparse
 import os
 import shlex
 import sys
@@ -28,6 +29,25 @@ def publish(name: str, rows: list[dict], sources: dict, table_fn, out: str = "do
     paths = [rec] + t.write(os.path.join(out, name))
     print(t.to_markdown())
     return paths
+
+
+def parser(doc: str, out: str = "docs/results") -> argparse.ArgumentParser:
+    """A benchmark script's argument parser: its docstring's first line, and ``--out``."""
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    p.add_argument("--out", default=out, help="folder of the tables (records under OUT/records)")
+    return p
+
+
+def measure_and_publish(study, argv, *args, out: str = "docs/results", name: str | None = None,
+                        script: str | None = None, table_fn=None, **kwargs) -> list[str]:
+    """A benchmark script's whole run: ``study.measure(*args, device=, source=, **kwargs)``
+    under a record of this machine and command line, then :func:`publish` as ``name``
+    (default ``study.NAME``) with ``table_fn`` (default ``study.table``)."""
+    from hobs_jax.experiments import records
+
+    key, src = records.source_here(command(script or study.SCRIPT, argv))
+    rows = study.measure(*args, device=src["device"], source=key, **kwargs)
+    return publish(name or study.NAME, rows, {key: src}, table_fn or study.table, out)
 
 
 def calibration(n: int, *, seed: int = 0, split: str = "train", source: str = "fashion_mnist", **source_kw):

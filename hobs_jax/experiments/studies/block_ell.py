@@ -17,21 +17,21 @@ runs keep GPU rows and vice versa) and ``docs/results/block_ell.md`` regenerated
 from the merged records.
 
 Run (CPU sweep committed in docs/results):
-    PYTHONPATH=. python benchmarks/block_ell.py --quick
+    python benchmarks/block_ell.py --quick
 Full sweep (GPU):
-    PYTHONPATH=. python benchmarks/block_ell.py
+    python benchmarks/block_ell.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform as py_platform
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+from hobs_jax.experiments import machine
 
 import jax
 import jax.numpy as jnp
@@ -75,16 +75,6 @@ def vit_b_mlp_shapes(batch: int) -> list[tuple[str, int, int, int]]:
 
 QUICK_RESNET = ("resnet50.layer1.conv1", "resnet50.layer2.conv3", "resnet50.layer3.conv1",
                 "resnet50.layer4.conv3")  # one per stage, K and N both >= 64
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return py_platform.processor() or "unknown"
 
 
 LAST_DEVICE_TIMES: dict[str, dict] = {}  # the last GPU group's full figures (diagnostics)
@@ -395,9 +385,9 @@ def main(argv=None) -> None:
         return
     plat = jax.default_backend()
     device = str(jax.devices()[0].device_kind)
-    command = "PYTHONPATH=. python benchmarks/block_ell.py " + shlex.join(
+    command = "python benchmarks/block_ell.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    meta = {"command": command.strip(), "cpu_model": cpu_model(), "jax_version": jax.__version__}
+    meta = {"command": command.strip(), "cpu_model": machine.cpu_model(), "jax_version": jax.__version__}
     points = build_sweep(args)
     json_path = out.with_suffix(".json")
     old = json.loads(json_path.read_text()) if json_path.exists() else []

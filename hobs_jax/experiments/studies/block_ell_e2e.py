@@ -19,9 +19,9 @@ model, batch, block, sparsity) and the ``End to end`` section of
 ``docs/results/block_ell.md`` (between markers; ``benchmarks/block_ell.py`` keeps it).
 
 Run (the CPU figures committed in docs/results):
-    PYTHONPATH=. python benchmarks/block_ell_e2e.py --quick
+    python benchmarks/block_ell_e2e.py --quick
 Full (batches 1, 32, 256; about 10 minutes on 2 CPU cores with --iters 3):
-    PYTHONPATH=. python benchmarks/block_ell_e2e.py
+    python benchmarks/block_ell_e2e.py
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.block_ell import LAST_DEVICE_TIMES, cpu_model, time_group
+from hobs_jax.experiments import machine
+
+from hobs_jax.experiments.studies.block_ell import LAST_DEVICE_TIMES, time_group
 from hobs_jax import macs, models, sparse
 from hobs_jax.methods import api as methods_api
 from kernels import select_config
@@ -79,8 +81,8 @@ def run(args, on_batch=None) -> list[dict]:
         _, zeroed = sparse.to_dense(sm, sv, input_shape=shape1)
         sparse_models[(b, s)] = (sm, sv, zeroed)
     device = str(jax.devices()[0].device_kind)
-    command = "PYTHONPATH=. python benchmarks/block_ell_e2e.py " + shlex.join(args.argv)
-    meta = dict(command=command.strip(), cpu_model=cpu_model(), jax_version=jax.__version__,
+    command = "python benchmarks/block_ell_e2e.py " + shlex.join(args.argv)
+    meta = dict(command=command.strip(), cpu_model=machine.cpu_model(), jax_version=jax.__version__,
                 image_size=args.size, macs_ratio=round(result.macs_ratio, 4),
                 widths=",".join(map(str, sorted(set(model.widths.values())))),
                 pruning=f"magnitude plan (uniform, round_to {args.multiple}) + apply_plan",

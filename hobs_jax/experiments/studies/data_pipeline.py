@@ -75,7 +75,7 @@ def _rows(rates, batches, batch_size, device, source) -> list[dict]:
 def from_legacy(d: dict) -> tuple[list[dict], dict]:
     key = "data_pipeline@legacy"
     return (_rows(d["batches_per_s"], d["batches"], d["batch_size"], "cpu:x86_64:unrecorded", key),
-            {key: {"command": d["command"].replace("PYTHONPATH=. ", ""), "machine": d["device"],
+            {key: {"command": d["command"].replace("", ""), "machine": d["device"],
                    "note": "benchmarks/data_pipeline.py before the experiments package"}})
 
 

@@ -71,7 +71,7 @@ def _row(name, o, t, repeats, device, source) -> dict:
 def from_legacy(d: dict) -> tuple[list[dict], dict]:
     key = "graph@legacy"
     rows = [_row(n, r["ours"], r["torch_pruning"], d["repeats"], LEGACY_DEVICE, key) for n, r in d["models"].items()]
-    return rows, {key: {"command": d["command"].replace("PYTHONPATH=. ", ""), "machine": d["device"],
+    return rows, {key: {"command": d["command"].replace("", ""), "machine": d["device"],
                         "note": "benchmarks/graph.py before the experiments package"}}
 
 

@@ -109,7 +109,7 @@ def from_legacy(d: dict) -> tuple[list[dict], dict]:
     base = {k: rows[0][k] for k in ("device", "source", "propagate", "calibration_images", "run_wall_s")}
     rows += [dict(base, kind="function", phase=f["phase"], function=f["function"], compiles=f["compiles"],
                   seconds=f["seconds"]) for f in d["by_function"][:12]]
-    return rows, {key: {"command": d["command"].replace("PYTHONPATH=. ", ""), "machine": d["device"],
+    return rows, {key: {"command": d["command"].replace("", ""), "machine": d["device"],
                         "note": "benchmarks/hobs_compiles.py before the experiments package"}}
 
 

@@ -19,9 +19,9 @@ shared CPU than wall seconds; the load average at the start and end is recorded.
 
 from __future__ import annotations
 
-import os
 import resource
 import time
+from hobs_jax.experiments import machine
 
 from hobs_jax.experiments.table import Column, ResultTable
 
@@ -48,17 +48,13 @@ class PhaseRecorder:
                                 "consumers": facts["consumers"], "max_d": facts["max_d"], "cpu_s": round(cpu, 3)})
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def one_run(model_name: str, variables, calib, options: dict, bn_batch: int) -> tuple[dict, object]:
     """One H-OBS prune + BN re-estimation, wall and CPU seconds per phase."""
     from hobs_jax import obs
     from hobs_jax.methods import make_task, run
     from hobs_jax.stats import reestimate_bn
 
-    rec = {"load_start": _load()}
+    rec = {"load_start": machine.load_average()}
     t0, c0 = time.perf_counter(), time.process_time()
     task = make_task("hobs", model_name, variables, target=0.5, calib=calib, options=options)
     t_task, c_task = time.perf_counter() - t0, time.process_time() - c0
@@ -79,7 +75,7 @@ def one_run(model_name: str, variables, calib, options: dict, bn_batch: int) -> 
     rec.update(total_s=round(t_task + t_run + t_bn, 2), total_cpu_s=round(c_task + c_run + c_bn, 2),
                macs_ratio=round(res.macs_ratio, 4), params_ratio=round(res.params_ratio, 4),
                peak_rss_mib=round(max(rss_prune, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0), 1),
-               load_end=_load(), slowest_groups=sorted(phases.groups, key=lambda g: -g["cpu_s"])[:5])
+               load_end=machine.load_average(), slowest_groups=sorted(phases.groups, key=lambda g: -g["cpu_s"])[:5])
     return rec, res
 
 
@@ -155,7 +151,7 @@ def from_legacy(d: dict) -> tuple[list[dict], dict]:
             row.update({f"{k}_s": v for k, v in r["phases_s"].items()})
             row.update({f"{k}_cpu_s": v for k, v in r.get("phases_cpu_s", {}).items()})
             rows.append(row)
-    commands = sorted({c.get("command", "").replace("PYTHONPATH=. ", "") for c in d["cases"].values()})
+    commands = sorted({c.get("command", "").replace("", "") for c in d["cases"].values()})
     return rows, {key: {"command": "; ".join(commands), "machine": d["device"],
                         "note": "benchmarks/hobs_cost.py before the experiments package"}}
 

@@ -81,7 +81,7 @@ def from_legacy(d: dict) -> tuple[list[dict], dict]:
     key = "hobs_refit_parts@legacy"
     return (_rows(d["cpu_s"], d["model"], d["images"], d["layers"], d["shapes"], [d["load_start"][0], d["load_end"][0]],
                   "cpu:AMD EPYC:unrecorded", key),
-            {key: {"command": d["command"].replace("PYTHONPATH=. ", ""),
+            {key: {"command": d["command"].replace("", ""),
                    "note": "benchmarks/hobs_refit_parts.py before the experiments package"}})
 
 

@@ -155,7 +155,7 @@ def _rows(results: dict, model, batch, image, device, source) -> list[dict]:
 def from_legacy(d: dict) -> tuple[list[dict], dict]:
     key = "train_throughput@legacy"
     return (_rows(d["results"], d["model"], d["batch"], d["input"][0], "cpu:AMD EPYC:unrecorded", key),
-            {key: {"command": d["command"].replace("PYTHONPATH=. ", ""), "machine": d["device"],
+            {key: {"command": d["command"].replace("", ""), "machine": d["device"],
                    "optimizer": d["optimizer"], "note": "benchmarks/train_throughput.py before the experiments package"}})
 
 

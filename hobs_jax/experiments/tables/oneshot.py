@@ -4,7 +4,7 @@ H-OBS issue judged on the rows present."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from hobs_jax.experiments.table import Column, ResultTable
 from hobs_jax.experiments.tables.common import ACC, curve_columns, speedup, steps_of, with_curve
