@@ -45,9 +45,18 @@ def main(argv=None) -> int:
     from hobs_jax import compile_cache
 
     compile_cache.enable(compile_cache.default_dir())
+    made = {}
     for n in names:
-        for path in ENTRIES[n].make(run):
-            print(path)
+        how = ENTRIES[n].how(run)
+        if how == "missing":
+            print(f"skipped {n}: no run record under {run.records} (computed by: python -m "
+                  f"hobs_jax.experiments.tables {n})", file=sys.stderr)
+        else:
+            for path in ENTRIES[n].make(run):
+                print(path)
+        made[n] = how
+    print("tables: " + "; ".join(f"{h}: {', '.join(k for k, v in made.items() if v == h)}"
+                                 for h in ("computed", "records", "missing") if h in made.values()))
     return 0
 
 

@@ -61,6 +61,14 @@ class Entry:
     def computes(self, run: "Run") -> bool:
         return self.compute is not None and (run.mode == "full" or (run.mode == "quick" and self.quick))
 
+    def how(self, run: "Run") -> str:
+        """'computed' (measured now), 'records' (rebuilt from its run records) or 'missing'
+        (a record it needs is absent: nothing to rebuild from)."""
+        if self.computes(run):
+            return "computed"
+        need = self.inputs or (self.name,)
+        return "records" if all(os.path.exists(run.record(n)) for n in need) else "missing"
+
     def make(self, run: "Run") -> list[str]:
         if self.computes(run):
             rows, sources = self.compute(run)
@@ -74,11 +82,30 @@ class Entry:
         return self.build(rows, sources, run)
 
 
-def study(name: str, module, summary: str, compute=None) -> Entry:
-    """An entry for a benchmark study (:mod:`hobs_jax.experiments.studies`)."""
+def study(name: str, module, summary: str, compute=None, table_kwargs: dict | None = None) -> Entry:
+    """An entry for a benchmark study (:mod:`hobs_jax.experiments.studies`): its table is
+    ``module.table(rows, sources, **table_kwargs)`` of the study's run record; ``compute``
+    (None: rebuilt from the record; the study's benchmark script measures afresh)."""
     def build(rows, sources, run):
-        return module.table(rows, sources).write(run.path(name))
+        return module.table(rows, sources, **(table_kwargs or {})).write(run.path(name))
     return Entry(name, summary, build, compute=compute, legacy=getattr(module, "from_legacy", None))
+
+
+def _studies() -> list[Entry]:
+    """The benchmark studies whose tables are rebuilt from their run records (each study's
+    ``benchmarks/*.py`` script measures them afresh on this machine)."""
+    from hobs_jax.experiments.studies import (data_pipeline, graph_discovery, hessian_gram, hobs_compiles,
+                                              hobs_cost, hobs_refit_parts, train_throughput)
+
+    return [study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
+            study("graph", graph_discovery, "graph discovery time, run record"),
+            study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
+            study("hobs_compiles", hobs_compiles, "H-OBS compile counts, run record"),
+            study("hobs_cost", hobs_cost, "H-OBS wall/CPU time and memory, run record"),
+            study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
+                  table_kwargs={"name": "hobs_cost_avx512"}),
+            study("hobs_refit_parts", hobs_refit_parts, "H-OBS refit parts, run record"),
+            study("train_throughput", train_throughput, "training steps/s, run record")]
 
 
 # -- run records of earlier code ------------------------------------------------------------
@@ -262,5 +289,6 @@ for _e in [
     _sweep_entry("stability_resnet20", "3 seeds, paired t-test, fresh", build_stability, stability_sweeps, quick=True),
     _sweep_entry("ablation_resnet20", "module ablation, fresh", build_ablation, ablation_sweeps),
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
+    *_studies(),
 ]:
     ENTRIES[_e.name] = _e
