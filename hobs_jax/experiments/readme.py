@@ -105,7 +105,8 @@ FIGURES = (
            "python -m hobs_jax.experiments.tables stability_resnet20"),
     Figure("H-OBS cost (2-core CPU)", "hobs_cost", say_hobs_cost, "python benchmarks/hobs_cost.py"),
     Figure("graph discovery vs Torch-Pruning", "graph", say_graph, "python benchmarks/graph.py --repeats 7"),
-    Figure("training throughput vs PyTorch", "train_throughput", say_throughput, "python benchmarks/train_throughput.py"),
+    Figure("training throughput vs PyTorch", "train_throughput", say_throughput,
+           "python benchmarks/train_throughput.py"),
 )
 
 

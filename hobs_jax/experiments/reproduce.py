@@ -36,13 +36,14 @@ NOT_HERE = {
     "oneshot_fmnist, rspar_fmnist (and table1_fmnist, ablation_fmnist from them)":
         ("hours of CPU (fine-tuning curves of every method at two targets, 3 R-SPAR seeds); rebuilt from "
          "their run records", "python benchmarks/oneshot_fmnist.py ...; python benchmarks/rspar_fmnist.py ..."),
-    "fmnist_baselines": ("training on the H100 (checkpoints/ ships the result)", "python benchmarks/fmnist_baselines.py"),
+    "fmnist_baselines": ("training on the H100 (checkpoints/ ships the result)",
+                         "python benchmarks/fmnist_baselines.py"),
     "block_ell, block_ell_e2e, block_ell_tiles": ("GPU rows (H100)", "python benchmarks/block_ell.py"),
     "jax_vs_torch, bench_quickstart, alignment": ("hours of single-thread timing per runtime",
                                                   "python benchmarks/jax_vs_torch.py --threads 1 --clock cpu"),
     "ast_fmnist, anymodel_fmnist, rspar_latency": ("training or R-SPAR searches of tens of minutes to hours",
-                                                  "python -m hobs_jax.experiments.ast_fmnist; "
-                                                  "python benchmarks/anymodel_fmnist.py; python benchmarks/rspar_latency.py"),
+                                                  "python -m hobs_jax.experiments.ast_fmnist; python "
+                                                  "benchmarks/anymodel_fmnist.py; python benchmarks/rspar_latency.py"),
 }
 
 
@@ -97,7 +98,7 @@ def reproduce(quick: bool, out: str = "docs/results", workdir: str = "runs/exper
             with open(readme, "w") as f:
                 f.write(new)
     report = {h: sorted(n for n, v in how.items() if v == h) for h in ("computed", "records", "missing")}
-    report["not_here"] = {k: v[0] for k, v in NOT_HERE.items()}
+    report["not_here"] = {k: f"{why} ({cmd})" for k, (why, cmd) in NOT_HERE.items()}
     report["seconds"] = round(time.time() - t0, 1)
     return report
 
