@@ -109,7 +109,9 @@ def main(argv=None) -> int:
 
     source = get_source("fashion_mnist", augment=True)
     dense, trained = train(args, source)
-    idx = np.sort(np.random.default_rng(args.seed).permutation(source.size("train"))[:args.calib_images])
+    from hobs_jax.data import sample_indices
+
+    idx = sample_indices(source.size("train"), args.calib_images, args.seed)  # as the calibrate stage
     images, labels = source.batch("train", idx, train=False)
     calib = methods.Calibration(np.asarray(images, np.float32), np.asarray(labels, np.int32))
 

@@ -64,7 +64,9 @@ def _images(size: int, channels: int):
     if channels != 1:
         kw["channels"] = channels
     src = get_source("fashion_mnist", augment=False, **kw)
-    idx = np.sort(np.random.default_rng(0).permutation(src.size("train"))[:N_CALIB])
+    from hobs_jax.data import sample_indices
+
+    idx = sample_indices(src.size("train"), N_CALIB, 0)  # as the calibrate stage
     x, y = src.batch("train", idx, train=False)
     return np.asarray(x, np.float32), np.asarray(y, np.int32)
 

@@ -101,7 +101,9 @@ class Bench:
 
         self.args = args
         self.source = get_source("fashion_mnist", augment=True)
-        idx = np.sort(np.random.default_rng(0).permutation(self.source.size("train"))[:args.calib_images])
+        from hobs_jax.data import sample_indices
+
+        idx = sample_indices(self.source.size("train"), args.calib_images, 0)  # as the calibrate stage
         images, labels = self.source.batch("train", idx, train=False)
         from hobs_jax.methods import Calibration
         self.calib = Calibration(np.asarray(images, np.float32), np.asarray(labels, np.int32))

@@ -76,7 +76,9 @@ class Bench:
             raise SystemExit(f"no checkpoint for {args.model} at {path}")
         self.model, self.variables, _ = hobs_jax.load(path)
         self.source = get_source("fashion_mnist", augment=True)
-        idx = np.sort(np.random.default_rng(0).permutation(self.source.size("train"))[:args.calib_images])
+        from hobs_jax.data import sample_indices
+
+        idx = sample_indices(self.source.size("train"), args.calib_images, 0)  # as the calibrate stage
         x, y = self.source.batch("train", idx, train=False)
         self.calib = Calibration(np.asarray(x, np.float32), np.asarray(y, np.int32))
         n = args.reward_images

@@ -45,7 +45,9 @@ def calibration(size: int, n: int, channels: int):
     from hobs_jax.data import get_source
 
     src = get_source("fashion_mnist", resize_to=(size, size), channels=channels)
-    idx = np.sort(np.random.default_rng(0).permutation(src.size("train"))[:n])
+    from hobs_jax.data import sample_indices
+
+    idx = sample_indices(src.size("train"), n, 0)  # as the calibrate stage
     x, y = src.batch("train", idx, train=False)
     return np.asarray(x, np.float32), np.asarray(y)
 
