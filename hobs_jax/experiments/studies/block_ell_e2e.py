@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -118,7 +117,7 @@ def run(args, on_batch=None) -> list[dict]:
                                                  iters, args.warmup, min_ms=0.0,
                                                  max_iters=iters)
         seconds = round(time.time() - t0, 1)
-        load = round(os.getloadavg()[0], 2)  # a shared machine: how busy it was
+        load = machine.load_average()[0]  # a shared machine: how busy it was
         if timing == "device-span":
             d = LAST_DEVICE_TIMES["dense"]
             print(f"batch {batch}: dense device span {d['span_ms']:.3f} ms, busy "
