@@ -107,5 +107,5 @@ def test_compare_refuses_models_whose_macs_differ_by_2_percent(tmp_path):
     assert not c["total MACs"].ok and "(2.06%" in c["total MACs"].detail, c["total MACs"].detail
     assert not c["per-layer MACs and params"].ok and "Conv_0" in c["per-layer MACs and params"].detail
     assert "| Conv_1 |" in table and "**off**" in table
-    same, _ = v.compare_models(a, a, input_shape=(16, 16, 1))
+    same, _ = v.compare_models(a, a)  # the saved input shape (16x16x1) by default
     assert all(x.ok for x in same)

@@ -375,7 +375,9 @@ def compare_models(a: str, b: str, *, tol: float = 0.01, per_layer: bool = True,
     names = [m["model"] for _, _, m in loaded]
     if names[0] != names[1]:
         raise ValueError(f"{a} holds a {names[0]!r}, {b} a {names[1]!r}: per-layer MACs compare one architecture")
-    shape = input_shape or models.input_shape(names[0], 1, in_channels=loaded[0][2]["in_channels"])
+    meta = loaded[0][2]
+    shape = input_shape or (meta["input_shape"] if meta.get("input_shape")  # a network outside the zoo
+                            else models.input_shape(names[0], 1, in_channels=meta["in_channels"]))
     shape = (1,) + tuple(shape[-3:])
     (ma, pa, ra), (mb, pb, rb) = [_per_layer(m, jax.device_get(v), shape) for m, v, _ in loaded]
 
