@@ -9,14 +9,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 WORKDIR ?= workdir/quickstart
 
-.PHONY: demo test venv data lock parity reproduce clean help
+.PHONY: demo test test-fast test-all venv data lock parity reproduce clean help
 
 help:
 	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
-	@echo "make test   - run the test suite (bootstraps .venv and the dataset)"
+	@echo "make test   - run the test suite CI runs, < 15 min on 2 cores (bootstraps .venv and the dataset)"
+	@echo "make test-fast - the logic tests on tiny models, < 3 min (the inner loop)"
+	@echo "make test-all  - every test: the heavy variants and the fault sweep too (about an hour)"
 	@echo "make parity - python -m parity --all in float32 and float64"
 	@echo "make reproduce [QUICK=1] - regenerate docs/results and README's headline figures (QUICK: < 20 min on 2 CPUs)"
 	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
@@ -38,8 +40,15 @@ $(FMNIST):
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }
 	@test -f $(FMNIST)
 
+# Tiers: tests/tiers.py.
 test: venv data
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not extended"
+
+test-fast: venv data
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow and not extended"
+
+test-all: venv data
+	$(PY) -m pytest $(PYTEST_ARGS) -m "extended or fault_sweep or not extended"
 
 demo: venv data
 	$(PY) -m parity --model resnet50 resnet20

@@ -1,6 +1,30 @@
-"""Test-session hooks: the fault-injection suite's tally in the terminal summary."""
+"""Test-session hooks: the tiers of tests/tiers.py as markers, and the fault-injection
+suite's tally in the terminal summary."""
 
 import json
+
+import pytest
+
+from tests.tiers import EXTENDED, SLOW
+
+
+def _matches(nodeid: str, key: str) -> bool:
+    """``key`` names ``nodeid``: the same id, its file, or its function (any parameter)."""
+    return nodeid == key or nodeid.startswith(key + "::") or nodeid.startswith(key + "[")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(_matches(item.nodeid, k) for k in SLOW):
+            item.add_marker(pytest.mark.slow)
+        if item.nodeid in EXTENDED:
+            item.add_marker(pytest.mark.extended)
+    files = {item.nodeid.split("::")[0] for item in items}
+    stale = sorted(k for k in SLOW | EXTENDED if k.split("::")[0] in files
+                   and not any(_matches(item.nodeid, k) for item in items))
+    if stale:
+        raise pytest.UsageError(f"tests/tiers.py names tests that do not exist: {', '.join(stale)}")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -340,3 +340,21 @@ def test_rerank_returns_the_candidate_with_the_best_hessian_split_loss():
     assert abs(task.cost.ratio(keep, "macs") / 0.5 - 1) <= allocation.TOLERANCE
     keep2, info2 = run()
     assert np.array_equal(keep, keep2) and info2["rspar"]["chosen"] == r["chosen"]
+
+
+class _TwoGroupCost:
+    """Ratio 0.06 k0 + 0.05 k1 over two groups of 10: every single step (0.05-0.06) is
+    wider than the 1% band around 0.5."""
+
+    sizes = np.array([10.0, 10.0])
+
+    def ratio(self, keep, metric=None):
+        return 0.06 * keep[0] + 0.05 * keep[1]
+
+
+def test_repair_trades_between_groups_when_no_single_step_lands():
+    # (4, 5) = 0.49, 2% under; each single step overshoots the band, the trade (5, 4) is exact.
+    keep = allocation.repair(_TwoGroupCost(), np.array([4.0, 5.0]), 0.5)
+    assert keep.tolist() == [5.0, 4.0]
+    # already inside the band: untouched
+    assert allocation.repair(_TwoGroupCost(), np.array([5.0, 4.0]), 0.5).tolist() == [5.0, 4.0]

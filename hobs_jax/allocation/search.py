@@ -95,10 +95,36 @@ def _adjust(cost: CostModel, keep: np.ndarray, target: float, metric: str, round
                 best, best_err = (g, cand), err
                 if err <= TOLERANCE:
                     break
-        if best is None:
-            return keep
+        if best is None:  # no single step helps: trade a step of one group for another's
+            best = _best_swap(cost, keep, metric, target, step, floor, order, best_err)
+            if best is None:
+                return keep
+            keep = best
+            continue
         keep[best[0]] = best[1]
     return keep
+
+
+def _best_swap(cost: CostModel, keep: np.ndarray, metric: str, target: float, step: float,
+               floor: np.ndarray, order: np.ndarray, err: float) -> np.ndarray | None:
+    """``keep`` with one group a ``step`` lower and another a ``step`` higher, the pair
+    that brings the ratio closest to ``target`` (None if none beats ``err``): where groups
+    differ in cost per channel, single steps can all overshoot the tolerance band while
+    a trade lands inside it (R-SPAR episodes on narrow networks)."""
+    best, best_err = None, err
+    for g in order:
+        if keep[g] - step < max(floor[g], 1):
+            continue
+        for h in order:
+            if h == g or keep[h] + step > cost.sizes[h]:
+                continue
+            trial = keep.copy()
+            trial[g] -= step
+            trial[h] += step
+            e = abs(cost.ratio(trial, metric) / target - 1)
+            if e < best_err - 1e-12:
+                best, best_err = trial, e
+    return best
 
 
 def repair(cost: CostModel, keep: np.ndarray, target: float, metric: str = "macs", *,

@@ -1,0 +1,79 @@
+"""Which tests each tier runs (applied by tests/conftest.py at collection).
+
+  make test-fast   -m "not slow and not extended"   logic tests on tiny models, < 3 min
+  make test        -m "not extended"                 what CI runs, < 15 min on 2 cores
+  make test-all    everything, the fault sweep too    (about an hour on 2 cores)
+
+``SLOW``: tests that take more than ~5 s on the 2-core CPU (measured with
+``pytest --durations``; most also carry ``@pytest.mark.slow`` in their file).
+``EXTENDED``: heavy variants of what ``make test`` already covers: the same code path on
+a bigger member of a family (ResNet-34/101 beside ResNet-18/50, ResNet-56 beside
+ResNet-20), a second parameter of an equivalence already shown, a CLI over a library
+call the suite tests directly. Every id must exist (checked at collection of the whole
+suite), so a renamed test cannot silently leave its tier.
+"""
+
+EXTENDED = {
+    # parity: resnet18/50 and resnet20 carry the same block code in both dtypes
+    *(f"tests/test_parity.py::test_parity_standard[{m}-{d}]"
+      for m in ("resnet34", "resnet101", "resnet56") for d in ("float32", "float64")),
+    "tests/test_parity.py::test_non_default_widths_export_to_torch_and_back[resnet101]",
+    "tests/test_graph_surgery.py::test_surgery_invariants[resnet101]",
+    # the one-pass refit equals the definition with one sweep in make test; two here
+    "tests/test_hobs_refit.py::test_one_pass_refit_equals_the_layer_by_layer_definition[2]",
+    # the groups equal Torch-Pruning's on ResNet-50 and ViT-B/16 in make test
+    *(f"tests/test_graph_torch_pruning.py::test_same_groups_same_pruning_as_torch_pruning[{m}]"
+      for m in ("resnet18", "mobilenet_v2", "efficientnet_b0")),
+    # narrow zoo models run: surgery invariants cover pruned MobileNetV2/EfficientNet-B0
+    *(f"tests/test_models.py::test_narrow_model_runs_and_is_finite[{m}]" for m in ("mobilenet_v2", "efficientnet_b0")),
+    "tests/test_block_ell_models.py::test_resnet50_block_ell_equals_dense_with_zeroed_blocks",
+    # the sensitivity CLI over analyze(), which test_sensitivity checks directly
+    "tests/test_sensitivity.py::test_cli_writes_the_json_schema_and_readable_pngs",
+    # AST across 4 devices and 2 processes (the plain loop's multi-host test is in make test)
+    "tests/test_train_ast_resume.py::test_four_devices_and_two_processes_select_like_one_device",
+}
+
+SLOW = {
+    "tests/test_methods_contract.py::test_method_contract",
+    "tests/test_methods_contract.py::test_method_contract_outside_the_zoo",
+    "tests/test_hobs_refit.py::test_one_pass_refit_equals_the_layer_by_layer_definition",
+    "tests/test_hobs_refit.py::test_cross_stats_reduce_a_in_calibration_batches_with_its_executables",
+    "tests/test_hobs_refit.py::test_cross_stats_match_explicit_rows",
+    "tests/test_hobs_refit.py::test_refit_of_dense_general_layers_keeps_bias_shapes",
+    "tests/test_hobs_method.py::test_hobs_beats_the_no_hessian_ablation_and_is_deterministic",
+    "tests/test_hobs_method.py::test_params_target_with_rounding_is_met_within_one_percent",
+    "tests/test_hobs_method.py::test_propagation_brings_the_pruned_network_closer_to_the_dense_one",
+    "tests/test_hobs_method.py::test_bad_input_is_a_one_line_error",
+    "tests/test_parity.py::test_parity_standard",
+    "tests/test_parity.py::test_non_default_widths_export_to_torch_and_back",
+    "tests/test_sensitivity.py",
+    "tests/test_faults.py",
+    "tests/test_graph_torch_pruning.py::test_same_groups_same_pruning_as_torch_pruning",
+    "tests/test_models.py::test_narrow_model_runs_and_is_finite",
+    "tests/test_models.py::test_train_mode_updates_batch_stats_and_uses_dropout_rng",
+    "tests/test_graph_surgery.py::test_surgery_invariants",
+    "tests/test_graph_surgery.py::test_masking_and_pruning_differ_for_layernormed_stream",
+    "tests/test_block_ell_models.py",
+    "tests/test_rspar.py::test_rerank_returns_the_candidate_with_the_best_hessian_split_loss",
+    "tests/test_rspar.py::test_grid_network_equals_the_hobs_pruned_network",
+    "tests/test_export.py::test_pruned_vit_exports_with_its_head_layout",
+    "tests/test_streams.py::test_calibration_and_bn_do_not_depend_on_workers",
+    "tests/test_train_fit.py",
+    "tests/test_hobs_hessian.py::test_chunked_accumulation_equals_one_product",
+    "tests/test_errors.py::test_nan_statistics_stop_pruning_with_the_layer_named_before_anything_is_written",
+    "tests/test_graph_plan.py::test_concatenated_channels_are_separate_groups_at_offsets",
+    "tests/test_methods_baselines.py::test_regularizer_matches_torch_pruning",
+    "tests/test_methods_parts.py::test_a_hybrid_is_one_line_and_obs_compensation_helps_magnitude_selection",
+    "tests/test_bench.py",
+    "tests/test_any_model.py",
+    "tests/test_export_any.py",
+    "tests/test_train_ast_resume.py",
+    "tests/test_train_ast.py::test_random_and_infobatch_rules",
+    "tests/test_train_ast.py::test_fit_with_ast_compiles_once_and_trains_only_full_batches_of_selected",
+    "tests/test_train_ast.py::test_grad_proxy_is_the_exact_norm_of_the_head_weight_gradient",
+    # the setup validator: 16x16 networks, but graph building and orbax saves take seconds
+    "tests/test_validate.py::test_a_method_that_accepts_the_model_passes",
+    "tests/test_validate.py::test_a_method_that_refuses_the_model_fails",
+    "tests/test_validate.py::test_compare_refuses_models_whose_macs_differ_by_2_percent",
+    "tests/test_validate.py::test_the_cli_prints_one_line_per_check_and_exits_non_zero",
+}
