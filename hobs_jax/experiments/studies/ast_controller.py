@@ -30,7 +30,7 @@ import numpy as np
 
 from hobs_jax.train import ast_control as ctl
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = "."  # paths are relative to the repository root, where the benchmark scripts run
 GAINS = [(0.0015, 0.00005), (0.1, 0.02), (0.1, 0.05), (0.2, 0.1), (0.5, 0.2), (1.0, 0.5),
          (3.0, 1.0)]
 

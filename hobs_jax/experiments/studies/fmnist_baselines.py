@@ -24,7 +24,7 @@ import os
 import shutil
 from hobs_jax.experiments import machine
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = "."  # paths are relative to the repository root, where the benchmark scripts run
 GOALS = {"resnet20": 0.930, "resnet56": 0.940}
 
 

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from hobs_jax.experiments import machine
 
 from hobs_jax.pipeline.lock import WorkdirLock
@@ -58,7 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default=None, help="where the workdirs go (default: a temp dir)")
     p.add_argument("--iters", type=int, default=1000)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/results/workdir_lock.json"))
+    p.add_argument("--out", default="docs/results/workdir_lock.json")
     args = p.parse_args()
     base = tempfile.mkdtemp(dir=args.dir)
     same = os.path.join(base, "same")
