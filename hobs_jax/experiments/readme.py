@@ -88,8 +88,8 @@ def say_ablation(t: ResultTable) -> str:
 
 def say_stability(t: ResultTable) -> str:
     """One-shot top-1 (BN re-estimated) mean ± std over seeds, and the paired test."""
-    parts = [f"{r['label']} {_pct(r['acc_bn_ms']['mean'])} ± {100 * r['acc_bn_ms']['std']:.2f} (n={r['n']})"
-             for r in t.rows if (r.get("acc_bn_ms") or {}).get("mean") is not None]
+    parts = [f"{r['label']} {_pct(r['acc_bn_ms']['mean'])} ± {100 * (r['acc_bn_ms']['std'] or 0):.2f} "
+             f"pts (n={r['n']})" for r in t.rows if (r.get("acc_bn_ms") or {}).get("mean") is not None]
     for test in t.meta.get("paired_tests", []):
         if test.get("p") is not None:
             parts.append(f"{test['a']} vs {test['b']}: p = {test['p']:.3g}")
