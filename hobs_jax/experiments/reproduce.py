@@ -30,7 +30,7 @@ CPU_STUDIES = {"ast_controller": (), "data_pipeline": (), "graph": ("--repeats",
                "hobs_compiles": (), "hobs_refit_parts": (), "train_throughput": (),
                "hobs_cost": ("--cases", "resnet56,resnet56-refit,resnet50")}
 # Scripts whose --out is a file path or prefix rather than the results folder.
-OUT_SUFFIX = {"workdir_lock": ".json", "ast_controller": ""}
+OUT_SUFFIX = {"ast_controller": ""}
 # Published results neither mode reruns: why, and the command that does.
 NOT_HERE = {
     "oneshot_fmnist, rspar_fmnist (and table1_fmnist, ablation_fmnist from them)":

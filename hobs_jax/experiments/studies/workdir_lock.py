@@ -9,25 +9,23 @@ file exists) and as many on fresh workdirs (a first run's case: the file is crea
 the count over 10 ms (on a loaded shared machine the max is a scheduling delay, not the
 lock; the load average is recorded with the figures).
 
-Output: ``docs/results/workdir_lock.json`` and a line per case on stdout.
-
-Run:
-    python benchmarks/workdir_lock.py [--dir /path/on/the/filesystem/to/test]
+Output: the run record ``docs/results/records/workdir_lock.json`` and the table
+``docs/results/workdir_lock.{json,md,tex}`` (``python benchmarks/workdir_lock.py
+[--dir /path/on/the/filesystem/to/test]``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
 import tempfile
 import time
-from hobs_jax.experiments import machine
 
-from hobs_jax.pipeline.lock import WorkdirLock
-from hobs_jax.pipeline.workdir import Workdir
+from hobs_jax.experiments.table import Column, ResultTable
+
+NAME, SCRIPT = "workdir_lock", "benchmarks/workdir_lock.py"
+GOAL_MS = 10.0
 
 
 def _times(fn, iters: int) -> dict:
@@ -53,13 +51,14 @@ def _filesystem(path: str) -> str:
     return best[1]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dir", default=None, help="where the workdirs go (default: a temp dir)")
-    p.add_argument("--iters", type=int, default=1000)
-    p.add_argument("--out", default="docs/results/workdir_lock.json")
-    args = p.parse_args()
-    base = tempfile.mkdtemp(dir=args.dir)
+def measure(iters: int = 1000, where: str | None = None, *, device: str, source: str) -> list[dict]:
+    """One row per case: median, p99 and max milliseconds and the count over 10 ms of
+    ``iters`` cycles, in a temporary folder under ``where`` (its filesystem recorded)."""
+    from hobs_jax.experiments import machine
+    from hobs_jax.pipeline.lock import WorkdirLock
+    from hobs_jax.pipeline.workdir import Workdir
+
+    base = tempfile.mkdtemp(dir=where)
     same = os.path.join(base, "same")
     os.makedirs(same)
 
@@ -75,20 +74,39 @@ def main() -> None:
         Workdir(same, create=False).open().close()
 
     cycle_existing(0)  # imports and first creation outside the timing
-    results = {"lock file exists (rerun)": _times(cycle_existing, args.iters),
-               "lock file created (first run)": _times(cycle_fresh, args.iters),
-               "Workdir.open + close": _times(open_close, args.iters)}
-    fs = _filesystem(base)
-    shutil.rmtree(base, ignore_errors=True)
-    record = {"machine": machine.describe(), "filesystem": fs,
-              "load_average_1min": os.getloadavg()[0], "results": results}
-    for name, r in results.items():
-        print(f"{name}: median {r['median_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
-              f"{r['over_10ms']} of {r['iters']} over 10 ms")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=1)
+    try:
+        results = {"lock file exists (rerun)": _times(cycle_existing, iters),
+                   "lock file created (first run)": _times(cycle_fresh, iters),
+                   "Workdir.open + close": _times(open_close, iters)}
+        fs = _filesystem(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return _rows(results, fs, machine.load_average()[0], device, source)
 
 
-if __name__ == "__main__":
-    main()
+def _rows(results: dict, fs: str, load: float, device: str, source: str) -> list[dict]:
+    return [dict(r, case=k, filesystem=fs, load_average_1min=load, device=device, source=source)
+            for k, r in results.items()]
+
+
+def from_legacy(d: dict) -> tuple[list[dict], dict]:
+    key = "workdir_lock@legacy"
+    return (_rows(d["results"], d["filesystem"], d["load_average_1min"], "cpu:unrecorded", key),
+            {key: {"command": "python benchmarks/workdir_lock.py", "machine": d["machine"],
+                   "note": "benchmarks/workdir_lock.py before the experiments package"}})
+
+
+def table(rows, sources) -> ResultTable:
+    t = ResultTable(NAME, "Workdir lock: cost per acquire/release and per Workdir.open + close",
+                    [Column("case", "case"), Column("median_ms", "median ms", "float", 3),
+                     Column("p99_ms", "p99 ms", "float", 3), Column("max_ms", "max ms", "float", 3),
+                     Column("over_10ms", "over 10 ms", "int"), Column("iters", "cycles", "int"),
+                     Column("filesystem", "filesystem"), Column("load_average_1min", "load (1 min)", "float", 2)],
+                    context=("device",), iso_tolerance=None,
+                    description=[" ".join(__doc__.split("Output:")[0].split())])
+    t.extend(rows)
+    for r in rows:
+        t.goal(f"{r['case']}: median under {GOAL_MS:g} ms", met=r["median_ms"] < GOAL_MS,
+               detail=f"{r['median_ms']:.3f} ms")
+    t.add_sources(sources)
+    return t

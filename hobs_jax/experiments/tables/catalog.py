@@ -95,7 +95,7 @@ def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
     from hobs_jax.experiments.studies import (data_pipeline, graph_discovery, hessian_gram, hobs_compiles,
-                                              hobs_cost, hobs_refit_parts, train_throughput)
+                                              hobs_cost, hobs_refit_parts, train_throughput, workdir_lock)
 
     return [study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
@@ -105,7 +105,8 @@ def _studies() -> list[Entry]:
             study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
                   table_kwargs={"name": "hobs_cost_avx512"}),
             study("hobs_refit_parts", hobs_refit_parts, "H-OBS refit parts, run record"),
-            study("train_throughput", train_throughput, "training steps/s, run record")]
+            study("train_throughput", train_throughput, "training steps/s, run record"),
+            study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
 
 
 # -- run records of earlier code ------------------------------------------------------------
