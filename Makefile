@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 WORKDIR ?= workdir/quickstart
 
-.PHONY: demo test test-fast test-all lint venv data lock parity clean help
+.PHONY: demo test test-fast test-all lint venv data lock parity reproduce clean help
 
 help:
 	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-all  - every test: the heavy variants and the fault sweep too (about an hour)"
 	@echo "make lint   - ruff (lint, import order) and mypy over the sources (bootstraps .venv)"
 	@echo "make parity - python -m parity --all in float32 and float64"
+	@echo "make reproduce [QUICK=1] - regenerate docs/results and README's headline figures (QUICK: < 20 min on 2 CPUs)"
 	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
 
 venv: $(STAMP)
@@ -65,6 +66,10 @@ demo: venv data
 parity: venv data
 	$(PY) -m parity --all --dtype float32
 	$(PY) -m parity --all --dtype float64
+
+# QUICK=1: the quick tables and studies measured, every other table rebuilt from its run record.
+reproduce: venv data
+	$(PY) -m hobs_jax.experiments.reproduce $(if $(QUICK),--quick,)
 
 lock: venv
 	{ head -3 requirements/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^hobs'; } > requirements/constraints.tmp

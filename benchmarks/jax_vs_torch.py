@@ -7,9 +7,9 @@ The models run in three suite runs sized for a 2-core CPU (batch sizes and calls
 with the model); each writes its results, summary and plots to ``--out/<group>/``, and
 ``--out.md`` collects the JAX-vs-PyTorch tables.
 
-    PYTHONPATH=. nice -n 10 python benchmarks/jax_vs_torch.py                  # docs/results/jax_vs_torch*
-    PYTHONPATH=. nice -n 10 python benchmarks/jax_vs_torch.py --threads 1 --clock cpu   # on a shared machine
-    PYTHONPATH=. python benchmarks/jax_vs_torch.py --groups small --quick --out /tmp/jvt   # minutes
+    nice -n 10 python benchmarks/jax_vs_torch.py                  # docs/results/jax_vs_torch*
+    nice -n 10 python benchmarks/jax_vs_torch.py --threads 1 --clock cpu   # on a shared machine
+    python benchmarks/jax_vs_torch.py --groups small --quick --out /tmp/jvt   # minutes
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ def main(argv=None):
     # TensorRT only where installed: the suite errors on a named runtime that is missing.
     runtimes = [r for r in runtimes if r != "tensorrt" or rt.get_runtime(r).framework()]
     devices = rt.parse_list(args.devices, "device", rt.DEVICES) or None
-    args_ = sys.argv[1:] if argv is None else argv
-    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + args_)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
     parts = ["# JAX vs PyTorch: dense inference", "",
              f"`{command}`. Per group: `summary.md`, `results.csv`/`.json` and the plots in "
              f"`{os.path.basename(args.out)}/<group>/`. Random weights (latency does not depend on them); "

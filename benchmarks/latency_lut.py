@@ -6,9 +6,9 @@ and ``--batch``; the JSON records the model, input shape, graph fingerprint, dev
 JAX version (``hobs_jax.rspar.latency``), and R-SPAR refuses a table measured for another
 model or device.
 
-    PYTHONPATH=. python benchmarks/latency_lut.py --model resnet56 \\
+    python benchmarks/latency_lut.py --model resnet56 \\
         --checkpoint checkpoints/resnet56_fmnist --input 28,28,1 --out runs/lut_resnet56.json
-    PYTHONPATH=. python benchmarks/latency_lut.py --model resnet50 --input 224,224,3 \\
+    python benchmarks/latency_lut.py --model resnet50 --input 224,224,3 \\
         --batch 8 --out runs/lut_resnet50.json          # random weights: latency only
 
 Then: ``--config.prune.method=rspar --config.prune.rspar.budget=latency

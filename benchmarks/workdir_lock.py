@@ -1,105 +1,19 @@
-"""What the workdir lock costs a run: the time to create-or-open ``<workdir>/.lock``,
-``flock`` it, check its inode and write the holder record, then release it
-(:class:`hobs_jax.pipeline.lock.WorkdirLock`), and the whole ``Workdir.open()`` +
-``close()`` a run does (path checks included). The goal (issue 23) is under 10 ms.
+"""What the workdir lock costs a run: acquire/release of ``<workdir>/.lock`` and a whole
+``Workdir.open()`` + ``close()`` (goal: under 10 ms; :mod:`hobs_jax.experiments.studies.workdir_lock`).
 
-Timing: ``--iters`` acquire/release cycles on the same workdir (a rerun's case: the lock
-file exists) and as many on fresh workdirs (a first run's case: the file is created),
-``time.perf_counter`` around each; median, 99th percentile and max in milliseconds and
-the count over 10 ms (on a loaded shared machine the max is a scheduling delay, not the
-lock; the load average is recorded with the figures).
-
-Output: ``docs/results/workdir_lock.json`` and a line per case on stdout.
-
-Run:
-    PYTHONPATH=. python benchmarks/workdir_lock.py [--dir /path/on/the/filesystem/to/test]
+    python benchmarks/workdir_lock.py [--dir /path/on/the/filesystem/to/test]   # docs/results/workdir_lock.*
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import os
-import platform
-import shutil
-import statistics
-import tempfile
-import time
-from pathlib import Path
-
-from hobs_jax.pipeline.lock import WorkdirLock
-from hobs_jax.pipeline.workdir import Workdir
+from hobs_jax.experiments import studies
+from hobs_jax.experiments.studies import workdir_lock as study
 
 
-def _times(fn, iters: int) -> dict:
-    ms = []
-    for i in range(iters):
-        t0 = time.perf_counter()
-        fn(i)
-        ms.append((time.perf_counter() - t0) * 1e3)
-    ms.sort()
-    return {"median_ms": statistics.median(ms), "p99_ms": ms[int(0.99 * (len(ms) - 1))],
-            "max_ms": ms[-1], "over_10ms": sum(m > 10 for m in ms), "iters": iters}
-
-
-def _cpu() -> str:
-    """CPU model and vector ISA (the guide asks for it with every figure)."""
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    isa = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else platform.machine()
-    return f"{model}, {isa}, {os.cpu_count()} cores"
-
-
-def _filesystem(path: str) -> str:
-    """The filesystem type of ``path`` (from /proc/mounts: the longest mount point above it)."""
-    try:
-        mounts = [ln.split()[1:3] for ln in open("/proc/mounts")]
-    except OSError:
-        return "?"
-    path = os.path.realpath(path)
-    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
-               key=lambda m: len(m[0]), default=("?", "?"))
-    return best[1]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    p = studies.parser(__doc__)
     p.add_argument("--dir", default=None, help="where the workdirs go (default: a temp dir)")
     p.add_argument("--iters", type=int, default=1000)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/results/workdir_lock.json"))
-    args = p.parse_args()
-    base = tempfile.mkdtemp(dir=args.dir)
-    same = os.path.join(base, "same")
-    os.makedirs(same)
-
-    def cycle_existing(_):
-        WorkdirLock(same).acquire().release()
-
-    def cycle_fresh(i):
-        d = os.path.join(base, f"fresh{i}")
-        os.makedirs(d)
-        WorkdirLock(d).acquire().release()
-
-    def open_close(_):
-        Workdir(same, create=False).open().close()
-
-    cycle_existing(0)  # imports and first creation outside the timing
-    results = {"lock file exists (rerun)": _times(cycle_existing, args.iters),
-               "lock file created (first run)": _times(cycle_fresh, args.iters),
-               "Workdir.open + close": _times(open_close, args.iters)}
-    fs = _filesystem(base)
-    shutil.rmtree(base, ignore_errors=True)
-    record = {"machine": _cpu(), "filesystem": fs,
-              "load_average_1min": os.getloadavg()[0], "results": results}
-    for name, r in results.items():
-        print(f"{name}: median {r['median_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms, max {r['max_ms']:.3f} ms, "
-              f"{r['over_10ms']} of {r['iters']} over 10 ms")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=1)
+    a = p.parse_args(argv)
+    studies.measure_and_publish(study, argv, a.iters, a.dir, out=a.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ Expected result: not measured in this repository (no ImageNet on the machines it
 on); the project plan's ResNet-50 target is 75.96% top-1 at 3.10x speedup. The smoke variant
 (`--config=configs/efficientnet_b0.py:smoke`: synthetic 224x224 images, 2 steps per training stage)
 checks every stage end to end on a CPU.
+
+Recipe (checked by ``python -m hobs_jax.validate --config=configs/efficientnet_b0.py``):
+
+    train: optimizer=sgd epochs=350 batch_size=1024 lr=0.256 warmup_fraction=0.1 early_stopping=off
+    finetune: optimizer=sgd epochs=350/3 batch_size=1024 lr=0.0256 warmup_fraction=0 early_stopping=off kd=on
 """
 
 from hobs_jax.pipeline.config import imagenet_config, imagenet_smoke, with_variant

@@ -7,6 +7,11 @@ briefly, evaluate, benchmark dense vs pruned, export.
 Starts from ``checkpoints/resnet20_fmnist`` (trained by configs/resnet20_fmnist.py; see
 docs/results/fmnist_baselines.md), so nothing is trained from scratch. Expected result
 and run time on the 2-core CPU: see README "Quick start" (figures from this command).
+
+Recipe (checked by ``python -m hobs_jax.validate --config=configs/quickstart.py``):
+
+    train: skipped
+    finetune: optimizer=sgd steps=300 batch_size=128 lr=0.01 warmup_fraction=0 early_stopping=off kd=off
 """
 
 from hobs_jax.pipeline import base_config

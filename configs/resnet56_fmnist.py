@@ -11,6 +11,11 @@ on this repo's 2-core CPU the same run is ~40-100x slower (about 65-150 img/s). 
 in docs/results/fmnist_baselines.md; the model ships as checkpoints/resnet56_fmnist. The full pipeline (prune to half the MACs with H-OBS, fine-tune,
 evaluate, benchmark, export) is the same command without --config.stages.
 ``configs/resnet56_fmnist.py:smoke`` runs every stage in seconds (synthetic-sized).
+
+Recipe (checked by ``python -m hobs_jax.validate --config=configs/resnet56_fmnist.py``):
+
+    train: optimizer=sgd epochs=30 batch_size=128 lr=0.1 warmup_fraction=0.1 early_stopping=off
+    finetune: optimizer=sgd epochs=1 batch_size=128 lr=0.01 warmup_fraction=0 early_stopping=off kd=off
 """
 
 from hobs_jax.pipeline.config import fmnist_config, fmnist_smoke, with_variant

@@ -19,17 +19,12 @@ The standard (issue "Foundation", point 4):
   further than that from the exact answer, the Flax float32 output no further from the
   float64 reference than ``ROUNDING_FACTOR`` (2) times torch float32's own error. The
   logits take the same floor elementwise: where they miss allclose, the largest
-  |flax f32 - f64| must be <= ``ROUNDING_FACTOR`` x the largest |torch f32 - f64| (a CI
-  machine in 2026-12 saw EfficientNet-B0 logits 1.49e-5 apart with Flax 9.1e-6 and torch
-  1.04e-5 from float64: both correct, rounding in opposite directions).
+  |flax f32 - f64| must be <= ``ROUNDING_FACTOR`` x the largest |torch f32 - f64|.
 
-Why the second clause: the float32 rounding floor depends on the CPU's kernels. On an
-AVX-512 EPYC (2026-12) torch float32's own error against float64 reached 3.6e-5 at
-MobileNetV2's last stage (it was <= 2e-6 everywhere on the AVX2 machine the 1e-5 figure
-was set on), so two correct float32 implementations can differ by more than 1e-5 there;
-Flax float32 was 2.1e-5 from float64 at that stage, closer than torch. A conversion bug
-shows up orders of magnitude above either bound, and the float64 check (1e-12) pins the
-arithmetic exactly.
+Why the second clause: the float32 rounding floor depends on the CPU's kernels, and a
+conversion bug shows up orders of magnitude above either bound while the float64 check
+(1e-12) pins the arithmetic exactly; the machines and figures that set it:
+docs/results/HISTORY.md ("The float32 parity floor").
 """
 
 from __future__ import annotations

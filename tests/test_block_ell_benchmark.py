@@ -1,20 +1,15 @@
-"""benchmarks/block_ell.py bookkeeping: shapes, merging CPU and GPU records,
+"""The Block-ELL study's bookkeeping (``benchmarks/block_ell.py``, code in
+:mod:`hobs_jax.experiments.studies.block_ell`): shapes, merging CPU and GPU records,
 break-even interpolation, the Markdown report (no timing here)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "block_ell.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("block_ell_benchmark", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from hobs_jax.experiments.studies import block_ell
+
+    return block_ell
 
 
 def _rec(device, backend, sparsity, speedup, label="square4096", dtype="bfloat16", block=64):

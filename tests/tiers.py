@@ -91,4 +91,9 @@ SLOW = {
     "tests/test_parity.py::test_torch_flax_torch_round_trip_is_bit_exact",
     "tests/test_pipeline.py::test_end_to_end_then_rerun_skips_every_stage",
     "tests/test_rspar.py::test_reward_compiles_once_and_batches",
+    # the setup validator: 16x16 networks, but graph building and orbax saves take seconds
+    "tests/test_validate.py::test_a_method_that_accepts_the_model_passes",
+    "tests/test_validate.py::test_a_method_that_refuses_the_model_fails",
+    "tests/test_validate.py::test_compare_refuses_models_whose_macs_differ_by_2_percent",
+    "tests/test_validate.py::test_the_cli_prints_one_line_per_check_and_exits_non_zero",
 }

@@ -45,7 +45,7 @@ CANDIDATES = (2, 4, 8, 16, 32)
 LAYER_KINDS = ("conv3x3", "conv1x1", "dense")
 
 # Measured on the 2-core AVX-512 development CPU, one thread per runtime
-# (docs/results/alignment.md, `PYTHONPATH=. python benchmarks/alignment_staircase.py`):
+# (docs/results/alignment.md, `python benchmarks/alignment_staircase.py`):
 # XLA's 3x3 convolutions dip at every multiple of 8, ONNX Runtime's NCHWc kernels step
 # at every 16 channels. Rows for other devices come from the same command run there.
 MEASURED: dict[tuple[str, str], int] = {("xla", "cpu-avx512"): 8, ("onnxruntime", "cpu-avx512"): 16}

@@ -70,6 +70,12 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
 
 
+def sample_indices(size: int, n: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``min(n, size)`` example indices of a split, sorted: the
+    calibration images every method and experiment uses (the pipeline's calibrate stage)."""
+    return np.sort(np.random.default_rng(seed).permutation(size)[:min(n, size)])
+
+
 class TrainLoader:
     """Infinite iterator of shuffled, augmented training batches (drop_remainder).
 

@@ -45,7 +45,6 @@ import platform
 import shutil
 import sys
 import time
-from typing import Any
 
 import numpy as np
 

@@ -196,9 +196,11 @@ class MethodSpec:
                              build(self.part("compensator")), len(self.allocators) > 1)
 
     # -- running ----------------------------------------------------------------------------
-    def select(self, task: PruneTask) -> Selection:
-        """Everything before the allocation (module doc): a :class:`Selection` whose
-        scores reach the allocator's floor."""
+    def check(self, task: PruneTask) -> MethodOptions:
+        """Whether the method accepts ``task`` (its model, data, target and options), without
+        computing anything: the checks :meth:`select` starts with (the setup validator runs
+        them before a long job). Returns the validated options; one-line ``ValueError``
+        when a part refuses."""
         opts = self.options(task.options)
         _check_target(task)
         reg, scorer, comp = self.part("regularizer"), self.part("scorer"), self.part("compensator")
@@ -212,6 +214,15 @@ class MethodSpec:
         if getattr(alloc, "needs_grid", False) and not hasattr(comp, "grid"):
             raise ValueError(f"{self.name}: allocator {alloc.name!r} needs per-count compensations, which "
                              f"compensator {comp.name!r} cannot precompute")
+        return opts
+
+    # -- running ----------------------------------------------------------------------------
+    def select(self, task: PruneTask) -> Selection:
+        """Everything before the allocation (module doc): a :class:`Selection` whose
+        scores reach the allocator's floor."""
+        opts = self.check(task)
+        reg, scorer, comp = self.part("regularizer"), self.part("scorer"), self.part("compensator")
+        alloc = self.part("allocator", opts.allocation)
         task = dataclasses.replace(task, options=opts)
         if reg is not None and reg.steps(opts.regularizer) > 0:
             task = dataclasses.replace(task, variables=self._train(task, reg, opts.regularizer))

@@ -74,8 +74,8 @@ def blas_threads(n: int | None):
     """Limit OpenBLAS (numpy, scipy) to ``n`` threads inside the block (None: leave as is).
 
     On a shared 2-core machine, multithreaded OpenBLAS calls on matrices of a few hundred
-    rows spin-wait for a descheduled thread: measured here, 5 inverses of a 576 x 576
-    Hessian took 5.1 s with the default threads and 0.55 s with one. A no-op where no
+    rows spin-wait for a descheduled thread (9x slower inverses measured; see
+    docs/results/HISTORY.md). A no-op where no
     OpenBLAS is found (threadpoolctl does the same more generally; it is not a
     dependency)."""
     handles = _openblas_handles() if n else []

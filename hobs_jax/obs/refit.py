@@ -15,10 +15,8 @@ on. Every layer therefore sees exactly the input the layer-by-layer definition g
 The dense outputs Y come from one jitted forward of the dense network beforehand.
 
 The statistics are taken over the layer's full input (removed channels included, their
-rows dropped at the solve). Computing them from the kept channels only (zero-padded to a
-multiple of 8 so that layers share compiled shapes) was measured on the Fashion-MNIST
-ResNet-56 at half the MACs: 10% less refit CPU time once compiled, but ~14 more compiled
-shapes cost ~25 CPU-s more on the first call; not used.
+rows dropped at the solve): one compiled shape per layer shape, which costs less than
+statistics of the kept channels only would save (docs/results/HISTORY.md).
 
 Memory: the dense outputs of every refit layer on ``propagate_images`` images are held
 (ResNet-56 at 28x28, 512 images: ~0.9 GB float32), and the pruned pass holds one batch of

@@ -21,9 +21,10 @@ from hobs_jax.pipeline.context import Context, log
 
 def run_calibrate(ctx: Context) -> dict:
     c = ctx.config
-    n_split = ctx.source.size(c.calibrate.split)
-    n = min(c.calibrate.num_images, n_split)
-    idx = np.sort(np.random.default_rng(c.seed).permutation(n_split)[:n])
+    from hobs_jax.data import sample_indices
+
+    idx = sample_indices(ctx.source.size(c.calibrate.split), c.calibrate.num_images, c.seed)
+    n = len(idx)
     path = os.path.join(ctx.workdir.stage_dir("calibrate"), "indices.npy")
     np.save(path, idx)
     return {"split": c.calibrate.split, "num_images": int(n), "indices": path}

@@ -24,19 +24,9 @@ batch are built and reduced a few images at a time (:func:`chunked_sum`: a ``lax
 whose chunk stays in cache), so the patch tensor, kh*kw times the activations, is never
 written to memory whole; on accelerators the batch is one product.
 
-Measured on this 2-core CPU (idle), CPU seconds per 256-image batch of 3x3-conv inputs at
-28x28x16 / 14x14x32 / 7x7x64 (``benchmarks/hessian_gram.py``,
-docs/results/hessian_gram.md): ``conv_general_dilated_patches`` + one Gram 0.29 / 0.20 /
-0.13; sliced 0.12 / 0.11 / 0.10; row-shift 0.053 / 0.053 / 0.047; 2-D shift 0.032 /
-0.029 / 0.025 (1.7-1.9x faster than the row-shift). Its first call compiles 2.4-4x longer
-(0.75 / 1.08 / 1.54 s against 0.31 / 0.27 / 0.39), which is why :func:`hobs_jax.stats.collect_hessians`
-jits the reduction per layer *shape* (a ResNet stage's convs share one executable)
-rather than inlining every layer's into one step. Measured and not used: the 2-D shift
-products one per shift (1.0 / 1.5 / 1.6x the row-shift's speed); all 13 against one
-concatenated copy of the shifted inputs (0.034 / 0.030 / 0.024 CPU s for those products
-alone, no faster than the grouped ones with their corrections); the row-shift products
-against one concatenated copy of the kh shifted row patches (10-20% slower than one
-product per tap row).
+The 2-D shift is the fastest of the three on CPU (1.7-1.9x the row-shift) but compiles
+longer, so :func:`hobs_jax.stats.collect_hessians` jits the reduction per layer *shape*;
+the measurements, and the variants tried and not used: docs/results/HISTORY.md.
 """
 
 from __future__ import annotations
@@ -55,11 +45,9 @@ CHUNK_ELEMENTS = 1 << 20  # rows x columns of one chunk of patches on CPU (4 MiB
 
 def tn_product(a: Array, b: Array) -> Array:
     """[..., d], [..., e] -> [d, e]: sum over the leading axes of a b^T, as one 2-D
-    product of the rows flattened (a contiguous copy of each operand first). Measured on
-    the 2-core CPU for the row-shift products of a 256-image batch: 1.9x less wall and
-    1.3x less CPU time at 28x28x16 than the same ``einsum`` over the 4-D slices (whose
-    multi-axis contraction XLA runs as a less parallel product), 1.0-1.15x at 14x14x32
-    and 7x7x64."""
+    product of the rows flattened (a contiguous copy of each operand first): XLA runs an
+    ``einsum`` over the 4-D slices as a less parallel product (up to 1.9x slower on CPU;
+    docs/results/HISTORY.md)."""
     return jnp.dot(a.reshape(-1, a.shape[-1]).T, b.reshape(-1, b.shape[-1]), precision=_HI)
 
 

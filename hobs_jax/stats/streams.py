@@ -4,10 +4,8 @@ A jitted calibration step (Gram products, BN moments) over one batch keeps a 2-c
 only ~80% busy: XLA:CPU splits each op over its thread pool, and between the many small
 ops of a step (per-layer Gram products over a few images at a time) a core waits. Two
 host threads that each dispatch the step for a different batch fill those gaps (JAX
-releases the GIL while an executable runs). Measured on the 2-core development CPU for
-H-OBS's calibration of the Fashion-MNIST ResNet-56 (2048 images, 8 batches of 256):
-21.7 s wall with one thread, 17.9 s with two, the same 35.7 CPU seconds
-(``benchmarks/hobs_cost.py`` has the end-to-end figures).
+releases the GIL while an executable runs): about 20% less wall time for the same CPU
+time on the 2-core CPU (docs/results/HISTORY.md).
 
 :func:`ordered_map` returns the per-batch results in batch order, so a caller that sums
 them in that order gets bit-for-bit the result of the sequential loop, whatever the

@@ -1,0 +1,135 @@
+"""``make reproduce`` (``python -m hobs_jax.experiments.reproduce``): regenerate the tables
+and figures under ``docs/results/`` that this machine can produce, then README's headline
+figures from them, and say which were measured now, which rebuilt from their run records
+and which were not reproduced (with the command that would).
+
+    python -m hobs_jax.experiments.reproduce --quick   # make reproduce QUICK=1: minutes on a 2-core CPU
+    python -m hobs_jax.experiments.reproduce           # make reproduce: every CPU-feasible measurement
+
+``--quick`` measures the catalog entries marked quick (:mod:`hobs_jax.experiments.tables.catalog`:
+the H-OBS sensitivity and the 3-seed stability tables on ResNet-20) and the cheap studies of
+:data:`QUICK_STUDIES`, and rebuilds every other table from its run record under
+``docs/results/records/``, which reproduces the published figures exactly where the
+measurement itself takes hours (or a GPU). The full mode also measures every catalog sweep
+and the CPU studies of :data:`CPU_STUDIES` afresh. :data:`NOT_HERE` lists what neither mode
+reruns and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# Benchmark scripts re-measured on this CPU: name -> (arguments, seconds on the 2-core CPU).
+QUICK_STUDIES = {"workdir_lock": ()}
+CPU_STUDIES = {"ast_controller": (), "data_pipeline": (), "graph": ("--repeats", "7"), "hessian_gram": (),
+               "hobs_compiles": (), "hobs_refit_parts": (), "train_throughput": (),
+               "hobs_cost": ("--cases", "resnet56,resnet56-refit,resnet50")}
+# Scripts whose --out is a file path or prefix rather than the results folder.
+OUT_SUFFIX = {"ast_controller": ""}
+# Published results neither mode reruns: why, and the command that does.
+NOT_HERE = {
+    "oneshot_fmnist, rspar_fmnist (and table1_fmnist, ablation_fmnist from them)":
+        ("hours of CPU (fine-tuning curves of every method at two targets, 3 R-SPAR seeds); rebuilt from "
+         "their run records", "python benchmarks/oneshot_fmnist.py ...; python benchmarks/rspar_fmnist.py ..."),
+    "fmnist_baselines": ("training on the H100 (checkpoints/ ships the result)",
+                         "python benchmarks/fmnist_baselines.py"),
+    "block_ell, block_ell_e2e, block_ell_tiles": ("GPU rows (H100)", "python benchmarks/block_ell.py"),
+    "jax_vs_torch, bench_quickstart, alignment": ("hours of single-thread timing per runtime",
+                                                  "python benchmarks/jax_vs_torch.py --threads 1 --clock cpu"),
+    "ast_fmnist, anymodel_fmnist, rspar_latency": ("training or R-SPAR searches of tens of minutes to hours",
+                                                  "python -m hobs_jax.experiments.ast_fmnist; python "
+                                                  "benchmarks/anymodel_fmnist.py; python benchmarks/rspar_latency.py"),
+}
+
+
+def _repo() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_script(name: str, args=(), out: str = "docs/results") -> float:
+    """``python benchmarks/NAME.py ARGS`` of this checkout in a child process (its own JAX
+    and thread state); returns its wall seconds, raises with the log tail on failure."""
+    repo = _repo()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    target = os.path.join(out, name + OUT_SUFFIX[name]) if name in OUT_SUFFIX else out
+    cmd = [sys.executable, os.path.join("benchmarks", f"{name}.py"), *args, "--out", target]
+    t0 = time.time()
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {done.returncode}): {tail[0]}")
+    return time.time() - t0
+
+
+def reproduce(quick: bool, out: str = "docs/results", workdir: str = "runs/experiments",
+              readme: str = "README.md") -> dict:
+    """Every step; returns ``{"computed", "records", "missing", "not_here", "seconds"}``."""
+    from hobs_jax.experiments import readme as readme_mod
+    from hobs_jax.experiments.tables.catalog import ENTRIES, Run
+
+    t0 = time.time()
+    run = Run(workdir=workdir, out=out, mode="quick" if quick else "full")
+    how = {n: e.how(run) for n, e in ENTRIES.items()}
+    from hobs_jax.experiments.sweep import plan
+
+    for n, e in ENTRIES.items():  # every sweep planned (so validated) before the first row runs
+        if how[n] == "computed":
+            for s in e.sweeps():
+                plan(s)
+    studies = dict(QUICK_STUDIES) if quick else {**QUICK_STUDIES, **CPU_STUDIES}
+    for n, e in ENTRIES.items():
+        if how[n] != "missing" and n not in studies:  # a study measured below writes its own table
+            print(f"[{how[n]}] {n}", flush=True)
+            e.make(run)
+    for name, args in studies.items():
+        s = run_script(name, args, out)
+        how[name] = "computed"
+        print(f"[computed] {name} ({s:.0f} s)", flush=True)
+    if readme and os.path.exists(readme):
+        with open(readme) as f:
+            text = f.read()
+        new = readme_mod.splice(text, readme_mod.render(out))
+        if new != text:
+            with open(readme, "w") as f:
+                f.write(new)
+    report = {h: sorted(n for n, v in how.items() if v == h) for h in ("computed", "records", "missing")}
+    report["not_here"] = {k: f"{why} ({cmd})" for k, (why, cmd) in NOT_HERE.items()}
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hobs_jax.experiments.reproduce", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="the quick entries and studies; the rest from run records")
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--workdir", default="runs/experiments", help="the sweep rows' cache (finished rows are reused)")
+    p.add_argument("--readme", default="README.md", help="README whose headline block is rendered ('' skips)")
+    a = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("hobs_jax").setLevel(logging.INFO)
+    from hobs_jax import compile_cache
+
+    compile_cache.enable(compile_cache.default_dir())
+    r = reproduce(a.quick, a.out, a.workdir, a.readme)
+    print(f"\nreproduce{' (quick)' if a.quick else ''} done in {r['seconds'] / 60:.1f} min")
+    print("measured now: " + (", ".join(r["computed"]) or "-"))
+    print("rebuilt from run records: " + (", ".join(r["records"]) or "-"))
+    if r["missing"]:
+        print("not built (no run record; the full mode measures them): " + ", ".join(r["missing"]))
+    for k, why in r["not_here"].items():
+        print(f"not rerun: {k}: {why}")
+    os.makedirs(a.workdir, exist_ok=True)
+    with open(os.path.join(a.workdir, "reproduce.json"), "w") as f:  # the wall time, kept with the sweep rows
+        json.dump(dict(r, quick=a.quick), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The published pruning tables: what each runs (sweeps over the pipeline, or run records
+of earlier code) and how its rows become a table under docs/results/.
+
+``python -m hobs_jax.experiments.tables NAME`` makes one; ``make reproduce`` makes them
+all (``QUICK=1``: the entries marked quick, which fit in minutes on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from hobs_jax.experiments import records
+from hobs_jax.experiments.sweep import Sweep, run_sweep
+from hobs_jax.experiments.tables import ablation, oneshot, sensitivity, stability, table1
+from hobs_jax.experiments.tables.ablation import Pair
+from hobs_jax.experiments.tables.common import plot_curves
+from hobs_jax.experiments.tables.sensitivity import Param
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """How tables are made: ``workdir`` holds the sweep rows, ``out`` the tables, ``records``
+    the run records tables are built from. ``mode``: 'quick' computes the entries marked
+    quick and rebuilds the rest from their records, 'full' computes every entry that can be
+    computed, 'records' computes nothing; ``cached_only`` uses finished sweep rows only."""
+
+    workdir: str = "runs/experiments"
+    out: str = "docs/results"
+    records: str = records.RECORDS
+    mode: str = "full"
+    cached_only: bool = False
+
+    def sweep(self, s: Sweep) -> list[dict]:
+        return run_sweep(dataclasses.replace(s, workdir=self.workdir), cached_only=self.cached_only)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+    def record(self, name: str) -> str:
+        return os.path.join(self.records, f"{name}.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A published table: ``build(rows, sources, run)`` writes it (and its figures) from the
+    rows of its run records ``inputs`` (default: its own name); ``compute(run)`` measures
+    fresh rows (None: records only); ``legacy`` converts an input record of an earlier
+    format; ``quick``: computed in ``make reproduce QUICK=1``."""
+
+    name: str
+    summary: str
+    build: Callable[[list, dict, Run], list[str]]
+    compute: Callable[[Run], tuple[list, dict]] | None = None
+    legacy: Callable | None = None
+    quick: bool = False
+    inputs: tuple[str, ...] = ()
+    sweeps: Callable[[], list[Sweep]] = lambda: []
+
+    def computes(self, run: Run) -> bool:
+        return self.compute is not None and (run.mode == "full" or (run.mode == "quick" and self.quick))
+
+    def how(self, run: Run) -> str:
+        """'computed' (measured now), 'records' (rebuilt from its run records) or 'missing'
+        (a record it needs is absent: nothing to rebuild from)."""
+        if self.computes(run):
+            return "computed"
+        need = self.inputs or (self.name,)
+        return "records" if all(os.path.exists(run.record(n)) for n in need) else "missing"
+
+    def make(self, run: Run) -> list[str]:
+        if self.computes(run):
+            rows, sources = self.compute(run)
+            records.save(run.record(self.name), rows, sources)
+        else:
+            rows, sources = [], {}
+            for name in self.inputs or (self.name,):
+                r, s = records.load(run.record(name), ENTRIES[name].legacy if name in ENTRIES else None)
+                rows += r
+                sources.update(s)
+        return self.build(rows, sources, run)
+
+
+def study(name: str, module, summary: str, compute=None, table_kwargs: dict | None = None) -> Entry:
+    """An entry for a benchmark study (:mod:`hobs_jax.experiments.studies`): its table is
+    ``module.table(rows, sources, **table_kwargs)`` of the study's run record; ``compute``
+    (None: rebuilt from the record; the study's benchmark script measures afresh)."""
+    def build(rows, sources, run):
+        return module.table(rows, sources, **(table_kwargs or {})).write(run.path(name))
+    return Entry(name, summary, build, compute=compute, legacy=getattr(module, "from_legacy", None))
+
+
+def _studies() -> list[Entry]:
+    """The benchmark studies whose tables are rebuilt from their run records (each study's
+    ``benchmarks/*.py`` script measures them afresh on this machine)."""
+    from hobs_jax.experiments.studies import (
+        data_pipeline,
+        graph_discovery,
+        hessian_gram,
+        hobs_compiles,
+        hobs_cost,
+        hobs_refit_parts,
+        train_throughput,
+        workdir_lock,
+    )
+
+    return [study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
+            study("graph", graph_discovery, "graph discovery time, run record"),
+            study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
+            study("hobs_compiles", hobs_compiles, "H-OBS compile counts, run record"),
+            study("hobs_cost", hobs_cost, "H-OBS wall/CPU time and memory, run record"),
+            study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
+                  table_kwargs={"name": "hobs_cost_avx512"}),
+            study("hobs_refit_parts", hobs_refit_parts, "H-OBS refit parts, run record"),
+            study("train_throughput", train_throughput, "training steps/s, run record"),
+            study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
+
+
+# -- run records of earlier code ------------------------------------------------------------
+LEGACY = ("Run records of earlier code (docs/results/records/), converted with their provenance by "
+          "hobs_jax.experiments.records; not rerun here (hours of CPU), rerunnable as the sweeps of "
+          "hobs_jax.experiments.tables.catalog.")
+
+
+def build_oneshot(rows, sources, run: Run) -> list[str]:
+    t = oneshot.build("oneshot_fmnist", "One-shot pruning on Fashion-MNIST at equal MACs (run records of 2026-11)",
+                      rows, sources=sources, description=[
+                          LEGACY, f"Calibration: {records.ONESHOT['calibration']}. Fine-tuning: "
+                          f"{records.ONESHOT['finetune']}. Latency: dense / pruned, {records.LEGACY_LATENCY}. "
+                          "Top-1 on the 10,000 test images, in %."])
+    return t.write(run.path("oneshot_fmnist")) + [plot_curves(t, run.path("oneshot_fmnist_curve.png"))]
+
+
+def build_table1_legacy(rows, sources, run: Run) -> list[str]:
+    t = table1.build("table1_fmnist", "Table 1: ResNet-20 and ResNet-56 on Fashion-MNIST (run records of 2026-11)",
+                     rows, sources=sources, description=[
+                         LEGACY, "After = after 468 fine-tuning steps where the row was fine-tuned. "
+                         f"Latency: {records.LEGACY_LATENCY}."])
+    return t.write(run.path("table1_fmnist"))
+
+
+LEGACY_PAIRS = [Pair("Hessian (hobs vs hobs_nohessian)", "hobs", "hobs_nohessian", "oneshot", budgets=(50, 200, 468)),
+                Pair("Hessian (hobs vs hobs_nohessian)", "hobs", "hobs_nohessian", "finetuned", budgets=(50, 200, 468)),
+                Pair("refit (hobs vs propagate=0)", "hobs", "hobs@propagate=0", "oneshot", budgets=(50, 200, 468)),
+                Pair("refit (hobs vs propagate=0)", "hobs", "hobs@propagate=0", "finetuned", budgets=(50, 200, 468)),
+                Pair("BN re-estimation", "hobs", "hobs before BN re-est.", "oneshot", before_bn=True,
+                     budgets=(50, 200, 468)),
+                Pair("RL allocation (rspar vs hobs global, propagate=0)", "rspar@propagate=0",
+                     "hobs-global@propagate=0", "oneshot", budgets=(200,)),
+                Pair("RL allocation (rspar vs hobs global, propagate=0)", "rspar@propagate=0",
+                     "hobs-global@propagate=0", "finetuned", budgets=(200,))]
+
+
+def build_ablation_legacy(rows, sources, run: Run) -> list[str]:
+    t = ablation.build("ablation_fmnist", "Module ablation on Fashion-MNIST (run records of 2026-11)", rows,
+                       LEGACY_PAIRS, sources=sources,
+                       description=[LEGACY, "Without BN re-estimation is the same run's accuracy before "
+                                    "re-estimation. Distillation and width alignment were not part of these "
+                                    "runs (see ablation_resnet20)."])
+    return t.write(run.path("ablation_fmnist"))
+
+
+def build_rspar_legacy(rows, sources, run: Run) -> list[str]:
+    import json
+
+    from hobs_jax.rspar import report
+
+    t = stability.build("rspar_fmnist", "R-SPAR vs H-OBS allocations on ResNet-56, 3 seeds (run records of 2026-11)",
+                        rows, sources=sources, description=[
+                            LEGACY, f"Calibration: {records.RSPAR['calibration']}. Fine-tuning: "
+                            f"{records.RSPAR['finetune']}. Uniform and global allocations are deterministic "
+                            "and were run once (seed 0)."])
+    paths = t.write(run.path("rspar_fmnist"))
+    for target in ("0.5", "0.333"):  # figures from the search's own records next to them
+        rec = run.path(f"rspar_fmnist_allocation_{target}.json")
+        if os.path.exists(rec):
+            with open(rec) as f:
+                data = json.load(f)
+            paths += report.save_allocation(run.path(f"rspar_fmnist_allocation_{target}"), data,
+                                            f"ResNet-56, kept {target} of the MACs")[1:]
+    rec = run.path("rspar_fmnist_curve.json")
+    if os.path.exists(rec):
+        with open(rec) as f:
+            paths += report.save_learning_curve(run.path("rspar_fmnist_curve"), json.load(f),
+                                                "R-SPAR search, ResNet-56")[1:]
+    return paths
+
+
+# -- fresh rows on ResNet-20 ----------------------------------------------------------------
+SMALL_CALIB = (("calibrate.num_images", 512),)
+SENSITIVITY = (Param("damp", "damp", (0.001, 0.01, 0.1), 0.01),
+               Param("calibration images", "calibrate.num_images", (128, 256, 512, 2048), 512),
+               Param("channels_per_step", "channels_per_step", (1, 2, 4), 1),
+               Param("propagate_images", "propagate_images", (128, 256, 512), 512))
+FRESH = ("Rows run by this repository's sweep runner (each row one pipeline run: the shipped checkpoint, "
+         "calibration, pruning, BN re-estimation on the calibration images, evaluation on the 10,000 test images).")
+
+
+def sweeps_rows(sweeps: Callable[[], list[Sweep]]) -> Callable[[Run], tuple[list, dict]]:
+    """``compute`` of a sweep entry: run (or reuse) every row; the rows name their source."""
+    def compute(run: Run):
+        rows = [r for s in sweeps() for r in run.sweep(s)]
+        sources = {}
+        for r in rows:
+            if r.get("commit") or r.get("date"):
+                key = f"sweep@{(r.get('commit') or 'unknown')[:7]}"
+                r["source"] = key
+                sources.setdefault(key, {"command": "python -m hobs_jax.experiments.tables (sweep rows, "
+                                                    "hobs_jax.experiments.sweep)", "commit": r.get("commit"),
+                                         "machine": r.get("machine")})
+        return rows, sources
+    return compute
+
+
+def sensitivity_sweeps() -> list[Sweep]:
+    variants = tuple(dict.fromkeys(v for p in SENSITIVITY for v in p.variants("hobs")))
+    return [Sweep("sensitivity_resnet20", ("resnet20",), variants, (0.5,), overrides=SMALL_CALIB)]
+
+
+def build_sensitivity(rows, sources, run: Run) -> list[str]:
+    t = sensitivity.build("sensitivity_resnet20", "H-OBS sensitivity to its hyperparameters: ResNet-20, half the MACs",
+                          rows, SENSITIVITY, description=[FRESH, "Base: H-OBS defaults with 512 calibration images "
+                                                          "(the pipeline's default is 2048), seed 0, no fine-tuning."])
+    t.add_sources(sources)
+    return t.write(run.path("sensitivity_resnet20"))
+
+
+def stability_sweeps() -> list[Sweep]:
+    return [Sweep("stability_resnet20", ("resnet20",), ("hobs", "hobs-uniform", "magnitude-uniform"), (0.5,),
+                  seeds=(0, 1, 2), overrides=SMALL_CALIB)]
+
+
+def build_stability(rows, sources, run: Run) -> list[str]:
+    t = stability.build("stability_resnet20", "Stability over seeds: ResNet-20, half the MACs, one-shot", rows,
+                        sources=sources, description=[FRESH, "The seed draws the 512 calibration images (the "
+                                                      "Hessians, the refit and BN re-estimation all use them); "
+                                                      "no fine-tuning."])
+    return t.write(run.path("stability_resnet20"))
+
+
+ABLATION_PAIRS = [Pair("Hessian", "hobs", "hobs_nohessian"),
+                  Pair("refit", "hobs", "hobs@propagate=0"),
+                  Pair("RL allocation", "rspar", "hobs"),
+                  Pair("BN re-estimation", "hobs", "hobs@prune.bn_recalibrate=false"),
+                  Pair("distillation", "hobs@finetune.kd.enabled=true", "hobs", "finetuned", budgets=(200,)),
+                  Pair("width alignment", "hobs@prune.round_to=8", "hobs", "latency", latency=True)]
+
+
+def ablation_sweeps() -> list[Sweep]:
+    return [Sweep("ablation_resnet20", ("resnet20",), ("hobs", "hobs_nohessian", "hobs@propagate=0", "rspar",
+                                                       "hobs@prune.bn_recalibrate=false"), (0.5,),
+                  overrides=SMALL_CALIB),
+            Sweep("ablation_resnet20_kd", ("resnet20",), ("hobs", "hobs@finetune.kd.enabled=true"), (0.5,),
+                  budgets=(200,), overrides=SMALL_CALIB),
+            Sweep("ablation_resnet20_latency", ("resnet20",), ("hobs", "hobs@prune.round_to=8"), (0.5,),
+                  benchmark=True, overrides=SMALL_CALIB)]
+
+
+def build_ablation(rows, sources, run: Run) -> list[str]:
+    t = ablation.build("ablation_resnet20", "Module ablation: ResNet-20, half the MACs", rows, ABLATION_PAIRS,
+                       sources=sources,
+                       description=[FRESH, "512 calibration images, seed 0. Distillation: 200 fine-tuning steps "
+                                    "with and without KD from the dense network. Width alignment: kept counts "
+                                    "allocated in multiples of 8 (XLA's width quantum) vs unaligned, latency in "
+                                    "XLA on one core (CPU time per call)."])
+    return t.write(run.path("ablation_resnet20"))
+
+
+def table1_sweeps() -> list[Sweep]:
+    return [Sweep("table1_resnet20", ("resnet20",), ("hobs", "hobs_nohessian", "magnitude-uniform", "udfc-uniform",
+                                                     "depgraph-uniform"), (0.5,), budgets=(50, 200), benchmark=True)]
+
+
+def build_table1(rows, sources, run: Run) -> list[str]:
+    t = table1.build("table1_resnet20", "Table 1: ResNet-20 on Fashion-MNIST, half the MACs", rows, sources=sources,
+                     description=[FRESH, "2048 calibration images, seed 0; fine-tuning: the pipeline's recipe for "
+                                  "200 steps (evaluated at 50 and 200); latency: the benchmark stage, XLA on one "
+                                  "core, CPU time per call."])
+    return t.write(run.path("table1_resnet20")) + [plot_curves(t, run.path("table1_resnet20_curve.png"))]
+
+
+def _sweep_entry(name, summary, build, sweeps, quick=False) -> Entry:
+    return Entry(name, summary, build, compute=sweeps_rows(sweeps), quick=quick, sweeps=sweeps)
+
+
+ENTRIES: dict[str, Entry] = {}
+for _e in [
+    Entry("oneshot_fmnist", "one-shot comparison, run records of 2026-11", build_oneshot,
+          legacy=records.oneshot_legacy),
+    Entry("rspar_fmnist", "R-SPAR over 3 seeds, run records of 2026-11", build_rspar_legacy,
+          legacy=records.rspar_legacy),
+    Entry("table1_fmnist", "Table 1 from the one-shot run records", build_table1_legacy, inputs=("oneshot_fmnist",)),
+    Entry("ablation_fmnist", "module ablation from the run records", build_ablation_legacy,
+          inputs=("oneshot_fmnist", "rspar_fmnist")),
+    _sweep_entry("sensitivity_resnet20", "H-OBS hyperparameters, fresh", build_sensitivity, sensitivity_sweeps,
+                 quick=True),
+    _sweep_entry("stability_resnet20", "3 seeds, paired t-test, fresh", build_stability, stability_sweeps, quick=True),
+    _sweep_entry("ablation_resnet20", "module ablation, fresh", build_ablation, ablation_sweeps),
+    _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
+    *_studies(),
+]:
+    ENTRIES[_e.name] = _e

@@ -1,0 +1,51 @@
+"""The one-shot comparison: every method (and peer) at the same MACs, accuracy right after
+pruning, after BN re-estimation and along one fine-tuning schedule, with the goals of the
+H-OBS issue judged on the rows present."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from hobs_jax.experiments.table import Column, ResultTable
+from hobs_jax.experiments.tables.common import ACC, curve_columns, speedup, steps_of, with_curve
+
+# Points of top-1 H-OBS (with BN re-estimation) may lose on ResNet-56, per kept MACs fraction.
+GOALS = {0.5: 0.008, 0.333: 0.020}
+
+
+def build(name: str, title: str, rows: Sequence[Mapping], *, description: Sequence[str] = (),
+          sources: Mapping[str, dict] | None = None, goal_model: str = "resnet56") -> ResultTable:
+    steps = steps_of(rows)
+    cols = [Column("label", "row"), Column("framework", "framework"),
+            Column("macs_ratio", "MACs kept", kind="ratio", digits=4),
+            Column("params_ratio", "params kept", kind="ratio", digits=4),
+            Column("acc_oneshot", "one-shot", **ACC, best="max"),
+            Column("acc_bn_recalibrated", "BN re-est.", **ACC, best="max"), *curve_columns(steps),
+            Column("speedup_b1", "speedup b1", kind="speedup"), Column("speedup_b64", "speedup b64", kind="speedup")]
+    t = ResultTable(name, title, cols, group_by=("model", "target"), description=description)
+    for r in rows:
+        t.add(dict(with_curve(r, steps), speedup_b1=speedup(r, 1), speedup_b64=speedup(r, 64)))
+    t.add_sources(sources)
+    add_goals(t, goal_model)
+    return t
+
+
+def add_goals(t: ResultTable, model: str) -> None:
+    """H-OBS loses at most GOALS[target] points after BN re-estimation on ``model``, and its
+    one-shot accuracy beats every other row's (judged per target on the rows present)."""
+    for target, allowed in GOALS.items():
+        rows = [r for r in t.rows if r["model"] == model and abs(r["target"] - target) < 1e-3]
+        hobs = next((r for r in rows if r["label"] == "hobs"), None)
+        text = (f"{model} at {1 / target:.0f}x fewer MACs: H-OBS (with BN re-estimation) loses at most "
+                f"{100 * allowed:.1f} points")
+        if hobs is None:
+            t.goal(text, None, "no hobs row")
+            continue
+        lost = hobs["acc_dense"] - hobs["acc_bn_recalibrated"]
+        t.goal(text, lost <= allowed + 1e-12, f"loses {100 * lost:.2f}")
+        others = [r for r in rows if r["method"] != "hobs"]
+        if others:
+            best = max(others, key=lambda r: r["acc_oneshot"])
+            t.goal(f"{model} at {1 / target:.0f}x: H-OBS one-shot beats every other method",
+                   hobs["acc_oneshot"] > best["acc_oneshot"],
+                   f"{100 * hobs['acc_oneshot']:.2f}% vs {best['label']} {100 * best['acc_oneshot']:.2f}%")

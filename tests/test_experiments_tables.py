@@ -1,0 +1,63 @@
+"""The experiments package's rules on fabricated rows (no compute): a table never mixes
+splits or devices, iso-MACs misses are refused and listed, tables round-trip through JSON,
+a sweep with a bad model, method or target fails in one line before anything runs, and the
+stability table reports mean, std and a paired test over seeds."""
+
+import pytest
+
+from hobs_jax.experiments import readme
+from hobs_jax.experiments.sweep import Sweep, plan
+from hobs_jax.experiments.table import Column, ResultTable
+from hobs_jax.experiments.tables import stability
+
+CTX = {"dataset": "fashion_mnist", "split": "test", "device": "cpu:test:avx2"}
+
+
+def _table():
+    return ResultTable("t", "a table", [Column("label", "method"), Column("acc", "top-1", kind="pct")])
+
+
+@pytest.mark.parametrize("key, value", [("split", "validation"), ("device", "gpu:H100")])
+def test_a_table_refuses_rows_of_another_split_or_device(key, value):
+    t = _table()
+    t.add(dict(CTX, label="a", acc=0.9))
+    with pytest.raises(ValueError, match=f"has {key}={value!r} but the table holds"):
+        t.add(dict(CTX, label="b", acc=0.8, **{key: value}))
+
+
+def test_a_row_off_its_macs_target_by_more_than_1_percent_is_refused_and_listed(tmp_path):
+    t = _table()
+    assert t.add(dict(CTX, label="on", acc=0.9, target=0.5, macs_ratio=0.504))
+    assert not t.add(dict(CTX, label="off", acc=0.95, target=0.5, macs_ratio=0.52))
+    assert [r["label"] for r in t.rows] == ["on"] and "iso-MACs" in t.refused[0]["refused"]
+    t.write(str(tmp_path / "t"))
+    back = ResultTable.read(str(tmp_path / "t.json"))
+    assert [r["label"] for r in back.rows] == ["on"] and back.refused[0]["label"] == "off"
+    md = (tmp_path / "t.md").read_text()
+    assert "Refused" in md and "off" in md and (tmp_path / "t.tex").exists()
+
+
+@pytest.mark.parametrize("kw, why", [(dict(models=("resnet21",)), "resnet21"),
+                                     (dict(variants=("hobz",)), "hobz"),
+                                     (dict(targets=(1.5,)), "target 1.5")])
+def test_a_bad_sweep_fails_in_one_line_before_any_run(tmp_path, kw, why):
+    s = dict(name="s", models=("resnet20",), variants=("hobs",), targets=(0.5,), workdir=str(tmp_path))
+    s.update(kw)
+    with pytest.raises(ValueError, match=why) as e:
+        plan(Sweep(**s))
+    assert "\n" not in str(e.value) and not any(tmp_path.iterdir())
+
+
+def test_stability_reports_mean_std_and_a_paired_test_over_seeds():
+    rows = [dict(CTX, model="resnet20", target=0.5, label=m, method=m, seed=s, macs_ratio=0.5,
+                 acc_oneshot=acc, acc_bn_recalibrated=acc)
+            for m, accs in (("hobs", (0.92, 0.93, 0.925)), ("magnitude", (0.85, 0.87, 0.86)))
+            for s, acc in enumerate(accs)]
+    t = stability.build("stab", "stability", rows)
+    by = {r["label"]: r for r in t.rows}
+    assert by["hobs"]["n"] == 3 and by["hobs"]["acc_bn_ms"]["mean"] == pytest.approx(0.925)
+    assert by["magnitude"]["acc_bn_ms"]["std"] == pytest.approx(0.01)
+    (test,) = t.meta["paired_tests"]
+    assert (test["a"], test["b"]) == ("hobs", "magnitude") and 0 < test["p"] < 0.05
+    line = readme.say_stability(t)
+    assert "hobs 92.50% ± 0.50 pts (n=3)" in line and "hobs vs magnitude: p = " in line
