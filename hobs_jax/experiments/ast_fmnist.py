@@ -45,6 +45,7 @@ import platform
 import shutil
 import sys
 import time
+from typing import Any
 
 import numpy as np
 

@@ -316,7 +316,8 @@ class ResultTable:
             if self.group_by:
                 if i:
                     lines.append("\\midrule")
-                lines.append(f"\\multicolumn{{{len(self.columns)}}}{{l}}{{\\emph{{{_tex(self._group_title(values))}}}}} \\\\")
+                title = _tex(self._group_title(values))
+                lines.append(f"\\multicolumn{{{len(self.columns)}}}{{l}}{{\\emph{{{title}}}}} \\\\")
             for cells in self._cells(rows):
                 lines.append(" & ".join(f"\\textbf{{{_tex(s)}}}" if b else _tex(s) for s, b in cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}", ""]

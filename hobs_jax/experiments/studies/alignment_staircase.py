@@ -58,7 +58,8 @@ def main(argv=None):
         stairs = alignment.measure_staircases(runtimes, layers, widths, rounds=args.rounds, iters=args.iters,
                                               threads=threads)
         cached = alignment.save_staircases(stairs, alignment.device_id())
-        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))
+        args = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+        command = "python " + " ".join(shlex.quote(a) for a in args)
     quanta = {r: alignment.combined_quantum([s for s in stairs if s.runtime == r]) for r in runtimes}
     doc = {"command": command, "machine": machine, "threads": threads, "device_class": stairs[0].device,
            "quantum": quanta, "staircases": [dict(s.to_dict(), width_bound=alignment.width_bound(s)) for s in stairs]}

@@ -134,7 +134,8 @@ def main(argv=None) -> int:
         seconds = time.time() - t0
         one = acc(r.prunable)
         bn = reestimate_bn(r.prunable, (x for x, _ in calib.batches(256)))
-        rec = {"row": row, "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "prune_seconds": round(seconds, 1),
+        rec = {"row": row, "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio,
+               "prune_seconds": round(seconds, 1),
                "top1_oneshot": one, "top1_bn": acc(bn)}
         out["rows"].append(rec)
         print(f"{row}: MACs {r.macs_ratio:.4f}, top-1 {one:.4f} one-shot, {rec['top1_bn']:.4f} after BN "

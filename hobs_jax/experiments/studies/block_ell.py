@@ -243,7 +243,7 @@ def render_md(records: list[dict]) -> str:
                       "| block | 4096^3 | ResNet-50 1x1 shapes (median, min-max) | "
                       "ViT-B MLP shapes (median) |", "|---|---|---|---|"]
             for b in sorted({r["block"] for r in rs}):
-                def be_for(label):
+                def be_for(label, rs=rs, b=b):
                     pts = {}
                     for r in rs:
                         if r["label"] == label and r["block"] == b:

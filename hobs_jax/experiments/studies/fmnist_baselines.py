@@ -97,7 +97,8 @@ def main() -> None:
              "Trained by the pipeline's train stage (device per row), "
              f"recorded {datetime.date.today()} by `python benchmarks/fmnist_baselines.py "
              f"--models {args.models}`.", "",
-             "| model | test top-1 | goal | met | epochs | batch | optimizer | device | train wall time | images/s | command |",
+             "| model | test top-1 | goal | met | epochs | batch | optimizer | device | train wall time "
+             "| images/s | command |",
              "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
     for r in rows:
         met = "yes" if r["goal"] is None or r["top1"] >= r["goal"] else "**no**"

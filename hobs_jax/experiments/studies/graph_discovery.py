@@ -80,7 +80,8 @@ def table(rows, sources) -> ResultTable:
                     [Column("model", "model"), Column("ours_median_s", "ours median (s)", "float", 3),
                      Column("tp_median_s", "TP median (s)", "float", 3),
                      Column("tp_over_ours", "TP / ours", "speedup"),
-                     Column("ours_first_s", "ours first (s)", "float", 3), Column("tp_first_s", "TP first (s)", "float", 3),
+                     Column("ours_first_s", "ours first (s)", "float", 3),
+                     Column("tp_first_s", "TP first (s)", "float", 3),
                      Column("groups", "groups ours / TP")],
                     context=("device",), iso_tolerance=None, description=[__doc__.split("\n\n")[0].replace("\n", " "),
                                                                           "Input 1x224x224x3 (NCHW for torch). "

@@ -271,7 +271,8 @@ def report(args, rows: list[dict]) -> None:
              f"H-OBS compensation and BN re-estimation, no training; fine-tuned = after "
              f"{_steps(rows)} SGD steps (same recipe for every row; '-' = not fine-tuned). R-SPAR: mean ± std "
              "over seeds; uniform and global are deterministic (one row each).", "",
-             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 | search s (precompute + episodes + re-rank) | s/episode | episodes |",
+             "| target MACs | allocation | n | MACs kept | one-shot top-1 | fine-tuned top-1 "
+             "| search s (precompute + episodes + re-rank) | s/episode | episodes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target in sorted({r["target_macs_ratio"] for r in rows}, reverse=True):
         for alloc in ("uniform", "global", "rspar", "rspar-imitate"):
@@ -284,7 +285,8 @@ def report(args, rows: list[dict]) -> None:
             srch_s = f"{statistics.mean(srch):.0f}" if srch else "-"
             spe_s = f"{statistics.mean(spe):.2f}" if spe else "-"
             lines.append(f"| {target} | {alloc} | {len(rs)} | {mr:.4f} | {ms([r['acc_oneshot'] for r in rs])} | "
-                         f"{ms([r['acc_finetuned'] for r in rs])} | {srch_s} | {spe_s} | {rs[0].get('episodes', '-')} |")
+                         f"{ms([r['acc_finetuned'] for r in rs])} | {srch_s} | {spe_s} | "
+                         f"{rs[0].get('episodes', '-')} |")
     lines += ["", "Reward-split figures (the search's own objective, CE on the held-out calibration images; "
               "higher reward is better):", ""]
     for r in rows:
@@ -302,7 +304,9 @@ def report(args, rows: list[dict]) -> None:
                   f"{rr[0]['rerank']['images']} Hessian calibration images (H-OBS never uses their labels; the "
                   "search never saw them); the candidate with the best metric there is R-SPAR's allocation. "
                   "A reference winning means R-SPAR returns exactly that allocation (a tie with it).", "",
-                  "| target | seed | chosen | its search reward | its Hessian-split CE / top-1 | search's best (CE / top-1 there) | global (CE / top-1 there) | uniform (CE / top-1 there) | candidates | re-rank s |",
+                  "| target | seed | chosen | its search reward | its Hessian-split CE / top-1 "
+                  "| search's best (CE / top-1 there) | global (CE / top-1 there) "
+                  "| uniform (CE / top-1 there) | candidates | re-rank s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rr:
             cs = {c["name"]: c for c in r["rerank"]["candidates"]}

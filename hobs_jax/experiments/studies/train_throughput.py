@@ -164,7 +164,8 @@ def from_legacy(d: dict) -> tuple[list[dict], dict]:
     key = "train_throughput@legacy"
     return (_rows(d["results"], d["model"], d["batch"], d["input"][0], "cpu:AMD EPYC:unrecorded", key),
             {key: {"command": d["command"].replace("", ""), "machine": d["device"],
-                   "optimizer": d["optimizer"], "note": "benchmarks/train_throughput.py before the experiments package"}})
+                   "optimizer": d["optimizer"],
+                   "note": "benchmarks/train_throughput.py before the experiments package"}})
 
 
 def table(rows, sources) -> ResultTable:

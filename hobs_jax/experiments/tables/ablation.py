@@ -42,7 +42,8 @@ COLUMNS = (Column("module", "module"), Column("with_label", "with (row)"), Colum
            Column("measure_name", "measure"), Column("n", "seeds", kind="int"),
            Column("acc_with", "with", **ACC), Column("acc_without", "without", **ACC),
            Column("delta", "module's gain", kind="points", digits=2),
-           Column("speed_with", "speedup with", kind="speedup"), Column("speed_without", "speedup without", kind="speedup"),
+           Column("speed_with", "speedup with", kind="speedup"),
+           Column("speed_without", "speedup without", kind="speedup"),
            Column("macs_with", "MACs kept with", kind="ratio", digits=4),
            Column("macs_without", "MACs kept without", kind="ratio", digits=4))
 
@@ -97,7 +98,8 @@ def build(name: str, title: str, rows: Sequence[Mapping], pairs: Sequence[Pair],
         by_seed = {}
         fn = MEASURES[p.measure][1]
         for r in rows_:
-            if (r["label"] == label and (fn(r) is not None or p.before_bn) and tuple(r.get("budgets") or ()) == tuple(p.budgets)
+            same_budgets = tuple(r.get("budgets") or ()) == tuple(p.budgets)
+            if (r["label"] == label and (fn(r) is not None or p.before_bn) and same_budgets
                     and (not p.latency or r.get("latency_speedup"))):
                 by_seed.setdefault(r.get("seed"), r)  # one run per seed (sweeps may share a variant)
         return list(by_seed.values())
