@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from hobs_jax.bench import sysinfo
 
-__all__ = ["cpu_model", "describe", "device_key", "load_average", "record"]
+__all__ = ["cpu_model", "describe", "device_key", "load_1min", "load_average", "record"]
 
 
 def record(*, packages: tuple[str, ...] = sysinfo.PACKAGES + ("torch-pruning", "scipy")) -> dict:
@@ -50,3 +50,10 @@ def cpu_model() -> str:
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (None where the OS has none)."""
     return sysinfo.load_average()
+
+
+def load_1min() -> float | None:
+    """The 1-minute load average, recorded beside timings taken on a shared machine (None
+    where the OS has none)."""
+    la = sysinfo.load_average()
+    return la[0] if la is not None else None

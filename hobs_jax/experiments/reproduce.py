@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 # Benchmark scripts re-measured on this CPU: name -> (arguments, seconds on the 2-core CPU).
 QUICK_STUDIES = {"workdir_lock": ()}
@@ -97,7 +98,8 @@ def reproduce(quick: bool, out: str = "docs/results", workdir: str = "runs/exper
         if new != text:
             with open(readme, "w") as f:
                 f.write(new)
-    report = {h: sorted(n for n, v in how.items() if v == h) for h in ("computed", "records", "missing")}
+    report: dict[str, Any] = {h: sorted(n for n, v in how.items() if v == h)
+                              for h in ("computed", "records", "missing")}
     report["not_here"] = {k: f"{why} ({cmd})" for k, (why, cmd) in NOT_HERE.items()}
     report["seconds"] = round(time.time() - t0, 1)
     return report

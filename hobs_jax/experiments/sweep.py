@@ -76,7 +76,8 @@ def parse_variant(text: str) -> Variant:
     method, _, alloc = head.partition("-")
     if not method:
         raise ValueError(f"variant {text!r}: use METHOD[-ALLOCATION][@KEY=VALUE]...")
-    options, config = [], []
+    options: list[tuple[str, Any]] = []
+    config: list[tuple[str, Any]] = []
     if alloc:
         options.append(("allocation", alloc))
     for s in settings:

@@ -169,10 +169,11 @@ class ResultTable:
         if row.get("refused"):
             self.refused.append(row)
             return False
-        miss = iso_miss(row) if self.iso_tolerance is not None else None
-        if miss is not None and miss > self.iso_tolerance:
+        tol = self.iso_tolerance
+        miss = iso_miss(row) if tol is not None else None
+        if tol is not None and miss is not None and miss > tol:
             row["refused"] = (f"kept {row['macs_ratio']:.4f} of the MACs, target {row['target']}: "
-                              f"off by {miss:.1%} > {self.iso_tolerance:.0%} (iso-MACs)")
+                              f"off by {miss:.1%} > {tol:.0%} (iso-MACs)")
             self.refused.append(row)
             return False
         self.rows.append(row)

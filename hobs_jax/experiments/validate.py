@@ -76,6 +76,8 @@ def load_config_file(path: str):
     if not os.path.isfile(path):
         raise ValueError(f"no config file {path}")
     spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path} cannot be imported as a Python module (a configs/*.py file?)")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
@@ -286,7 +288,7 @@ def check_latency(config) -> str:
     with tempfile.TemporaryDirectory(prefix="hobs_validate_bench_") as tmp:
         if model_spec(config) is None:
             spec = ModelSpec.from_zoo(config.model.name, label="dense", num_classes=config.num_classes,
-                                      input_shape=tuple(_shape(config)[1:]))
+                                      input_shape=_shape(config)[1:])
         else:  # a module of one's own: saved as the pipeline saves it, timed from the file
             model, variables, shape = _dense(config, concrete=True)
             path = Context(config, Workdir(tmp)).export(os.path.join(tmp, "dense"), model.module, variables)

@@ -30,6 +30,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Hashable
 from pathlib import Path
 
 import jax
@@ -77,7 +78,8 @@ QUICK_RESNET = ("resnet50.layer1.conv1", "resnet50.layer2.conv3", "resnet50.laye
                 "resnet50.layer4.conv3")  # one per stage, K and N both >= 64
 
 
-LAST_DEVICE_TIMES: dict[str, dict] = {}  # the last GPU group's full figures (diagnostics)
+# The last GPU group's full figures (diagnostics), keyed "dense" and by time_group's sparse keys.
+LAST_DEVICE_TIMES: dict[Hashable, dict] = {}
 
 
 def _arg_sets(args) -> list[tuple]:

@@ -116,7 +116,7 @@ def run(args, on_batch=None) -> list[dict]:
                                                  iters, args.warmup, min_ms=0.0,
                                                  max_iters=iters)
         seconds = round(time.time() - t0, 1)
-        load = machine.load_average()[0]  # a shared machine: how busy it was
+        load = machine.load_1min()  # a shared machine: how busy it was
         if timing == "device-span":
             d = LAST_DEVICE_TIMES["dense"]
             print(f"batch {batch}: dense device span {d['span_ms']:.3f} ms, busy "

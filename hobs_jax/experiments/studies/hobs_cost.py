@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import resource
 import time
+from typing import Any
 
 from hobs_jax.experiments import machine
 from hobs_jax.experiments.table import Column, ResultTable
@@ -54,12 +55,13 @@ def one_run(model_name: str, variables, calib, options: dict, bn_batch: int) -> 
     from hobs_jax.methods import make_task, run
     from hobs_jax.stats import reestimate_bn
 
-    rec = {"load_start": machine.load_average()}
+    rec: dict[str, Any] = {"load_start": machine.load_average()}
     t0, c0 = time.perf_counter(), time.process_time()
     task = make_task("hobs", model_name, variables, target=0.5, calib=calib, options=options)
     t_task, c_task = time.perf_counter() - t0, time.process_time() - c0
     t1, c1 = time.perf_counter(), time.process_time()
-    with obs.listen(PhaseRecorder()) as phases:
+    phases = PhaseRecorder()
+    with obs.listen(phases):
         res = run("hobs", task)
     t_run, c_run = time.perf_counter() - t1, time.process_time() - c1
     timings = dict(res.outcome.info["timings"])
@@ -124,7 +126,7 @@ def measure(cases=("resnet56", "resnet50"), checkpoint: str = "checkpoints/resne
 
     from hobs_jax.experiments.isolate import call
 
-    kw = dict(checkpoint=checkpoint, propagate=propagate, calib=calib, size=size)
+    kw: dict[str, Any] = dict(checkpoint=checkpoint, propagate=propagate, calib=calib, size=size)
     drop = ("JAX_COMPILATION_CACHE_DIR",)  # cold means cold
     rows = []
     for name in cases:

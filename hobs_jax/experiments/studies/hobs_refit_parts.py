@@ -39,7 +39,7 @@ def measure(checkpoint: str = "checkpoints/resnet56_fmnist", images: int = 512, 
     from hobs_jax.stats.hessian import layer_gram
     from hobs_jax.stats.layers import capture_inputs, capture_outputs, trace_layers
 
-    load0 = machine.load_average()[0]
+    load0 = machine.load_1min()
     model, v, meta = hobs_jax.load(checkpoint)
     x, _ = get_source("fashion_mnist").batch("train", np.arange(images), train=False)
     x = jnp.asarray(np.asarray(x, np.float32))
@@ -68,7 +68,7 @@ def measure(checkpoint: str = "checkpoints/resnet56_fmnist", images: int = 512, 
     rows_ = jnp.asarray(np.random.default_rng(0).random((images * 28 * 28, 144), np.float32))
     parts["plain_gram_stage1"] = _cpu(jax.jit(lambda r: jnp.einsum("nd,ne->de", r, r, precision="highest")), rows_)
     return _rows(parts, meta["model"], images, len(infos), len({shape_key(i) for i in infos.values()}),
-                 [load0, machine.load_average()[0]], device, source)
+                 [load0, machine.load_1min()], device, source)
 
 
 def _rows(parts, model, images, layers, shapes, load, device, source) -> list[dict]:

@@ -28,13 +28,15 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
 N_CALIB = 256
 TARGET = 0.5
 
-METHODS = {
+# name -> (registered method, its options)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "hobs": ("hobs", dict(progress=False)),
     "hobs@uniform": ("hobs", dict(progress=False, allocation="uniform")),
     "hobs_nohessian": ("hobs_nohessian", {}),
@@ -60,7 +62,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def _images(size: int, channels: int):
     from hobs_jax.data import get_source
 
-    kw = {"resize_to": (size, size)} if size != 28 else {}
+    kw: dict[str, Any] = {"resize_to": (size, size)} if size != 28 else {}
     if channels != 1:
         kw["channels"] = channels
     src = get_source("fashion_mnist", augment=False, **kw)
@@ -151,7 +153,7 @@ def run_all(only: str = "", on_result=None) -> dict:
     from hobs_jax import models
     from hobs_jax.methods import Calibration, make_task, run
 
-    out = {}
+    out: dict[str, dict[str, tuple]] = {}
     for case, (zoo, variables, size, ch) in _cases().items():
         x, y = _images(size, ch)
         calib = Calibration(x, y)

@@ -213,7 +213,9 @@ class Bench:
             target = abstract_like(abstract, state_shardings(abstract, mesh))
             ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1000, async_save=False)
             for s in shorter:
-                _, state, _ = ckpt.restore(target, step=s)
+                restored = ckpt.restore(target, step=s)
+                assert restored is not None  # a named step restores or raises, never None
+                _, state, _ = restored
                 out[s] = self.accuracy(model, state.variables(), f"ft@{s}")
             ckpt.close()
         return out
@@ -233,7 +235,8 @@ class Bench:
             for _ in range(3):
                 fd(dvars, x).block_until_ready()
                 fp(variables, x).block_until_ready()
-            td, tp = [], []
+            td: list[float] = []
+            tp: list[float] = []
             for i in range(iters):
                 for which in ((0, 1) if i % 2 == 0 else (1, 0)):
                     f, v, acc = (fd, dvars, td) if which == 0 else (fp, variables, tp)

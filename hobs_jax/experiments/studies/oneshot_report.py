@@ -6,6 +6,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+from typing import Any
 
 from hobs_jax.experiments import machine
 
@@ -82,7 +83,7 @@ def goals(done: list[dict], models: list[str]) -> list[str]:
             verdict = "met" if drop <= goal else "NOT met"
             out.append(f"* {label}, row `{h['method']}`: loses {drop:.2f} points after BN "
                        f"re-estimation (goal <= {goal}): **{verdict}**.")
-            if best_one is not None:
+            if best_one is not None and best_bn is not None:  # both or neither: same rows
                 win1 = h["acc_oneshot"] > best_one["acc_oneshot"]
                 winb = h["acc_bn_recalibrated"] > best_bn["acc_bn_recalibrated"]
                 out.append(f"  Right after pruning: {_pct(h['acc_oneshot'])}% vs the best other "
@@ -136,7 +137,7 @@ def plot(done: list[dict], models: list[str], targets: list[float], path: str) -
             a.set_xlabel("fine-tuning steps (batch 128; same recipe for every row)")
             a.set_ylabel("Fashion-MNIST test top-1 (%)")
             a.grid(alpha=0.3)
-    seen = {}
+    seen: dict[str, Any] = {}  # legend label -> its handle
     for ax in axes.flat:  # every row of every panel, once (panels hold different rows)
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
@@ -204,14 +205,14 @@ def write_report(records: list[dict], workdir: str, out: str, command: str, mode
         md += [f"![accuracy vs fine-tuning steps]({os.path.basename(png)})", ""]
     elif not steps:
         md += ["No fine-tuning curve: no row of this selection was fine-tuned (see the notes).", ""]
-    ours = {}
+    ours: dict[str, dict] = {}
     for r in done:
         if r["framework"] == "hobs_jax" and r.get("resolved_options") is not None:
             ours.setdefault(r["method"], r["resolved_options"])
     if ours:
         md += ["## Options of our rows (resolved: the method's defaults plus the row's settings)", ""]
         md += [f"* `{m}`: `{json.dumps(o, sort_keys=True)}`" for m, o in sorted(ours.items())] + [""]
-    tp = {}
+    tp: dict[str, list[str]] = {}
     for r in done:
         if r["framework"] == "torch-pruning" and "pruning_ratio" in r:
             tp.setdefault(r["method"], []).append(f"{r['model']} kept {r['target_macs_ratio']}: "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,8 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
     Returns {'variables': Flax numpy variables of the pruned model, 'pruning_ratio',
     'macs_ratio', 'attempts': [(ratio, macs_ratio), ...], 'within_tol': bool}.
     """
+    if kind == "taylor" and (calib_images is None or calib_labels is None):
+        raise ValueError("the Taylor criterion needs calib_images and calib_labels")
     import torch
 
     from hobs_jax import macs, models
@@ -71,6 +74,7 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
         m = copy.deepcopy(dense_t)
         pruner = _pruner(kind, m, example, ratio, global_pruning)
         if kind == "taylor":
+            assert calib_images is not None and calib_labels is not None  # checked on entry
             m.zero_grad()
             x = torch.from_numpy(np.ascontiguousarray(calib_images.transpose(0, 3, 1, 2)))
             y = torch.from_numpy(calib_labels.astype(np.int64))
@@ -83,7 +87,8 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
         return macs.count(fm, fv, shape).macs / base, fv
 
     lo, hi = 0.0, 0.95  # MACs kept fall as the channel ratio grows
-    attempts, best = [], None
+    attempts: list[tuple[float, float]] = []
+    best: tuple[float, float, Any] | None = None
     for _ in range(max_iters):
         mid = (lo + hi) / 2
         r, v = attempt(mid)
@@ -93,6 +98,8 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
         if abs(r / target - 1) <= tol / 2 or hi - lo < 1e-4:
             break
         lo, hi = (mid, hi) if r > target else (lo, mid)
+    if best is None:
+        raise ValueError(f"max_iters={max_iters}: the bisection needs at least one attempt")
     ratio, mr, fv = best
     return {"variables": fv, "pruning_ratio": float(ratio), "macs_ratio": float(mr),
             "attempts": [(float(a), float(b)) for a, b in attempts],

@@ -90,7 +90,7 @@ class Bench:
             t = time.perf_counter()
             self._sel = get_method("hobs").select(task)
             self.selection_seconds = time.perf_counter() - t
-            print(f"H-OBS selection {self.selection_seconds:.1f} s (load {machine.load_average()[0]})", flush=True)
+            print(f"H-OBS selection {self.selection_seconds:.1f} s (load {machine.load_1min()})", flush=True)
         return self._sel
 
     def keep(self, alloc: str, target: float, seed: int, rowdir: str):
@@ -111,6 +111,7 @@ class Bench:
                                     workdir=os.path.join(rowdir, "search"), progress=False, checkpoint_every=20,
                                     rerank=self.args.rerank, rerank_metric=self.args.rerank_metric, agent=agent),
                                where="rspar")
+        assert isinstance(o, RsparOptions)  # build() returns its own class (typed as the base)
         t = time.perf_counter()
         keep, info = search_allocation(sel.with_task(target=target), target,
                                        budget=MonomialBudget(cost, "macs"), options=o, seed=seed,
@@ -149,11 +150,11 @@ class Bench:
         ft = self.finetune(pruned, pvars, os.path.join(rowdir, "finetune"))
         rec.update(acc_finetuned=self.accuracy(pruned, ft, f"{key} finetuned"),
                    finetune_steps=self.args.finetune_steps, finetune_seconds=time.perf_counter() - t,
-                   acc_oneshot_rebuilt=acc1, finetune_load_avg_at_start=machine.load_average()[0],
+                   acc_oneshot_rebuilt=acc1, finetune_load_avg_at_start=machine.load_1min(),
                    finetune_command=self.args.command)
         _write_json(path, rec)
         print(f"{key}: fine-tuned {rec['acc_finetuned']:.4f} (one-shot {rec['acc_oneshot']:.4f}, rebuilt "
-              f"{acc1:.4f}) in {rec['finetune_seconds']:.0f} s (load {machine.load_average()[0]})", flush=True)
+              f"{acc1:.4f}) in {rec['finetune_seconds']:.0f} s (load {machine.load_1min()})", flush=True)
         return rec
 
     def accuracy(self, model, variables, desc):
@@ -193,7 +194,7 @@ class Bench:
             raise SystemExit(f"{key}: the rebuilt network (MACs {mr:.4f}, one-shot {acc1:.4f}) does not "
                              f"reproduce {src} (MACs {rec['macs_ratio']:.4f}, one-shot {rec['acc_oneshot']:.4f})")
         os.makedirs(rowdir, exist_ok=True)
-        rec.update(reused_from=src, acc_oneshot_rebuilt=acc1, reuse_load_avg=machine.load_average()[0])
+        rec.update(reused_from=src, acc_oneshot_rebuilt=acc1, reuse_load_avg=machine.load_1min())
         _write_json(path, rec)
         print(f"{key}: reused {src} (one-shot {rec['acc_oneshot']:.4f}, rebuilt {acc1:.4f})", flush=True)
         return rec
@@ -210,7 +211,7 @@ class Bench:
                 return self.add_finetuning(key, rowdir, path, rec)
             return rec
         os.makedirs(rowdir, exist_ok=True)
-        load0 = machine.load_average()[0]
+        load0 = machine.load_1min()
         keep, info = self.keep(alloc, target, seed, rowdir)
         pruned, pvars, mr, pr = self.build(key, target, keep)
         acc1 = self.accuracy(pruned, pvars, f"{key} one-shot")
@@ -238,7 +239,7 @@ class Bench:
             _write_json(os.path.join(rowdir, "curve.json"), info["curve"])
         _write_json(path, rec)
         print(f"{key}: macs {mr:.4f} one-shot {acc1:.4f} finetuned {acc2} search {rec['search_seconds']} "
-              f"(load {machine.load_average()[0]})", flush=True)
+              f"(load {machine.load_1min()})", flush=True)
         return rec
 
 
@@ -348,7 +349,8 @@ def report(args, rows: list[dict]) -> None:
     print("\n".join(lines))
 
 
-_GROUPS = {}
+# model name -> (group sizes, group ids), read once from its checkpoint
+_GROUPS: dict[str, tuple[list, list]] = {}
 
 
 def _steps(rows) -> str:

@@ -77,13 +77,13 @@ def run(args) -> dict:
     lut_built = None
     if not lut_path.exists():
         t0 = time.perf_counter()
-        load0 = machine.load_average()[0]
+        load0 = machine.load_1min()
         table = measure_lut(args.model, variables, shape, batch=args.batch, points=args.points,
                             reps=args.reps)
         table["seconds_to_build"] = time.perf_counter() - t0
         lut_path.parent.mkdir(parents=True, exist_ok=True)
         lut_path.write_text(json.dumps(table, indent=1))
-        lut_built = {"seconds": round(table["seconds_to_build"], 1), "load_avg_1m": [load0, machine.load_average()[0]]}
+        lut_built = {"seconds": round(table["seconds_to_build"], 1), "load_avg_1m": [load0, machine.load_1min()]}
         print(f"latency table: {len(table['layers'])} layers, dense "
               f"{table['dense_seconds'] * 1e3:.1f} ms, built in {table['seconds_to_build']:.0f} s",
               flush=True)
@@ -93,7 +93,7 @@ def run(args) -> dict:
                    warmup=args.warmup, grid=args.grid, reward_images=args.reward_images,
                    progress=False, calib_batch_size=bs)
     options.update(json.loads(args.options or "{}"))
-    load_search = machine.load_average()[0]
+    load_search = machine.load_1min()
     t0 = time.perf_counter()
     result = api.prune("rspar", args.model, variables, target=target,
                        calib=Calibration(x, y), options=options, input_shape=shape)
@@ -106,7 +106,7 @@ def run(args) -> dict:
           for _ in range(2)]
     dense_fn = jax.jit(lambda v, a: model.apply(v, a, train=False))
     pruned_fn = jax.jit(lambda v, a: pruned.apply(v, a, train=False))
-    load_time = machine.load_average()[0]
+    load_time = machine.load_1min()
     dense_ms, sparse, timing = time_group(
         dense_fn, [(variables, a) for a in xs], {"pruned": (pruned_fn, [(pvars, a) for a in xs])},
         args.iters, warmup=2, min_ms=args.min_ms, max_iters=max(args.iters, 200))
@@ -130,7 +130,7 @@ def run(args) -> dict:
         "search_seconds": round(search_s, 1), "episodes": args.episodes,
         "reward_images": args.reward_images, "calibration_images": args.calib,
         "timing": timing, "load_avg_1m": {"search": load_search, "timing": load_time,
-                                          "end": machine.load_average()[0]},
+                                          "end": machine.load_1min()},
         "lut": str(lut_path), "lut_built": lut_built, "device": table["device"],
         "jax_version": jax.__version__, "total_seconds": round(time.perf_counter() - t_start, 1),
         "command": "python benchmarks/rspar_latency.py " + shlex.join(args.argv),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from hobs_jax.experiments.table import Column, ResultTable
 
@@ -136,9 +137,13 @@ def measure(model: str = "tiny_cnn", batch: int = 64, image: int = 32, classes: 
 
     from hobs_jax.experiments.isolate import call
 
-    threads = threads or os.cpu_count()
-    kw = dict(model=model, batch=batch, image=image, classes=classes, width=width, steps=steps, repeats=repeats,
-              warmup=warmup)
+    if not threads:
+        cores = os.cpu_count()
+        if cores is None:
+            raise ValueError("threads=0 means every core, but the OS reports no core count; pass threads")
+        threads = cores
+    kw: dict[str, Any] = dict(model=model, batch=batch, image=image, classes=classes, width=width, steps=steps,
+                              repeats=repeats, warmup=warmup)
     out: dict = {}
     for _ in range(rounds):
         for fw in ("jax", "torch"):

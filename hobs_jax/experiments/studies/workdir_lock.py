@@ -81,10 +81,10 @@ def measure(iters: int = 1000, where: str | None = None, *, device: str, source:
         fs = _filesystem(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return _rows(results, fs, machine.load_average()[0], device, source)
+    return _rows(results, fs, machine.load_1min(), device, source)
 
 
-def _rows(results: dict, fs: str, load: float, device: str, source: str) -> list[dict]:
+def _rows(results: dict, fs: str, load: float | None, device: str, source: str) -> list[dict]:
     return [dict(r, case=k, filesystem=fs, load_average_1min=load, device=device, source=source)
             for k, r in results.items()]
 

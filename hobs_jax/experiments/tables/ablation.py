@@ -75,7 +75,7 @@ def pair_row(pair: Pair, with_rows: Sequence[Mapping], without_rows: Sequence[Ma
                speed_without=_mean(without_rows, lambda r: speedup(r, 1)),
                macs_with=_mean(with_rows, lambda r: r.get("macs_ratio")),
                macs_without=_mean(without_rows, lambda r: r.get("macs_ratio")))
-    misses = [(r["label"], iso_miss(r)) for r in (*with_rows, *without_rows) if iso_miss(r) is not None]
+    misses = [(r["label"], m) for r in (*with_rows, *without_rows) if (m := iso_miss(r)) is not None]
     bad = [(lbl, m) for lbl, m in misses if m > tol]
     if bad:
         out["refused"] = "; ".join(f"{lbl} misses its MACs target by {m:.1%} > {tol:.0%} (iso-MACs)" for lbl, m in bad)

@@ -71,6 +71,7 @@ class Entry:
 
     def make(self, run: Run) -> list[str]:
         if self.computes(run):
+            assert self.compute is not None  # computes() is False without one
             rows, sources = self.compute(run)
             records.save(run.record(self.name), rows, sources)
         else:
@@ -201,7 +202,7 @@ def sweeps_rows(sweeps: Callable[[], list[Sweep]]) -> Callable[[Run], tuple[list
     """``compute`` of a sweep entry: run (or reuse) every row; the rows name their source."""
     def compute(run: Run):
         rows = [r for s in sweeps() for r in run.sweep(s)]
-        sources = {}
+        sources: dict[str, dict] = {}
         for r in rows:
             if r.get("commit") or r.get("date"):
                 key = f"sweep@{(r.get('commit') or 'unknown')[:7]}"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from hobs_jax.experiments.table import Column, ResultTable
 
-ACC = dict(kind="pct", digits=2)
+ACC: dict[str, Any] = dict(kind="pct", digits=2)  # Column keywords, splatted
 
 
 def oneshot_acc(row: Mapping) -> float | None:
