@@ -7,8 +7,9 @@ from hobs_jax.allocation import alignment
 from hobs_jax.allocation.alignment import quantum_for
 from hobs_jax.allocation.cost import CostModel, build_cost_model
 from hobs_jax.allocation.search import (TOLERANCE, Allocation, Unreachable, check_reachable, floors, global_keep,
-                                        global_threshold, normalize, normalize_finite, repair, restrict, uniform)
+                                        global_threshold, normalize, normalize_finite, reachable_quantum, repair,
+                                        restrict, uniform)
 
 __all__ = ["TOLERANCE", "Allocation", "CostModel", "Unreachable", "alignment", "build_cost_model",
            "check_reachable", "floors", "global_keep", "global_threshold", "normalize", "normalize_finite",
-           "quantum_for", "repair", "restrict", "uniform"]
+           "quantum_for", "reachable_quantum", "repair", "restrict", "uniform"]
