@@ -273,7 +273,9 @@ def _spec_key(e: Mapping, ci: int, co: int) -> str:
 
 
 def _measure_child(args) -> dict:
-    runtime, keys, batch, rounds, iters, threads = args
+    runtime, keys, batch, rounds, iters, threads, clock = args
+    import time
+
     from hobs_jax.allocation import alignment
 
     if threads > 0:  # before any framework starts its thread pool
@@ -287,13 +289,16 @@ def _measure_child(args) -> dict:
         calls[key] = alignment.layer_call(runtime, kind=kind, batch=batch, cin=ci, cout=co, spatial=spatial,
                                           kernel=kernel, strides=strides, padding=padding, threads=threads)
     calls["__empty__"] = alignment.empty_call(runtime, threads)
-    return alignment.time_calls(calls, rounds=rounds, iters=iters)
+    return alignment.time_calls(calls, rounds=rounds, iters=iters,
+                                clock=time.process_time if clock == "cpu" else time.perf_counter)
 
 
 def measure_layers(entries: Sequence[dict], runtime: str, *, batch: int, rounds: int = 3, iters: int = 5,
-                   threads: int = 0, in_process: bool = False) -> tuple[list[dict], float]:
+                   threads: int = 0, clock: str = "wall", in_process: bool = False) -> tuple[list[dict], float]:
     """Time every entry (with ``cin_grid`` / ``cout_grid`` set) at every grid point in
     ``runtime`` at ``batch``: (entries with ``seconds``, per-call overhead in seconds).
+    ``clock='cpu'`` (with ``threads=1``) times the process' CPU time, as the benchmark
+    suite's ``--clock cpu``: robust on a shared machine.
 
     Layers of the same shape are timed once (a ResNet's blocks repeat); the layers are
     interleaved over ``rounds`` (:func:`~hobs_jax.allocation.alignment.time_calls`, the
@@ -304,9 +309,11 @@ def measure_layers(entries: Sequence[dict], runtime: str, *, batch: int, rounds:
         raise ValueError(f"latency tables are measured in {', '.join(RUNTIMES)}, not {runtime!r}")
     if batch < 1:
         raise ValueError(f"batch={batch!r}: must be >= 1")
+    if clock not in ("wall", "cpu") or (clock == "cpu" and threads != 1):
+        raise ValueError(f"clock={clock!r}: 'wall', or 'cpu' with threads=1 (CPU time is latency on one core)")
     keys = sorted({_spec_key(e, ci, ci if e["kind"] == "depthwise" else co) for e in entries
                    for ci in e["cin_grid"] for co in e["cout_grid"]})
-    args = (runtime, keys, int(batch), int(rounds), int(iters), int(threads))
+    args = (runtime, keys, int(batch), int(rounds), int(iters), int(threads), clock)
     if in_process:
         ms = _measure_child(args)
     else:

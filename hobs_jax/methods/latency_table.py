@@ -66,7 +66,8 @@ def layer_table(model, variables, input_shape, graph) -> list[dict]:
     return out
 
 
-def _dense_seconds_xla(model, variables, batch: int, input_shape, rounds: int, iters: int) -> float:
+def _dense_seconds_xla(model, variables, batch: int, input_shape, rounds: int, iters: int, clock: str) -> float:
+    """The jitted dense network's time, here (CPU time of this process when ``clock='cpu'``)."""
     import jax
     import jax.numpy as jnp
 
@@ -75,19 +76,22 @@ def _dense_seconds_xla(model, variables, batch: int, input_shape, rounds: int, i
     x = jnp.zeros((batch,) + tuple(input_shape[1:]), jnp.float32)
     v = jax.device_put(variables)
     f = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(v, x).compile()
-    return time_calls({"dense": lambda: jax.block_until_ready(f(v, x))}, rounds=rounds, iters=iters)["dense"] / 1e3
+    clk = time.process_time if clock == "cpu" else time.perf_counter
+    return time_calls({"dense": lambda: jax.block_until_ready(f(v, x))}, rounds=rounds, iters=iters,
+                      clock=clk)["dense"] / 1e3
 
 
 def measure_table(model, variables=None, input_shape=None, *, runtime: str = "xla", batch: int = 1,
                   points: int = 4, quantum: int = 1, rounds: int = 3, iters: int = 5, threads: int = 0,
-                  dense_seconds: float | None = None, in_process: bool = False) -> dict:
+                  clock: str = "wall", dense_seconds: float | None = None, in_process: bool = False) -> dict:
     """The latency table of a network at its widths (module doc).
 
     ``model``: a zoo name (built at the widths of ``variables``), a zoo, linen or NNX
     module, or a :class:`~hobs_jax.models.Prunable`; ``input_shape`` [1, H, W, C]. Every
     layer on a prunable group is timed at ``points`` counts per prunable channel axis
     (:func:`~hobs_jax.allocation.latency.count_grid`, rounded to ``quantum``) in
-    ``runtime`` at ``batch`` with ``threads`` cores (0: all)."""
+    ``runtime`` at ``batch`` with ``threads`` cores (0: all), by the wall clock or (``clock='cpu'``,
+    one thread) the worker's CPU time."""
     from hobs_jax.graph import as_prunable, graph_of
 
     if points < 2:
@@ -103,17 +107,17 @@ def measure_table(model, variables=None, input_shape=None, *, runtime: str = "xl
         e["cout_grid"] = ([e["cout"]] if e["kind"] == "depthwise" else
                           count_grid_for(e["cout"], e["out_group"] in prunable, points, quantum))
     entries, overhead = L.measure_layers(entries, runtime, batch=batch, rounds=rounds, iters=iters,
-                                         threads=threads, in_process=in_process)
+                                         threads=threads, clock=clock, in_process=in_process)
     layers_full = sum(e["seconds"][-1][-1] for e in entries)
     rest_source = "given"
     if dense_seconds is None and runtime == "xla":
         dense_seconds, rest_source = _dense_seconds_xla(p.module, p.variables, batch, p.input_shape, rounds,
-                                                        iters), "measured (XLA, jitted network)"
+                                                        iters, clock), "measured (XLA, jitted network)"
     elif dense_seconds is None:
         dense_seconds, rest_source = layers_full, "not measured (0: fused into the layers)"
     return {"version": L.VERSION, "model": p.label, "input_shape": [1] + list(p.input_shape[1:]),
             "batch": int(batch), "runtime": runtime, "threads": int(threads), "points": int(points),
-            "quantum": int(quantum), "device": L.device_string(), "fingerprint": graph.fingerprint,
+            "quantum": int(quantum), "clock": clock, "device": L.device_string(), "fingerprint": graph.fingerprint,
             "dense_seconds": float(dense_seconds), "rest_seconds": max(float(dense_seconds) - layers_full, 0.0),
             "rest_source": rest_source, "call_overhead_seconds": overhead,
             "seconds_to_build": time.perf_counter() - t0, "layers": entries}

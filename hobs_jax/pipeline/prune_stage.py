@@ -104,7 +104,8 @@ def _latency_table(c, prunable, input_shape, runtimes) -> tuple[dict | None, dic
             raise ValueError(f"prune.latency.runtime: tables are measured in xla or onnxruntime, not {runtime!r}")
         batch = int(lat.batch) or max(batch_sizes(c))
         table = cached_table(prunable, input_shape=input_shape, runtime=runtime, batch=batch,
-                             threads=int(c.benchmark.threads), points=int(lat.points), rounds=int(lat.rounds),
+                             threads=int(c.benchmark.threads), clock=str(c.benchmark.clock), points=int(lat.points),
+                             rounds=int(lat.rounds),
                              iters=int(lat.iters))
         source = "cache"
     return table, {"source": source, "runtime": table.get("runtime", "xla"), "batch": table.get("batch"),
