@@ -13,7 +13,7 @@ from hobs_jax import allocation, models
 from hobs_jax.allocation import latency as L
 from hobs_jax.allocation.alignment import layer_call, parse_align, time_calls
 from hobs_jax.methods import Calibration, make_task, prune
-from hobs_jax.methods.latency_table import cached_table, layer_table
+from hobs_jax.methods.latency_table import budget_of, cached_table, layer_table
 from tests._tiny import enable_compile_cache
 
 enable_compile_cache()
@@ -130,9 +130,12 @@ def test_latency_table_cache_is_keyed_and_refuses_other_model_device_runtime(tmp
         with pytest.raises(ValueError, match=msg) as e:
             cached_table(NAME, variables, SHAPE, runtime="xla", batch=1, directory=str(tmp_path), measure=False)
         assert "\n" not in str(e.value)
-        with pytest.raises(ValueError, match=msg):
-            make_task("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency",
-                      latency=dict(table, **{key: value}))
+        with pytest.raises(ValueError, match=msg):  # given directly: any runtime unless one is asked for
+            if key == "runtime":
+                budget_of(dict(table, runtime=value), task, runtime="xla")
+            else:
+                make_task("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency",
+                          latency=dict(table, **{key: value}))
 
 
 def test_latency_mode_global_thresholds_saliency_per_second_saved():
