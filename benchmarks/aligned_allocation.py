@@ -119,7 +119,12 @@ def main(argv=None):
         change = dict(target=r["target"], round_to=r["quantum"], metric=r["metric"],
                       latency=budgets.get(r["runtime"]))
         s = sel.with_task(**change)
-        allocated = spec.allocate(s)
+        try:
+            allocated = spec.allocate(s)
+        except ValueError as e:  # an unreachable latency target: recorded, the other rows go on
+            results.append(dict(r, error=str(e).split(";")[0]))
+            print(f"{r['label']}: {results[-1]['error']}", flush=True)
+            continue
         out = spec.finish(s, allocated.keep, allocated)
         pruned = apply_plan(task.prunable, out.variables, out.plan, graph=task.graph)
         keep = task.cost.keep_vector({g: len(i) for g, i in out.plan.keep})
@@ -143,6 +148,8 @@ def main(argv=None):
     suite = run_suite(models, ["xla", "onnxruntime"], opts, out_dir=args.out, baseline="dense")
     by = {}
     for rec in results:
+        if "error" in rec:
+            continue
         for s in speedups(suite.rows, "dense", rec["label"]):
             by[(rec["label"], s["runtime"], s["batch"])] = s["speedup"]
     for rec in results:
@@ -159,6 +166,10 @@ def main(argv=None):
     lines = ["| row | budget | target | quantum | MACs | top-1 one-shot | after BN | predicted XLA | predicted ORT | "
              "XLA b1 | XLA b64 | ORT b1 | ORT b64 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for rec in results:
+        if "error" in rec:
+            lines.append(f"| {rec['label']} | {rec['metric']} ({rec['runtime']}) | {rec['target']} | "
+                         f"{rec['quantum']} | {rec['error']} |" + " |" * 8)
+            continue
         pr = rec["predicted"]
         sp = rec["speedup"]
         budget = rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")

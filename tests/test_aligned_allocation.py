@@ -139,24 +139,35 @@ def test_latency_table_cache_is_keyed_and_refuses_other_model_device_runtime(tmp
 
 
 def test_latency_mode_global_thresholds_saliency_per_second_saved():
-    """Layers of the third stage cost 20x per MAC: in latency mode the global threshold
-    removes more of their channels than in MACs mode, and the table's target holds."""
+    """Layers of the third stage cost 20x per MAC: the time a channel saves grows 20x in
+    the groups only they read, the global threshold in latency mode removes most from the
+    group whose channels save the most time (not as in MACs mode), and the table's target
+    holds."""
     variables, calib, task = _setup()
     table = _synthetic_table(task, heavy="layer3", factor=20.0)
     budget = L.LatencyBudget.for_task(table, task)
+    floor = allocation.floors(task.cost, 0.1, 1)
+    per = budget.saved_per_channel(floor)
+    per1 = L.LatencyBudget.for_task(_synthetic_table(task), task).saved_per_channel(floor)
+    # Groups whose every layer is in the third stage (its blocks' inner channels).
+    inner3 = [i for i, g in enumerate(task.cost.group_ids)
+              if all(e["path"].startswith("layer3") for e in table["layers"] if g in (e["in_group"], e["out_group"]))]
+    outside = [i for i, g in enumerate(task.cost.group_ids)
+               if not any(e["path"].startswith("layer3") for e in table["layers"]
+                          if g in (e["in_group"], e["out_group"]))]
+    assert inner3 and outside
+    np.testing.assert_allclose(per[inner3] / per1[inner3], 20.0, rtol=1e-9)
+    np.testing.assert_allclose(per[outside], per1[outside], rtol=1e-9)
     macs = _prune("magnitude", NAME, variables, target=0.5, options=dict(allocation="global"))
     lat = _prune("magnitude", NAME, variables, target=0.5, options=dict(allocation="global"), metric="latency",
-                latency=table)
+                 latency=table)
     assert lat.outcome.budget[0] == "latency"
     got = budget.ratio(task.cost.keep_vector(_kept(lat)))
     assert abs(got / 0.5 - 1) <= allocation.TOLERANCE and abs(lat.outcome.budget[1] - got) < 1e-9
-    heavy = [g.id for g in task.graph.prunable if g.size == 64]
-    frac = lambda r: sum(_kept(r).get(g, 64) for g in heavy) / (64 * len(heavy))
-    assert frac(lat) < frac(macs)
-    # The per-channel saving the threshold divides by is larger where the table is slower.
-    per = budget.saved_per_channel(allocation.floors(task.cost, 0.1, 1))
-    idx = [task.cost.group_ids.index(g) for g in heavy]
-    assert min(per[idx]) > max(np.delete(per, idx))
+    top = int(np.argmax(per))
+    g = task.cost.group_ids[top]
+    size = int(task.cost.sizes[top])
+    assert _kept(lat).get(g, size) < _kept(macs).get(g, size)
 
 
 @pytest.mark.parametrize("alloc", ["uniform", "rspar"])

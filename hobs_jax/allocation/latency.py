@@ -21,7 +21,9 @@ Which layer reads which group comes from the methods room
 
 Table (JSON): ``version``, ``model``, ``input_shape`` [1, H, W, C], ``batch``,
 ``runtime``, ``threads``, ``device`` (:func:`device_string`), ``fingerprint`` (the graph's),
-``dense_seconds``, ``rest_seconds``, ``call_overhead_seconds``, ``layers``: per layer
+``dense_seconds``, ``rest_seconds``, ``rest_model`` ('outputs': the rest is shared among
+the layers by output elements and scales with their kept output channels; absent: a
+constant), ``call_overhead_seconds``, ``layers``: per layer
 ``path``, ``kind``, ``input_shape``, ``kernel``, ``strides``, ``padding``, ``in_group`` /
 ``out_group`` (-1: fixed), ``cin``, ``cout``, ``cin_grid``, ``cout_grid``, ``seconds``
 [len(cin_grid)][len(cout_grid)]. Version-1 tables (R-SPAR's, XLA only) read as
@@ -120,16 +122,36 @@ class LatencyBudget:
 
     def __post_init__(self):
         pos = {g: i for i, g in enumerate(self.group_ids)}
+        rest = float(self.table.get("rest_seconds", 0.0))
+        by_outputs = self.table.get("rest_model") == "outputs"
+        # 'outputs': the rest (BatchNorm, activations, adds: element-wise work on each layer's
+        # outputs) is shared among the layers in proportion to their output elements and
+        # shrinks with their kept output channels; linear in C_out, so adding it to the grid
+        # keeps the interpolation exact. Otherwise (version-1 tables) it is a constant.
+        outs = [self._outputs(e) for e in self.table["layers"]]
+        total = float(sum(o * e["cout"] for o, e in zip(outs, self.table["layers"]))) or 1.0
         self._layers = []
-        for e in self.table["layers"]:
+        for e, o in zip(self.table["layers"], outs):
             pi, po = pos.get(e["in_group"], -1), pos.get(e["out_group"], -1)
-            self._layers.append((pi, po, np.asarray(e["cin_grid"], np.float64),
-                                 np.asarray(e["cout_grid"], np.float64),
-                                 np.asarray(e["seconds"], np.float64), e["kind"] == "depthwise"))
-        self.rest = float(self.table.get("rest_seconds", 0.0))
+            gi, go = np.asarray(e["cin_grid"], np.float64), np.asarray(e["cout_grid"], np.float64)
+            sec = np.asarray(e["seconds"], np.float64)
+            if by_outputs:
+                co = gi[:, None] if e["kind"] == "depthwise" else go[None, :]
+                sec = sec + rest * o * co / total
+            self._layers.append((pi, po, gi, go, sec, e["kind"] == "depthwise"))
+        self.rest = 0.0 if by_outputs else rest
         self.full = self.seconds(np.asarray(self.sizes, np.float64))
         if not self.full > 0:
             raise ValueError("latency table: the dense network's time is not positive (no layer was timed)")
+
+    @staticmethod
+    def _outputs(e: Mapping) -> float:
+        """Output positions per example of a table entry (its output elements per channel)."""
+        spatial = list(e["input_shape"][:-1])
+        strides = list(e.get("strides") or [1] * len(spatial))
+        if e["kind"] == "dense":
+            return float(np.prod(spatial)) if spatial else 1.0
+        return float(np.prod([-(-s // max(st, 1)) for s, st in zip(spatial, strides)])) if spatial else 1.0
 
     @property
     def runtime(self) -> str:

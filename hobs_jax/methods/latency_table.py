@@ -119,7 +119,7 @@ def measure_table(model, variables=None, input_shape=None, *, runtime: str = "xl
             "batch": int(batch), "runtime": runtime, "threads": int(threads), "points": int(points),
             "quantum": int(quantum), "clock": clock, "device": L.device_string(), "fingerprint": graph.fingerprint,
             "dense_seconds": float(dense_seconds), "rest_seconds": max(float(dense_seconds) - layers_full, 0.0),
-            "rest_source": rest_source, "call_overhead_seconds": overhead,
+            "rest_source": rest_source, "rest_model": "outputs", "call_overhead_seconds": overhead,
             "seconds_to_build": time.perf_counter() - t0, "layers": entries}
 
 
