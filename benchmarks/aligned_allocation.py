@@ -56,7 +56,6 @@ def load_config(path: str, init: str):
         c.stages = "train,calibrate"
         if init:
             c.init.kind, c.init.path = "checkpoint", init
-            c.train.epochs = 0.0
     return c
 
 

@@ -62,8 +62,9 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
         metric ('macs', 'params', or 'latency': a per-layer latency table measured in
         ``prune.latency.runtime`` at ``prune.latency.batch``, cached per model, widths,
         runtime and device), align (the width quantum every allocator allocates multiples
-        of: 'auto' = the quantum of the benchmark runtimes on this device, halved while the
-        target is unreachable at it; 'off' = none; or a number such as '8'),
+        of: 'auto' = the quantum of the first benchmark runtime on this device (XLA: 8 on
+        AVX-512), halved while the target is unreachable at it; 'off' = none; or a number
+        such as '16'),
         bn_recalibrate (re-estimate BN statistics on the calibration data after pruning),
         evaluate_oneshot (test accuracy right after pruning), latency (runtime: '' = the
         first benchmark runtime; batch: 0 = the largest benchmark batch size; table: a
