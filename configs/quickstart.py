@@ -4,7 +4,7 @@ served runtime's quantum, BN re-estimation), fine-tune briefly, evaluate, benchm
 vs pruned, export.
 
 Alignment (``prune.align='auto'``: multiples of 8 channels for XLA on this CPU) is what
-makes the half-MACs network faster than dense: H-OBS's unaligned widths ran at 0.84-0.88x
+makes the half-MACs network faster than dense: H-OBS's unaligned widths ran at 0.74-0.96x
 of dense; aligned, 1.3-1.7x at the same one-shot accuracy within 0.1 point
 (docs/results/aligned_allocation.md; ``--config.prune.align=off`` reproduces the old
 allocation).
