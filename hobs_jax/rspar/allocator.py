@@ -149,8 +149,9 @@ class RsparAllocator:
         if (o.budget or task.metric) == "latency" and not o.latency_lut and task.latency is None:
             raise ValueError("rspar: budget='latency' needs latency_lut (a table from benchmarks/latency_lut.py) "
                              "or a task with metric='latency'")
-        if task.metric == "latency" and o.budget not in ("", "latency"):
-            raise ValueError(f"rspar: budget={o.budget!r} conflicts with the task's metric='latency'")
+        if task.metric == "latency" and (o.budget not in ("", "latency") or o.latency_lut):
+            raise ValueError("rspar: the task's metric='latency' brings its own table; leave budget and latency_lut "
+                             "empty")
         n = len(task.calib.images)
         if not o.reward_images < n:
             raise ValueError(f"rspar: reward_images={o.reward_images!r} must be in [1, {n}) (the calibration set "
