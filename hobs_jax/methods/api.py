@@ -54,7 +54,7 @@ def make_task(method: str, model: Any, variables: Mapping | None = None, *, targ
               metric: str = "macs", round_to: int = 1, input_shape: tuple[int, ...] | None = None,
               calib: Calibration | None = None, options: Mapping | None = None, seed: int = 0,
               finetune: FinetuneFn | None = None, graph=None, align: int | str | None = None,
-              runtimes: tuple[str, ...] = ("xla", "onnxruntime"), latency: Any = None) -> PruneTask:
+              runtimes: tuple[str, ...] = ("xla",), latency: Any = None) -> PruneTask:
     """A :class:`PruneTask` for ``method`` on ``model`` (graph and exact cost model built
     here unless ``graph`` is given).
 
@@ -66,7 +66,9 @@ def make_task(method: str, model: Any, variables: Mapping | None = None, *, targ
     Width alignment (every allocator then allocates multiples of the quantum, unless a
     group keeps all its channels; the target search runs on that aligned grid):
     ``round_to`` an explicit quantum, or ``align``: ``'off'`` (``round_to``), an int, or
-    ``'auto'``: the quantum that suits every runtime of ``runtimes`` on this device
+    ``'auto'``: the quantum that suits every runtime of ``runtimes`` (default XLA, the
+    runtime the network is served in; naming several takes the least common multiple of
+    their quanta) on this device
     (:func:`hobs_jax.allocation.alignment.runtimes_quantum`), halved while the target is
     unreachable at it (:func:`hobs_jax.allocation.reachable_quantum`: a group no wider
     than the quantum cannot be pruned at it). The quantum used is ``task.round_to``.
