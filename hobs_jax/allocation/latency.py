@@ -250,15 +250,15 @@ def _safe(s: str) -> str:
 
 
 def cache_path(model: str, fingerprint: str, runtime: str, batch: int, threads: int, device: str,
-               directory: str | None = None) -> str:
+               directory: str | None = None, clock: str = "wall") -> str:
     """Where the table of ``model`` (graph ``fingerprint``) in ``runtime`` at ``batch`` with
-    ``threads`` on ``device`` is cached: one file per key, so another model, widths,
-    runtime, batch or device never reads it."""
+    ``threads`` on ``device`` (timed by ``clock``) is cached: one file per key, so another
+    model, widths, runtime, batch or device never reads it."""
     import hashlib
 
-    digest = hashlib.sha256("\n".join([model, fingerprint, runtime, str(batch), str(threads), device])
-                            .encode()).hexdigest()[:16]
-    name = f"{_safe(model)}_{runtime}_b{batch}_t{threads}_{digest}.json"
+    digest = hashlib.sha256("\n".join([model, fingerprint, runtime, str(batch), str(threads), device]
+                                      + ([clock] if clock != "wall" else [])).encode()).hexdigest()[:16]
+    name = f"{_safe(model)}_{runtime}_b{batch}_t{threads}{'_' + clock if clock != 'wall' else ''}_{digest}.json"
     return os.path.join(directory or cache_dir(), name)
 
 

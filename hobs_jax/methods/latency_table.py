@@ -142,7 +142,8 @@ def cached_table(model, variables=None, input_shape=None, *, runtime: str = "xla
     p = as_prunable(model, variables, shape)
     graph = graph_of(p)
     device = L.device_string()
-    path = L.cache_path(p.label, graph.fingerprint, runtime, int(batch), int(threads), device, directory)
+    path = L.cache_path(p.label, graph.fingerprint, runtime, int(batch), int(threads), device, directory,
+                        clock=kwargs.get("clock", "wall"))
     table = L.load_cached(path, model=p.label, input_shape=p.input_shape, fingerprint=graph.fingerprint,
                           runtime=runtime, device=device)
     if table is not None:
