@@ -22,7 +22,6 @@ directory per row; ``--out``.json/.md hold the rows and the suite's speedups.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
