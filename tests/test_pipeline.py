@@ -40,6 +40,10 @@ def _tiny(stages="train,calibrate,prune,finetune,evaluate,benchmark,export"):
     ("model.import_path", "hobs_jax.testing.nets:Nope", r"import path 'hobs_jax.testing.nets:Nope': "
                                                         r"hobs_jax.testing.nets has no 'Nope'"),
     ("model.import_path", "nets", r"import path 'nets': use 'package.module:ClassName'"),
+    ("prune.align", "fast", r"prune.align='fast': use 'off', 'auto' or a positive int"),
+    ("prune.align", "0", r"prune.align='0': a quantum must be >= 1"),
+    ("prune.metric", "flops", r"prune.metric='flops': use one of \('macs', 'params', 'latency'\)"),
+    ("prune.latency.runtime", "tensorrt", r"prune.latency.runtime='tensorrt': latency tables are measured in xla"),
 ])
 def test_invalid_values_fail_before_compute(key, value, match):
     c = _tiny()

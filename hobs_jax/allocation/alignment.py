@@ -228,44 +228,64 @@ def combined_quantum(staircases: Sequence[Staircase]) -> int:
     return best
 
 
-def _xla_layer(layer: Layer, width: int):
-    import jax
-    import jax.numpy as jnp
-
+def layer_call(runtime: str, *, kind: str, batch: int, cin: int, cout: int, spatial: Sequence[int] = (),
+               kernel: Sequence[int] = (), strides: Sequence[int] = (), padding: Sequence[Sequence[int]] = (),
+               threads: int = 0):
+    """A no-argument callable that runs one layer once, synchronously, in ``runtime``
+    (``xla`` or ``onnxruntime``, on the CPU): ``kind`` 'conv' (``kernel`` taps, ``strides``,
+    ``padding`` [(lo, hi)] per spatial axis, NHWC input ``batch`` x ``spatial`` x ``cin``,
+    ``cout`` outputs), 'depthwise' (``cout`` = ``cin``, one filter per channel) or 'dense'
+    (``batch`` x ``spatial`` x ``cin`` -> ``cout``, the last axis contracted). Standard
+    normal inputs and weights (seed 0): latency does not depend on the values. What the
+    staircases and the latency tables (:mod:`hobs_jax.allocation.latency`) time."""
     rng = np.random.default_rng(0)
-    if layer.kind == "dense":
-        x = jnp.asarray(rng.standard_normal((layer.batch, layer.cin), np.float32))
-        k = jnp.asarray(rng.standard_normal((layer.cin, width), np.float32))
-        f = jax.jit(lambda x, k: x @ k)
-    else:
-        ks = 3 if layer.kind == "conv3x3" else 1
-        x = jnp.asarray(rng.standard_normal((layer.batch, layer.spatial, layer.spatial, layer.cin), np.float32))
-        k = jnp.asarray(rng.standard_normal((ks, ks, layer.cin, width), np.float32))
-        pad = ((ks // 2, ks // 2),) * 2
-        f = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), pad,
-                                                              dimension_numbers=("NHWC", "HWIO", "NHWC")))
-    f = f.lower(x, k).compile()
-    return lambda: f(x, k).block_until_ready()
+    spatial, kernel = tuple(int(s) for s in spatial), tuple(int(k) for k in kernel)
+    strides = tuple(int(s) for s in strides) or (1,) * len(kernel)
+    pads2: tuple[tuple[int, int], ...] = (tuple((int(q[0]), int(q[1])) for q in padding)
+                                          or tuple((k // 2, k // 2) for k in kernel))
+    padding = pads2
+    if kind not in ("conv", "depthwise", "dense"):
+        raise ValueError(f"layer_call: kind {kind!r}: use conv, depthwise or dense")
+    if kind == "depthwise":
+        cout = cin
+    x = rng.standard_normal((batch,) + spatial + (cin,), np.float32)
+    groups = cin if kind == "depthwise" else 1
+    if runtime == "xla":
+        import jax
+        import jax.numpy as jnp
 
-
-def _ort_layer(layer: Layer, width: int, threads: int):
-    import onnx
+        if kind == "dense":
+            k = jnp.asarray(rng.standard_normal((cin, cout), np.float32))
+            f = jax.jit(lambda x, k: x @ k)
+        else:
+            k = jnp.asarray(rng.standard_normal(kernel + (cin // groups, cout), np.float32))
+            nd = len(kernel)
+            dims = ("N" + "HWD"[:nd] + "C", "HWD"[:nd] + "IO", "N" + "HWD"[:nd] + "C")
+            f = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, strides, pads2, dimension_numbers=dims,
+                                                                  feature_group_count=groups))
+        xd = jnp.asarray(x)
+        f = f.lower(xd, k).compile()
+        return lambda: f(xd, k).block_until_ready()
+    if runtime != "onnxruntime":
+        raise ValueError(f"layer_call: runtime {runtime!r} is not measurable here; use {', '.join(MEASURABLE)}")
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    if layer.kind == "dense":
-        x = rng.standard_normal((layer.batch, layer.cin), np.float32)
-        w = rng.standard_normal((layer.cin, width), np.float32)
+    if kind == "dense":
+        w = rng.standard_normal((cin, cout), np.float32)
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
-        out_shape = [layer.batch, width]
+        feed_shape, out_shape = x.shape, list(x.shape[:-1]) + [cout]
     else:
-        ks = 3 if layer.kind == "conv3x3" else 1
-        x = rng.standard_normal((layer.batch, layer.cin, layer.spatial, layer.spatial), np.float32)
-        w = rng.standard_normal((width, layer.cin, ks, ks), np.float32)
-        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[ks, ks], pads=[ks // 2] * 4)
-        out_shape = [layer.batch, width, layer.spatial, layer.spatial]
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))  # NCHW, as torch exports it
+        w = rng.standard_normal((cout, cin // groups) + kernel, np.float32)
+        pads = [p[0] for p in padding] + [p[1] for p in padding]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=list(kernel), pads=pads,
+                                strides=list(strides), group=groups)
+        feed_shape = x.shape
+        out = [(s + p[0] + p[1] - k) // st + 1 for s, p, k, st in zip(spatial, padding, kernel, strides)]
+        out_shape = [batch, cout] + out
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(feed_shape))
+    graph = helper.make_graph([node], "layer", [x_info],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -275,8 +295,52 @@ def _ort_layer(layer: Layer, width: int, threads: int):
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x}
-    onnx.checker.check_model(model)
     return lambda: sess.run(None, feed)
+
+
+def empty_call(runtime: str, threads: int = 0):
+    """A call that does (almost) nothing in ``runtime``: its time is the per-call overhead
+    (dispatch, session bookkeeping) that a layer timed alone pays and the same layer inside
+    a network does not."""
+    if runtime == "xla":
+        import jax
+        import jax.numpy as jnp
+
+        one = jnp.zeros((1,), jnp.float32)
+        f = jax.jit(lambda a: a + 1.0).lower(one).compile()
+        return lambda: f(one).block_until_ready()
+    return layer_call(runtime, kind="dense", batch=1, cin=1, cout=1, threads=threads)
+
+
+def time_calls(calls, *, rounds: int = 5, iters: int = 10, clock=time.perf_counter) -> dict:
+    """{key: ms} for a mapping of no-argument callables: two untimed calls each, then
+    ``rounds`` rounds in which every callable is timed ``iters`` times, one after the other
+    (order alternating between rounds, so a slow phase of a shared machine hits all of
+    them); a callable's latency is the smallest of its round medians. The one timer of the
+    staircases and the latency tables."""
+    keys = list(calls)
+    for k in keys:  # first calls (allocation, kernel selection) are not timed
+        calls[k]()
+        calls[k]()
+    best = {k: math.inf for k in keys}
+    for r in range(rounds):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            fn = calls[k]
+            ts = []
+            for _ in range(iters):
+                t0 = clock()
+                fn()
+                ts.append((clock() - t0) * 1e3)
+            best[k] = min(best[k], float(np.median(ts)))
+    return best
+
+
+def _staircase_call(runtime: str, layer: Layer, width: int, threads: int):
+    if layer.kind == "dense":
+        return layer_call(runtime, kind="dense", batch=layer.batch, cin=layer.cin, cout=width, threads=threads)
+    ks = 3 if layer.kind == "conv3x3" else 1
+    return layer_call(runtime, kind="conv", batch=layer.batch, cin=layer.cin, cout=width,
+                      spatial=(layer.spatial, layer.spatial), kernel=(ks, ks), threads=threads)
 
 
 def measure_staircase(runtime: str, layer: Layer, widths: Sequence[int], *, rounds: int = 5,
@@ -291,22 +355,8 @@ def measure_staircase(runtime: str, layer: Layer, widths: Sequence[int], *, roun
     widths = tuple(int(w) for w in widths)
     if not widths or min(widths) < 1 or any(b <= a for a, b in zip(widths, widths[1:])):
         raise ValueError("measure_staircase: widths must be increasing positive ints")
-    make = (lambda w: _xla_layer(layer, w)) if runtime == "xla" else (lambda w: _ort_layer(layer, w, threads))
-    calls = {w: make(w) for w in widths}
-    for fn in calls.values():  # first calls (allocation, kernel selection) are not timed
-        fn()
-        fn()
-    best = {w: math.inf for w in widths}
-    clock = time.perf_counter
-    for r in range(rounds):
-        for w in (widths if r % 2 == 0 else widths[::-1]):
-            fn = calls[w]
-            ts = []
-            for _ in range(iters):
-                t0 = clock()
-                fn()
-                ts.append((clock() - t0) * 1e3)
-            best[w] = min(best[w], float(np.median(ts)))
+    calls = {w: _staircase_call(runtime, layer, w, threads) for w in widths}
+    best = time_calls(calls, rounds=rounds, iters=iters)
     return Staircase(runtime, device or device_class(), layer, widths, tuple(best[w] for w in widths))
 
 
@@ -390,3 +440,38 @@ def cached_quantum(runtime: str, device: str, ident: str, directory: str | None 
     except (OSError, ValueError, TypeError, KeyError):
         pass
     return quantum_for(runtime, device), f"default for {device}"
+
+
+# -- the quantum an allocation uses ------------------------------------------------------------
+
+def parse_align(align) -> str | int:
+    """``align`` as ``'off'``, ``'auto'`` or a positive int (from an int or a string of
+    digits); one-line error otherwise."""
+    if isinstance(align, bool):
+        raise ValueError(f"align={align!r}: use 'off', 'auto' or a positive int")
+    if isinstance(align, int) or (isinstance(align, str) and align.strip().isdigit()):
+        q = int(align)
+        if q < 1:
+            raise ValueError(f"align={align!r}: a quantum must be >= 1")
+        return q
+    if align in ("off", "auto"):
+        return align
+    raise ValueError(f"align={align!r}: use 'off', 'auto' or a positive int (a width quantum)")
+
+
+def runtimes_quantum(runtimes: Sequence[str], gpu_name: str | None = None,
+                     directory: str | None = None) -> tuple[int, str]:
+    """``(quantum, source)`` that suits every runtime of ``runtimes`` on this machine (its
+    GPU when ``gpu_name``): the least common multiple of their quanta
+    (:func:`cached_quantum`: measured on this device when cached, else :func:`quantum_for`),
+    so a width aligned for one is aligned for all."""
+    if not runtimes:
+        raise ValueError("runtimes_quantum: no runtimes")
+    device = "gpu" if gpu_name else device_class()
+    ident = device_id(gpu_name)
+    q, parts = 1, []
+    for r in runtimes:
+        qr, source = cached_quantum(r, device, ident, directory)
+        q = q * qr // math.gcd(q, qr)
+        parts.append(f"{r} {qr} ({source})")
+    return q, ", ".join(parts)

@@ -72,6 +72,24 @@ def check_reachable(cost: CostModel, target: float, metric: str, floor: np.ndarr
                          f"group sizes, e.g. the stem's input and the classifier's outputs)")
 
 
+def reachable_quantum(cost, target: float, metric: str, quantum: int, min_ratio: float = 0.0) -> int:
+    """The coarsest of ``quantum``, ``quantum // 2``, ..., 1 at which ``target`` is still
+    reachable (:func:`check_reachable` with every group at its aligned floor): a network
+    whose groups are no wider than the quantum cannot be pruned at it, so ``align='auto'``
+    steps down rather than failing. ``cost``: anything with ``ratio(keep, metric)`` and
+    ``sizes`` (a :class:`CostModel` or a latency budget)."""
+    q = int(quantum)
+    if q < 1:
+        raise ValueError(f"quantum={quantum!r}: must be >= 1")
+    while q > 1:
+        try:
+            check_reachable(cost, target, metric, floors(cost, min_ratio, q))
+            return q
+        except Unreachable:
+            q //= 2
+    return 1
+
+
 def _adjust(cost: CostModel, keep: np.ndarray, target: float, metric: str, round_to: int,
             floor: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Step single groups (by ``round_to``) toward the target, in ``order`` of preference,
@@ -228,14 +246,27 @@ def normalize_finite(scores: Mapping[int, np.ndarray], cost: CostModel, how: str
 
 
 def global_keep(cost: CostModel, scores: Mapping[int, np.ndarray], target: float, metric: str = "macs", *,
-                normalize: str = "mean", min_ratio: float = 0.1, round_to: int = 1, budget=None) -> np.ndarray:
+                normalize: str = "mean", min_ratio: float = 0.1, round_to: int = 1, budget=None,
+                per_budget: bool = False) -> np.ndarray:
     """[G] kept counts of a global threshold on ``scores`` (group id -> [size], higher
     survives, +inf never removed) normalized across groups by ``normalize``
     (:func:`normalize_finite`, per MAC/param of ``cost`` for 'cost'), each group keeping at
-    least ``min_ratio`` of its channels. ``budget``: another cost with the
-    ``ratio(keep, metric)`` / ``sizes`` interface to meet the target in (a latency table);
-    the normalization stays per MAC/param."""
-    normed = normalize_finite(scores, cost, normalize, metric)
+    least ``min_ratio`` of its channels (rounded to ``round_to``). ``budget``: another cost
+    with the ``ratio(keep, metric)`` / ``sizes`` interface to meet the target in (a latency
+    table). ``per_budget`` (a budget with ``saved_per_channel``, e.g.
+    :class:`~hobs_jax.allocation.latency.LatencyBudget`): the normalized saliencies are
+    divided by the time one channel of their group saves (from full down to its floor), so
+    the threshold removes the least saliency per second saved ('cost' then means no other
+    normalization); otherwise the normalization stays per MAC/param."""
+    if per_budget:
+        if budget is None or not hasattr(budget, "saved_per_channel"):
+            raise ValueError("global_keep: per_budget needs a budget with saved_per_channel (a latency table)")
+        how = "none" if normalize == "cost" else normalize
+        normed = normalize_finite(scores, cost, how, "macs")
+        unit = budget.saved_per_channel(floors(cost, min_ratio, round_to))
+        normed = {g: normed[g] / unit[i] for i, g in enumerate(cost.group_ids)}
+    else:
+        normed = normalize_finite(scores, cost, normalize, "macs" if metric == "latency" else metric)
     return global_threshold(budget or cost, normed, target, metric, round_to=round_to, min_ratio=min_ratio)
 
 

@@ -1,7 +1,15 @@
 """Allocators without learning: ``uniform`` (one keep ratio for every group) and
 ``global`` (one threshold over cross-group-normalized saliencies), both through
 :mod:`hobs_jax.allocation`. R-SPAR's learned allocator lives in :mod:`hobs_jax.rspar`
-(declared here by name only)."""
+(declared here by name only).
+
+Both allocate on the task's aligned grid (kept counts multiples of ``task.round_to``, the
+width quantum, unless a group keeps all; the target search itself runs on that grid) and
+under any budget: MACs, params, or, with ``metric='latency'``, the task's measured latency
+table (:mod:`hobs_jax.allocation.latency`). In latency mode the global threshold compares
+saliency per second saved (each group's normalized saliencies divided by the time one of
+its channels saves, :meth:`~hobs_jax.allocation.latency.LatencyBudget.saved_per_channel`)
+instead of per channel or per MAC."""
 
 from __future__ import annotations
 
@@ -23,6 +31,23 @@ class UniformOptions(Options):
     """No options: the ratio follows from the target."""
 
 
+def budget_of(sel: Selection):
+    """What the target is met in: the selection's cost model (MACs, params) or, for
+    ``metric='latency'``, the task's latency budget (one line when a compensator restricts
+    the pruned groups, which a latency table over every group cannot follow)."""
+    t = sel.task
+    if t.metric != "latency":
+        return sel.cost
+    if tuple(t.latency.group_ids) != tuple(sel.cost.group_ids):
+        raise ValueError(f"{sel.spec.name}: metric='latency' needs every group prunable, but compensator "
+                         f"{sel.spec.compensator!r} restricts them; use metric='macs'")
+    return t.latency
+
+
+def _declared(sel: Selection, keep) -> tuple[str, float] | None:
+    return ("latency", float(sel.task.latency.ratio(keep))) if sel.task.metric == "latency" else None
+
+
 class Uniform:
     """One keep ratio for every group (binary search on the ratio, then rounding repair;
     :func:`hobs_jax.allocation.uniform`). Needs no scores: its floor is its answer."""
@@ -33,10 +58,11 @@ class Uniform:
 
     def floor(self, sel: Selection, options: UniformOptions) -> np.ndarray:
         t = sel.task
-        return allocation.uniform(sel.cost, t.target, t.metric, round_to=t.round_to)
+        return allocation.uniform(budget_of(sel), t.target, t.metric, round_to=t.round_to)
 
     def allocate(self, sel: Selection, options: UniformOptions) -> Allocation:
-        return Allocation(self.floor(sel, options))
+        keep = self.floor(sel, options)
+        return Allocation(keep, budget=_declared(sel, keep))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +90,18 @@ class Global:
     def floor(self, sel: Selection, options: GlobalOptions) -> np.ndarray:
         t = sel.task
         floor = allocation.floors(sel.cost, float(options.min_ratio), t.round_to)
-        allocation.check_reachable(sel.cost, t.target, t.metric, floor)
+        allocation.check_reachable(budget_of(sel), t.target, t.metric, floor)
         return floor
 
     def allocate(self, sel: Selection, options: GlobalOptions) -> Allocation:
         t = sel.task
         assert sel.scores is not None  # set by the scorer, which runs before any allocator or compensator
+        latency = t.metric == "latency"
         keep = allocation.global_keep(sel.cost, sel.scores.threshold, t.target, t.metric,
                                       normalize=options.normalize, min_ratio=float(options.min_ratio),
-                                      round_to=t.round_to)
-        return Allocation(keep)
+                                      round_to=t.round_to, budget=budget_of(sel) if latency else None,
+                                      per_budget=latency)
+        return Allocation(keep, budget=_declared(sel, keep))
 
 
 register_part("allocator", Uniform())

@@ -54,15 +54,32 @@ class PruneResult:
 def make_task(method: str, model: Any, variables: Mapping | None = None, *, target: float,
               metric: str = "macs", round_to: int = 1, input_shape: tuple[int, ...] | None = None,
               calib: Calibration | None = None, options: Mapping | None = None, seed: int = 0,
-              finetune: FinetuneFn | None = None, graph=None) -> PruneTask:
+              finetune: FinetuneFn | None = None, graph=None, align: int | str | None = None,
+              runtimes: tuple[str, ...] = ("xla",), latency: Any = None) -> PruneTask:
     """A :class:`PruneTask` for ``method`` on ``model`` (graph and exact cost model built
     here unless ``graph`` is given).
 
     ``model``: a zoo name (built at the widths of ``variables``), a zoo module, a linen
     module with its ``variables``, an NNX module, a ``(module, variables)`` pair or a
     :class:`~hobs_jax.models.Prunable`. ``input_shape`` defaults to the calibration
-    images' (one example), else the zoo's."""
-    from hobs_jax.allocation import build_cost_model
+    images' (one example), else the zoo's.
+
+    Width alignment (every allocator then allocates multiples of the quantum, unless a
+    group keeps all its channels; the target search runs on that aligned grid):
+    ``round_to`` an explicit quantum, or ``align``: ``'off'`` (``round_to``), an int, or
+    ``'auto'``: the quantum that suits every runtime of ``runtimes`` (default XLA, the
+    runtime the network is served in; naming several takes the least common multiple of
+    their quanta) on this device
+    (:func:`hobs_jax.allocation.alignment.runtimes_quantum`), halved while the target is
+    unreachable at it (:func:`hobs_jax.allocation.reachable_quantum`: a group no wider
+    than the quantum cannot be pruned at it). The quantum used is ``task.round_to``.
+
+    ``metric='latency'`` needs ``latency``: a table (dict), its path or a
+    :class:`~hobs_jax.allocation.latency.LatencyBudget`
+    (:func:`hobs_jax.methods.latency_table.cached_table`), checked against this network
+    and device in one line."""
+    from hobs_jax.allocation import build_cost_model, reachable_quantum
+    from hobs_jax.allocation.alignment import parse_align, runtimes_quantum
     from hobs_jax.graph import as_prunable, graph_of
 
     spec = get_method(method)
@@ -73,12 +90,30 @@ def make_task(method: str, model: Any, variables: Mapping | None = None, *, targ
     p = as_prunable(model, variables, input_shape)
     if spec.needs_data and p.kind == "linen":
         _refuse_resized(method, p)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to={round_to!r}: must be an int >= 1")
+    mode = parse_align("off" if align is None else align)
+    if metric not in ("macs", "params", "latency"):
+        raise ValueError(f"metric={metric!r}: use 'macs', 'params' or 'latency'")
+    if metric == "latency" and latency is None:
+        raise ValueError("metric='latency' needs latency= (a latency table, its path or a LatencyBudget; "
+                         "hobs_jax.methods.latency_table.cached_table measures one)")
     graph = graph or graph_of(p)
     cost = build_cost_model(p, graph)
     opts = spec.options(options)  # typed and validated now: a bad option fails before any work
-    return PruneTask(prunable=p, variables=p.variables, graph=graph, cost=cost, target=target, metric=metric,
+    task = PruneTask(prunable=p, variables=p.variables, graph=graph, cost=cost, target=target, metric=metric,
                      round_to=round_to, input_shape=p.input_shape, calib=calib, options=opts, seed=seed,
                      finetune=finetune)
+    if latency is not None:
+        from hobs_jax.methods.latency_table import budget_of
+
+        task = dataclasses.replace(task, latency=budget_of(latency, task))
+    if mode != "off":
+        q = mode if isinstance(mode, int) else runtimes_quantum(tuple(runtimes))[0]
+        if mode == "auto" and isinstance(target, (int, float)) and 0 < target < 1:
+            q = reachable_quantum(task.latency if metric == "latency" else cost, float(target), metric, q)
+        task = dataclasses.replace(task, round_to=int(q))
+    return task
 
 
 def _refuse_resized(method: str, p) -> None:
@@ -106,6 +141,8 @@ def run(method: str, task: PruneTask) -> PruneResult:
     # declares (R-SPAR's latency table), checked in that budget's own terms.
     kind, declared = outcome.budget or (task.metric, None)
     got = mr if kind == "macs" else pr if kind == "params" else declared
+    if kind == "latency" and task.latency is not None:  # re-evaluated from the plan itself
+        got = task.latency.ratio(task.cost.keep_vector({g: len(idx) for g, idx in outcome.plan.keep}))
     if got is None:
         raise ValueError(f"method {method!r} met its budget in {kind!r} without declaring the ratio it kept")
     if abs(got / task.target - 1) > TOLERANCE:

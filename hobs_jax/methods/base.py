@@ -54,8 +54,9 @@ class PruneTask:
       graph: its channel groups; ``cost`` the exact cost model over the prunable groups;
         architecture facts a method relies on are read from the graph (e.g.
         :func:`hobs_jax.graph.bn_relu_groups`), never from the name.
-      target: kept fraction of ``metric`` ('macs' | 'params'), in (0, 1).
-      round_to: kept counts are multiples of this (unless a group keeps all).
+      target: kept fraction of ``metric`` ('macs' | 'params' | 'latency'), in (0, 1).
+      round_to: the width quantum: kept counts are multiples of this (unless a group keeps
+        all); every allocator searches on this aligned grid (``make_task``'s ``align``).
       input_shape: [1, H, W, C] the costs are counted at.
       calib: calibration data (None for data-free methods).
       options: the method's typed options (:class:`hobs_jax.methods.MethodOptions`, built
@@ -65,6 +66,9 @@ class PruneTask:
       finetune: see :class:`FinetuneFn` (None when no training data is wired up).
       workdir: a directory where parts may keep resumable state (R-SPAR's search
         checkpoints, under ``<workdir>/<part>``); None keeps nothing.
+      latency: the :class:`~hobs_jax.allocation.latency.LatencyBudget` of ``metric='latency'``
+        (a table measured in the serving runtime at the serving batch, checked against this
+        network), None otherwise.
     """
 
     prunable: Any
@@ -80,8 +84,7 @@ class PruneTask:
     seed: int = 0
     finetune: FinetuneFn | None = None
     workdir: str | None = None
-
-
+    latency: Any = None
     @property
     def model(self) -> Any:
         """The module of the unpruned network (``model.apply(variables, x, train=False)``)."""

@@ -83,8 +83,11 @@ class MethodOptions:
 
 
 def _check_target(task: PruneTask) -> None:
-    if task.metric not in ("macs", "params"):
-        raise ValueError(f"metric={task.metric!r}: use 'macs' or 'params'")
+    if task.metric not in ("macs", "params", "latency"):
+        raise ValueError(f"metric={task.metric!r}: use 'macs', 'params' or 'latency'")
+    if task.metric == "latency" and task.latency is None:
+        raise ValueError("metric='latency' needs a latency table (make_task(..., latency=table); "
+                         "hobs_jax.methods.latency_table.cached_table measures one)")
     t = task.target
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
         raise ValueError(f"target={t!r}: the kept fraction of the {task.metric} must be in (0, 1)")

@@ -15,7 +15,7 @@ from hobs_jax.train.config import get_train_config, validate_train_config
 
 STAGES = ("train", "calibrate", "prune", "finetune", "evaluate", "benchmark", "export")
 INIT_KINDS = ("scratch", "checkpoint", "torch")
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency")
 
 # The config sections each stage's result depends on (cumulative along the pipeline):
 # a finished stage is reused only while these are unchanged.
@@ -58,10 +58,19 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
       train: the training engine's section (hobs_jax.train.get_train_config); epochs 0
         skips training (for init.kind != 'scratch').
       calibrate: num_images, batch_size, split for activation statistics.
-      prune: method (registry name), target (kept fraction of MACs or params, in (0, 1)),
-        metric, round_to, bn_recalibrate (re-estimate BN statistics on the calibration
-        data after pruning), evaluate_oneshot (test accuracy right after pruning), and one
-        sub-section per registered method (its options).
+      prune: method (registry name), target (kept fraction of the metric, in (0, 1)),
+        metric ('macs', 'params', or 'latency': a per-layer latency table measured in
+        ``prune.latency.runtime`` at ``prune.latency.batch``, cached per model, widths,
+        runtime and device), align (the width quantum every allocator allocates multiples
+        of: 'auto' = the quantum of the first benchmark runtime on this device (XLA: 8 on
+        AVX-512), halved while the target is unreachable at it; 'off' = none; or a number
+        such as '16'),
+        bn_recalibrate (re-estimate BN statistics on the calibration data after pruning),
+        evaluate_oneshot (test accuracy right after pruning), latency (runtime: '' = the
+        first benchmark runtime; batch: 0 = the largest benchmark batch size; table: a
+        table file, '' = the cached one, measured when missing; points, rounds, iters:
+        the measurement's grid and timing), and one sub-section per registered method
+        (its options).
       finetune: a train section for fine-tuning the pruned model (epochs 0 skips it).
       benchmark: dense vs pruned latency with hobs_jax.bench: runtimes (comma-separated
         names; "" = xla,onnxruntime on a CPU, xla and tensorrt (when installed) on a GPU),
@@ -86,8 +95,10 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     from hobs_jax.methods import config_sections
 
     c.prune = ml_collections.ConfigDict(dict(method="magnitude", target=0.5, metric="macs",
-                                             round_to=1, bn_recalibrate=True,
+                                             align="auto", bn_recalibrate=True,
                                              evaluate_oneshot=True))
+    c.prune.latency = ml_collections.ConfigDict(dict(runtime="", batch=0, table="", points=4, rounds=3,
+                                                     iters=5))
     for name, section in config_sections().items():
         c.prune[name] = section
     c.finetune = get_train_config()
@@ -119,7 +130,7 @@ def imagenet_config(model: str, *, epochs: float, batch_size: int, lr_per_256: f
         t.checkpoint.every_steps = 2000
     c.finetune.lr = c.train.lr / 10
     c.finetune.kd.enabled = True
-    c.prune.method, c.prune.target, c.prune.round_to = "hobs", 0.5, 8
+    c.prune.method, c.prune.target = "hobs", 0.5
     c.benchmark.batch_sizes = "1,32,256"
     return c
 
@@ -218,8 +229,18 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
         raise ValueError(f"prune.target={p.target!r}: the kept fraction must be in (0, 1)")
     if p.metric not in METRICS:
         raise ValueError(f"prune.metric={p.metric!r}: use one of {METRICS}")
-    if not isinstance(p.round_to, int) or p.round_to < 1:
-        raise ValueError(f"prune.round_to={p.round_to!r}: must be an int >= 1")
+    from hobs_jax.allocation.alignment import parse_align
+
+    try:
+        parse_align(p.align)
+    except ValueError as e:
+        raise ValueError(f"prune.{e}") from None
+    lat = p.latency
+    if lat.runtime and lat.runtime not in ("xla", "onnxruntime"):
+        raise ValueError(f"prune.latency.runtime={lat.runtime!r}: latency tables are measured in xla or onnxruntime")
+    if lat.batch < 0 or lat.points < 2 or lat.rounds < 1 or lat.iters < 1:
+        raise ValueError(f"prune.latency: batch={lat.batch} (>= 0), points={lat.points} (>= 2), "
+                         f"rounds={lat.rounds} (>= 1), iters={lat.iters} (>= 1)")
     if c.calibrate.num_images < 1 or c.calibrate.batch_size < 1:
         raise ValueError(f"calibrate.num_images/batch_size={c.calibrate.num_images}/"
                          f"{c.calibrate.batch_size}: must be >= 1")

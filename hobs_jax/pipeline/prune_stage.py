@@ -70,6 +70,53 @@ def finetune_fn(ctx: Context):
     return train
 
 
+def _runtimes(c) -> tuple[str, ...]:
+    """The runtimes the network is pruned for: the benchmark stage's; ``align='auto'``
+    takes the quantum of the first (the one served: XLA by default). Aligning for all of
+    them (their least common multiple, 16 for XLA and ONNX Runtime on AVX-512) cost the
+    quickstart's ResNet-20 1.6 points of one-shot accuracy against 8
+    (docs/results/aligned_allocation.md)."""
+    from hobs_jax.pipeline.benchmark_stage import runtimes_of
+
+    return runtimes_of(c)[:1]
+
+
+def _latency_table(c, prunable, input_shape, runtimes) -> tuple[dict | None, dict | None]:
+    """(table, facts) for ``prune.metric='latency'``: ``prune.latency.table`` when given,
+    else the cached table of this network in ``prune.latency.runtime`` (default: the first
+    benchmark runtime) at ``prune.latency.batch`` (default: the largest benchmark batch),
+    measured and cached when missing; (None, None) for other metrics."""
+    import json
+
+    from hobs_jax.pipeline.config import batch_sizes
+
+    if c.prune.metric != "latency":
+        return None, None
+    lat = c.prune.latency
+    if lat.table:
+        try:
+            with open(lat.table) as f:
+                table = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"prune.latency.table={lat.table!r}: cannot read it ({e})") from None
+        source = lat.table
+    else:
+        from hobs_jax.methods.latency_table import cached_table
+
+        runtime = lat.runtime or runtimes[0]
+        if runtime not in ("xla", "onnxruntime"):
+            raise ValueError(f"prune.latency.runtime: tables are measured in xla or onnxruntime, not {runtime!r}")
+        batch = int(lat.batch) or max(batch_sizes(c))
+        table = cached_table(prunable, input_shape=input_shape, runtime=runtime, batch=batch,
+                             threads=int(c.benchmark.threads), clock=str(c.benchmark.clock), points=int(lat.points),
+                             rounds=int(lat.rounds),
+                             iters=int(lat.iters))
+        source = "cache"
+    return table, {"source": source, "runtime": table.get("runtime", "xla"), "batch": table.get("batch"),
+                   "threads": table.get("threads"), "device": table.get("device"),
+                   "dense_ms": 1e3 * float(table.get("dense_seconds", 0.0))}
+
+
 def run(ctx: Context) -> dict:
     import dataclasses
 
@@ -82,19 +129,28 @@ def run(ctx: Context) -> dict:
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
     stage = os.path.join(ctx.workdir.root, "prune")  # created by the first write, not before
-    task = make_task(c.prune.method, ctx.prunable(variables), target=c.prune.target,
-                     metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
+    runtimes = _runtimes(c)
+    prunable = ctx.prunable(variables)
+    table, table_info = _latency_table(c, prunable, ctx.input_shape, runtimes)
+    # 'auto': the quantum of the served runtime (the first benchmark runtime).
+    task = make_task(c.prune.method, prunable, target=c.prune.target,
+                     metric=c.prune.metric, align=c.prune.align, runtimes=runtimes, input_shape=ctx.input_shape,
                      calib=calib, options=c.prune[c.prune.method], seed=c.seed,
-                     finetune=finetune_fn(ctx))
+                     finetune=finetune_fn(ctx), latency=table)
     # Parts that search or train keep resumable state here: it resumes with the stage.
     task = dataclasses.replace(task, workdir=os.path.join(stage, "method_state"))
     result = run_method(c.prune.method, task)
     pruned, pvars, outcome = result.model, result.variables, result.outcome
     out = {"method": c.prune.method, "macs_ratio": result.macs_ratio,
-           "params_ratio": result.params_ratio,
+           "params_ratio": result.params_ratio, "align": str(c.prune.align), "quantum": int(task.round_to),
+           "quantum_runtimes": list(runtimes),
            "groups_pruned": sum(1 for g, idx in outcome.plan.keep
                                 if len(idx) < task.graph.group(g).size),
            "info": outcome.info}
+    if task.latency is not None:
+        keep = task.cost.keep_vector({g: len(idx) for g, idx in outcome.plan.keep})
+        out["latency_table"] = table_info
+        out["latency_ratio"] = float(task.latency.ratio(keep))
     if c.prune.evaluate_oneshot:
         out["acc_oneshot"] = _accuracy(ctx, pruned, pvars)
     if c.prune.bn_recalibrate and "batch_stats" in pvars and calib is not None:  # calib exists then

@@ -38,6 +38,9 @@ def summarize(ctx: Context) -> dict:
         "top5_pruned": _get(ev, "pruned", "top5"),
         "acc_oneshot": prune.get("acc_oneshot"),
         "acc_bn_recalibrated": prune.get("acc_bn_recalibrated"),
+        "quantum": prune.get("quantum"),
+        "quantum_runtimes": prune.get("quantum_runtimes"),
+        "latency_ratio": prune.get("latency_ratio"),
         "macs_dense": _get(ev, "dense", "macs"),
         "macs_pruned": _get(ev, "pruned", "macs"),
         "params_dense": _get(ev, "dense", "params"),
@@ -134,6 +137,11 @@ def render(s: dict) -> str:
                      f"ratio {s['params_ratio']:.4f}. Top-1 right after pruning (no fine-tuning): "
                      f"{_fmt(s['acc_oneshot'], True)}; after BN re-estimation: "
                      f"{_fmt(s['acc_bn_recalibrated'], True)}.")
+    if (s.get("quantum") or 1) > 1:
+        rt = ", ".join(s.get("quantum_runtimes") or [])
+        lines.append(f"Pruned widths are multiples of {s['quantum']} channels (the width quantum for {rt}).")
+    if s.get("latency_ratio") is not None:
+        lines.append(f"Predicted by the latency table: {s['latency_ratio']:.4f} of the dense time.")
     if s["latency"]:
         lines += latency_lines(s)
     for stage, a in (s.get("ast") or {}).items():

@@ -1,5 +1,7 @@
 """R-SPAR as an allocator (:class:`hobs_jax.methods.parts.Allocator`): per-group kept
-counts learned by a DDPG agent under a MACs, params or measured-latency budget.
+counts learned by a DDPG agent under a MACs, params or measured-latency budget (the task's
+own latency table when ``metric='latency'``, or this allocator's ``latency_lut``), on the
+task's aligned grid (multiples of ``task.round_to``).
 
 Composed with any scorer and compensator (the method ``rspar`` is the ``obs`` scorer,
 this allocator and the ``obs`` compensator; ``magnitude_rspar`` the ``l2`` scorer and no
@@ -56,7 +58,8 @@ class RsparOptions(Options):
     lbound: smallest keep ratio per group, in (0, 1] (the floor the scorer's orders
     reach); grid: most kept counts per group the reward precomputes (all admissible
     counts when fewer); budget: 'macs' | 'params' (the task's metric when empty) |
-    'latency' (needs latency_lut); reward_images: held-out calibration images the reward
+    'latency' (latency_lut, else the task's table of ``metric='latency'``);
+    reward_images: held-out calibration images the reward
     is computed on (the other parts see only the rest); bn: reward-network BatchNorm,
     'batch' (statistics of the reward batch) or 'running'; cost_weight: reward = -CE -
     cost_weight * budget ratio; references: evaluate the uniform and global allocations
@@ -111,8 +114,6 @@ class RsparOptions(Options):
         self.require(self.rerank >= 0, "rerank", "must be >= 0")
         self.require(self.rerank_images >= 0, "rerank_images", "must be >= 0 (0: all)")
         self.require(self.blas_threads >= 0, "blas_threads", "must be >= 0 (0: the library's default)")
-        self.require(self.budget != "latency" or bool(self.latency_lut), "budget",
-                     "needs latency_lut (a table from benchmarks/latency_lut.py)")
 
     @classmethod
     def smoke(cls) -> dict:
@@ -125,8 +126,14 @@ def make_budget(kind: str, task, o: RsparOptions):
     """The budget R-SPAR allocates under: the exact MACs/params cost model or the
     measured latency table (:mod:`hobs_jax.rspar.latency`, checked against the task)."""
     if kind == "latency":
-        from hobs_jax.rspar.latency import LatencyBudget
-        return LatencyBudget.from_file(o.latency_lut, task)
+        from hobs_jax.allocation.latency import LatencyBudget
+
+        if o.latency_lut:
+            return LatencyBudget.from_file(o.latency_lut, task)
+        if task.latency is None:
+            raise ValueError("rspar: budget='latency' needs latency_lut (a table from benchmarks/latency_lut.py) "
+                             "or a task with metric='latency'")
+        return task.latency
     return MonomialBudget(task.cost, kind)
 
 
@@ -139,6 +146,12 @@ class RsparAllocator:
     needs_grid = True  # the reward is built from the compensator's per-count changes
 
     def check(self, task, o: RsparOptions) -> None:
+        if (o.budget or task.metric) == "latency" and not o.latency_lut and task.latency is None:
+            raise ValueError("rspar: budget='latency' needs latency_lut (a table from benchmarks/latency_lut.py) "
+                             "or a task with metric='latency'")
+        if task.metric == "latency" and (o.budget not in ("", "latency") or o.latency_lut):
+            raise ValueError("rspar: the task's metric='latency' brings its own table; leave budget and latency_lut "
+                             "empty")
         n = len(task.calib.images)
         if not o.reward_images < n:
             raise ValueError(f"rspar: reward_images={o.reward_images!r} must be in [1, {n}) (the calibration set "
@@ -161,7 +174,8 @@ class RsparAllocator:
         if budget.ratio(floor) > task.target * (1 + allocation.TOLERANCE):
             raise allocation.Unreachable(f"target {task.target:.4f} of the {budget.kind} is unreachable: every "
                                          f"prunable group at lbound={o.lbound} still keeps {budget.ratio(floor):.4f}")
-        allocation.check_reachable(sel.cost, task.target, task.metric, floor)
+        if task.metric != "latency":
+            allocation.check_reachable(sel.cost, task.target, task.metric, floor)
         return floor
 
     def allocate(self, sel, o: RsparOptions):
@@ -216,7 +230,8 @@ def search_allocation(sel, target: float, *, budget, options: RsparOptions, seed
     if o.references:  # met in the search's own budget (MACs, params or the latency table)
         as_cost = AsCost(budget).cost_model()
         refs["uniform"] = allocation.uniform(as_cost, target, budget.kind, round_to=task.round_to)
-        refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target, task.metric,
+        refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target,
+                                                "macs" if task.metric == "latency" else task.metric,
                                                 normalize=o.normalize, min_ratio=lbound, round_to=task.round_to,
                                                 budget=as_cost)
     t1 = time.perf_counter()

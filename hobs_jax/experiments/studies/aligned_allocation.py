@@ -1,0 +1,184 @@
+"""Aligned and latency-budgeted allocation on the trained Fashion-MNIST ResNets (issue 18,
+points 3-4): one H-OBS selection (the Hessians and removal paths, computed once), then one
+allocation per row, each pruned, BN re-estimated on the calibration images and evaluated
+on the test set, saved, and finally every row timed against dense in one interleaved run of
+``hobs_jax.bench`` (XLA and ONNX Runtime, batch 1 and 64, one thread, CPU time: the suite's
+mode for a shared machine).
+
+Rows: ``LABEL=macs:TARGET:QUANTUM`` (the MACs budget on the grid of multiples of
+QUANTUM; 1 = unaligned, today's allocation) or ``LABEL=latency:RUNTIME:TARGET:QUANTUM``
+(the latency table of RUNTIME at ``--table-batch``, measured on one core by CPU time and
+cached, ``hobs_jax.methods.latency_table.cached_table``), with ``--allocation`` global
+(default) or uniform.
+
+    python benchmarks/aligned_allocation.py --config configs/quickstart.py \\
+        --workdir runs/aligned_r20 --rows hobs=macs:0.5:1,hobs_q8=macs:0.5:8 --out docs/results/aligned_r20
+
+The workdir gets the pipeline's train and calibrate stages (the same checkpoint and
+calibration images as the pipeline; ``--init`` overrides the checkpoint) and one model
+directory per row; ``--out``.json/.md hold the rows and the suite's speedups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+
+def parse_rows(text: str) -> list[dict]:
+    rows = []
+    for item in text.split(","):
+        label, _, spec = item.partition("=")
+        parts = spec.split(":")
+        if parts[0] == "macs" and len(parts) == 3:
+            rows.append({"label": label, "metric": "macs", "runtime": None, "target": float(parts[1]),
+                         "quantum": int(parts[2])})
+        elif parts[0] == "latency" and len(parts) == 4:
+            rows.append({"label": label, "metric": "latency", "runtime": parts[1], "target": float(parts[2]),
+                         "quantum": int(parts[3])})
+        else:
+            raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM or LABEL=latency:RUNTIME:TARGET:QUANTUM")
+    return rows
+
+
+def load_config(path: str, init: str):
+    from hobs_jax.experiments.validate import load_config_file
+
+    c = load_config_file(path).get_config()
+    with c.unlocked():
+        c.stages = "train,calibrate"
+        if init:
+            c.init.kind, c.init.path = "checkpoint", init
+    return c
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/quickstart.py")
+    p.add_argument("--init", default="", help="checkpoint directory (default: the config's)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--rows", required=True)
+    p.add_argument("--allocation", default="global", choices=("global", "uniform"))
+    p.add_argument("--table-batch", type=int, default=64)
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    rows = parse_rows(args.rows)
+
+    import jax
+
+    from hobs_jax import macs
+    from hobs_jax.allocation.latency import LatencyBudget
+    from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
+    from hobs_jax.graph import apply_plan
+    from hobs_jax.methods import get_method, make_task
+    from hobs_jax.methods.latency_table import cached_table
+    from hobs_jax.pipeline import run as run_pipeline
+    from hobs_jax.pipeline.context import Context
+    from hobs_jax.pipeline.prune_stage import calibration
+    from hobs_jax.pipeline.workdir import Workdir
+    from hobs_jax.stats import reestimate_bn
+    from hobs_jax.train import evaluate
+
+    t_start = time.perf_counter()
+    c = load_config(args.config, args.init)
+    run_pipeline(c, args.workdir)
+    ctx = Context(c, Workdir(args.workdir))
+    calib = calibration(ctx)
+    model, variables, _ = ctx.load_model("train")
+    prunable = ctx.prunable(variables)
+    shape = ctx.input_shape
+    tables = {}
+    for rt in sorted({r["runtime"] for r in rows if r["runtime"]}):
+        t0 = time.perf_counter()
+        tables[rt] = cached_table(prunable, input_shape=shape, runtime=rt, batch=args.table_batch, threads=1,
+                                  clock="cpu", quantum=8, points=5)
+        print(f"latency table {rt}: {time.perf_counter() - t0:.0f} s", flush=True)
+    options = dict(c.prune.hobs.to_dict(), allocation=args.allocation, progress=False)
+    task = make_task("hobs", prunable, target=0.5, calib=calib, options=options, input_shape=shape)
+    budgets = {rt: LatencyBudget.for_task(t, task, runtime=rt) for rt, t in tables.items()}
+    spec = get_method("hobs")
+    t0 = time.perf_counter()
+    sel = spec.select(task)
+    select_s = time.perf_counter() - t0
+    print(f"selection: {select_s:.0f} s", flush=True)
+    dense_macs = macs.count(task.model, task.variables, shape)
+    results, models = [], [ModelSpec.from_saved(ctx.model_dir("train"), label="dense", input_shape=shape[1:])]
+    batches = [x for x, _ in calib.batches(c.calibrate.batch_size)]
+    for r in rows:
+        change = dict(target=r["target"], round_to=r["quantum"], metric=r["metric"],
+                      latency=budgets.get(r["runtime"]))
+        s = sel.with_task(**change)
+        try:
+            allocated = spec.allocate(s)
+        except ValueError as e:  # an unreachable latency target: recorded, the other rows go on
+            results.append(dict(r, error=str(e).split(";")[0]))
+            print(f"{r['label']}: {results[-1]['error']}", flush=True)
+            continue
+        out = spec.finish(s, allocated.keep, allocated)
+        pruned = apply_plan(task.prunable, out.variables, out.plan, graph=task.graph)
+        keep = task.cost.keep_vector({g: len(i) for g, i in out.plan.keep})
+        acc1 = float(evaluate(pruned.module, pruned.variables, ctx.eval_loader(), desc=r["label"])["top1"])
+        pv = reestimate_bn(pruned.module, pruned.variables, iter(batches))
+        acc2 = float(evaluate(pruned.module, pv, ctx.eval_loader(), desc=r["label"])["top1"])
+        m = macs.count(pruned.module, pv, shape)
+        path = os.path.join(args.workdir, "rows", r["label"])
+        ctx.export(path, pruned.module, jax.device_get(pv), out.plan)
+        models.append(ModelSpec.from_saved(path, label=r["label"], input_shape=shape[1:]))
+        sizes = dict(zip(task.cost.group_ids, task.cost.sizes.astype(int).tolist()))
+        rec = dict(r, macs_ratio=m.macs / dense_macs.macs, acc_oneshot=acc1, acc_bn=acc2,
+                   predicted={rt: b.ratio(keep) for rt, b in budgets.items()},
+                   keep={str(g): int(k) for g, k in zip(task.cost.group_ids, keep)},
+                   sizes={str(g): s for g, s in sizes.items()})
+        results.append(rec)
+        print(json.dumps({k: rec[k] for k in ("label", "macs_ratio", "acc_oneshot", "acc_bn", "predicted")}),
+              flush=True)
+    opts = Options(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), warmup=3, iters=args.iters,
+                   rounds=args.rounds, threads=1, clock="cpu", devices=("cpu",))
+    suite = run_suite(models, ["xla", "onnxruntime"], opts, out_dir=args.out, baseline="dense")
+    by = {}
+    for rec in results:
+        if "error" in rec:
+            continue
+        for s in speedups(suite.rows, "dense", rec["label"]):
+            by[(rec["label"], s["runtime"], s["batch"])] = s["speedup"]
+    for rec in results:
+        rec["speedup"] = {f"{rt}@{b}": v for (lab, rt, b), v in by.items() if lab == rec["label"]}
+    doc = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+           "config": args.config, "selection_seconds": select_s, "seconds": time.perf_counter() - t_start,
+           "device": suite.meta["machine"], "tables": {rt: {k: t[k] for k in ("runtime", "batch", "threads", "clock",
+                                                                                 "dense_seconds", "rest_seconds",
+                                                                                 "rest_source", "device")}
+                                                       for rt, t in tables.items()},
+           "rows": results}
+    with open(args.out + ".json", "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    lines = ["| row | budget | target | quantum | MACs | top-1 one-shot | after BN | predicted XLA "
+             "| predicted ORT | XLA b1 | XLA b64 | ORT b1 | ORT b64 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for rec in results:
+        if "error" in rec:
+            lines.append(f"| {rec['label']} | {rec['metric']} ({rec['runtime']}) | {rec['target']} | "
+                         f"{rec['quantum']} | {rec['error']} |" + " |" * 8)
+            continue
+        pr = rec["predicted"]
+        sp = rec["speedup"]
+        budget = rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")
+        lines.append(f"| {rec['label']} | {budget} | {rec['target']} | {rec['quantum']} | {rec['macs_ratio']:.3f} | "
+                     f"{100 * rec['acc_oneshot']:.2f}% | {100 * rec['acc_bn']:.2f}% | "
+                     f"{pr.get('xla', float('nan')):.3f} | {pr.get('onnxruntime', float('nan')):.3f} | " +
+                     " | ".join(f"{sp.get(k, float('nan')):.2f}x" for k in ("xla@1", "xla@64", "onnxruntime@1",
+                                                                             "onnxruntime@64")) + " |")
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
