@@ -245,7 +245,7 @@ ABLATION_PAIRS = [Pair("Hessian", "hobs", "hobs_nohessian"),
                   Pair("RL allocation", "rspar", "hobs"),
                   Pair("BN re-estimation", "hobs", "hobs@prune.bn_recalibrate=false"),
                   Pair("distillation", "hobs@finetune.kd.enabled=true", "hobs", "finetuned", budgets=(200,)),
-                  Pair("width alignment", "hobs@prune.round_to=8", "hobs", "latency", latency=True)]
+                  Pair("width alignment", "hobs", "hobs@prune.align=off", "latency", latency=True)]
 
 
 def ablation_sweeps() -> list[Sweep]:
@@ -254,7 +254,7 @@ def ablation_sweeps() -> list[Sweep]:
                   overrides=SMALL_CALIB),
             Sweep("ablation_resnet20_kd", ("resnet20",), ("hobs", "hobs@finetune.kd.enabled=true"), (0.5,),
                   budgets=(200,), overrides=SMALL_CALIB),
-            Sweep("ablation_resnet20_latency", ("resnet20",), ("hobs", "hobs@prune.round_to=8"), (0.5,),
+            Sweep("ablation_resnet20_latency", ("resnet20",), ("hobs", "hobs@prune.align=off"), (0.5,),
                   benchmark=True, overrides=SMALL_CALIB)]
 
 
