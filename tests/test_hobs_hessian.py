@@ -296,6 +296,7 @@ def test_layers_of_one_shape_share_one_compiled_reduction():
     v = init_tiny(model, (6, 6, 4), seed=3)
     x = np.random.default_rng(1).normal(size=(5, 6, 6, 4)).astype(np.float32)
     jax.clear_caches()
+    hessian.reset_compile_count()
     st = collect_hessians(model, v, x, batch_size=5, progress=False, workers=1)
     assert hessian.compiled_reductions() == 2
     ins = capture_inputs(model, v, jnp.asarray(x))

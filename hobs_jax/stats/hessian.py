@@ -160,11 +160,22 @@ def layer_gram(info: LayerInfo, x: jax.Array) -> tuple[jax.Array, jax.Array | No
     return gram_conv(p), s, rpe
 
 
+#: Traces of :func:`_layer_sums` since :func:`reset_compile_count` (jit traces once per new
+#: static key and input shape, and each trace is one compile; jax.jit has no public count).
+_TRACES = [0]
+
+
 def compiled_reductions() -> int:
-    """How many per-layer-shape Gram reductions are compiled in this process (each layer
-    *shape* compiles once, whatever the number of layers; tests check it)."""
-    # jax.jit offers no public count of its compiled executables; tests pin the count with it.
-    return _layer_sums._cache_size()  # type: ignore[attr-defined]
+    """How many per-layer-shape Gram reductions were traced (= compiled) since
+    :func:`reset_compile_count`: each layer *shape* compiles once, whatever the number of
+    layers; tests check it."""
+    return _TRACES[0]
+
+
+def reset_compile_count() -> None:
+    """Start :func:`compiled_reductions` from 0 (with ``jax.clear_caches()``, the next
+    calls compile again and are counted)."""
+    _TRACES[0] = 0
 
 
 def clear_compiled() -> None:
@@ -199,6 +210,7 @@ def _layer_sums(info: LayerInfo, dtype_name: str, inputs: tuple, w: jax.Array):
     (0 masks the last batch's padding). Jitted per layer *shape* (``info`` is a
     :func:`~hobs_jax.stats.layers.shape_key`): the layers of one ResNet stage share one
     executable, so compilation does not grow with depth."""
+    _TRACES[0] += 1  # runs while tracing only: once per compiled executable
     dtype = jnp.float64 if dtype_name == "float64" else jnp.float32
     g = s = None
     for xin in inputs:
