@@ -10,7 +10,7 @@ on first use.
 """
 
 from hobs_jax.methods.base import Calibration, PruneOutcome, PruneTask
-from hobs_jax.methods.parts import Allocation, Scores, Selection
+from hobs_jax.methods.parts import Allocation, Scores, Selection, Trained
 from hobs_jax.methods.registry import (METHODS, PARTS, config_sections, declare_part, get_method, get_part,
                                        list_methods, list_parts, register_method, register_part)
 from hobs_jax.methods.compose import MethodOptions, MethodSpec
@@ -21,8 +21,10 @@ from hobs_jax.methods import magnitude as _magnitude  # noqa: F401  (l2, l2sq, n
 from hobs_jax.methods import hobs as _hobs  # noqa: F401  (obs parts; hobs, hobs_nohessian, rspar, hybrids)
 from hobs_jax.methods import depgraph as _depgraph  # noqa: F401
 from hobs_jax.methods import udfc as _udfc  # noqa: F401
+from hobs_jax.methods import learned as _learned  # noqa: F401  (learned scorer and allocator)
+from hobs_jax.methods import jtp as _jtp  # noqa: F401
 
 __all__ = ["Allocation", "Calibration", "METHODS", "MethodOptions", "MethodSpec", "PARTS", "PruneOutcome",
            "PruneResult", "PruneTask", "Scores", "Selection", "config_sections", "declare_part", "get_method",
            "get_part", "group_roles", "list_methods", "list_parts", "make_task", "prune", "register_method",
-           "register_part", "run"]
+           "register_part", "run", "Trained"]
