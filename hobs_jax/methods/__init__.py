@@ -23,6 +23,8 @@ from hobs_jax.methods import depgraph as _depgraph  # noqa: F401
 from hobs_jax.methods import udfc as _udfc  # noqa: F401
 from hobs_jax.methods import learned as _learned  # noqa: F401  (learned scorer and allocator)
 from hobs_jax.methods import jtp as _jtp  # noqa: F401
+from hobs_jax.methods import structalign as _structalign  # noqa: F401
+from hobs_jax.methods import bilevel as _bilevel  # noqa: F401
 
 __all__ = ["Allocation", "Calibration", "METHODS", "MethodOptions", "MethodSpec", "PARTS", "PruneOutcome",
            "PruneResult", "PruneTask", "Scores", "Selection", "config_sections", "declare_part", "get_method",

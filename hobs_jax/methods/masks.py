@@ -151,8 +151,9 @@ class ChannelMasks:
             for s in self.sites[gid]:
                 leaf = flat[s.path]
                 key = (s.path, s.axis)
-                cur = mult.get(key, jnp.ones(leaf.shape[s.axis], m.dtype))
-                mult[key] = cur.at[s.positions].multiply(m[s.channels])
+                vec = jnp.ones(leaf.shape[s.axis], m.dtype).at[s.positions].set(m[s.channels],
+                                                                                 unique_indices=True)
+                mult[key] = mult[key] * vec if key in mult else vec
         for (path, axis), vec in mult.items():
             leaf = flat[path]
             shape = [1] * leaf.ndim
@@ -236,27 +237,40 @@ def st_gate(logits: jax.Array, key: jax.Array | None, temperature: float, offset
 
 class SoftCost:
     """The exact cost model (:class:`hobs_jax.allocation.CostModel`) evaluated at real
-    kept counts, in jax: ``ratio(counts)`` is differentiable, so a generator's FLOPs (or
-    params) term sees ``k_g = sum_c m_{g,c}``. Groups of ``cost`` missing from ``counts``
-    keep their full size."""
+    kept counts, in jax: :meth:`ratio` is differentiable, so a generator's FLOPs (or
+    params) term sees ``k_g = sum_c m_{g,c}``. The polynomial is carried as arrays
+    (:attr:`arrays`), so jitted steps take it as an argument and one compilation serves
+    both metrics and every target."""
 
     def __init__(self, cost, metric: str):
         if metric not in ("macs", "params"):
             raise ValueError(f"metric={metric!r}: use 'macs' or 'params'")
         self.gids = tuple(cost.group_ids)
-        self.coef = jnp.asarray(cost.macs_coef if metric == "macs" else cost.params_coef, jnp.float32)
-        self.exp = jnp.asarray(cost.macs_exp if metric == "macs" else cost.params_exp, jnp.float32)
-        self.sizes = np.asarray(cost.sizes, np.float64)
-        self.full_value = float(np.sum(np.asarray(self.coef, np.float64) * np.prod(
-            self.sizes[None, :] ** np.asarray(self.exp, np.float64), axis=1)))
+        coef = np.asarray(cost.macs_coef if metric == "macs" else cost.params_coef, np.float64)
+        exp = np.asarray(cost.macs_exp if metric == "macs" else cost.params_exp, np.float64)
+        sizes = np.asarray(cost.sizes, np.float64)
+        full = float(np.sum(coef * np.prod(sizes[None, :] ** exp, axis=1)))
+        #: (coef / full [L], exp [L, G], sizes [G]) as float32 arrays
+        self.arrays = (jnp.asarray(coef / full, jnp.float32), jnp.asarray(exp, jnp.float32),
+                       jnp.asarray(sizes, jnp.float32))
 
-    def ratio(self, counts: Mapping[int, jax.Array]) -> jax.Array:
-        """Scalar kept fraction of the metric at ``counts`` ({gid: scalar})."""
-        k = jnp.stack([jnp.asarray(counts[g], jnp.float32) if g in counts else jnp.float32(s)
-                       for g, s in zip(self.gids, self.sizes)])
+    @staticmethod
+    def ratio_of(arrays, counts: jax.Array) -> jax.Array:
+        """Kept fraction at ``counts`` [G] (cost-model group order) given :attr:`arrays`."""
+        coef, exp, _ = arrays
         # k ** e with e == 0 must be 1 even at k == 0 (a group kept at zero channels).
-        powers = jnp.where(self.exp == 0, 1.0, jnp.power(jnp.maximum(k[None, :], 1e-12), self.exp))
-        return jnp.sum(self.coef * jnp.prod(powers, axis=1)) / self.full_value
+        powers = jnp.where(exp == 0, 1.0, jnp.power(jnp.maximum(counts[None, :], 1e-12), exp))
+        return jnp.sum(coef * jnp.prod(powers, axis=1))
+
+    def counts(self, values: Mapping[int, jax.Array]) -> jax.Array:
+        """[G] counts from {gid: scalar}; groups missing keep their full size."""
+        sizes = self.arrays[2]
+        return jnp.stack([jnp.asarray(values[g], jnp.float32) if g in values else sizes[i]
+                          for i, g in enumerate(self.gids)])
+
+    def ratio(self, values: Mapping[int, jax.Array]) -> jax.Array:
+        """Scalar kept fraction at {gid: count} (missing groups at full size)."""
+        return self.ratio_of(self.arrays, self.counts(values))
 
 
 def resource_loss(ratio: jax.Array, target: float, two_sided: bool = True) -> jax.Array:
