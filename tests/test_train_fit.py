@@ -69,6 +69,17 @@ def test_fit_learns_and_writes_records(tmp_path):
                  jax.device_get(r2.variables))
 
 
+def test_eval_steps_give_a_curve_from_one_run(tmp_path):
+    """``eval_steps`` adds evaluations at those steps of one schedule; a bad list is refused."""
+    model = TinyCNN(num_classes=8)
+    train, test = loaders()
+    fit(model, init_tiny(model, (8, 8, 1)), train, config(steps=12, eval_every=100, eval_steps="3,7"),
+        str(tmp_path), eval_data=test)
+    assert [e["step"] for e in read_metrics(str(tmp_path), "eval")] == [3, 7, 12]
+    with pytest.raises(ValueError, match=r"train.eval_steps='3,x': comma-separated positive ints"):
+        fit(model, init_tiny(model, (8, 8, 1)), train, config(eval_steps="3,x"), str(tmp_path / "b"))
+
+
 def test_early_stopping_on_validation_accuracy(tmp_path):
     model = TinyCNN(num_classes=8)
     train, test = loaders()

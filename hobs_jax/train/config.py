@@ -35,6 +35,8 @@ def get_train_config() -> ml_collections.ConfigDict:
       mixed_precision: 'auto' = bf16 compute on GPU/TPU, off on CPU; 'bf16' forces it;
         master weights and optimizer state stay float32.
       eval_every: steps between evaluations (0 = once per epoch); log_every likewise.
+      eval_steps: further steps to evaluate at, comma-separated ('50,200'): a curve of
+        accuracy against training length from one run of the longest schedule.
       checkpoint: every_steps (0 = only the initial checkpoint, the stability rollback target, and the
         end), keep (how many to keep), async_save.
       early_stopping: stop after ``patience`` evaluations without a top-1 gain of
@@ -70,6 +72,7 @@ def get_train_config() -> ml_collections.ConfigDict:
     c.kd = ml_collections.ConfigDict({"enabled": False, "temperature": 4.0, "alpha": 0.9})
     c.mixed_precision = "auto"
     c.eval_every = 0
+    c.eval_steps = ""
     c.log_every = 50
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 1000, "keep": 3,
                                               "async_save": True})
@@ -141,6 +144,7 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
            f"unknown; use one of {MIXED_PRECISION}")
     _check(isinstance(c.eval_every, int) and c.eval_every >= 0, "eval_every", c.eval_every,
            "must be an int >= 0")
+    eval_at(c)
     _check(isinstance(c.log_every, int) and c.log_every >= 1, "log_every", c.log_every,
            "must be an int >= 1")
     _check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps >= 0,
@@ -163,6 +167,17 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
     _check(isinstance(c.seed, int), "seed", c.seed, "must be an int")
     _check(isinstance(c.mesh.fsdp_min_size, int) and c.mesh.fsdp_min_size >= 1,
            "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be an int >= 1")
+
+
+def eval_at(c: ml_collections.ConfigDict) -> frozenset[int]:
+    """``c.eval_steps`` as a set of steps (one-line ``ValueError`` unless positive ints)."""
+    text = str(c.eval_steps).strip()
+    try:
+        steps = frozenset(int(s) for s in text.split(",") if s.strip()) if text else frozenset()
+    except ValueError:
+        steps = frozenset({0})
+    _check(all(s >= 1 for s in steps), "eval_steps", c.eval_steps, "comma-separated positive ints")
+    return steps
 
 
 def total_steps(c: ml_collections.ConfigDict, steps_per_epoch: int) -> int:

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from hobs_jax.train import mesh as mesh_lib
 from hobs_jax.train import stability as stab
 from hobs_jax.train.checkpoint import Checkpointer, abstract_like
-from hobs_jax.train.config import total_steps, validate_train_config
+from hobs_jax.train.config import eval_at, total_steps, validate_train_config
 from hobs_jax.train.evaluate import Evaluator
 from hobs_jax.train.metrics import MetricsWriter, progress
 from hobs_jax.train.optim import make_optimizer, make_schedule
@@ -165,6 +165,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         lambda _: rep, teacher.variables)) if c.kd.enabled else {})
     evaluator = Evaluator(model.apply, mesh, c.mixed_precision) if eval_data is not None else None
     eval_every = c.eval_every or train_data.steps_per_epoch
+    extra_evals = eval_at(c)
     ckpt_every = c.checkpoint.every_steps
 
     step = int(mesh_lib.host_value(state.step))
@@ -257,7 +258,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                     bar.n = step
                     continue
                 due_log = step % c.log_every == 0
-                due_eval = evaluator is not None and step % eval_every == 0
+                due_eval = evaluator is not None and (step % eval_every == 0 or step in extra_evals)
                 due_ckpt = bool(ckpt_every) and step % ckpt_every == 0
                 if due_log or due_eval or due_ckpt or step == total:
                     pending = (step, metrics)
