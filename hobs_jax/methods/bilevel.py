@@ -119,12 +119,19 @@ def _in_dims(masks: ChannelMasks) -> dict[int, int]:
     return {g: masks.param_shapes[layer + ("kernel",)][-2] for g, (layer, _) in masks.gates.items()}
 
 
-def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: BilevelOptions):
-    T, off, w, q = float(o.temperature), float(o.offset), float(o.resource_weight), float(o.dynamic_target)
+def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], hidden: int, T: float, off: float):
+    """Jitted steps; rates, resource weight and targets are arguments, so one compilation
+    serves every run on these masks with the same gate width and gate."""
     gated = tuple(sorted(masks.gates))
-    gtx, atx = optax.adam(float(o.gate_lr)), optax.adam(float(o.arch_lr))
-    gate_macs = {g: float(masks.param_shapes[masks.gates[g][0] + ("kernel",)][-2] * o.gate_hidden
-                          + o.gate_hidden * masks.sizes[g]) for g in gated}
+    gtx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    atx = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+    gate_macs = {g: float(masks.param_shapes[masks.gates[g][0] + ("kernel",)][-2] * hidden
+                          + hidden * masks.sizes[g]) for g in gated}
+
+    def opt_init(tx, params, lr):
+        opt = tx.init(params)
+        opt.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        return opt
 
     def static_masks(theta, key):
         keys = jax.random.split(key, len(masks.gids)) if key is not None else [None] * len(masks.gids)
@@ -165,7 +172,7 @@ def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: BilevelOptions):
         return static, jnp.mean(per_x)
 
     @jax.jit
-    def lower(phi, gopt, theta, variables, x, y, cost_arrays, key):
+    def lower(phi, gopt, theta, variables, x, y, cost_arrays, w, q, key):
         s = jax.tree.map(jax.lax.stop_gradient, static_masks(theta, None))
 
         def loss(phi):
@@ -180,7 +187,7 @@ def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: BilevelOptions):
         return optax.apply_updates(phi, u), gopt, ce, rho
 
     @jax.jit
-    def upper(theta, aopt, phi, variables, x, y, cost_arrays, target, key):
+    def upper(theta, aopt, phi, variables, x, y, cost_arrays, target, w, key):
         k_s, k_d = jax.random.split(key)
 
         def loss(theta):
@@ -207,7 +214,8 @@ def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: BilevelOptions):
                   for g in dyn}
         return s, acc(plain), acc(out), static, dynamic, opened
 
-    return gtx.init, atx.init, lower, upper, evaluate, gate_macs
+    return (jax.jit(lambda p, lr: opt_init(gtx, p, lr)), jax.jit(lambda p, lr: opt_init(atx, p, lr)), lower, upper,
+            evaluate, gate_macs)
 
 
 class BilevelGates:
@@ -237,11 +245,13 @@ class BilevelGates:
     def train(self, task: PruneTask, o: BilevelOptions) -> Trained:
         masks = ChannelMasks.of(task)
         cost_gids = tuple(task.cost.group_ids)
+        hyper = (int(o.gate_hidden), float(o.temperature), float(o.offset))
         ginit, ainit, lower, upper, evaluate, gate_macs = masks.cached(
-            ("bilevel", cost_gids, o), lambda: _steps(masks, cost_gids, o))
+            ("bilevel", cost_gids, hyper), lambda: _steps(masks, cost_gids, *hyper))
         cost_arrays = SoftCost(task.cost, task.metric).arrays
         theta, phi = _init_gates(masks, _in_dims(masks), int(o.gate_hidden), int(task.seed))
-        gopt, aopt = ginit(phi), ainit(theta)
+        gopt, aopt = ginit(phi, float(o.gate_lr)), ainit(theta, float(o.arch_lr))
+        w, q = jnp.float32(o.resource_weight), jnp.float32(o.dynamic_target)
         lower_data, upper_data = split(task.calib, int(o.holdout_images))
         it_lo = batches(lower_data, int(o.gate_batch), int(task.seed))
         it_up = batches(upper_data, int(o.gate_batch), int(task.seed) + 1)
@@ -256,12 +266,12 @@ class BilevelGates:
                 x, y = next(it_lo)
                 key, k = jax.random.split(key)
                 phi, gopt, ce_lo, rho = lower(phi, gopt, theta, variables, jnp.asarray(x), jnp.asarray(y),
-                                              cost_arrays, k)
+                                              cost_arrays, w, q, k)
             for _ in range(int(o.arch_steps)):
                 x, y = next(it_up)
                 key, k = jax.random.split(key)
                 theta, aopt, ce_up, ratio = upper(theta, aopt, phi, variables, jnp.asarray(x), jnp.asarray(y),
-                                                  cost_arrays, target, k)
+                                                  cost_arrays, target, w, k)
             s, acc_s, acc_d, r_s, r_d, opened = evaluate(theta, phi, variables, xh, yh, cost_arrays)
             s = {g: np.asarray(v) for g, v in s.items()}
             history.append({"round": r, "lower_ce": float(ce_lo), "rho": float(rho), "upper_ce": float(ce_up),

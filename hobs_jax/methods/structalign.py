@@ -104,11 +104,12 @@ def orthogonal_inputs(groups: int, dim: int, seed: int) -> np.ndarray:
     return (q * np.sign(np.diag(r))[None, :])[:groups].astype(np.float32)
 
 
-def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: StructAlignOptions):
+def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], hidden: int, T: float, off: float):
+    """Jitted (init, step, propose); rates and weights are arguments, so one compilation
+    serves every run on these masks with the same generator width and gate."""
     sizes = tuple(masks.sizes[g] for g in masks.gids)
-    gen = ArchGenerator(sizes, int(o.gen_hidden))
-    tx = optax.adamw(float(o.gen_lr), weight_decay=1e-4)
-    T, off, w = float(o.temperature), float(o.offset), float(o.resource_weight)
+    gen = ArchGenerator(sizes, hidden)
+    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=1e-4)
 
     def kept(cost_arrays, m):
         sums = {g: v.sum() for g, v in m.items()}
@@ -121,7 +122,7 @@ def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: StructAlignOption
         return logits, {g: st_gate(lg, k, T, off) for g, lg, k in zip(masks.gids, logits, keys)}
 
     @jax.jit
-    def step(gp, opt, variables, inputs, x, y, cost_arrays, target, key):
+    def step(gp, opt, variables, inputs, x, y, cost_arrays, target, w, key):
         def loss(gp):
             _, m = sample(gp, inputs, key)
             out = masks.logits(variables, m, x)
@@ -139,9 +140,11 @@ def _steps(masks: ChannelMasks, cost_gids: tuple[int, ...], o: StructAlignOption
         return logits, m, kept(cost_arrays, m)
 
     @jax.jit
-    def init(key, inputs):
+    def init(key, inputs, lr):
         gp = gen.init(key, inputs)
-        return gp, tx.init(gp)
+        opt = tx.init(gp)
+        opt.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        return gp, opt
 
     return init, step, propose
 
@@ -172,12 +175,15 @@ class StructAlignGenerator:
     def train(self, task: PruneTask, o: StructAlignOptions) -> Trained:
         masks = ChannelMasks.of(task)
         cost_gids = tuple(task.cost.group_ids)
-        init, step, propose = masks.cached(("structalign", cost_gids, o), lambda: _steps(masks, cost_gids, o))
+        hyper = (int(o.gen_hidden), float(o.temperature), float(o.offset))
+        init, step, propose = masks.cached(("structalign", cost_gids, hyper),
+                                           lambda: _steps(masks, cost_gids, *hyper))
         cost_arrays = SoftCost(task.cost, task.metric).arrays
         inputs = jnp.asarray(orthogonal_inputs(len(masks.gids), 64, int(task.seed)))
         key = jax.random.key(int(task.seed))
         key, k0 = jax.random.split(key)
-        gp, opt = init(k0, inputs)
+        gp, opt = init(k0, inputs, float(o.gen_lr))
+        w = jnp.float32(o.resource_weight)
         it = batches(task.calib, int(o.gen_batch), int(task.seed))
         target = jnp.float32(task.target)
         variables = {k: task.variables[k] for k in task.variables}
@@ -188,7 +194,7 @@ class StructAlignGenerator:
                 x, y = next(it)
                 key, k = jax.random.split(key)
                 gp, opt, ce, ratio = step(gp, opt, variables, inputs, jnp.asarray(x), jnp.asarray(y), cost_arrays,
-                                          target, k)
+                                          target, w, k)
             logits, m, r_det = propose(gp, inputs, cost_arrays)
             m = {g: np.asarray(v) for g, v in m.items()}
             history.append({"round": r, "generator_ce": float(ce), "sampled_ratio": float(ratio),
