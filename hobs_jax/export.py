@@ -1,5 +1,6 @@
-"""Export a (pruned) zoo model: an orbax checkpoint that reloads with one call, a
-torchvision-structured PyTorch module, or an ONNX graph.
+"""Export a (pruned) network: an orbax checkpoint that reloads with one call (zoo models,
+a user's linen module, an NNX module), a torchvision-structured PyTorch module (zoo), or
+an ONNX graph (any network).
 
 The only module of the core library that reaches torch, and only inside
 :func:`to_torch` / :func:`to_onnx`, which call into ``parity`` lazily: a user without
@@ -12,6 +13,11 @@ Checkpoint layout (a directory)::
                           "scale_dim": ... (ViT), "plan": <PrunePlan JSON> | null,
                           "shapes": {leaf path: shape}}
     <path>/variables/    orbax StandardCheckpointer tree (params, batch_stats)
+
+A network outside the zoo is saved with what rebuilds it in another process
+(:mod:`hobs_jax.graph.spec`): ``"kind": "linen" | "nnx"``, ``"spec"`` (its class's import
+path and constructor arguments), ``"input_shape"``; a class defined in ``__main__`` or a
+field that is not JSON (a function) is refused in one line before anything is written.
 
 It is written under ``<path>.tmp-<random>`` and renamed into place when complete, so a
 half-written checkpoint is never found at ``<path>``; :func:`load` checks every array
@@ -69,16 +75,31 @@ def _build(meta: Mapping):
                         in_channels=meta["in_channels"], **kw)
 
 
-def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
-         scale_dim: int | None = None, overwrite: bool = False) -> str:
-    """Write a checkpoint of zoo model ``model_name`` (a name or a zoo module).
+def _is_zoo(model) -> bool:
+    from hobs_jax import models
+    from hobs_jax.models.prunable import Prunable
+
+    if isinstance(model, Prunable):
+        return model.kind == "zoo"
+    return isinstance(model, str) or getattr(model, "arch", None) in models.MODELS
+
+
+def save(path: str | os.PathLike, model_name, variables: Mapping | None = None, plan=None, *,
+         scale_dim: int | None = None, overwrite: bool = False, input_shape=None,
+         init_kwargs: Mapping | None = None) -> str:
+    """Write a checkpoint of a network.
 
     Args:
       path: the checkpoint directory (must not exist unless ``overwrite``).
-      variables: ``params`` and ``batch_stats`` (any widths; read off the arrays).
+      model_name: a zoo name or zoo module, a :class:`~hobs_jax.models.Prunable`, a
+        user's linen module (or its ``LinenModel`` adapter) or an NNX module.
+      variables: ``params`` and ``batch_stats`` (any widths; read off the arrays); None
+        for a Prunable or an NNX module (their own).
       plan: the :class:`~hobs_jax.graph.plan.PrunePlan` that produced them, kept in the
         metadata for provenance.
       scale_dim: ViT's softmax temperature dim (default: the module's, else 64).
+      input_shape: a non-zoo network's input shape (default: the Prunable's).
+      init_kwargs: an NNX module's constructor keyword arguments (module docstring).
     A model with Block-ELL layers (``model.block_ell``) must be passed as the module: its
     sparsity pattern is configuration and is stored in the metadata.
     Returns:
@@ -86,10 +107,18 @@ def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
     """
     from hobs_jax import models
 
-    name, module = _zoo(model_name)
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path} exists; pass overwrite=True to replace it")
+    if not _is_zoo(model_name):
+        meta, variables = _user_meta(model_name, variables, input_shape, init_kwargs, plan)
+        return _write(path, meta, variables)
+    if not isinstance(model_name, (str,)) and hasattr(model_name, "rebuild"):  # a zoo Prunable
+        variables = model_name.variables if variables is None else variables
+        model_name = model_name.module
+    name, module = _zoo(model_name)
+    if variables is None:
+        raise ValueError(f"export.save({name!r}, ...): variables are required")
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
     spec = getattr(module, "block_ell", None)
     if spec:  # Block-ELL layers hold `bell_values`, not kernels: widths come from the module
@@ -103,6 +132,25 @@ def save(path: str | os.PathLike, model_name, variables: Mapping, plan=None, *,
             "block_ell": spec_to_dict(spec) if spec else None,
             "plan": None if plan is None else json.loads(plan.to_json()),
             "shapes": {k: list(np.shape(v)) for k, v in _flat(variables).items()}}
+    return _write(path, meta, variables)
+
+
+def _user_meta(model, variables, input_shape, init_kwargs, plan) -> tuple[dict, dict]:
+    """Metadata and variables of a network outside the zoo (refusals before writing)."""
+    from hobs_jax.graph import as_prunable
+    from hobs_jax.graph.spec import check_spec, spec_of
+
+    p = as_prunable(model, variables, input_shape)
+    spec = spec_of(p, init_kwargs)
+    check_spec(p, spec)
+    variables = {k: v for k, v in p.variables.items() if k in ("params", "batch_stats")}
+    meta = {"format": FORMAT, "version": VERSION, "model": p.label, "kind": p.kind, "spec": spec,
+            "input_shape": list(p.input_shape), "plan": None if plan is None else json.loads(plan.to_json()),
+            "shapes": {k: list(np.shape(v)) for k, v in _flat(variables).items()}}
+    return meta, variables
+
+
+def _write(path: str, meta: dict, variables: Mapping) -> str:
     import orbax.checkpoint as ocp
 
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -148,9 +196,11 @@ def _what_is(path: str) -> str:
 def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     """``(model, variables, meta)`` from a checkpoint written by :func:`save`.
 
-    ``model`` is the zoo model at the saved widths (ready for ``model.apply(variables,
-    x)``), ``variables`` hold numpy arrays of the saved dtypes, ``meta`` the metadata
-    (with ``plan`` as a :class:`~hobs_jax.graph.plan.PrunePlan` or None). A missing,
+    ``model`` is the network at the saved widths, ready for ``model.apply(variables,
+    x)``: the zoo model, or for a user's module its adapter (``meta["prunable"]`` is its
+    :class:`~hobs_jax.models.Prunable`; ``.to_nnx()`` gives an NNX module back).
+    ``variables`` hold numpy arrays of the saved dtypes, ``meta`` the metadata (with
+    ``plan`` as a :class:`~hobs_jax.graph.plan.PrunePlan` or None). A missing,
     half-written or corrupt checkpoint raises a one-line ``ValueError``.
     """
     from hobs_jax import models
@@ -178,6 +228,8 @@ def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
         raise ValueError(f"{path} is a {FORMAT} checkpoint of format version {v!r}, written by "
                          f"{'a newer' if newer else 'another'} hobs_jax; this one reads version "
                          f"{VERSION}" + ("; upgrade hobs_jax" if newer else ""))
+    if meta.get("kind") in ("linen", "nnx"):
+        return _load_user(path, meta)
     try:
         model = _build(meta)
         plan = None if meta.get("plan") is None else PrunePlan.from_json(json.dumps(meta["plan"]))
@@ -206,10 +258,62 @@ def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     return model, variables, dict(meta, plan=plan)
 
 
+def _restore(path: str):
+    import orbax.checkpoint as ocp
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ocp.StandardCheckpointer().restore(os.path.join(path, "variables"))
+    except Exception as e:  # orbax raises many types for truncated/corrupt files
+        raise ValueError(f"corrupt checkpoint {path}: variables do not restore ({_one_line(e)})") from None
+
+
+def _load_user(path: str, meta: dict) -> tuple[Any, dict, dict]:
+    from hobs_jax.graph.plan import PrunePlan
+    from hobs_jax.graph.spec import prunable_from_spec
+
+    try:
+        plan = None if meta.get("plan") is None else PrunePlan.from_json(json.dumps(meta["plan"]))
+        spec, shape = meta["spec"], tuple(meta["input_shape"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: bad metadata ({_one_line(e)})") from None
+    variables = _restore(path)
+    got = {k: tuple(np.shape(v)) for k, v in _flat(variables).items()}
+    want = {k: tuple(v) for k, v in meta.get("shapes", {}).items()}
+    if got != want:
+        bad = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want.get(k))
+        raise ValueError(f"corrupt checkpoint {path}: variables do not match its metadata at {bad[0]}")
+    try:
+        p = prunable_from_spec(spec, variables, shape)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path}: {str(e).splitlines()[0]}") from None
+    return p.module, p.variables, dict(meta, plan=plan, prunable=p)
+
+
+def load_prunable(path: str | os.PathLike):
+    """The :class:`~hobs_jax.models.Prunable` of a checkpoint (any network): for an NNX
+    module, ``load_prunable(path).to_nnx()`` is the module at the saved widths."""
+    model, variables, meta = load(path)
+    if "prunable" in meta:
+        return meta["prunable"]
+    from hobs_jax.models.prunable import prunable
+
+    return prunable(model, variables)
+
+
 def to_torch(model_name, variables: Mapping, *, scale_dim: int | None = None):
     """``(module, state_dict)``: a torchvision-structured ``torch.nn.Module`` (eval mode)
     at the widths of ``variables`` (float64 arrays give a float64 module); pruned ViT
     attention becomes ``parity.torch_models.HeadAttention``. Needs torch."""
+    if not _is_zoo(model_name):
+        from hobs_jax.graph.prunable import label_of
+
+        label = model_name.label if hasattr(model_name, "rebuild") else label_of(model_name)
+        raise ValueError(f"to_torch converts zoo models (torchvision's structure); {label} is not one: "
+                         f"use export.to_onnx")
+    if hasattr(model_name, "rebuild"):
+        model_name = model_name.module
     from parity.convert import flax_to_torch
 
     name, module = _zoo(model_name)
@@ -217,22 +321,49 @@ def to_torch(model_name, variables: Mapping, *, scale_dim: int | None = None):
     return torch_module, torch_module.state_dict()
 
 
-def to_onnx(model_name, variables: Mapping, path: str | os.PathLike, *, input_shape=None,
-            scale_dim: int | None = None, opset: int = 17) -> str:
-    """Export to ONNX with ``torch.onnx.export`` (the TorchScript exporter: the dynamo
-    exporter needs ``onnxscript``). Input ``"input"`` is NCHW with a dynamic batch,
-    output ``"logits"``. ``input_shape`` is NHWC (default: the zoo's, batch 1)."""
+def to_onnx(model_name, variables: Mapping | None, path: str | os.PathLike, *, input_shape=None,
+            scale_dim: int | None = None, opset: int = 17, via: str | None = None) -> str:
+    """Export any network to ONNX.
+
+    ``via="jax"`` (the default outside the zoo) translates the network's jaxpr
+    (:mod:`hobs_jax.onnx_export`, no PyTorch): input ``"input"`` in Flax's layout (NHWC)
+    at the batch size of ``input_shape``, output ``"logits"``. ``via="torch"`` (the
+    default for zoo models) exports the torchvision-structured module with
+    ``torch.onnx.export`` (the TorchScript exporter: the dynamo exporter needs
+    ``onnxscript``): input NCHW with a dynamic batch. ``input_shape`` is NHWC (default: the
+    zoo's, batch 1; required outside the zoo unless ``model_name`` is a Prunable).
+    """
+    zoo = _is_zoo(model_name)
+    via = via or ("torch" if zoo else "jax")
+    if via not in ("torch", "jax"):
+        raise ValueError(f"via={via!r}: use 'torch' (zoo models) or 'jax'")
+    path = os.fspath(path)
+    if via == "jax":
+        from hobs_jax.graph import as_prunable
+        from hobs_jax.onnx_export import to_onnx_model
+
+        p = as_prunable(model_name, variables, input_shape)
+        shape = tuple(input_shape) if input_shape is not None else p.input_shape
+        params = jax.tree.map(np.asarray, p.variables)
+        onnx_model = to_onnx_model(lambda x: p.module.apply(params, x, train=False), shape)
+        with open(path, "wb") as f:
+            f.write(onnx_model.SerializeToString())
+        return path
+    if not zoo:
+        raise ValueError("via='torch' exports zoo models only; use via='jax'")
     import torch
 
     from hobs_jax import models
 
+    if hasattr(model_name, "rebuild"):
+        variables = model_name.variables if variables is None else variables
+        model_name = model_name.module
     name, _ = _zoo(model_name)
     module, _ = to_torch(model_name, variables, scale_dim=scale_dim)
     _, _, ic = models.infer_widths(name, variables)
     b, h, w, c = tuple(input_shape) if input_shape is not None else models.input_shape(name, 1, in_channels=ic)
     dtype = next(p.dtype for p in module.parameters())
     x = torch.zeros((b, c, h, w), dtype=dtype)
-    path = os.fspath(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated, still supported
         torch.onnx.export(module, (x,), path, dynamo=False, input_names=["input"], output_names=["logits"],

@@ -114,10 +114,11 @@ def _walk(jaxpr, prefix: str, out: list[LayerCost], times: int = 1) -> None:
             _walk(sub, path, out, inner)
 
 
-def _strip_root(path: str) -> str:
-    # Flax puts the top module's class name first ("ResNet/layer1/0/conv1").
+def _strip_root(path: str, roots: int = 1) -> str:
+    # Flax puts the top module's class name first ("ResNet/layer1/0/conv1"); adapters of
+    # modules outside the zoo add their own (``NAME_STACK_ROOTS``).
     parts = [p for p in path.split("/") if p and not p.startswith(("jit(", "pjit(", "jvp(", "transpose("))]
-    return "/".join(parts[1:]) if parts else ""
+    return "/".join(parts[roots:]) if parts else ""
 
 
 def count_params(variables: Any) -> int:
@@ -126,11 +127,40 @@ def count_params(variables: Any) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def count(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jnp.float32) -> CostReport:
+def _resolve(model: Any, variables: Any, input_shape) -> tuple[Any, Any, tuple[int, ...]]:
+    """(module called as ``apply(v, x, train=False)``, variables, input shape) of any
+    network form: a :class:`~hobs_jax.models.Prunable`, a ``(module, variables)`` pair, an
+    NNX module, a linen module (one without a ``train`` argument is run through
+    :class:`~hobs_jax.graph.linen_model.LinenModel`)."""
+    from hobs_jax.models.prunable import Prunable
+
+    if isinstance(model, tuple) and len(model) == 2 and variables is None:
+        model, variables = model
+    if not isinstance(model, Prunable) and not hasattr(model, "apply"):  # an NNX module
+        from hobs_jax.graph import as_prunable
+
+        model = as_prunable(model, None, input_shape)
+    if isinstance(model, Prunable):
+        shape = model.input_shape if input_shape is None else input_shape
+        return model.module, model.variables if variables is None else variables, tuple(shape)
+    if input_shape is None or variables is None:
+        raise ValueError("macs.count(module, variables, input_shape): variables and input_shape are required")
+    from hobs_jax.graph.linen_model import call_convention, wrap
+
+    if (getattr(model, "arch", None) is None and not hasattr(type(model), "NAME_STACK_ROOTS")
+            and ("train", True) not in call_convention(model)):
+        model = wrap(model)
+    return model, variables, tuple(input_shape)
+
+
+def count(model: Any, variables: Any = None, input_shape: tuple[int, ...] | None = None,
+          dtype=jnp.float32) -> CostReport:
     """MACs per example (of ``input_shape[0]`` examples) and parameters of ``model``.
 
     Args:
-      model: a Flax module called as ``model.apply(variables, x, train=False)``.
+      model: a Flax module called as ``model.apply(variables, x, train=False)``, a
+        :class:`~hobs_jax.models.Prunable` (then ``variables`` and ``input_shape`` default
+        to its own), a ``(module, variables)`` pair, or an NNX module.
       variables: arrays or ``jax.ShapeDtypeStruct`` leaves (nothing is allocated).
       input_shape: NHWC input shape including the batch axis.
 
@@ -138,6 +168,7 @@ def count(model: Any, variables: Any, input_shape: tuple[int, ...], dtype=jnp.fl
     it is memoized on those (tracing a ResNet-56 takes ~0.6 s; pruning pipelines count
     the same dense model again and again). Unhashable modules are counted every time.
     """
+    model, variables, input_shape = _resolve(model, variables, input_shape)
     leaves, treedef = jax.tree_util.tree_flatten(variables)
     key = (model, tuple(input_shape), jnp.dtype(dtype).name, treedef,
            tuple((tuple(x.shape), jnp.dtype(x.dtype).name) for x in leaves))
@@ -161,7 +192,8 @@ def _count(model: Any, variables: Any, input_shape: tuple[int, ...], dtype) -> C
     closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
     layers: list[LayerCost] = []
     _walk(closed.jaxpr, "", layers)
-    layers = [LayerCost(_strip_root(l.path), l.kind, l.macs // batch, l.valid_macs // batch)
+    roots = getattr(type(model), "NAME_STACK_ROOTS", 1)
+    layers = [LayerCost(_strip_root(l.path, roots), l.kind, l.macs // batch, l.valid_macs // batch)
               for l in layers]
     return CostReport(sum(l.macs for l in layers), count_params(variables), tuple(layers))
 

@@ -19,9 +19,17 @@ self_attention/out               out_proj.weight [D, h*dv]           -> [h, dv, 
 ``num_batches_tracked`` has no Flax counterpart: it is accepted on import and written as
 0 on export (it only matters for torch's momentum=None training mode).
 
-Every conversion is strict: a missing, unexpected or mis-shaped key raises a one-line
-``ValueError`` naming the key, before anything is returned (never a partial load).
+Every conversion is strict: missing, unexpected and mis-shaped keys raise one one-line
+``ValueError`` naming every such key, before anything is returned (never a partial load).
 Torch files are read only with ``torch.load(..., weights_only=True)``.
+
+**Your own checkpoints.** A state_dict whose names differ from torchvision's converts
+with key-renaming rules, ``torch_to_flax(name, sd, rename=...)``: regular expressions
+applied in order to every key (``re.sub``), or the name of a preset of :data:`RENAMES`
+(``"dataparallel"``: the ``module.`` prefix ``nn.DataParallel`` /
+``DistributedDataParallel`` save under; ``"cifar_shortcut"``: the CIFAR ResNets of
+``pytorch_resnet_cifar10`` and its many copies, whose projection is ``shortcut.0`` /
+``shortcut.1`` and classifier ``linear``). Two keys renamed to one name are refused.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import collections
 import os
 import re
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import jax
 import numpy as np
@@ -41,6 +49,52 @@ from hobs_jax import models
 from parity.torch_models import build_torch, resize_to
 
 _ATTN = ("query", "key", "value", "out")
+
+RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "dataparallel": ((r"^module\.", ""),),
+    "cifar_shortcut": ((r"\.shortcut\.", ".downsample."), (r"^linear\.", "fc.")),
+}
+Rules = Union[str, Sequence[Union[str, tuple[str, str]]], Callable[[str], str], None]
+
+
+def _rules(rename: Rules) -> list[Callable[[str], str]]:
+    if rename is None:
+        return []
+    if callable(rename):
+        return [rename]
+    if isinstance(rename, str):
+        rename = [rename]
+    out: list[Callable[[str], str]] = []
+    for r in rename:
+        if isinstance(r, str):
+            if r not in RENAMES:
+                raise ValueError(f"unknown renaming preset {r!r}; presets: {', '.join(sorted(RENAMES))}")
+            out.extend(_rules(list(RENAMES[r])))
+        elif isinstance(r, (tuple, list)) and len(r) == 2:
+            try:
+                pat = re.compile(r[0])
+            except re.error as e:
+                raise ValueError(f"renaming rule {r!r}: bad pattern ({e})") from None
+            out.append(lambda k, pat=pat, repl=r[1]: pat.sub(repl, k))
+        else:
+            raise ValueError(f"renaming rule {r!r}: use (pattern, replacement), a preset name or a function")
+    return out
+
+
+def rename_keys(sd: Mapping[str, Any], rename: Rules) -> dict[str, Any]:
+    """``sd`` with every key passed through the rules (module docstring), in order; two
+    keys that end up with one name raise a one-line error naming both."""
+    rules = _rules(rename)
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in sd.items():
+        new = key
+        for rule in rules:
+            new = rule(new)
+        if new in out:
+            raise ValueError(f"renaming maps both {origin[new]!r} and {key!r} to {new!r}")
+        out[new], origin[new] = value, key
+    return out
 
 
 def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
@@ -208,45 +262,81 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def torch_to_flax(name: str, source: nn.Module | Mapping[str, torch.Tensor], *,
-                  widths: Mapping[str, int] | None = None) -> tuple[Any, dict]:
+                  widths: Mapping[str, int] | None = None, rename: Rules = None) -> tuple[Any, dict]:
     """Convert a torch model (or its ``state_dict``) of zoo model ``name`` to Flax.
 
     Widths, classes and input channels are read off the tensors, so pruned models
     convert too (a ViT given as a bare ``state_dict`` with non-default head counts needs
-    ``widths``). Returns ``(flax_model, variables)`` with numpy leaves of the source dtype.
+    ``widths``). ``rename``: key-renaming rules for state_dicts named otherwise than
+    torchvision (module docstring). Returns ``(flax_model, variables)`` with numpy
+    leaves of the source dtype; every missing, unexpected or mis-shaped key is named in
+    one ``ValueError`` first.
     """
     sd = source.state_dict() if isinstance(source, nn.Module) else source
-    sd = {k: _numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in sd.items()}
+    sd = rename_keys({k: _numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in sd.items()},
+                     rename)
     layouts = _attention_layouts(name, source, sd, widths)
     default = models.build(name)
     structure = _flat(jax.eval_shape(lambda: models.init(default, jax.random.key(0),
                                                          models.input_shape(name, 1))))
-    converted, used = {}, set()
+    converted, used, missing, bad = {}, set(), [], []
+    torch_key = {}
     for path, leaf in structure.items():
         key, kind = _torch_key(path, leaf.ndim)
+        torch_key[path] = key
         if key not in sd:
-            raise ValueError(f"{name}: torch state_dict is missing key {key!r}")
-        layout = layouts.get(key.rsplit(".", 2)[0] if "out_proj" in key else key.rsplit(".", 1)[0])
-        converted[path] = _to_flax_leaf(kind, sd[key], layout, key)
+            missing.append(key)
+            continue
         used.add(key)
+        layout = layouts.get(key.rsplit(".", 2)[0] if "out_proj" in key else key.rsplit(".", 1)[0])
+        try:
+            converted[path] = _to_flax_leaf(kind, sd[key], layout, key)
+        except ValueError as e:
+            bad.append(str(e))
     bn_counters = {k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in used if k.endswith("running_mean")}
     unexpected = sorted(set(sd) - used - bn_counters)
+    if not missing and not bad:
+        bad.extend(_shape_conflicts(name, converted, torch_key, source))
+    problems = []
+    if missing:
+        problems.append("missing key(s) " + ", ".join(repr(k) for k in sorted(dict.fromkeys(missing))))
     if unexpected:
-        raise ValueError(f"{name}: unexpected key(s) in torch state_dict: {', '.join(unexpected[:5])}"
-                         + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""))
+        problems.append("unexpected key(s) " + ", ".join(repr(k) for k in unexpected))
+    if bad:
+        problems.append("mis-shaped " + "; ".join(bad))
+    if problems:
+        raise ValueError(f"{name}: torch state_dict does not match: " + "; ".join(problems))
     variables = _unflat(converted)
     found_widths, nc, ic = models.infer_widths(name, variables)
     kw = {"scale_dim": _scale_dim(name, source)} if models.get_entry(name).family == "vit" else {}
-    model = models.build(name, widths=found_widths, num_classes=nc, in_channels=ic, **kw)
+    return models.build(name, widths=found_widths, num_classes=nc, in_channels=ic, **kw), variables
+
+
+def _shape_conflicts(name: str, converted: Mapping, torch_key: Mapping, source) -> list[str]:
+    """Every converted leaf whose shape does not fit the model at the widths most of
+    the arrays agree on (each width entry's most common size), as torch keys."""
+    out = []
+    widths: dict[str, int] = {}
+    for entry, axes in models.width_axes(name).items():
+        sizes = [(converted[(col,) + path].shape[axis], (col,) + path) for col, path, axis in axes
+                 if (col,) + path in converted]
+        if not sizes:
+            continue
+        common = collections.Counter(s for s, _ in sizes).most_common(1)[0][0]
+        widths[entry] = common
+    nc, ic = widths.pop("@num_classes", None), widths.pop("@in_channels", None)
+    kw = {"scale_dim": _scale_dim(name, source)} if models.get_entry(name).family == "vit" else {}
+    try:
+        model = models.build(name, widths=widths, num_classes=nc, in_channels=ic, **kw)
+    except ValueError as e:
+        return [str(e)]
     expected = _flat(jax.eval_shape(lambda: models.init(model, jax.random.key(0),
                                                         models.input_shape(name, 1, in_channels=ic))))
     for path, leaf in expected.items():
         got = converted[path].shape
         if tuple(got) != tuple(leaf.shape):
-            key = _torch_key(path, leaf.ndim)[0]
-            raise ValueError(f"{name}: torch key {key!r} converts to shape {tuple(got)}, "
-                             f"but the model at these widths expects {tuple(leaf.shape)}")
-    return model, variables
+            out.append(f"{torch_key[path]!r} converts to shape {tuple(got)}, the model expects {tuple(leaf.shape)}")
+    return out
 
 
 def _scale_dim(name: str, source: Any) -> int:

@@ -103,7 +103,7 @@ def test_unknown_options_and_wrong_types_name_the_option():
         ("finetune.kd.temprature", "2", "--config.finetune.kd.temprature: no such option; did you mean "
                                         "--config.finetune.kd.temperature?"),
         ("benchmark.zzz", "1", "--config.benchmark.zzz: no such option; --config.benchmark has "
-                               "batch_sizes, iters, warmup"),
+                               "batch_sizes, clock, iters, rounds, runtimes, threads, warmup"),
         ("train.steps", "1.5", "--config.train.steps=1.5: expected an int"),
         ("prune.target", "half", "--config.prune.target=half: expected a number"),
         ("finetune.progress", "maybe", "--config.finetune.progress=maybe: expected true or false"),
@@ -285,7 +285,7 @@ def test_bad_initial_weights_stop_the_run_before_it_writes(tmp_path):
     before = _tree(root)
     c = _tiny(**{"init.kind": "checkpoint", "init.path": os.path.join(REPO_ROOT, "checkpoints/resnet56_fmnist")})
     assert _one_line_error(run, c, str(root)) == \
-        f"init.path={c.init.path!r} holds a 'resnet56', but model='resnet20'"
+        f"init.path={c.init.path!r} holds a 'resnet56', but the config's model is 'resnet20'"
     assert _tree(root) == before and sorted(os.listdir(root)) == ["keep.txt"]
 
 
@@ -373,7 +373,7 @@ def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
 
 def test_nan_statistics_stop_pruning_with_the_layer_named_before_anything_is_written(tmp_path):
     from hobs_jax import export, models
-    from hobs_jax.methods.obs_math import robust_inverse
+    from hobs_jax.obs import robust_inverse
 
     model = models.build("resnet20", num_classes=10, in_channels=1)
     variables = models.random_variables(model, (1, 16, 16, 1), seed=0)

@@ -123,12 +123,18 @@ def test_plan_for_another_model_or_widths_is_refused(r20):
         G.PrunePlan.from_json("{oops")
 
 
-def test_apply_plan_needs_a_zoo_model():
+def test_apply_plan_rebuilds_a_module_outside_the_zoo():
+    """No width field: the module's own __call__ runs at the sliced widths."""
     m = _FlattenNet()
     v = m.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
     g = G.build_graph(m, v, (1, 4, 4, 2), apply_kwargs={})
-    with pytest.raises(ValueError, match=r"apply_plan needs a zoo model .* _FlattenNet is not one"):
-        G.apply_plan(m, v, G.random_plan(g, 0), graph=g)
+    assert g.model == "tests.test_graph_plan._FlattenNet"
+    plan = G.make_plan(g, {g.prunable[0].id: (0, 2, 5)})
+    small, sv = G.apply_plan(m, v, plan, graph=g)
+    assert sv["params"]["conv"]["kernel"].shape == (3, 3, 2, 3) and sv["params"]["fc"]["kernel"].shape == (48, 5)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 2))
+    y, ref = small.apply(sv, x), m.apply(G.mask_variables(g, v, plan), x)
+    assert float(jnp.abs(y - ref).max()) <= 1e-5 * float(jnp.abs(ref).max())
 
 
 # -- modules outside the zoo -----------------------------------------------------------
@@ -217,7 +223,9 @@ def _masked_equals_rebuilt(module, rebuild, shape, seed=0):
     sliced variables must equal the original on the masked variables."""
     x = jax.random.normal(jax.random.key(seed), shape)
     v = module.init(jax.random.key(seed + 1), x)
-    g = G.build_graph(module, v, shape, apply_kwargs={})
+    # probe=False: these modules are rebuilt from their fields here (the rules under test),
+    # not by running them at sliced widths.
+    g = G.build_graph(module, v, shape, apply_kwargs={}, probe=False)
     plan = G.random_plan(g, seed=seed + 2, min_ratio=0.4, max_ratio=0.8)
     sliced = G.slice_variables(g, v, plan)
     sizes = {grp.id: len(plan.kept(grp.id) or range(grp.size)) for grp in g.groups}
@@ -259,6 +267,15 @@ def test_packed_attention_heads_and_head_dims():
     dim_q = next(m for m in g.prunable[1].members if m.name == "q/kernel").index_map
     assert (heads_q.block, heads_q.stride) == (4, 4)
     assert (dim_q.stride, dim_q.repeat, dim_q.repeat_stride) == (1, 3, 4)
+    # Its reshape reads the head count and dims from fields, which a rebuild from the
+    # variables cannot change: probed, those groups are listed as not prunable, with
+    # the layer and the error.
+    m = _PackedAttention()
+    v = m.init(jax.random.key(0), jnp.zeros((2, 6, 8)))
+    probed = G.build_graph(m, v, (2, 6, 8), apply_kwargs={})
+    heads = next(grp for grp in probed.groups if grp.size == 3 and grp.kind == "heads")
+    assert not heads.prunable and heads.reason.startswith("not followable: ")
+    assert "at layer _PackedAttention: TypeError: cannot reshape" in heads.reason, heads.reason
 
 
 def test_unsupported_primitive_makes_its_group_non_prunable():
@@ -271,7 +288,7 @@ def test_unsupported_primitive_makes_its_group_non_prunable():
     assert side.prunable
     with pytest.raises(ValueError, match=rf"group {conv.id} \(params/conv/kernel axis 3\) is not prunable: "
                                          r"unsupported primitive 'fft' at mixer"):
-        G.slice_variables(g, v, G.PrunePlan(None, g.fingerprint, {conv.id: (0, 1)}))
+        G.slice_variables(g, v, G.PrunePlan(g.model, g.fingerprint, {conv.id: (0, 1)}))
     with pytest.raises(ValueError, match=rf"group {conv.id} \(6 channels at conv/kernel axis 3\): "
                                          r"unsupported primitive 'fft' at mixer"):
         G.build_graph(m, v, (1, 4, 4, 2), apply_kwargs={}, strict=True)
@@ -282,7 +299,7 @@ def test_reshape_that_mixes_channels_is_not_prunable():
     v = m.init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
     g = G.build_graph(m, v, (1, 4, 4, 2), apply_kwargs={})
     conv = next(grp for grp in g.groups if grp.members[0].name == "conv/kernel" and grp.size == 6)
-    assert not conv.prunable and conv.reason.startswith("reshape at <top> mixes axes")
+    assert not conv.prunable and conv.reason.startswith("reshape at _MixNet mixes axes")
     assert not g.prunable or all(grp.members[0].name != "conv/kernel" for grp in g.prunable)
 
 

@@ -143,9 +143,15 @@ def test_bad_options(method, options, needle):
 
 
 def test_udfc_refuses_non_relu_and_bn_free_models():
+    """The ReLU requirement is read from the graph (graph.activations), not the name."""
+    from hobs_jax.graph import build_graph
+
     task = _task("udfc")
-    with pytest.raises(ValueError, match="'mobilenet_v2' is not a ReLU network"):
-        run("udfc", dataclasses.replace(task, model_name="mobilenet_v2"))
+    assert task.graph.activations == ("relu",)
+    mbv2 = build_graph("mobilenet_v2", input_shape=(1, 32, 32, 3))
+    assert mbv2.activations == ("clip",)  # ReLU6
+    with pytest.raises(ValueError, match=r"udfc: resnet20 applies clip to its channels, not ReLU alone"):
+        run("udfc", dataclasses.replace(task, graph=mbv2))
     no_bn = {"params": task.variables["params"]}
     with pytest.raises(ValueError, match="no batch_stats"):
         run("udfc", dataclasses.replace(task, variables=no_bn))

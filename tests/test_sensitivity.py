@@ -197,10 +197,10 @@ def test_bad_input_is_a_one_line_error(ckpt, tmp_path, capsys):
     x = np.zeros((4, SIZE, SIZE, 1), np.float32)
     y = np.zeros(4, np.int32)
     with pytest.raises(ValueError, match=r"keep ratios must be .* in \(0, 1\]"):
-        S.analyze(model, v, "resnet20", x, y, ratios=(1.0, 0.0))
+        S.analyze(model, v, x, y, ratios=(1.0, 0.0))
     with pytest.raises(ValueError, match=r"labels have shape \(3,\)"):
-        S.analyze(model, v, "resnet20", x, y[:3])
+        S.analyze(model, v, x, y[:3])
     with pytest.raises(ValueError, match="floating point"):
-        S.analyze(model, v, "resnet20", x.astype(np.uint8), y)
+        S.analyze(model, v, x.astype(np.uint8), y)
     with pytest.raises(ValueError, match=r"target=1.0"):
-        S.analyze(model, v, "resnet20", x, y, target=1.0)
+        S.analyze(model, v, x, y, target=1.0)

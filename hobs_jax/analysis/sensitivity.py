@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax import obs
-from hobs_jax.graph import Graph, build_graph, group_l2_scores, layout_channels, layout_indices, mask_variables
+from hobs_jax.graph import Graph, group_l2_scores, layout_channels, layout_indices, mask_variables
 from hobs_jax.methods import group_roles
 from hobs_jax.obs import HessianStats, SolvedLayers, blas_threads, check_images, compensate
 from hobs_jax.stats.layers import capture_outputs, trace_layers
@@ -251,14 +251,16 @@ def feature_errors(model, variables: Mapping, graph: Graph, plans: Mapping[str, 
     return out
 
 
-def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labels: np.ndarray, *,
+def analyze(model, variables: Mapping | None, images: np.ndarray, labels: np.ndarray, *,
             target: float = 0.5, batch_size: int = 256, fisher_examples: int = 256,
             feature_examples: int = 128, ratios: Sequence[float] = RATIOS, damp: float = 0.01,
             progress: bool = True) -> dict:
     """Everything ``sensitivity.json`` holds (see module docstring).
 
     Args:
-      model, variables, model_name: a zoo network (``model_name`` its registry name).
+      model, variables: any network: a zoo name or module with its variables, a user's
+        linen module with its variables, an NNX module or a
+        :class:`~hobs_jax.models.Prunable` (``variables`` None: its own).
       images: [N, H, W, C] float32 calibration images; labels: [N] int.
       target: kept MACs fraction of the Fig. 1 networks, in (0, 1).
       batch_size: calibration batch; fisher_examples / feature_examples: the first that
@@ -270,6 +272,7 @@ def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labe
       has consumers)], "feature_error": {target, macs_ratio, layers, hobs, hobs_nocomp,
       magnitude}, "timings": seconds per phase}.
     """
+    from hobs_jax.graph import as_prunable, graph_of
     from hobs_jax.methods import Calibration, prune
 
     if isinstance(target, bool) or not 0.0 < float(target) < 1.0:
@@ -284,9 +287,11 @@ def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labe
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"labels have shape {labels.shape}, expected ({len(images)},)")
+    p = as_prunable(model, variables, input_shape)
+    model, variables = p.module, p.variables
     times = {}
     t0 = time.perf_counter()
-    graph = build_graph(model, variables, input_shape, name=model_name)
+    graph = graph_of(p)
     infos = trace_layers(model, variables, input_shape)
     need = sorted({s.layer.path for r in group_roles(graph, infos).values() for s in r.consumers})
     stats = obs.layer_hessians(model, variables, images, paths=need, batch_size=batch_size, progress=progress,
@@ -307,9 +312,8 @@ def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labe
     t0 = time.perf_counter()
     calib = Calibration(images, labels)
     opts = dict(allocation="uniform", damp=damp, progress=progress, calib_batch_size=batch_size)
-    hobs = prune("hobs", model_name, variables, target=target, calib=calib, options=opts)
-    mag = prune("magnitude", model_name, variables, target=target, options=dict(allocation="uniform"),
-                input_shape=input_shape)
+    hobs = prune("hobs", p, target=target, calib=calib, options=opts)
+    mag = prune("magnitude", p, target=target, options=dict(allocation="uniform"), input_shape=input_shape)
     plans = {"hobs": (hobs.outcome.plan, hobs.outcome.variables),
              "hobs_nocomp": (hobs.outcome.plan, variables),
              "magnitude": (mag.outcome.plan, variables)}
@@ -324,7 +328,7 @@ def analyze(model, variables: Mapping, model_name: str, images: np.ndarray, labe
         if g.id in curves:
             entry.update({k: curves[g.id][k] for k in ("consumers", "keep", "compensated") + CURVES})
         groups.append(entry)
-    return {"schema": SCHEMA_VERSION, "model": model_name, "calibration_images": int(len(images)),
+    return {"schema": SCHEMA_VERSION, "model": p.label, "calibration_images": int(len(images)),
             "input_shape": list(input_shape[1:]), "ratios": list(ratios), "damp": damp,
             "fisher_examples": int(min(fisher_examples, len(images))), "groups": groups,
             "feature_error": {"target": target, "macs_ratio": hobs.macs_ratio,
@@ -488,7 +492,7 @@ def run(a: argparse.Namespace) -> list[str]:
     n = min(a.calib, src.size("train"))
     idx = np.sort(np.random.default_rng(a.seed).permutation(src.size("train"))[:n])
     images, labels = src.batch("train", idx, train=False)
-    result = analyze(model, variables, meta["model"], np.asarray(images, np.float32), np.asarray(labels),
+    result = analyze(model, variables, np.asarray(images, np.float32), np.asarray(labels),
                      target=a.target, batch_size=a.batch_size, fisher_examples=a.fisher_examples,
                      feature_examples=a.feature_examples, damp=a.damp, progress=not a.no_progress)
     result["checkpoint"] = os.path.relpath(a.checkpoint) if not os.path.isabs(a.checkpoint) else a.checkpoint

@@ -29,7 +29,6 @@ class TorchBackend(Backend):
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         self._modules: dict[str, torch.nn.Module] = {}
-        self._compiled = 0
 
     def framework_info(self) -> dict:
         info = {"cuda": torch.cuda.is_available(), "threads_used": torch.get_num_threads()}
@@ -67,13 +66,11 @@ class TorchBackend(Backend):
         if runtime == "torch":
             fn = module
         elif runtime == "torch-compile":
-            # One compiled graph per configuration (static shapes, like XLA); the guard
-            # cache must hold every configuration of this process or dynamo silently
-            # falls back to eager for the later ones.
-            self._compiled += 1
-            cfg = torch._dynamo.config
-            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-            setattr(cfg, limit, max(getattr(cfg, limit), 64, 2 * self._compiled))
+            # One compiled graph per configuration (static shapes, like XLA). The
+            # previous configuration's graph is dropped first (public reset), so
+            # dynamo's per-function recompile limit never turns a later
+            # configuration into a silent eager fallback.
+            torch.compiler.reset()
             fn = torch.compile(module, dynamic=False)
         elif runtime == "tensorrt":
             if dev.type != "cuda":

@@ -124,23 +124,50 @@ class TrainLoader:
             return LoaderPosition(pos.epoch + 1, 0)
         return LoaderPosition(pos.epoch, pos.step + 1)
 
-    def _indices(self, pos: LoaderPosition) -> np.ndarray:
+    def global_indices(self, pos: LoaderPosition) -> np.ndarray:
+        """Example indices (into the split) of the *global* batch at ``pos``: int64 [B]."""
         cache = self._perm_cache
         if cache is None or cache[0] != pos.epoch:
             cache = (pos.epoch, epoch_permutation(self.seed, pos.epoch, self.num_examples))
             self._perm_cache = cache
         start = pos.step * self.batch_size
-        return cache[1][start:start + self.batch_size][self._slice]
+        return cache[1][start:start + self.batch_size]
+
+    def _indices(self, pos: LoaderPosition) -> np.ndarray:
+        """This host's slice of :meth:`global_indices`."""
+        return self.global_indices(pos)[self._slice]
+
+    def global_noise(self, pos: LoaderPosition) -> np.ndarray | None:
+        """Augmentation noise of the *global* batch at ``pos``: float64 [B, noise_dim], or
+        None without augmentation. Row i belongs to ``global_indices(pos)[i]``."""
+        if not self.augment:
+            return None
+        rng = np.random.default_rng([self.seed, pos.epoch, pos.step, 0xA06])
+        return rng.random((self.batch_size, self.source.preprocess.noise_dim))
+
+    def read(self, indices: np.ndarray, noise: np.ndarray | None) -> Batch:
+        """This host's slice of a global batch given by example ``indices`` [n] and their
+        augmentation ``noise`` rows [n, noise_dim] (as ``global_indices``/``global_noise``
+        return them; None without augmentation). ``n`` must be divisible by the process
+        count; host p gets rows [p n / P, (p + 1) n / P).
+
+        The same (index, noise row) gives the same bytes as when :meth:`make_batch` read it,
+        so a consumer that selects examples from several batches (AST sample selection) can
+        re-assemble any of them into a new batch on every host, whatever the host count.
+        """
+        indices = np.asarray(indices, np.int64)
+        part = self._slice if len(indices) == self.batch_size else _local_slice(
+            len(indices), self.process_index, self.process_count)
+        if self.augment and (noise is None or len(noise) != len(indices)):
+            raise ValueError("read: training augmentation needs one noise row per index")
+        local_noise = noise[part] if self.augment else None
+        images, labels = self.source.batch(self.split, indices[part], train=self.augment,
+                                           noise=local_noise)
+        return {"image": images, "label": labels}
 
     def make_batch(self, pos: LoaderPosition) -> Batch:
         """The local batch at ``pos`` (pure: same bytes for the same seed and position)."""
-        indices = self._indices(pos)
-        noise = None
-        if self.augment:
-            rng = np.random.default_rng([self.seed, pos.epoch, pos.step, 0xA06])
-            noise = rng.random((self.batch_size, self.source.preprocess.noise_dim))[self._slice]
-        images, labels = self.source.batch(self.split, indices, train=self.augment, noise=noise)
-        return {"image": images, "label": labels}
+        return self.read(self.global_indices(pos), self.global_noise(pos))
 
     def __iter__(self) -> Iterator[Batch]:
         return self

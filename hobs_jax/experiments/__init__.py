@@ -1,1 +1,2 @@
-"""Experiments as library code (the modules of this package; see each module's doc)."""
+"""Experiments: sweeps over the training engine and the pipeline whose results go to
+docs/results (one module per experiment, each runnable with ``python -m``)."""

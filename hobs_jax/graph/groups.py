@@ -191,6 +191,10 @@ class Group:
       kind: "residual", "heads", "head_dim" or "channels".
       anchor: (collection, path, axis, k): the group is the k-th group in the layout of
         its first member axis; finds the same group in a pruned copy of the network.
+      activations: the nonlinearities applied to these channels in the forward pass
+        ("relu", "clip" (a max/min with a constant other than 0: ReLU6), "sigmoid",
+        "erf" (exact GELU), "mul" (a product of two activations: SiLU, SE gates), ...),
+        read off the jaxpr; affine steps (BN, bias, scaling) are not listed.
     """
 
     id: int
@@ -202,6 +206,7 @@ class Group:
     notes: tuple[str, ...] = ()
     kind: str = "channels"
     anchor: tuple = ()
+    activations: tuple[str, ...] = ()
 
     @property
     def mask_exact(self) -> bool:
@@ -219,20 +224,44 @@ class Group:
 
 
 @dataclasses.dataclass(frozen=True)
+class OpCost:
+    """One multiply-accumulating op of the traced network (a convolution or a
+    ``dot_general``) as a product of axis sizes: its MACs per example are
+    ``const * prod(layout.size for layout in factors)``, counted as :mod:`hobs_jax.macs`
+    counts them (output elements times the contracted size, padding taps included).
+
+    ``factors`` are the layouts of the op's channel-bearing axes (output axes and
+    contracted axes); every other axis (spatial, kernel window, batch) is folded into
+    ``const``. Replacing each group's size by its kept count gives the op's cost after
+    pruning, including concatenations (a sum of groups) and splits, which a product of
+    powers cannot express (:func:`hobs_jax.allocation.build_cost_model`)."""
+
+    path: str
+    kind: str  # "conv" | "dot"
+    const: int
+    factors: tuple["Layout", ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Graph:
     """The channel groups of one model at one set of widths.
 
     Attributes:
-      model: zoo name, or None for another Flax module.
+      model: zoo name, or the module's class (``package.module.Class``) for another Flax
+        module (None when traced as a bare function).
       input_shape: the traced input shape (NHWC for the zoo).
       groups: every channel group, in id order (prunable or not).
       axes: the layout of every variable axis that holds a group.
+      ops: the convolutions and dot products with their sizes in group terms (costs).
+      zoo: whether ``model`` is a zoo name (its groups then name width entries).
     """
 
     model: str | None
     input_shape: tuple[int, ...]
     groups: tuple[Group, ...]
     axes: tuple[VarAxis, ...]
+    ops: tuple[OpCost, ...] = ()
+    zoo: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -245,6 +274,12 @@ class Graph:
     @property
     def prunable(self) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.prunable)
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """Every nonlinearity applied to the network's channel groups (sorted): ``("relu",)``
+        for a ReLU network (the fact UDFC's closed form needs)."""
+        return tuple(sorted({a for g in self.groups for a in g.activations}))
 
     @property
     def channels(self) -> int:
@@ -287,6 +322,10 @@ class Graph:
             lines.append(f"{g.id:4d} size {g.size:5d} [{widths}] {status}{note}: {g.summary()}")
         lines.append(f"{len(self.prunable)} groups, {self.channels} channels")
         return "\n".join(lines)
+
+    def with_groups(self, groups: Sequence[Group]) -> "Graph":
+        """The same graph with ``groups`` replacing its groups (ids and members unchanged)."""
+        return dataclasses.replace(self, groups=tuple(groups))
 
 
 def members_by_group(axes: Iterable[VarAxis], sizes: Sequence[int]) -> list[tuple[Member, ...]]:

@@ -24,7 +24,8 @@ reshape                               row-major factor alignment (merge = produc
                                       product decomposition; boundaries that do not divide
                                       -> opaque)
 broadcast_in_dim, squeeze, transpose  axes follow the dimension maps; new axes fresh
-concatenate, split, slice, pad        sum decompositions with offsets (strided -> opaque)
+concatenate, split, slice, pad        sum decompositions with offsets; equal parts of a split
+                                      are tied; fixed cut points and pad pieces -> opaque
 dynamic_slice, gather, ...            full-size axes pass; indexed axes opaque
 iota, rng                             fresh (iota's counting axis opaque)
 ====================================  =====================================================
@@ -116,12 +117,52 @@ def _broadcast(ctx: RuleContext, eqn, ins: list, shape: tuple[int, ...]) -> Axes
     return tuple(out)
 
 
+NONLINEAR = {"logistic": "sigmoid", "tanh": "tanh", "erf": "erf", "erfc": "erf", "exp": "exp", "exp2": "exp",
+             "expm1": "exp", "log": "log", "log1p": "log", "integer_pow": "pow", "pow": "pow", "square": "pow",
+             "sqrt": "sqrt", "rsqrt": "sqrt", "cbrt": "pow", "abs": "abs", "sign": "sign", "sin": "sin",
+             "cos": "sin", "select_n": "select", "round": "round", "floor": "round", "ceil": "round"}
+
+
+def _constant(v):
+    """The scalar value of a literal operand, or None."""
+    val = getattr(v, "val", None)
+    if val is None or getattr(v.aval, "shape", ()) not in ((), None):
+        return None
+    try:
+        return float(val)
+    except (TypeError, ValueError):
+        return None
+
+
+def activation_kind(ctx: RuleContext, eqn) -> str | None:
+    """The nonlinearity an element-wise equation applies to the network's activations
+    ("relu" for ``max(x, 0)``, "clip" for a max/min with another constant, "sigmoid",
+    "erf", "mul" for a product of two activations, ...), None for affine steps (add,
+    subtract, scale by a parameter or a constant) and for equations on parameters only."""
+    name = eqn.primitive.name
+    if not any(ctx.act):
+        return None
+    if name in ("max", "min"):
+        consts = [_constant(v) for v, a in zip(eqn.invars, ctx.act) if not a]
+        if not consts or sum(ctx.act) >= 2:
+            return name
+        return "relu" if name == "max" and consts[0] == 0.0 else "clip"
+    if name in ("mul", "div") and sum(ctx.act) >= 2:
+        return name
+    if name == "clamp":
+        return "clip"
+    return NONLINEAR.get(name)
+
+
 @rule(*ELEMENTWISE)
 def elementwise(ctx: RuleContext, eqn, ins: list) -> list:
     shape = _shape(eqn.outvars[0])
     if any(len(a) not in (0, len(shape)) for a in ins):
         return unsupported(ctx, eqn, ins)
     out = _broadcast(ctx, eqn, ins, shape)
+    kind = activation_kind(ctx, eqn)
+    if kind is not None and out:
+        ctx.table.tag(out[-1], "act", kind)
     if eqn.primitive.name in ("add", "sub") and sum(ctx.act) >= 2:
         full = [a for a, v, act in zip(ins, eqn.invars, ctx.act) if act and _shape(v) == shape]
         if len(full) >= 2 and len(shape) >= 2:  # a residual join of two feature maps
@@ -320,12 +361,36 @@ def concatenate(ctx: RuleContext, eqn, ins: list) -> list:
 
 
 def _take_piece(ctx: RuleContext, space, size: int, start: int, length: int):
-    """The space of indices [start, start + length) of ``space`` (a sum piece)."""
+    """The space of indices [start, start + length) of ``space`` (a sum piece).
+
+    A piece that is one of ``size // length`` equal parts (``x[..., :n // 2]``) is taken
+    from a decomposition into those equal parts, all tied: the code cutting there most
+    likely computes the cut from the width, so every part must keep the same channels.
+    Any other cut is at an index fixed in the program; its pieces are tagged opaque
+    (pruning either side would move the cut)."""
     if start == 0 and length == size:
         return space
+    if space is None:
+        return None
+    if length >= 2 and size % length == 0 and start % length == 0:
+        parts = _equal_parts(ctx, space, size // length)
+        return parts[start // length]
     sizes = [s for s in (start, length, size - start - length) if s > 0]
-    parts = ctx.table.decompose(space, "sum", sizes, ctx.site) if space is not None else [None] * len(sizes)
+    parts = ctx.table.decompose(space, "sum", sizes, ctx.site)
+    ctx.opaque(list(parts), f"{ctx.site} cuts this axis at a fixed index ({start}:{start + length} of {size})")
     return parts[1 if start > 0 else 0]
+
+
+def _equal_parts(ctx: RuleContext, space, k: int) -> tuple:
+    """``space`` as a sum of ``k`` equal parts, all united (channel c of every part is one
+    channel): how ``jnp.split(x, k)`` / ``chunk`` must be pruned so the parts stay equal."""
+    size = ctx.table.size(space)
+    parts = ctx.table.decompose(space, "sum", [size // k] * k, ctx.site)
+    for p in parts[1:]:
+        ctx.union(parts[0], p)
+    if parts[0] is not None:
+        ctx.table.tag(parts[0], "role", "split")
+    return parts
 
 
 @rule("slice")
@@ -347,10 +412,17 @@ def slice_(ctx: RuleContext, eqn, ins: list) -> list:
 
 @rule("split")
 def split(ctx: RuleContext, eqn, ins: list) -> list:
-    d, sizes = eqn.params["axis"], eqn.params["sizes"]
+    """``jnp.split(x, k)`` into equal parts ties the parts (see :func:`_equal_parts`);
+    a split at explicit, unequal sizes cuts at fixed indices: its parts are opaque."""
+    d, sizes = eqn.params["axis"], tuple(eqn.params["sizes"])
     x = ins[0]
-    parts = (ctx.table.decompose(x[d], "sum", sizes, ctx.site) if x[d] is not None
-             else [None] * len(sizes))
+    if x[d] is None:
+        parts = [None] * len(sizes)
+    elif len(set(sizes)) == 1 and sizes[0] >= 2:
+        parts = _equal_parts(ctx, x[d], len(sizes))
+    else:
+        parts = ctx.table.decompose(x[d], "sum", sizes, ctx.site)
+        ctx.opaque(list(parts), f"{ctx.site} cuts this axis at fixed sizes {sizes}")
     return [tuple(parts[k] if i == d else s for i, s in enumerate(x)) for k in range(len(sizes))]
 
 
@@ -363,7 +435,9 @@ def pad(ctx: RuleContext, eqn, ins: list) -> list:
         if (lo, hi, interior) == (0, 0, 0):
             out.append(x[d])
         elif lo >= 0 and hi >= 0 and interior == 0:
-            pieces = [ctx.fresh(s) for s in (lo,) if s] + [x[d]] + [ctx.fresh(s) for s in (hi,) if s]
+            why = f"{ctx.site} adds a fixed number of entries to this axis"
+            pieces = ([ctx.fresh(lo, "opaque", why)] if lo else []) + [x[d]] + \
+                     ([ctx.fresh(hi, "opaque", why)] if hi else [])
             out.append(ctx.table.composite("sum", pieces, ctx.site))
         else:
             why = f"{ctx.site} with negative or interior padding"

@@ -29,7 +29,8 @@ Tags record why a class may not be pruned or is not a channel axis at all:
   mixing reshape, dynamic index); prunable never;
 * ``note``    - prunable, but worth knowing (a reduction over the channel axis: the pruned
   network is then not exactly the masked original, e.g. LayerNorm statistics);
-* ``role``    - descriptive: residual stream, attention heads, attention head dim.
+* ``role``    - descriptive: residual stream, attention heads, attention head dim;
+* ``act``     - a nonlinearity applied to these channels ("relu", "clip", "sigmoid", ...).
 
 Reference: the dependency-graph idea is DepGraph (Fang et al., "DepGraph: Towards Any
 Structural Pruning", CVPR 2023); this is an independent jaxpr-level formulation.
@@ -267,7 +268,7 @@ class SpaceTable:
                 if p is None:
                     continue
                 for t in self._tags.get(r, ()):
-                    if t.kind in BLOCKING:
+                    if t.kind in BLOCKING or t.kind == "act":
                         self.tag(p, t.kind, t.text)
                 if r in self._seen:
                     self.mark_seen(p, self._seen[r] + (i,))

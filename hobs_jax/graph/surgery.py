@@ -1,5 +1,5 @@
 """Surgery: apply a :class:`~hobs_jax.graph.plan.PrunePlan` to variables and rebuild the
-zoo model at its new widths - a real, smaller dense network.
+network at its new widths - a real, smaller dense network (zoo, linen or NNX).
 
 * :func:`slice_variables` works for any traced module: every variable axis that holds a
   group is indexed with the kept positions its layout gives (``np.take``; values are
@@ -16,25 +16,24 @@ zoo model at its new widths - a real, smaller dense network.
   float summation order) for every group whose :attr:`Group.mask_exact` is True; groups
   reduced over by a normalization (ViT's residual stream under LayerNorm: the mean and
   variance divide by the width) are not equivalent to masking, by nature.
-* :func:`apply_plan` needs a *zoo* model (by name or as a zoo module): widths come from
-  the registry (``models.build(name, widths=...)``). For other modules, slice the
-  variables and rebuild the module yourself.
+* :func:`apply_plan` slices and rebuilds through the network's
+  :class:`~hobs_jax.models.Prunable`: the zoo from its width entries, a user's linen
+  module by running its own ``__call__`` at the sliced widths, an NNX module by
+  replacing its arrays and layer attributes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hobs_jax.graph.groups import Graph, layout_channels, layout_groups, layout_indices
 from hobs_jax.graph.plan import PrunePlan, validate
-from hobs_jax.graph.trace import build_graph
-
-_SKIP_FIELDS = ("parent", "name", "widths", "num_classes", "in_channels")
+from hobs_jax.models.prunable import Prunable
 
 
 def _by_leaf(graph: Graph) -> dict[tuple, list]:
@@ -111,69 +110,109 @@ def zoo_name(model: nn.Module | str) -> str:
     arch = getattr(model, "arch", None)
     if arch in models.MODELS:
         return arch
-    raise ValueError(f"apply_plan needs a zoo model (by name or built by hobs_jax.models.build); "
-                     f"{type(model).__name__} is not one: slice its variables with slice_variables")
-
-
-def _extra_fields(name: str, model: nn.Module) -> dict:
-    """Constructor fields of ``model`` that differ from the registry's defaults (e.g.
-    ViT's ``scale_dim``), so the rebuilt model is configured identically."""
-    from hobs_jax import models
-
-    ref = models.build(name, widths=dict(model.widths), num_classes=model.num_classes,
-                       in_channels=model.in_channels)
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-            if f.name not in _SKIP_FIELDS and f.init and getattr(model, f.name) != getattr(ref, f.name)}
+    raise ValueError(f"{type(model).__name__} is not a zoo model (not built by hobs_jax.models.build)")
 
 
 def _flat_shapes(tree) -> dict[tuple, tuple]:
-    return {tuple(str(getattr(p, "key", p)) for p in path): tuple(leaf.shape)
+    return {tuple(str(getattr(p, "key", p)) for p in path): tuple(np.shape(leaf))
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def apply_plan(model: nn.Module | str, variables: Mapping, plan: PrunePlan, *,
-               graph: Graph | None = None) -> tuple[nn.Module, Any]:
-    """Prune a zoo model: ``(pruned_model, pruned_variables)``.
-
-    Args:
-      model: zoo name or zoo module (built by ``hobs_jax.models.build``). A name is built
-        at the widths ``variables`` have with default constructor fields; pass the module
-        when it was built with others (e.g. a ViT with a non-default ``scale_dim``).
-      variables: its variables (``params``, ``batch_stats``).
-      plan: a plan for this model's graph.
-      graph: the graph, if already built (saves a trace).
-    Returns:
-      the same model class built by ``models.build(name, widths=...)`` at the new widths
-      (other constructor fields carried over), and the sliced variables. An empty plan
-      returns ``model`` and ``variables`` themselves.
-    """
+def _check_zoo(p: Prunable, graph: Graph) -> None:
+    """Every sliced shape against the zoo model built at the new widths."""
     from hobs_jax import models
 
-    name = zoo_name(model)
-    if isinstance(model, str):
-        widths, nc, ic = models.infer_widths(name, variables)
-        model = models.build(name, widths=widths, num_classes=nc, in_channels=ic)
-    if graph is None:
-        graph = build_graph(model, variables, name=name)
-    validate(plan, graph)
-    if not plan.removes_any(graph):
-        return model, variables
-    widths = dict(model.widths)
-    for gid, idx in _removing(graph, plan).items():
-        g = graph.group(gid)
-        if not g.widths:
-            raise ValueError(f"group {gid} ({g.members[0].name} axis {g.members[0].axis}) sizes no width "
-                             f"entry of {name}; the zoo cannot rebuild it")
-        for entry in g.widths:
-            widths[entry] = len(idx)
-    new_vars = slice_variables(graph, variables, plan)
-    new_model = models.build(name, widths=widths, num_classes=model.num_classes,
-                             in_channels=model.in_channels, **_extra_fields(name, model))
     shape = (1,) + tuple(graph.input_shape[1:])
-    expected = _flat_shapes(jax.eval_shape(lambda: models.init(new_model, jax.random.key(0), shape)))
-    got = _flat_shapes(new_vars)
+    expected = _flat_shapes(jax.eval_shape(lambda: models.init(p.module, jax.random.key(0), shape)))
+    got = _flat_shapes(p.variables)
     for key, shp in expected.items():
         if got.get(key) != shp:
-            raise ValueError(f"{name}: pruned {'/'.join(key)} has shape {got.get(key)}, the model at the "
+            raise ValueError(f"{p.name}: pruned {'/'.join(key)} has shape {got.get(key)}, the model at the "
                              f"new widths expects {shp}")
-    return new_model, new_vars
+
+
+def _check_rebuilt(before: Prunable, p: Prunable, graph: Graph, plan: PrunePlan) -> None:
+    """The rebuilt network runs, gives outputs of the original's shape, and its graph
+    has every pruned group at its anchor with the kept size (one-line error naming the
+    layer otherwise)."""
+    from hobs_jax.graph.prunable import ROOTS, _abstract, _runs
+    from hobs_jax.graph.trace import trace_module
+
+    out = _runs(p.label, p.module, p.variables, p.input_shape, "rebuilt at the pruned widths fails")
+    ref = jax.eval_shape(lambda v, x: before.module.apply(v, x, train=False), _abstract(before.variables),
+                         jax.ShapeDtypeStruct(before.input_shape, jnp.float32))
+    if jax.tree.map(np.shape, out) != jax.tree.map(np.shape, ref):
+        raise ValueError(f"{p.label}: the pruned network's output has shape {jax.tree.map(np.shape, out)}, "
+                         f"the original's {jax.tree.map(np.shape, ref)}")
+    pg = trace_module(p.module, p.variables, p.input_shape, label=p.label, fixed=p.fixed, roots=ROOTS[p.kind],
+                      apply_kwargs={"train": False})
+    for gid, idx in _removing(graph, plan).items():
+        g = graph.group(gid)
+        h = pg.find_anchor(g.anchor)
+        if len(idx) > 1 and (h is None or h.size != len(idx)):
+            m = g.members[0]
+            raise ValueError(f"{p.label}: group {gid} keeps {len(idx)} channels but the rebuilt module has "
+                             f"{'none' if h is None else h.size} at {m.name} axis {m.axis}: its code does not "
+                             f"follow that width")
+
+
+def apply_plan(model: Any, variables: Any = None, plan: PrunePlan | None = None, *,
+               graph: Graph | None = None, input_shape=None):
+    """Prune a network: a real, smaller network at the kept widths.
+
+    Forms (the result mirrors the input):
+      * ``apply_plan(prunable, plan)`` -> the pruned :class:`~hobs_jax.models.Prunable`
+        (``apply_plan(prunable, variables, plan)`` slices ``variables`` instead of the
+        prunable's own, e.g. a method's compensated ones);
+      * ``apply_plan(module_or_zoo_name, variables, plan)`` -> ``(module, variables)``;
+      * ``apply_plan(nnx_module, plan)`` -> the pruned ``nnx.Module``.
+
+    Zoo models are rebuilt from their width entries (``models.build(name, widths=...)``,
+    other constructor fields such as ViT's ``scale_dim`` carried over) and every sliced
+    shape is checked against the rebuilt model; a user's linen module runs its own
+    ``__call__`` with each layer sized from its variables, an NNX module gets its arrays
+    and layer attributes replaced (:mod:`hobs_jax.graph.linen_model`,
+    :mod:`hobs_jax.graph.nnx_model`); the rebuilt network is checked to run and to
+    have every pruned group at the kept size. An empty plan returns the input itself.
+
+    Args:
+      graph: the graph of the network, if already built (saves a trace).
+      input_shape: the input shape of a module outside the zoo (default: the graph's).
+    """
+    from flax import nnx
+
+    from hobs_jax.graph.prunable import as_prunable, graph_of
+
+    form = "prunable" if isinstance(model, Prunable) else "nnx" if isinstance(model, nnx.Module) else "pair"
+    if plan is None and isinstance(variables, PrunePlan):
+        variables, plan = None, variables
+    if plan is None:
+        raise ValueError("apply_plan needs a plan")
+    if form == "pair" and variables is None:
+        raise ValueError("apply_plan(module, variables, plan): variables are required")
+    if input_shape is None and graph is not None and form != "prunable":
+        input_shape = graph.input_shape
+    p = as_prunable(model, None if form != "pair" else variables, input_shape)
+    if form == "prunable" and variables is not None:
+        p = p.with_variables(variables)
+    if graph is None:
+        graph = graph_of(p)
+    validate(plan, graph)
+    if not plan.removes_any(graph):
+        new = p
+    else:
+        for gid in _removing(graph, plan):
+            g = graph.group(gid)
+            if p.kind == "zoo" and not g.widths:
+                raise ValueError(f"group {gid} ({g.members[0].name} axis {g.members[0].axis}) sizes no width "
+                                 f"entry of {p.name}; the zoo cannot rebuild it")
+        new = p.rebuild(slice_variables(graph, p.variables, plan))
+        if p.kind == "zoo":
+            _check_zoo(new, graph)
+        else:
+            _check_rebuilt(p, new, graph, plan)
+    if form == "prunable":
+        return new
+    if form == "nnx":
+        return new.to_nnx() if new is not p else model
+    return (new.module, new.variables) if new is not p else (model, variables)

@@ -1,8 +1,15 @@
-"""Run a registered method on a zoo model in one call (what the pipeline's prune stage,
+"""Run a registered method on any network in one call (what the pipeline's prune stage,
 the contract test and the experiments use).
 
-    result = prune("hobs", "resnet56", variables, target=0.5, calib=calib)
+    result = prune("hobs", "resnet56", variables, target=0.5, calib=calib)      # zoo
+    result = prune("hobs", MyNet(), variables, target=0.5, calib=calib)         # any linen module
+    result = prune("hobs", my_nnx_net, target=0.5, calib=calib)                 # an NNX module
+    result = prune("hobs", prunable, target=0.5, calib=calib)                   # a Prunable
     result.model, result.variables, result.outcome.plan, result.macs_ratio
+    result.nnx                                                                   # NNX: the pruned module
+
+A module outside the zoo needs its input shape: ``input_shape=`` or, when calibration
+data is given, the shape of its images.
 """
 
 from __future__ import annotations
@@ -15,14 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hobs_jax import macs, models
+from hobs_jax import macs
 from hobs_jax.methods.base import Calibration, FinetuneFn, PruneOutcome, PruneTask
 from hobs_jax.methods.registry import get_method
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneResult:
-    """The pruned network and how it was obtained."""
+    """The pruned network and how it was obtained.
+
+    ``model`` / ``variables``: the pruned network as ``model.apply(variables, x)`` runs
+    it (a zoo module; for a user's linen module its adapter; for an NNX module its
+    adapter, see :attr:`nnx`); ``prunable`` the same as a
+    :class:`~hobs_jax.models.Prunable`."""
 
     model: Any
     variables: Mapping
@@ -30,33 +42,52 @@ class PruneResult:
     macs_ratio: float
     params_ratio: float
     task: PruneTask
+    prunable: Any = None
+
+    @property
+    def nnx(self):
+        """The pruned network as an ordinary ``nnx.Module`` (NNX networks only)."""
+        return self.prunable.to_nnx()
 
 
-def make_task(method: str, model_name: str, variables: Mapping, *, target: float,
+def make_task(method: str, model: Any, variables: Mapping | None = None, *, target: float,
               metric: str = "macs", round_to: int = 1, input_shape: tuple[int, ...] | None = None,
               calib: Calibration | None = None, options: Mapping | None = None, seed: int = 0,
               finetune: FinetuneFn | None = None, graph=None) -> PruneTask:
-    """A :class:`PruneTask` for ``method`` on zoo model ``model_name`` at the widths of
-    ``variables`` (graph and exact cost model built here unless ``graph`` is given)."""
+    """A :class:`PruneTask` for ``method`` on ``model`` (graph and exact cost model built
+    here unless ``graph`` is given).
+
+    ``model``: a zoo name (built at the widths of ``variables``), a zoo module, a linen
+    module with its ``variables``, an NNX module, a ``(module, variables)`` pair or a
+    :class:`~hobs_jax.models.Prunable`. ``input_shape`` defaults to the calibration
+    images' (one example), else the zoo's."""
     from hobs_jax.allocation import build_cost_model
-    from hobs_jax.graph import build_graph
+    from hobs_jax.graph import as_prunable, graph_of
 
     spec = get_method(method)
     if spec.needs_data and calib is None:
         raise ValueError(f"method {method!r} needs calibration data (calib=None given)")
-    widths, nc, ic = models.infer_widths(model_name, variables)
-    model = models.build(model_name, widths=widths, num_classes=nc, in_channels=ic)
-    if input_shape is None:
-        input_shape = ((1,) + tuple(calib.images.shape[1:]) if calib is not None
-                       else models.input_shape(model_name, 1, in_channels=ic))
-    input_shape = (1,) + tuple(input_shape[1:])
-    graph = graph or build_graph(model, variables, input_shape, name=model_name)
-    cost = build_cost_model(model_name, graph, widths, input_shape, nc, ic)
+    if input_shape is None and calib is not None:
+        input_shape = (1,) + tuple(np.shape(calib.images)[1:])
+    p = as_prunable(model, variables, input_shape)
+    if spec.needs_data and p.kind == "linen":
+        _refuse_resized(method, p)
+    graph = graph or graph_of(p)
+    cost = build_cost_model(p, graph)
     opts = spec.options(options)  # typed and validated now: a bad option fails before any work
-    return PruneTask(model_name=model_name, model=model, variables=variables, graph=graph,
-                     cost=cost, target=target, metric=metric, round_to=round_to,
-                     input_shape=input_shape, calib=calib, options=opts, seed=seed,
+    return PruneTask(prunable=p, variables=p.variables, graph=graph, cost=cost, target=target, metric=metric,
+                     round_to=round_to, input_shape=p.input_shape, calib=calib, options=opts, seed=seed,
                      finetune=finetune)
+
+
+def _refuse_resized(method: str, p) -> None:
+    """Methods that trace layers see a rebuilt linen module's layers as constructed
+    before the rebuilt ones (docs/graph.md); refuse rather than mis-measure."""
+    from hobs_jax.graph.prunable import resized
+
+    if resized(p.module, p.variables, p.input_shape):
+        raise ValueError(f"method {method!r} traces the layers of {p.label}, which runs at other widths than its "
+                         f"code declares (a pruned network): prune the original module to the combined target")
 
 
 def run(method: str, task: PruneTask) -> PruneResult:
@@ -66,9 +97,9 @@ def run(method: str, task: PruneTask) -> PruneResult:
     from hobs_jax.graph import apply_plan
 
     outcome = get_method(method).prune(task)
-    pruned, pvars = apply_plan(task.model_name, outcome.variables, outcome.plan, graph=task.graph)
+    pruned = apply_plan(task.prunable, outcome.variables, outcome.plan, graph=task.graph)
     before = macs.count(task.model, task.variables, task.input_shape)
-    after = macs.count(pruned, pvars, task.input_shape)
+    after = macs.count(pruned.module, pruned.variables, task.input_shape)
     mr, pr = after.macs / before.macs, after.params / before.params
     # The budget the allocation was met in: the task's metric, or the one the outcome
     # declares (R-SPAR's latency table), checked in that budget's own terms.
@@ -79,9 +110,9 @@ def run(method: str, task: PruneTask) -> PruneResult:
                          f"{task.target} (tolerance {TOLERANCE:.0%})")
     probe = (task.calib.images[:4] if task.calib is not None
              else np.zeros((2,) + tuple(task.input_shape[1:]), np.float32))
-    if not bool(_all_finite(pruned)(pvars, jnp.asarray(probe))):
+    if not bool(_all_finite(pruned.module)(pruned.variables, jnp.asarray(probe))):
         raise ValueError(f"method {method!r} produced a network with non-finite outputs")
-    return PruneResult(pruned, pvars, outcome, mr, pr, task)
+    return PruneResult(pruned.module, pruned.variables, outcome, mr, pr, task, pruned)
 
 
 @functools.lru_cache(maxsize=16)
@@ -91,6 +122,7 @@ def _all_finite(model):
     return jax.jit(lambda v, x: jnp.all(jnp.isfinite(model.apply(v, x, train=False))))
 
 
-def prune(method: str, model_name: str, variables: Mapping, **kwargs) -> PruneResult:
-    """:func:`make_task` + :func:`run`."""
-    return run(method, make_task(method, model_name, variables, **kwargs))
+def prune(method: str, model: Any, variables: Mapping | None = None, **kwargs) -> PruneResult:
+    """:func:`make_task` + :func:`run`: ``prune("hobs", model, variables, target=0.5,
+    calib=calib)`` for any network (see :func:`make_task` for ``model``)."""
+    return run(method, make_task(method, model, variables, **kwargs))

@@ -7,7 +7,7 @@ searches (:mod:`hobs_jax.allocation`), surgery (:func:`hobs_jax.graph.apply_plan
 re-estimation (:mod:`hobs_jax.stats.bn`).
 
     outcome = get_method("hobs").prune(task)        # task: PruneTask
-    model, variables = apply_plan(task.model_name, outcome.variables, outcome.plan)
+    pruned = apply_plan(task.prunable, outcome.variables, outcome.plan)   # a Prunable
 """
 
 from __future__ import annotations
@@ -45,9 +45,14 @@ class PruneTask:
     """Everything a method may use.
 
     Attributes:
-      model_name: zoo name; ``model`` the Flax module of the unpruned network.
+      prunable: the unpruned network (:class:`~hobs_jax.models.Prunable`: a zoo model,
+        a user's linen module or an NNX module); ``task.model`` is its module (what
+        ``model.apply(variables, x, train=False)`` runs), ``task.name`` its name for
+        messages.
       variables: its variables {'params', 'batch_stats'?} (host arrays).
-      graph: its channel groups; ``cost`` the exact cost model over the prunable groups.
+      graph: its channel groups; ``cost`` the exact cost model over the prunable groups;
+        architecture facts a method relies on are read from the graph (e.g.
+        :func:`hobs_jax.graph.bn_relu_groups`), never from the name.
       target: kept fraction of ``metric`` ('macs' | 'params'), in (0, 1).
       round_to: kept counts are multiples of this (unless a group keeps all).
       input_shape: [1, H, W, C] the costs are counted at.
@@ -61,8 +66,7 @@ class PruneTask:
         checkpoints, under ``<workdir>/<part>``); None keeps nothing.
     """
 
-    model_name: str
-    model: Any
+    prunable: Any
     variables: Mapping
     graph: Any
     cost: Any
@@ -75,6 +79,23 @@ class PruneTask:
     seed: int = 0
     finetune: FinetuneFn | None = None
     workdir: str | None = None
+
+
+    @property
+    def model(self) -> Any:
+        """The module of the unpruned network (``model.apply(variables, x, train=False)``)."""
+        return self.prunable.module
+
+    @property
+    def name(self) -> str:
+        """The network's name in messages: the zoo name or ``package.module.Class``."""
+        return self.prunable.label
+
+    @property
+    def model_name(self) -> str | None:
+        """The zoo name, or None outside the zoo (kept for readers of older code; test
+        architecture facts on ``graph``, not on names)."""
+        return self.prunable.name
 
 
 #: Writes one artifact of an outcome (a plot, a table) at ``prefix`` (a path without

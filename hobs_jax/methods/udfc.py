@@ -251,9 +251,10 @@ class UdfcCompensator:
     needs_data = False
 
     def check(self, task: PruneTask, o: UdfcOptions) -> None:
-        if not task.model_name.startswith("resnet"):
-            raise ValueError(f"udfc: model {task.model_name!r} is not a ReLU network; UDFC's ReLU "
-                             f"moments support the resnet family only")
+        acts = set(task.graph.activations)
+        if acts != {"relu"}:
+            raise ValueError(f"udfc: {task.name} applies {', '.join(sorted(acts)) or 'no nonlinearity'} to its "
+                             f"channels, not ReLU alone; UDFC's ReLU moments need BN then ReLU")
         if "batch_stats" not in task.variables:
             raise ValueError("udfc: variables have no batch_stats; UDFC needs BatchNorm statistics")
 
@@ -266,7 +267,7 @@ class UdfcCompensator:
         chains = self._chains(sel)
         groups = [g for g in sel.task.cost.group_ids if g in chains]
         if not groups:
-            raise ValueError("udfc: the network has no compensable group (conv-BN-ReLU-conv)")
+            raise ValueError(f"udfc: {sel.task.name} has no compensable group (conv-BN-ReLU-conv)")
         return groups
 
     def compensate(self, sel: Selection, plan, removed, o: UdfcOptions):

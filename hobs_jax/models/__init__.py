@@ -7,9 +7,10 @@ from hobs_jax.models.registry import (MODELS, ModelEntry, build, default_widths,
                                       init, input_shape, list_models, random_variables, register,
                                       width_axes)
 from hobs_jax.models import sparse
+from hobs_jax.models.prunable import Prunable, prunable
 from hobs_jax.models.sparse import BlockPattern, eligible_layers
 from hobs_jax.models.widths import Widths, resolve_widths
 
-__all__ = ["MODELS", "BlockPattern", "ModelEntry", "Widths", "build", "default_widths",
+__all__ = ["MODELS", "BlockPattern", "ModelEntry", "Prunable", "Widths", "build", "default_widths",
            "eligible_layers", "get_entry", "init", "infer_widths", "input_shape", "list_models",
-           "random_variables", "register", "resolve_widths", "sparse", "width_axes"]
+           "prunable", "random_variables", "register", "resolve_widths", "sparse", "width_axes"]

@@ -114,7 +114,11 @@ def init(model: nn.Module, rng: jax.Array, shape: tuple[int, ...], dtype=jnp.flo
     return jax.jit(_init)(rng)  # one compilation instead of op-by-op dispatch
 
 
-def _primes_from(start: int, count: int) -> list[int]:
+def primes_from(start: int, count: int) -> list[int]:
+    """The first ``count`` primes >= ``start``: probe widths that tell axes apart (each width
+    entry set to its own prime, a variable's shape says which entries size it; products of
+    distinct primes do not collide). Used by the zoo's width axes, the cost models'
+    monomial search and the rebuild probe of modules outside the zoo."""
     out, n = [], start
     while len(out) < count:
         if n > 1 and all(n % p for p in range(2, int(n ** 0.5) + 1)):
@@ -133,7 +137,7 @@ def width_axes(name: str) -> dict[str, tuple[tuple[str, tuple[str, ...], int], .
     """
     entry = get_entry(name)
     keys = list(entry.default_widths())
-    primes = _primes_from(211, len(keys) + 2)
+    primes = primes_from(211, len(keys) + 2)
     probe = dict(zip(keys, primes))
     nc, ic = primes[-2], primes[-1]
     model = build(name, widths=probe, num_classes=nc, in_channels=ic)

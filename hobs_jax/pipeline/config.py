@@ -44,7 +44,11 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     """Defaults for every section (unlocked; configs override, then ``lock()``).
 
     Sections:
-      model, num_classes, in_channels: the zoo model and its head/input.
+      model: ``name`` (a zoo model), or ``import_path`` (``package.module:Class``, a
+        flax.linen or flax.nnx module of your own; it replaces ``name`` when set) with
+        ``kwargs`` (a JSON object of its constructor arguments, e.g. ``'{"width": 32}'``).
+      num_classes, in_channels: the zoo model's head/input, and the data's (a module of
+        your own must produce ``num_classes`` logits).
       data: source ('fashion_mnist' | 'synthetic' | 'tfds'), tfds_dataset, data_dir,
         image_size (0 = the source's own), augment, eval_batch_size, synthetic_examples
         (training examples of the synthetic source; its test split has a quarter).
@@ -69,7 +73,7 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
         benchmark,export, run in that order.
     """
     c = ml_collections.ConfigDict()
-    c.model = model
+    c.model = ml_collections.ConfigDict(dict(name=model, import_path="", kwargs="{}"))
     c.num_classes = 10
     c.in_channels = 1
     c.seed = 0
@@ -139,11 +143,58 @@ def stages_of(c: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in names)
 
 
+def model_spec(c: ml_collections.ConfigDict) -> dict | None:
+    """The spec (:mod:`hobs_jax.graph.spec`) of the configured module of one's own, or
+    None for a zoo model; one-line errors for a bad import path or kwargs."""
+    import json
+
+    m = c.model
+    if not m.import_path:
+        return None
+    from hobs_jax.graph.spec import resolve
+
+    cls = resolve(m.import_path)
+    try:
+        kwargs = json.loads(m.kwargs or "{}")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model.kwargs={m.kwargs!r} is not a JSON object ({e})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"model.kwargs={m.kwargs!r}: must be a JSON object of constructor arguments")
+    import flax.linen as nn
+    from flax import nnx
+
+    if issubclass(cls, nn.Module):
+        kind = "linen"
+    elif issubclass(cls, nnx.Module):
+        kind = "nnx"
+    else:
+        raise ValueError(f"model.import_path={m.import_path!r} is not a flax.linen or flax.nnx module class")
+    return {"kind": kind, "import_path": m.import_path, "kwargs": kwargs, "call_kwargs": {}}
+
+
+def model_label(c: ml_collections.ConfigDict) -> str:
+    """The configured model's name in reports: the zoo name or the import path."""
+    return c.model.import_path or c.model.name
+
+
+def fingerprint_view(full: dict) -> dict:
+    """The config as stage fingerprints see it (``json.loads(config.to_json())``): a zoo
+    model is fingerprinted as ``model: NAME``, as before ``model`` was a section, so
+    workdirs made earlier resume; a module of one's own by its import path and kwargs."""
+    m = full.get("model")
+    if isinstance(m, dict):
+        full = dict(full)
+        full["model"] = m["name"] if not m.get("import_path") else {
+            "import_path": m["import_path"], "kwargs": m.get("kwargs", "{}")}
+    return full
+
+
 def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
     """One-line ``ValueError`` for the first invalid value (before any compute)."""
     from hobs_jax import models
 
-    models.get_entry(c.model)
+    if model_spec(c) is None:
+        models.get_entry(c.model.name)
     for key in ("num_classes", "in_channels"):
         if not isinstance(c[key], int) or c[key] < 1:
             raise ValueError(f"{key}={c[key]!r}: must be a positive int")

@@ -1,5 +1,7 @@
 """What the stages share: the config, the workdir, the data source and the models,
-built lazily and once."""
+built lazily and once. The model is a zoo model (``model.name``) or a module of one's own
+(``model.import_path`` + ``model.kwargs``, linen or NNX), the same for every stage: each
+saved network is rebuilt from its variables through its Prunable."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import logging
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from hobs_jax import models
@@ -61,9 +64,62 @@ class Context:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1,) + tuple(self.source.image_shape)
 
+    @functools.cached_property
+    def spec(self) -> dict | None:
+        """The configured module of one's own as a spec (None for a zoo model)."""
+        from hobs_jax.pipeline.config import model_spec
+
+        return model_spec(self.config)
+
+    @functools.cached_property
+    def _nnx_module(self):
+        """The configured NNX module, constructed for real (its own initializers, compiled
+        once with ``nnx.jit`` instead of dispatched op by op)."""
+        from flax import nnx
+
+        from hobs_jax.graph.spec import resolve
+
+        cls, kwargs, seed = resolve(self.spec["import_path"]), self.spec["kwargs"], self.config.seed
+        return nnx.jit(lambda: cls(**kwargs, rngs=nnx.Rngs(seed)))()
+
     def dense_model(self):
+        """What ``apply(variables, x, train=...)`` runs at the constructor's widths: the zoo
+        model, or the adapter of the configured linen / NNX module."""
         c = self.config
-        return models.build(c.model, num_classes=c.num_classes, in_channels=c.in_channels)
+        if self.spec is None:
+            return models.build(c.model.name, num_classes=c.num_classes, in_channels=c.in_channels)
+        return self.prunable(None).module
+
+    def prunable(self, variables):
+        """The configured network holding ``variables`` (any widths; None: a fresh NNX
+        module's own, or the zoo's shapes), with its input shape."""
+        from hobs_jax.graph.spec import build, prunable_from_spec
+
+        c = self.config
+        if self.spec is None:
+            return models.prunable(c.model.name, variables, self.input_shape)
+        if variables is None and self.spec["kind"] == "nnx":
+            from hobs_jax.graph import as_prunable
+
+            p = as_prunable(self._nnx_module, None, self.input_shape)
+        elif variables is None:
+            from hobs_jax.graph.linen_model import wrap
+
+            adapter = wrap(build(self.spec))
+            v = jax.eval_shape(lambda: models.init(adapter, jax.random.key(0), self.input_shape))
+            p = prunable_from_spec(self.spec, v, self.input_shape)
+        else:
+            p = prunable_from_spec(self.spec, variables, self.input_shape)
+        out = jax.eval_shape(lambda v, x: p.module.apply(v, x, train=False), p.variables,
+                             jax.ShapeDtypeStruct(self.input_shape, jnp.float32))
+        if tuple(out.shape[1:]) != (c.num_classes,):
+            raise ValueError(f"model.import_path={self.spec['import_path']!r} gives outputs of shape "
+                             f"{tuple(out.shape)}, but num_classes={c.num_classes}")
+        return p
+
+    def initial_variables_nnx(self) -> dict:
+        """The variables of the configured NNX module as constructed (``nnx.Rngs(seed)``)."""
+        return self.prunable(None).variables
 
     def train_loader(self, section: ml_collections.ConfigDict):
         from hobs_jax.data import TrainLoader
@@ -87,10 +143,18 @@ class Context:
         return export.load(self.model_dir(stage))
 
     def save_model(self, stage: str, model, variables: dict, plan=None) -> str:
-        """Save ``stage``'s network (a zoo module or name) with its plan; replaces a
-        leftover from an interrupted attempt (the stage record is written after this)."""
+        """Save ``stage``'s network (a zoo module or name, or the configured module of one's
+        own at the widths of ``variables``) with its plan; replaces a leftover from an
+        interrupted attempt (the stage record is written after this)."""
+        path = self.model_dir(stage)
+        self.export(path, model, jax.device_get(variables), plan)
+        return path
+
+    def export(self, path: str, model, variables: dict, plan=None) -> str:
+        """``export.save`` of the network (see :meth:`save_model`)."""
         from hobs_jax import export
 
-        path = self.model_dir(stage)
-        export.save(path, model, jax.device_get(variables), plan=plan, overwrite=True)
-        return path
+        if self.spec is None:
+            return export.save(path, model, variables, plan=plan, overwrite=True)
+        init_kwargs = self.spec["kwargs"] if self.spec["kind"] == "nnx" else None
+        return export.save(path, self.prunable(variables), plan=plan, overwrite=True, init_kwargs=init_kwargs)

@@ -25,5 +25,7 @@ def run(ctx: Context) -> dict:
     log.info("finetune: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
     out = {k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1", "val_top1",
                                  "stability_score", "stopped")}
+    if "ast" in m:  # finetune.ast: the sample-selection record (summary.json's 'ast')
+        out["ast"] = m["ast"]
     out["model_dir"] = ctx.save_model("finetune", model, result.variables, plan=meta.get("plan"))
     return out

@@ -89,8 +89,8 @@ def run(ctx: Context) -> dict:
     _, variables, _ = ctx.load_model("train")
     spec = get_method(c.prune.method)
     calib = calibration(ctx) if (spec.needs_data or c.prune.bn_recalibrate) else None
-    stage = ctx.workdir.stage_dir("prune")
-    task = make_task(c.prune.method, c.model, variables, target=c.prune.target,
+    stage = os.path.join(ctx.workdir.root, "prune")  # created by the first write, not before
+    task = make_task(c.prune.method, ctx.prunable(variables), target=c.prune.target,
                      metric=c.prune.metric, round_to=c.prune.round_to, input_shape=ctx.input_shape,
                      calib=calib, options=c.prune[c.prune.method], seed=c.seed,
                      finetune=finetune_fn(ctx))
@@ -109,6 +109,7 @@ def run(ctx: Context) -> dict:
         pvars = reestimate_bn(pruned, pvars, (x for x, _ in calib.batches(c.calibrate.batch_size)))
         if c.prune.evaluate_oneshot:
             out["acc_bn_recalibrated"] = _accuracy(ctx, pruned, pvars)
+    os.makedirs(stage, exist_ok=True)
     out["artifacts"] = [p for name, write in outcome.artifacts.items()
                         for p in write(os.path.join(stage, name))]
     with open(os.path.join(stage, "plan.json"), "w") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 
+from hobs_jax.pipeline.config import model_label
 from hobs_jax.pipeline.context import Context
 
 
@@ -27,7 +28,7 @@ def summarize(ctx: Context) -> dict:
             seconds[stage] = round(rec["seconds"], 2)
     prune = ctx.results.get("prune", {})
     return {
-        "model": c.model,
+        "model": model_label(c),
         "method": c.prune.method if "prune" in ctx.results else None,
         "target": c.prune.target if "prune" in ctx.results else None,
         "metric": c.prune.metric if "prune" in ctx.results else None,
@@ -53,7 +54,17 @@ def summarize(ctx: Context) -> dict:
         "latency_not_timed": _get(bench, "not_timed"),
         "device": jax.devices()[0].device_kind,
         "stage_seconds": seconds,
+        "ast": ast_records(ctx),
     }
+
+
+def ast_records(ctx: Context) -> dict | None:
+    """{stage: AST record} for the training stages that ran with ``<stage>.ast.enabled``
+    (gains, target and achieved rate, threshold range, converged, samples, seconds; see
+    docs/ast.md), or None."""
+    out = {stage: ctx.results[stage]["ast"] for stage in ("train", "finetune")
+           if isinstance(ctx.results.get(stage), dict) and ctx.results[stage].get("ast")}
+    return out or None
 
 
 def _fmt(v, pct=False):
@@ -125,6 +136,11 @@ def render(s: dict) -> str:
                      f"{_fmt(s['acc_bn_recalibrated'], True)}.")
     if s["latency"]:
         lines += latency_lines(s)
+    for stage, a in (s.get("ast") or {}).items():
+        lines += ["", f"AST in {stage}: rule {a['rule']}, target rate {a['target_rate']:g}, "
+                      f"achieved {_fmt(a['achieved_rate'])}, {a['samples_backpropagated']:,} of "
+                      f"{a['samples_seen']:,} samples back-propagated, controller converged: "
+                      f"{a['converged']}."]
     lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                         s["stage_seconds"].items()), ""]
     return "\n".join(lines)

@@ -22,25 +22,32 @@ def stop_if_preempted(metrics: dict) -> None:
 
 def initial_variables(ctx: Context) -> dict:
     c = ctx.config
-    model = ctx.dense_model()
     if c.init.kind == "scratch":
-        return models.init(model, jax.random.key(c.seed), ctx.input_shape)
+        if ctx.spec is not None and ctx.spec["kind"] == "nnx":
+            return ctx.initial_variables_nnx()  # the NNX module's own initializers
+        return models.init(ctx.dense_model(), jax.random.key(c.seed), ctx.input_shape)
     if c.init.kind == "checkpoint":
         from hobs_jax import export
 
         _model, variables, meta = export.load(c.init.path)
-        if meta.get("model") != c.model:
-            raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')!r}, "
-                             f"but model={c.model!r}")
-        for key in ("num_classes", "in_channels"):
-            if meta.get(key) != c[key]:
-                raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')} with "
-                                 f"{key}={meta.get(key)}, but the config has {key}={c[key]}")
+        want = c.model.name if ctx.spec is None else ctx.spec["import_path"]
+        have = meta.get("model") if ctx.spec is None else meta.get("spec", {}).get("import_path")
+        if have != want:
+            raise ValueError(f"init.path={c.init.path!r} holds a {have or meta.get('model')!r}, "
+                             f"but the config's model is {want!r}")
+        if ctx.spec is None:  # zoo checkpoints record their head and input
+            for key in ("num_classes", "in_channels"):
+                if meta.get(key) != c[key]:
+                    raise ValueError(f"init.path={c.init.path!r} holds a {meta.get('model')} with "
+                                     f"{key}={meta.get(key)}, but the config has {key}={c[key]}")
         return variables
+    if ctx.spec is not None:
+        raise ValueError("init.kind='torch' converts torchvision state_dicts of zoo models; "
+                         f"model.import_path={ctx.spec['import_path']!r} is not one")
     # A torch state_dict, converted by the parity layer (torch needed only here).
     from parity.convert import load_torch_file, torch_to_flax
 
-    _model, variables = torch_to_flax(c.model, load_torch_file(c.init.path))
+    _model, variables = torch_to_flax(c.model.name, load_torch_file(c.init.path))
     return variables
 
 
@@ -61,6 +68,8 @@ def run(ctx: Context) -> dict:
         stop_if_preempted(m)
         out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
                                           "val_top1", "stability_score", "stopped")})
+        if "ast" in m:  # train.ast: the sample-selection record (summary.json's 'ast')
+            out["ast"] = m["ast"]
         log.info("train: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
     out["model_dir"] = ctx.save_model("train", model, variables)
     return out

@@ -24,7 +24,7 @@ import ml_collections
 
 from hobs_jax import faults
 from hobs_jax.errors import WriteError, write_failure
-from hobs_jax.pipeline.config import stage_sections
+from hobs_jax.pipeline.config import fingerprint_view, stage_sections
 from hobs_jax.pipeline.lock import WorkdirLock
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
     """The flattened config keys ``stage``'s result depends on."""
-    full = json.loads(config.to_json())
+    full = fingerprint_view(json.loads(config.to_json()))
     out = {}
     for section in stage_sections(stage):
         out.update(_flatten({section: full[section]}))

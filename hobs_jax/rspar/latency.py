@@ -1,7 +1,8 @@
 """Latency budget: a per-layer latency lookup table measured on the deployment device.
 
 MACs are not latency (a 2x MACs cut on ResNet-50 gave 1.35x at batch 64, see
-docs/rspar.md): the table holds, for every Conv/Dense layer of a zoo model, its measured
+docs/rspar.md): the table holds, for every Conv/Dense layer of a network (zoo, linen or
+NNX), its measured
 time at a grid of (input channels, output channels) counts, on the device that will run
 the pruned network. The budget sums the layers' times, bilinearly interpolated at each
 layer's kept (C_in, C_out), plus the measured rest of the network (BN, activations,
@@ -121,19 +122,20 @@ def count_grid(full: int, points: int) -> list[int]:
     return sorted({max(1, int(round(full * r))) for r in np.linspace(0.1, 1.0, points)})
 
 
-def measure_lut(model_name: str, variables, input_shape, *, batch: int = 1, points: int = 4,
+def measure_lut(model, variables, input_shape, *, batch: int = 1, points: int = 4,
                 reps: int = 5, progress: bool = True) -> dict:
-    """The latency table of zoo model ``model_name`` at its widths (module doc):
-    every layer timed (jitted, median of ``reps``, minus the time of an empty jitted
-    call) at ``points`` x ``points`` channel counts; the dense network's own time gives
-    the constant rest."""
-    from hobs_jax import models
-    from hobs_jax.graph import build_graph
+    """The latency table of a network at its widths (module doc): every layer timed
+    (jitted, median of ``reps``, minus the time of an empty jitted call) at ``points`` x
+    ``points`` channel counts; the dense network's own time gives the constant rest.
+
+    ``model``: a zoo name (built at the widths of ``variables``), a zoo, linen or NNX
+    module, or a :class:`~hobs_jax.models.Prunable` (``variables`` None: its own)."""
+    from hobs_jax.graph import as_prunable, graph_of
     from hobs_jax.train import progress as bar
 
-    widths, nc, ic = models.infer_widths(model_name, variables)
-    model = models.build(model_name, widths=widths, num_classes=nc, in_channels=ic)
-    graph = build_graph(model, variables, (1,) + tuple(input_shape[1:]), name=model_name)
+    p = as_prunable(model, variables, (1,) + tuple(input_shape[1:]))
+    model, variables = p.module, p.variables
+    graph = graph_of(p)
     entries = layer_table(model, variables, input_shape, graph)
     prunable = {g.id for g in graph.prunable}
     # Each layer is timed as its own jitted call; inside the network it pays no dispatch.
@@ -151,7 +153,7 @@ def measure_lut(model_name: str, variables, input_shape, *, batch: int = 1, poin
     x = jnp.zeros((batch,) + tuple(input_shape[1:]), jnp.float32)
     dense = _time(jax.jit(lambda v, x: model.apply(v, x, train=False)), (jax.device_put(variables), x), reps)
     layers_full = sum(e["seconds"][-1][-1] for e in entries)
-    return {"version": VERSION, "model": model_name, "input_shape": [1] + list(input_shape[1:]),
+    return {"version": VERSION, "model": p.label, "input_shape": [1] + list(input_shape[1:]),
             "batch": batch, "device": device_string(), "jax_version": jax.__version__,
             "fingerprint": graph.fingerprint, "dense_seconds": dense,
             "rest_seconds": max(dense - layers_full, 0.0), "call_overhead_seconds": overhead,
@@ -202,12 +204,12 @@ class LatencyBudget:
     def for_task(cls, table: Mapping, task, source: str = "latency table") -> "LatencyBudget":
         if table.get("version") != VERSION:
             raise ValueError(f"{source}: not a version-{VERSION} latency table")
-        if table.get("model") != task.model_name:
-            raise ValueError(f"{source} was measured for model {table.get('model')!r}, not {task.model_name!r}")
+        if table.get("model") != task.name:
+            raise ValueError(f"{source} was measured for model {table.get('model')!r}, not {task.name!r}")
         if list(table.get("input_shape", []))[1:] != list(task.input_shape[1:]):
             raise ValueError(f"{source} was measured at input {table.get('input_shape')}, not {list(task.input_shape)}")
         if table.get("fingerprint") != task.graph.fingerprint:
-            raise ValueError(f"{source} was measured for other widths of {task.model_name} (graph "
+            raise ValueError(f"{source} was measured for other widths of {task.name} (graph "
                              f"{table.get('fingerprint')} != {task.graph.fingerprint})")
         here = device_string()
         if table.get("device") != here:

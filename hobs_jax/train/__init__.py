@@ -1,9 +1,11 @@
 """Training engine: config, optimizers, sharded jitted steps, checkpoints, stability,
-metrics and the resumable ``fit`` loop. Method-agnostic: a pruning method's regularizer
-arrives as an optax transformation (``extra_transform``) or a loss term (``extra_loss``).
+metrics, the resumable ``fit`` loop and AST sample selection (``train.ast``,
+hobs_jax.train.ast). Method-agnostic: a pruning method's regularizer arrives as an optax
+transformation (``extra_transform``) or a loss term (``extra_loss``).
 """
 
-from hobs_jax.train.config import get_train_config, total_steps, validate_train_config
+from hobs_jax.train.config import (get_ast_config, get_train_config, total_steps,
+                                   validate_ast_config, validate_train_config)
 from hobs_jax.train.optim import decay_mask, make_optimizer, make_schedule
 from hobs_jax.train.state import TrainState
 from hobs_jax.train.mesh import (DATA_AXIS, batch_sharding, fsdp_spec, global_batch,
@@ -20,7 +22,8 @@ from hobs_jax.train.evaluate import Evaluator, evaluate
 from hobs_jax.train.loop import FitResult, fit
 
 __all__ = [
-    "get_train_config", "total_steps", "validate_train_config", "decay_mask",
+    "get_train_config", "total_steps", "validate_train_config", "get_ast_config",
+    "validate_ast_config", "decay_mask",
     "make_optimizer", "make_schedule", "TrainState", "DATA_AXIS", "batch_sharding",
     "fsdp_spec", "global_batch", "host_value", "make_mesh", "put_global", "replicated",
     "state_shardings", "Teacher", "cross_entropy", "distillation_loss", "make_eval_step",

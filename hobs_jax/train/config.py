@@ -50,6 +50,7 @@ def get_train_config() -> ml_collections.ConfigDict:
       progress: tqdm bars (only on host 0 and on a terminal anyway).
       tensorboard: write TensorBoard events besides metrics.jsonl (tensorboardX imports
         torch when it is installed: about 2 s of start-up here).
+      ast: Adaptive Sparse Training sample selection (:func:`get_ast_config`, docs/ast.md).
     """
     c = ml_collections.ConfigDict()
     c.optimizer = "sgd"
@@ -84,8 +85,101 @@ def get_train_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict({"fsdp": False, "fsdp_min_size": 2 ** 14})
     c.progress = True
     c.tensorboard = True
+    c.ast = get_ast_config()
     c.lock()
     return c
+
+
+AST_RULES = ("ast", "random", "infobatch")
+
+
+def get_ast_config() -> ml_collections.ConfigDict:
+    """The ``train.ast`` section: which samples get a backward pass (docs/ast.md).
+
+    Fields:
+      enabled: select samples (off: every sample of every batch is trained on).
+      rule: 'ast' (score every candidate, PI-controlled threshold), 'random' (a uniform
+        random ``target_rate`` fraction: the same back-propagation budget without scores),
+        'infobatch' (InfoBatch, Qin et al., ICLR 2024: drop ``infobatch_prune`` of the
+        below-mean-loss samples by their stale losses, rescale the kept ones, train on
+        everything in the final ``infobatch_anneal`` fraction of the steps).
+      target_rate: fraction of the candidate samples to back-propagate, in (0, 1]. It sets
+        the run's length: ``warmup_steps + ceil((T - warmup_steps) * target_rate)``
+        optimizer steps, where T = the steps that ``epochs``/``steps`` give without AST, so
+        the data seen stays that of T full steps when the rate is on target.
+      score: 'loss' | 'loss_entropy' | 'loss_intensity' | 'loss_grad' | 'entropy' (the
+        only one needing no labels), see hobs_jax.train.ast_scores.
+      kp, ki, ema: PI gains and the EMA weight of the newest batch's rate
+        (hobs_jax.train.ast_control; tuned in simulation, benchmarks/ast_controller.py;
+        the original AST's Kp 0.0015 / Ki 0.00005 are for raw score units, docs/ast.md).
+      warmup_steps: the first steps train on every sample (scores of a random network
+        mean little); the controller starts after them.
+      class_balanced: normalize scores per class (about the same rate in every class).
+      score_refresh: 0 = score every candidate with a fresh cheap forward; f in (0, 1) =
+        keep stale per-example scores in a host table (updated for free by every
+        back-propagated sample's training forward) and re-score only a fraction f of each
+        candidate batch (InfoBatch-like), which removes most of the scoring cost.
+      infobatch_prune, infobatch_anneal: InfoBatch's r (0.5) and 1 - delta (0.125).
+    """
+    return ml_collections.ConfigDict(dict(
+        enabled=False, rule="ast", target_rate=0.2, score="loss", kp=0.1, ki=0.05, ema=0.3,
+        warmup_steps=100, class_balanced=False, score_refresh=0.0, infobatch_prune=0.5,
+        infobatch_anneal=0.125))
+
+
+def validate_ast_config(a: ml_collections.ConfigDict, *, batch_size: int,
+                        labeled: bool = True) -> None:
+    """One-line ValueError for the first invalid ``train.ast`` field (only when enabled).
+
+    Besides ranges it refuses gains that diverge: the controller runs in closed loop on a
+    reference plant (lognormal scores, ``batch_size`` per batch; ~20 ms) and the gains
+    are refused when the rate pins at 0 or 1, oscillates or misses the target there
+    (``hobs_jax.train.ast_control.check_gains``). ``labeled=False`` (a loader of unlabeled
+    data) refuses scores and rules that need labels.
+    """
+    for key in get_ast_config().keys():
+        if key not in a:
+            raise ValueError(f"train.ast.{key} is missing")
+    if not a.enabled:
+        return
+
+    def num(key):
+        v = a[key]
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+               f"ast.{key}", v, "must be a finite number")
+
+    for key in ("target_rate", "kp", "ki", "ema", "score_refresh", "infobatch_prune",
+                "infobatch_anneal"):
+        num(key)
+    _check(a.rule in AST_RULES, "ast.rule", a.rule, f"unknown; use one of {AST_RULES}")
+    _check(0 < a.target_rate <= 1, "ast.target_rate", a.target_rate, "must be in (0, 1]")
+    from hobs_jax.train import ast_scores
+
+    _check(a.score in ast_scores.SCORES, "ast.score", a.score,
+           f"unknown; use one of {ast_scores.SCORES}")
+    needs = a.rule == "infobatch" or (a.rule == "ast" and ast_scores.needs_labels(a.score))
+    _check(labeled or not needs, "ast.score" if a.rule == "ast" else "ast.rule",
+           a.score if a.rule == "ast" else a.rule,
+           f"needs labels but the training data is unlabeled (use score "
+           f"{ast_scores.LABEL_FREE[0]!r})")
+    _check(a.kp >= 0 and a.ki >= 0, "ast.kp/ki", (a.kp, a.ki), "gains must be >= 0")
+    _check(a.kp + a.ki > 0, "ast.kp/ki", (a.kp, a.ki), "at least one gain must be > 0")
+    _check(0 < a.ema <= 1, "ast.ema", a.ema, "must be in (0, 1]")
+    _check(isinstance(a.warmup_steps, int) and not isinstance(a.warmup_steps, bool)
+           and a.warmup_steps >= 0, "ast.warmup_steps", a.warmup_steps, "must be an int >= 0")
+    _check(isinstance(a.class_balanced, bool), "ast.class_balanced", a.class_balanced,
+           "must be a bool")
+    _check(0 <= a.score_refresh <= 1, "ast.score_refresh", a.score_refresh, "must be in [0, 1]")
+    _check(0 <= a.infobatch_prune < 1, "ast.infobatch_prune", a.infobatch_prune,
+           "must be in [0, 1)")
+    _check(0 <= a.infobatch_anneal <= 1, "ast.infobatch_anneal", a.infobatch_anneal,
+           "must be in [0, 1]")
+    if a.rule == "ast" and a.target_rate < 1:
+        from hobs_jax.train import ast_control
+
+        why = ast_control.check_gains(ast_control.ControllerConfig(
+            float(a.target_rate), float(a.kp), float(a.ki), float(a.ema)), batch_size)
+        _check(not why, "ast.kp/ki", (a.kp, a.ki), f"the controller diverges: {why}")
 
 
 def _check(ok: bool, key: str, value, why: str) -> None:
@@ -94,19 +188,20 @@ def _check(ok: bool, key: str, value, why: str) -> None:
 
 
 def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | None = None,
-                          process_count: int | None = None) -> None:
+                          process_count: int | None = None, labeled: bool = True) -> None:
     """Raises a one-line ValueError for the first invalid field of a ``train`` config.
 
     Args:
       c: a config like :func:`get_train_config`'s (missing keys are errors too).
       num_devices: global device count the batch is sharded over (checked if given).
       process_count: number of hosts (checked if given).
+      labeled: whether the training data has labels (AST scores may need them).
     """
     defaults = get_train_config()
     for key in defaults.keys():
         if key not in c:
             raise ValueError(f"train.{key} is missing (compare hobs_jax.train.get_train_config())")
-    for key in ("kd", "checkpoint", "early_stopping", "stability", "mesh"):
+    for key in ("kd", "checkpoint", "early_stopping", "stability", "mesh", "ast"):
         for sub in defaults[key].keys():
             if sub not in c[key]:
                 raise ValueError(f"train.{key}.{sub} is missing")
@@ -167,6 +262,7 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
     _check(isinstance(c.seed, int), "seed", c.seed, "must be an int")
     _check(isinstance(c.mesh.fsdp_min_size, int) and c.mesh.fsdp_min_size >= 1,
            "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be an int >= 1")
+    validate_ast_config(c.ast, batch_size=c.batch_size, labeled=labeled)
 
 
 def eval_at(c: ml_collections.ConfigDict) -> frozenset[int]:

@@ -10,6 +10,8 @@ What it does per step: build the global batch from each host's slice, run the ji
 step (donated state), check the previous step's loss on the host (one step behind, so
 the device never waits for the host; checkpoint/eval/log steps sync), feed the stability
 monitor, and periodically log, evaluate (early stopping on top-1) and checkpoint.
+With ``train.ast.enabled`` the batches come from an AST :class:`~hobs_jax.train.ast.Selector`
+(full batches of selected samples; its state rides in the checkpoint) instead.
 
 Resuming: if ``workdir/checkpoints`` has a checkpoint, everything continues from it
 (state, data position, monitor, early-stopping counters) and the result is the same as
@@ -90,7 +92,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     t_start = time.time()
     c = config
     mesh = mesh or mesh_lib.make_mesh()
-    validate_train_config(c, num_devices=mesh.size, process_count=jax.process_count())
+    validate_train_config(c, num_devices=mesh.size, process_count=jax.process_count(),
+                          labeled=getattr(train_data, "labeled", True))
     if train_data.batch_size != c.batch_size:
         raise ValueError(f"train.batch_size={c.batch_size} but the train loader's batch_size is "
                          f"{train_data.batch_size}")
@@ -101,6 +104,14 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     if c.kd.enabled and teacher is None:
         raise ValueError("train.kd.enabled=True needs a teacher (fit(..., teacher=Teacher(...)))")
     total = total_steps(c, train_data.steps_per_epoch)
+    selector = None
+    if c.ast.enabled:  # AST sample selection: batches of selected samples only
+        from hobs_jax.train.ast import Selector
+
+        selector = Selector(c.ast, train_data, model.apply, mesh=mesh, full_steps=total,
+                            seed=c.seed, compute_dtype=resolve_compute_dtype(c.mixed_precision),
+                            workdir=workdir, record=lambda *args: record(*args))
+        total = selector.planned
     tx = make_optimizer(c, total, extra_transform)
     scfg = stab.StabilityConfig.from_config(c.stability)
     rep = mesh_lib.replicated(mesh)
@@ -137,6 +148,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         train_data.restore(meta["data"])
         monitor = stab.StabilityState.from_dict(meta["stability"])
         early = dict(meta["early_stopping"])
+        if selector is not None:
+            selector.load_state_dict(meta.get("ast"))
         if meta.get("total_steps") != total:
             log.warning("resuming a run planned for %s steps with %d steps: the lr schedule "
                         "changes", meta.get("total_steps"), total)
@@ -149,22 +162,28 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         state = jax.jit(make_state, out_shardings=shardings)(placed)
 
     def meta() -> dict:
-        return {"data": train_data.position().to_dict(), "stability": monitor.to_dict(),
-                "early_stopping": early, "total_steps": total}
+        out = {"data": train_data.position().to_dict(), "stability": monitor.to_dict(),
+               "early_stopping": early, "total_steps": total}
+        if selector is not None:
+            out["ast"] = selector.state_dict()
+        return out
 
     if restored is None:
         ckpt.save(0, state, meta())  # the rollback target before the first periodic save
 
     step_fn = make_train_step(
-        model.apply, tx, mesh=mesh, state_shardings=shardings,
+        selector.train_apply_fn(model.apply) if selector else model.apply, tx, mesh=mesh,
+        state_shardings=shardings,
         label_smoothing=c.label_smoothing, compute_dtype=resolve_compute_dtype(
             c.mixed_precision), teacher=teacher if c.kd.enabled else None,
         kd_temperature=c.kd.temperature, kd_alpha=c.kd.alpha, extra_loss=extra_loss,
-        lr_schedule=make_schedule(c, total))
+        lr_schedule=make_schedule(c, total),
+        example_fn=selector.example_fn() if selector else None)
     teacher_vars = (mesh_lib.put_global(teacher.variables, jax.tree.map(
         lambda _: rep, teacher.variables)) if c.kd.enabled else {})
     evaluator = Evaluator(model.apply, mesh, c.mixed_precision) if eval_data is not None else None
-    eval_every = c.eval_every or train_data.steps_per_epoch
+    eval_every = c.eval_every or (selector.steps_per_data_epoch if selector
+                                  else train_data.steps_per_epoch)
     extra_evals = eval_at(c)
     ckpt_every = c.checkpoint.every_steps
 
@@ -250,9 +269,12 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                 if preemption.requested():
                     stopped = "preempted"
                     break
-                batch = mesh_lib.global_batch(next(train_data), mesh)
+                batch = (selector.next_batch(state) if selector
+                         else mesh_lib.global_batch(next(train_data), mesh))
                 state, metrics = step_fn(state, batch, teacher_vars)
                 step += 1
+                if selector:
+                    selector.after_step(step, metrics)
                 window["steps"] += 1
                 if drain():
                     bar.n = step
@@ -267,6 +289,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                         continue
                     if due_log:
                         write_train_record()
+                        if selector:
+                            record("ast", step, selector.log_record())
                         bar.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
                     if due_eval:
                         run_eval()
@@ -309,6 +333,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         **{f"val_{k}": v for k, v in last_eval.items() if k != "count"},
         **stab.summary(monitor),
     }
+    if selector is not None:
+        metrics_out["ast"] = selector.finish()
     writer.write("summary", step, {k: v for k, v in metrics_out.items() if v is not None})
     writer.close()
     return FitResult(variables=state.variables(), metrics=metrics_out)

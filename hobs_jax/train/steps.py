@@ -68,7 +68,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
                     compute_dtype=jnp.float32, teacher: Teacher | None = None,
                     kd_temperature: float = 4.0, kd_alpha: float = 0.9,
                     extra_loss: Callable[[Any], jax.Array] | None = None,
-                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None
+                    lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+                    example_fn: Callable[[jax.Array, dict, dict], jax.Array] | None = None
                     ) -> Callable[..., tuple[TrainState, dict]]:
     """Builds ``step(state, batch, teacher_variables) -> (state, metrics)`` under jax.jit.
 
@@ -84,9 +85,14 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
       extra_loss: optional ``f(params) -> scalar`` added to the loss (a regularizer).
       lr_schedule: if given, metrics include 'lr' = schedule(step) * lr_scale (the
         learning rate this step used).
+      example_fn: if given, ``f(logits, batch, extras) -> [B, ...]`` per-example values
+        from the training forward, returned (replicated) as metrics['example'];
+        ``extras`` is the dict that ``apply_fn`` returned besides the logits (the mutated
+        collections). AST sample selection uses it to refresh its stale score table.
     Returns:
       The jitted step. ``batch`` = {'image': [B, H, W, C], 'label': int32 [B]} sharded over
-      'data'; the state argument is donated. A step whose loss or gradients are not finite
+      'data', optionally 'weight' float32 [B] (per-example loss weights: the loss is
+      mean(weight * loss_i), e.g. InfoBatch's rescaling); the state argument is donated. A step whose loss or gradients are not finite
       leaves params, batch_stats and optimizer state unchanged and increments
       ``state.nan_skips`` (step still advances). Metrics (replicated scalars): loss, ce,
       accuracy, grad_norm, finite (and lr).
@@ -100,23 +106,28 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
         logits, mutated = apply_fn(variables, x, train=True, mutable=["batch_stats"],
                                    rngs={"dropout": dropout_key})
         logits = logits.astype(jnp.float32)
-        ce = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        weight = batch.get("weight")
+        mean = (lambda v: v.mean()) if weight is None else (lambda v: jnp.mean(v * weight))
+        ce = mean(cross_entropy(logits, batch["label"], label_smoothing))
         loss = ce
         if teacher is not None:
             t_logits = teacher.apply_fn(_cast(teacher_vars, compute_dtype), x, train=False)
             t_logits = jax.lax.stop_gradient(t_logits.astype(jnp.float32))
-            kd = distillation_loss(logits, t_logits, kd_temperature).mean()
+            kd = mean(distillation_loss(logits, t_logits, kd_temperature))
             loss = (1.0 - kd_alpha) * ce + kd_alpha * kd
         if extra_loss is not None:
             loss = loss + extra_loss(params)
         new_stats = mutated.get("batch_stats", state.batch_stats)
-        return loss, (logits, new_stats, ce)
+        example = None
+        if example_fn is not None:
+            example = jax.lax.stop_gradient(example_fn(logits, batch, mutated))
+        return loss, (logits, new_stats, ce, example)
 
     def step(state: TrainState, batch: dict, teacher_vars: Any):
         dropout_key = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (logits, new_stats, ce)), grads = grad_fn(state.params, state, batch,
-                                                         teacher_vars, dropout_key)
+        (loss, (logits, new_stats, ce, example)), grads = grad_fn(
+            state.params, state, batch, teacher_vars, dropout_key)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: u * state.lr_scale.astype(u.dtype), updates)
         new_params = optax.apply_updates(state.params, updates)
@@ -132,6 +143,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, mesh
                    "grad_norm": optax.tree.norm(grads), "finite": finite}
         if lr_schedule is not None:
             metrics["lr"] = lr_schedule(state.step) * state.lr_scale
+        if example is not None:
+            metrics["example"] = example
         return new_state, metrics
 
     rep = mesh_lib.replicated(mesh)
