@@ -111,8 +111,8 @@ def test_parts_with_conflicting_defaults_are_refused_in_one_line():
                      defaults=dict(nonexistent=1))
     with pytest.raises(ValueError, match="default for unknown option 'nonexistent'"):
         bad.default_config()
-    with pytest.raises(ValueError, match="unknown allocator 'learned'"):
-        MethodSpec("x_test", scorer="l2", allocators=("learned",)).default_config()
+    with pytest.raises(ValueError, match="unknown allocator 'no_such_allocator'"):
+        MethodSpec("x_test", scorer="l2", allocators=("no_such_allocator",)).default_config()
     # R-SPAR's reward needs the compensator's per-count changes; UDFC has none: refused
     # before any work.
     spec = MethodSpec("udfc_rspar_test", scorer="l2", allocators=("rspar",), compensator="udfc")

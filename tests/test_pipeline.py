@@ -158,3 +158,28 @@ def test_main_prints_one_line_error_for_bad_override(tmp_path):
     assert out.stderr.strip().splitlines()[-1] == (
         "error: prune.target=1.5: the kept fraction must be in (0, 1)")
     assert not os.listdir(tmp_path)  # nothing written before the error
+
+
+@pytest.mark.slow
+def test_training_time_method_through_the_prune_stage(tmp_path):
+    """A training-time method (StructAlign, smoke options) runs its rounds through the
+    stage's callback (one checkpoint dir per round) and its decisions land as JSON."""
+    from hobs_jax.methods import get_method
+
+    c = _tiny("train,calibrate,prune")
+    with c.unlocked():
+        c.prune.method, c.prune.evaluate_oneshot, c.prune.bn_recalibrate = "structalign", False, False
+        c.train.steps = 1
+        for key, value in get_method("structalign").smoke_config().items():
+            if key in c.prune.structalign:
+                c.prune.structalign[key] = value
+    run(c, str(tmp_path))
+    with open(tmp_path / "prune" / "stage.json") as f:
+        assert abs(json.load(f)["outputs"]["macs_ratio"] / 0.5 - 1) <= 0.01
+    rounds = c.prune.structalign.rounds
+    assert sorted(d for d in os.listdir(tmp_path / "prune") if d.startswith("method_training")) == (
+        ["method_training"] + [f"method_training_{i}" for i in range(1, rounds)])
+    with open(tmp_path / "prune" / "structalign_decisions.json") as f:
+        record = json.load(f)
+    assert record["method"] == "structalign" and len(record["decisions"]["rounds"]) == rounds
+    assert all(set(m) <= {0, 1} for m in record["decisions"]["masks"].values())

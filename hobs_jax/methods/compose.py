@@ -227,8 +227,13 @@ class MethodSpec:
         reg, scorer, comp = self.part("regularizer"), self.part("scorer"), self.part("compensator")
         alloc = self.part("allocator", opts.allocation)
         task = dataclasses.replace(task, options=opts)
+        trained = None
         if reg is not None and reg.steps(opts.regularizer) > 0:
-            task = dataclasses.replace(task, variables=self._train(task, reg, opts.regularizer))
+            if hasattr(reg, "train"):  # it alternates training with its own updates
+                trained = reg.train(task, opts.regularizer)
+                task = dataclasses.replace(task, variables=trained.variables)
+            else:
+                task = dataclasses.replace(task, variables=self._train(task, reg, opts.regularizer))
         holdout = None
         n = int(alloc.holdout(task, opts.allocator)) if hasattr(alloc, "holdout") else 0
         if n:
@@ -239,6 +244,7 @@ class MethodSpec:
             holdout = Calibration(images[-n:], labels[-n:])
             task = dataclasses.replace(task, calib=Calibration(images[:-n], labels[:-n]))
         sel = Selection(self, task, opts, holdout, task.cost, Timer())
+        sel.trained = trained
         groups = comp.groups(sel, opts.compensator)
         if groups is not None:
             sel.cost = allocation.restrict(task.cost, list(groups))
@@ -296,6 +302,8 @@ class MethodSpec:
         reg = self.part("regularizer")
         if reg is not None:
             info.update(reg.info(opts.regularizer))
+        if sel.trained is not None:
+            info.update(sel.trained.info)
         info.update(sel.scores.info)
         info.update(self.part("scorer").report(sel, keep_map, opts.scorer))
         info.update(comp_info)

@@ -7,7 +7,10 @@ A registered method (:class:`hobs_jax.methods.MethodSpec`) is a named compositio
 * :class:`Regularizer` (optional) - acts during training, before anything is scored: an
   ``optax.GradientTransformation`` and/or a loss term that the training engine applies
   through the task's fine-tune callback without knowing the method (DepGraph's group
-  sparse learning; the shape JTP, Bi-Level pruning and StructAlign will take).
+  sparse learning). A regularizer that alternates training with updates of its own
+  (an agent, an architecture generator, gates: JTP, BilevelPruning, StructAlign)
+  implements ``train`` and drives the callback itself, one call per round; what it
+  learned comes back as :class:`Trained` (``Selection.trained``).
 * :class:`Scorer` - per channel group, which channels matter: :class:`Scores` (a
   within-group ranking for the plan, cross-group saliencies for global thresholds, and
   the removal order with its marginal losses, at least down to the allocator's floor).
@@ -45,7 +48,8 @@ from hobs_jax.methods.base import Calibration, PruneTask
 from hobs_jax.obs.timing import Timer
 from hobs_jax.options import Options
 
-__all__ = ["Allocation", "Allocator", "Compensator", "Part", "Regularizer", "Scorer", "Scores", "Selection"]
+__all__ = ["Allocation", "Allocator", "Compensator", "Part", "Regularizer", "Scorer", "Scores", "Selection",
+           "Trained"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,27 @@ class Scores:
         return cls(imp, imp, order, {g: imp[g][order[g]] for g in imp}, dict(info))
 
 
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a regularizer that drives its own training (:meth:`Regularizer.train`) learned.
+
+    Attributes:
+      variables: the trained full-size variables (host arrays, the input's dtypes).
+      keep: group id -> kept count of the architecture it proposes (groups it does not
+        decide keep everything).
+      scores: group id -> [size] channel scores (higher survives) for the groups it decides.
+      decisions: JSON-able record of its decisions (per-layer ratios, gates, generator
+        output), written as the outcome's ``<method>_decisions.json`` artifact.
+      info: JSON-able facts for ``PruneOutcome.info``.
+    """
+
+    variables: Mapping
+    keep: Mapping[int, int]
+    scores: Mapping[int, np.ndarray]
+    decisions: Mapping
+    info: Mapping = dataclasses.field(default_factory=dict)
+
+
 class Selection:
     """One run's shared state (built by ``MethodSpec.select``), what every part reads.
 
@@ -90,7 +115,10 @@ class Selection:
       floor: [G] the smallest kept counts the allocator may choose.
       scores: the scorer's :class:`Scores` (None until scored).
       timer: phase timings (``info['timings']``; see :mod:`hobs_jax.obs.timing`).
+      trained: the regularizer's :class:`Trained` when it drives its own training, else None.
     """
+
+    trained: Trained | None = None
 
     def __init__(self, spec, task: PruneTask, options, holdout: Calibration | None, cost, timer: Timer):
         self.spec, self.task, self.options, self.holdout, self.cost, self.timer = (
@@ -170,6 +198,10 @@ class Regularizer(Part, Protocol):
 
     def info(self, options: Options) -> dict:
         """Facts for ``PruneOutcome.info``."""
+
+    # Optional: ``train(task, options) -> Trained`` - the regularizer drives
+    # ``task.finetune`` itself (several rounds, its own updates in between) instead of
+    # one call with ``transform``/``loss``; the driver then uses ``Trained.variables``.
 
 
 class Scorer(Part, Protocol):

@@ -12,6 +12,7 @@ artifacts (plots) are written into the stage directory, whatever the method.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -50,20 +51,28 @@ def _accuracy(ctx: Context, model, variables) -> float:
 
 
 def finetune_fn(ctx: Context):
-    """The narrow training callback methods may use (DepGraph's sparse-learning phase):
-    trains the unpruned network with the ``finetune`` recipe for ``steps`` steps, with an
-    extra loss or gradient transformation, resumably under ``prune/method_training``."""
+    """The narrow training callback methods may use (DepGraph's sparse-learning phase, the
+    rounds of JTP, BilevelPruning and StructAlign): trains the unpruned network with the
+    ``finetune`` recipe for ``steps`` steps, with an extra loss or gradient
+    transformation, resumably under ``prune/method_training`` (call i > 0 of one stage
+    run under ``prune/method_training_<i>``, with data seed ``finetune.seed + i``: every
+    round keeps its own checkpoints, so a restarted stage resumes each finished round from
+    them, and sees its own batches)."""
+    calls = itertools.count()
+
     def train(variables, steps, extra_loss=None, extra_transform=None):
         from hobs_jax.pipeline.train_stage import stop_if_preempted
         from hobs_jax.train import fit
 
         c = ctx.config
         section = c.finetune.copy_and_resolve_references()
+        n = next(calls)
         with section.unlocked():
-            section.steps, section.epochs = int(steps), 0.0
+            # Each call its own data order (a round must not see the first batches again).
+            section.steps, section.epochs, section.seed = int(steps), 0.0, int(section.seed) + n
         model = ctx.dense_model()
         result = fit(model, variables, ctx.train_loader(section), section,
-                     os.path.join(ctx.workdir.stage_dir("prune"), "method_training"),
+                     os.path.join(ctx.workdir.stage_dir("prune"), "method_training" + (f"_{n}" if n else "")),
                      extra_loss=extra_loss, extra_transform=extra_transform)
         stop_if_preempted(result.metrics)
         return result.variables

@@ -1,0 +1,251 @@
+"""Table 1 rows at equal training budgets (issue #20, points 2 and 3): every method,
+post-training or training-time, gets the same total training after the dense checkpoint.
+
+The budget is ``budget_epochs`` of Fashion-MNIST (468 steps of batch 128 per epoch)
+counted from the dense checkpoint every row starts from (its 30 epochs of pretraining are
+common to every row, so they cancel). A post-training method (magnitude, DepGraph, UDFC,
+H-OBS, R-SPAR) spends all of it fine-tuning the pruned network; a training-time method
+(JTP, BilevelPruning, StructAlign) spends part of it inside the method (its rounds of
+weight training, through the same recipe) and fine-tunes for the rest:
+
+    finetune_steps = budget_epochs * 468 - method_training_steps     (refused if < 0)
+
+DepGraph's sparse-learning steps count against its budget the same way. One row is one
+(model, method, target, seed): prune (BN re-estimated on the calibration images: the
+one-shot point), fine-tune with one recipe for every row, evaluate on the test set at
+50 and 200 steps, one epoch and the end of the budget (``acc_final``). Records carry the
+keys of ``docs/results/oneshot_fmnist.json`` plus ``seed``, ``budget_epochs``,
+``acc_final``, ``method_training_steps``, ``finetune_steps`` and the measured wall time of
+each part (``seconds``). The summary (:func:`summarize`) refuses rows of one table with
+different budgets and fewer than 3 seeds per row (it reports a std).
+
+    python -m hobs_jax.experiments.equal_budget --model resnet56 --targets 0.5,0.333 \\
+        --methods magnitude,depgraph,udfc,jtp,bilevel,structalign,hobs,rspar --seeds 0,1,2 \\
+        --budget-epochs 1 --workdir runs/table1 --out docs/results/table1_resnet56_rows
+
+Results are JSON + Markdown written here; they move onto the experiments package's
+result tables (``ResultTable``, Table 1 formatting) when those land on main. Latency
+speedups are not measured here (the benchmark suite, :mod:`hobs_jax.bench`, times a
+saved row's model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from hobs_jax.experiments import common
+
+STEPS_PER_EPOCH = 468  # Fashion-MNIST: 60,000 // 128
+
+
+def budget_steps(budget_epochs: float) -> int:
+    """Total training steps after the dense checkpoint for ``budget_epochs``."""
+    if not budget_epochs > 0:
+        raise ValueError(f"budget_epochs={budget_epochs!r}: must be > 0")
+    return int(round(float(budget_epochs) * STEPS_PER_EPOCH))
+
+
+def finetune_steps(budget_epochs: float, method_steps: int, method: str = "method") -> int:
+    """Fine-tuning steps left to a row whose method trained ``method_steps`` inside itself
+    (one-line ``ValueError`` when the method alone exceeds the budget)."""
+    total = budget_steps(budget_epochs)
+    if method_steps > total:
+        raise ValueError(f"{method}: its own training ({method_steps} steps) exceeds the budget of "
+                         f"{budget_epochs:g} epochs ({total} steps); raise --budget-epochs or shrink its rounds")
+    return total - int(method_steps)
+
+
+class TrainingCallback:
+    """``task.finetune`` for the methods: the recipe (``common.recipe``) for ``steps``
+    steps on the training split, each call its own data seed and workdir (what the
+    pipeline's prune stage does), steps and seconds counted."""
+
+    def __init__(self, model_name: str, model, src, overrides: Mapping, *, seed: int, workdir: str):
+        self.model_name, self.model, self.src = model_name, model, src
+        self.overrides, self.seed, self.workdir = dict(overrides), seed, workdir
+        self.calls, self.steps, self.seconds = itertools.count(), 0, 0.0
+
+    def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
+        from hobs_jax.data import TrainLoader
+        from hobs_jax.train import fit
+
+        n = next(self.calls)
+        c = common.recipe(self.model_name, self.overrides, steps=int(steps), seed=self.seed + 1000 + n)
+        t0 = time.time()
+        out = fit(self.model, dict(variables), TrainLoader(self.src, "train", c.batch_size, seed=c.seed), c,
+                  os.path.join(self.workdir, f"method_training_{n}"), extra_loss=extra_loss,
+                  extra_transform=extra_transform)
+        self.steps += int(steps)
+        self.seconds += time.time() - t0
+        return common.host(out.variables)
+
+
+def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvars, acc_dense: float) -> dict:
+    """One (method, target, seed) row (module doc)."""
+    from hobs_jax.data import EvalLoader, TrainLoader
+    from hobs_jax.methods import get_method, prune
+    from hobs_jax.train import Teacher, fit
+
+    overrides = common_overrides(args)
+    row_dir = os.path.join(args.workdir, args.model, f"{method}_{target:g}_s{seed}")
+    cb = TrainingCallback(args.model, dense, src, overrides, seed=seed, workdir=row_dir)
+    options = dict(get_method(method).smoke_config()) if args.smoke else None
+    t0 = time.time()
+    r = prune(method, args.model, dvars, target=target, calib=calib, seed=seed, finetune=cb, options=options)
+    prune_s = time.time() - t0
+    msteps = cb.steps  # every step the method trained the unpruned network, whatever the method
+    left = finetune_steps(args.budget_epochs, msteps, method)
+    t1 = time.time()
+    variables = common.recalibrate(r.model, r.variables, calib)
+    rec = {"model": args.model, "method": method, "framework": "hobs_jax", "target_macs_ratio": target,
+           "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "acc_dense": acc_dense,
+           "acc_oneshot": common.accuracy(r.model, r.variables, src),
+           "acc_bn_recalibrated": common.accuracy(r.model, variables, src),
+           "seed": seed, "budget_epochs": float(args.budget_epochs), "method_training_steps": msteps,
+           "finetune_steps": left, "latency_speedup": None}
+    if method in ("bilevel",):
+        rec["dynamic"] = r.outcome.info.get("bilevel_dynamic")
+    evals: dict[int, float] = {}
+    if left > 0:
+        c = common.recipe(args.model, overrides, steps=left, seed=seed)
+        with c.unlocked():
+            c.eval_steps = ",".join(str(s) for s in (50, 200, STEPS_PER_EPOCH) if s < left)
+            c.eval_every = left
+
+        def on(kind, step, record):
+            if kind == "eval":
+                evals[int(step)] = float(record["top1"])
+
+        teacher = Teacher(dense.apply, dvars) if c.kd.enabled else None
+        fit(r.model, variables, TrainLoader(src, "train", c.batch_size, seed=c.seed), c,
+            os.path.join(row_dir, "finetune"), eval_data=EvalLoader(src, "test", 500), teacher=teacher,
+            callbacks=[on])
+    rec["acc_by_steps"] = {str(k): evals[k] for k in sorted(evals)}
+    rec["acc_finetuned"] = evals.get(left) if left > 0 else rec["acc_bn_recalibrated"]
+    rec["acc_final"] = rec["acc_finetuned"]
+    rec["seconds"] = {"prune": round(prune_s, 1), "method_training": round(cb.seconds, 1),
+                      "finetune": round(time.time() - t1, 1)}
+    return rec
+
+
+def common_overrides(args) -> dict:
+    from hobs_jax.experiments.recovery import parse_recipe
+
+    return parse_recipe(args.recipe) if args.recipe else {}
+
+
+def summarize(rows: Sequence[Mapping], *, min_seeds: int = 3) -> list[dict]:
+    """Mean and std per (model, method, target) of ``acc_final`` and the one-shot point;
+    refuses (one line) rows with different budgets and rows with fewer than
+    ``min_seeds`` seeds."""
+    budgets = sorted({float(r["budget_epochs"]) for r in rows})
+    if len(budgets) > 1:
+        raise ValueError(f"rows of one table have different budgets {budgets} (epochs): every row must get the "
+                         f"same training")
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"], float(r["target_macs_ratio"])), []).append(r)
+    out = []
+    for (model, method, target), rs in sorted(groups.items()):
+        seeds = sorted({int(r["seed"]) for r in rs})
+        if len(seeds) < min_seeds:
+            raise ValueError(f"{method} at {target:g}: {len(seeds)} seed(s) {seeds}; a table with std needs at least "
+                             f"{min_seeds}")
+        final = np.array([r["acc_final"] for r in rs], np.float64)
+        one = np.array([r["acc_bn_recalibrated"] for r in rs], np.float64)
+        std = (lambda a: float(a.std(ddof=1))) if len(rs) > 1 else (lambda a: float("nan"))
+        out.append({"model": model, "method": method, "target": target, "seeds": seeds,
+                    "budget_epochs": budgets[0], "acc_dense": float(rs[0]["acc_dense"]),
+                    "acc_bn_recalibrated_mean": float(one.mean()), "acc_bn_recalibrated_std": std(one),
+                    "acc_final_mean": float(final.mean()), "acc_final_std": std(final),
+                    "macs_ratio": float(np.mean([r["macs_ratio"] for r in rs])),
+                    "params_ratio": float(np.mean([r["params_ratio"] for r in rs])),
+                    "method_training_steps": int(rs[0]["method_training_steps"]),
+                    "seconds_mean": float(np.mean([sum(r["seconds"].values()) for r in rs]))})
+    return out
+
+
+def write_report(out: str, command: str, rows: list[dict], summary: list[dict], min_seeds: int) -> None:
+    from hobs_jax.bench import sysinfo
+
+    machine = sysinfo.describe(sysinfo.machine())
+    common.write_json(out + ".json", {"command": command, "device": machine, "rows": rows, "summary": summary})
+    lines = [f"# Rows at equal training budgets ({summary[0]['budget_epochs']:g} epochs after the dense checkpoint)"
+             if summary else "# Rows at equal training budgets", "", f"Generated by `{command}`.", "",
+             f"* Device: {machine}", f"* Mean and std over at least {min_seeds} seeds; accuracies in %; "
+             "wall seconds per row (prune incl. the method's own training + fine-tuning) measured on that device.", "",
+             "| model | method | target | seeds | MACs kept | params kept | method's own steps | one-shot (BN re-est.) "
+             "| final | final - dense | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['model']} | {s['method']} | {s['target']:g} | {len(s['seeds'])} | {s['macs_ratio']:.4f} | "
+                     f"{s['params_ratio']:.4f} | {s['method_training_steps']} | "
+                     f"{100 * s['acc_bn_recalibrated_mean']:.2f} ± {100 * s['acc_bn_recalibrated_std']:.2f} | "
+                     f"{100 * s['acc_final_mean']:.2f} ± {100 * s['acc_final_std']:.2f} | "
+                     f"{100 * (s['acc_final_mean'] - s['acc_dense']):+.2f} | {s['seconds_mean']:.0f} |")
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="resnet56")
+    p.add_argument("--checkpoint", default=None, help="dense export dir (default checkpoints/MODEL_fmnist)")
+    p.add_argument("--methods", default="magnitude,depgraph,udfc,jtp,bilevel,structalign,hobs,rspar")
+    p.add_argument("--targets", default="0.5,0.333")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--budget-epochs", type=float, default=1.0)
+    p.add_argument("--recipe", default="", help="fine-tuning recipe for every row (recovery's names or key=value)")
+    p.add_argument("--calib-images", type=int, default=2048)
+    p.add_argument("--min-seeds", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="each method's smoke options (tests, not results)")
+    p.add_argument("--workdir", default="runs/table1")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    import hobs_jax
+    from hobs_jax.methods import get_method
+
+    args.checkpoint = args.checkpoint or os.path.join("checkpoints", f"{args.model}_fmnist")
+    command = "python -m hobs_jax.experiments.equal_budget " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        get_method(m)  # an unknown name fails before any compute
+    targets = [float(t) for t in args.targets.split(",") if t]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    if len(seeds) < args.min_seeds:
+        raise SystemExit(f"--seeds {args.seeds}: {len(seeds)} seed(s); the table reports a std over at least "
+                         f"--min-seeds={args.min_seeds}")
+    budget_steps(args.budget_epochs)
+    common_overrides(args)
+    src = common.source()
+    calib = common.calibration(src, args.calib_images, 0)
+    dense, dvars, _ = hobs_jax.load(args.checkpoint)
+    acc_dense = common.accuracy(dense, dvars, src)
+    rows = []
+    for method, target, seed in itertools.product(methods, targets, seeds):
+        name = f"{args.model}_{method}_{target:g}_s{seed}_b{args.budget_epochs:g}.json"
+        path = os.path.join(args.workdir, "rows", name)
+        if os.path.exists(path):
+            rows.append(json.load(open(path)))
+            continue
+        rec = run_row(args, method, target, seed, src, calib, dense, dvars, acc_dense)
+        rec["command"] = command
+        common.write_json(path, rec)
+        print(f"{method} {target:g} seed {seed}: final {rec['acc_final']} ({sum(rec['seconds'].values()):.0f} s)",
+              flush=True)
+        rows.append(rec)
+    summary = summarize(rows, min_seeds=args.min_seeds)
+    write_report(args.out, command, rows, summary, args.min_seeds)
+
+
+if __name__ == "__main__":
+    main()
