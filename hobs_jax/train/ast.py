@@ -230,6 +230,8 @@ class Selector:
 
     def _apply_pending(self) -> None:
         """Writes the training forward's per-example scores into the table (in step order)."""
+        if not self._pending:  # rules without a score table record nothing
+            return
         assert self.table is not None and self.table_label is not None  # pending only with a table
         for idx, values in self._pending:
             v = np.asarray(mesh_lib.host_value(values), np.float32)
