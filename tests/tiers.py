@@ -34,6 +34,21 @@ EXTENDED = {
     "tests/test_sensitivity.py::test_cli_writes_the_json_schema_and_readable_pngs",
     # AST across 4 devices and 2 processes (the plain loop's multi-host test is in make test)
     "tests/test_train_ast_resume.py::test_four_devices_and_two_processes_select_like_one_device",
+    # more of the same families (a clean-clone make test ran 17.2 min of pytest on 2 cores
+    # with them, 2026-12-06): ResNet-18 beside ResNet-20/50 in parity, ResNet-34/56 surgery
+    # beside ResNet-18/20, ResNet-20's narrow forward (its surgery and contract runs cover it)
+    *(f"tests/test_parity.py::test_parity_standard[resnet18-{d}]" for d in ("float32", "float64")),
+    "tests/test_graph_surgery.py::test_surgery_invariants[resnet34]",
+    "tests/test_graph_surgery.py::test_surgery_invariants[resnet56]",
+    "tests/test_models.py::test_narrow_model_runs_and_is_finite[resnet20]",
+    # Block-ELL on ResNet-50 (MobileNetV2 and ViT-B/16 stay; the layers are the same kernels)
+    "tests/test_block_ell_models.py::test_resnet50_block_ell_exports_to_torch",
+    # R-SPAR's grid network and re-rank internals (its contract runs stay in make test)
+    "tests/test_rspar.py::test_rerank_returns_the_candidate_with_the_best_hessian_split_loss",
+    "tests/test_rspar.py::test_grid_network_equals_the_hobs_pruned_network",
+    # a training-time method through the prune stage (the contract runs of DepGraph,
+    # JTP, BilevelPruning and StructAlign through the training callback stay in make test)
+    "tests/test_pipeline.py::test_training_time_method_through_the_prune_stage",
 }
 
 SLOW = {
