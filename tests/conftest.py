@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.tiers import EXTENDED, SLOW
+from tests.tiers import EXTENDED, HEAVY_FIRST, SLOW
 
 
 def _matches(nodeid: str, key: str) -> bool:
@@ -25,6 +25,12 @@ def pytest_collection_modifyitems(config, items):
                    and not any(_matches(item.nodeid, k) for item in items))
     if stale:
         raise pytest.UsageError(f"tests/tiers.py names tests that do not exist: {', '.join(stale)}")
+    # The heaviest files first (tests/tiers.py HEAVY_FIRST), each file's tests kept in order.
+    gone = [f for f in HEAVY_FIRST if not (config.rootpath / f).exists()]
+    if gone:
+        raise pytest.UsageError(f"tests/tiers.py HEAVY_FIRST names files that do not exist: {', '.join(gone)}")
+    rank = {f: i for i, f in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 def pytest_terminal_summary(terminalreporter):

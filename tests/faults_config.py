@@ -1,7 +1,7 @@
 """The smallest main job that runs every stage: the fault-injection suite's config
 (tests/test_faults.py). ResNet-20 on 16x16 synthetic images, a few steps per training
 stage with a checkpoint every 2 steps and a train record every step (the suite's step
-counter), H-OBS on 32 calibration images in 2 batches.
+counter), H-OBS on 32 calibration images in 2 batches, a one-round XLA benchmark.
 
     python -m hobs_jax.main --config=tests/faults_config.py --workdir=/tmp/faults
 """
@@ -23,6 +23,9 @@ def get_config(arg: str | None = None):
     c.prune.method, c.prune.target = "hobs", 0.5
     c.prune.hobs.calib_batch_size, c.prune.hobs.progress = 16, False
     c.prune.hobs.propagate, c.prune.evaluate_oneshot = 0, False  # fewer compiles: a cheaper run
+    # XLA only, one round: the suite stops the stage, it does not time it (ONNX Runtime's
+    # worker would add ~20 s to every run that reaches the benchmark stage).
+    c.benchmark.runtimes, c.benchmark.rounds = "xla", 1
     c.benchmark.batch_sizes, c.benchmark.iters, c.benchmark.warmup = "1", 1, 1
     c.export.torch = False  # importing torch would double the export stage's time
     return with_variant(c, arg, lambda c: None)

@@ -56,17 +56,15 @@ def evaluate(model, variables, data):
     return float(-logp[np.arange(len(y)), y].mean()), float((logits.argmax(1) == y).mean())
 
 
-def test_hobs_beats_the_no_hessian_ablation_and_is_deterministic(trained):
+def test_hobs_beats_the_no_hessian_ablation(trained):
+    """(Same seed, same plan and bit-identical variables: tests/test_methods_contract.py,
+    for every method.)"""
     model, v, calib, test = trained
     dense_loss, dense_acc = evaluate(model, v, test)
     assert dense_acc > 0.75  # the fixture did train
     # Same (uniform) allocation for both: only saliency and compensation differ.
     opts = dict(progress=False, calib_batch_size=128, allocation="uniform")
     a = prune("hobs", "resnet20", v, target=0.5, calib=calib, options=opts, seed=3)
-    b = prune("hobs", "resnet20", v, target=0.5, calib=calib, options=opts, seed=3)
-    assert a.outcome.plan.to_json() == b.outcome.plan.to_json()
-    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
-        assert np.array_equal(np.asarray(x), np.asarray(y))
     n = prune("hobs_nohessian", "resnet20", v, target=0.5, options=dict(allocation="uniform"),
               input_shape=(1, SIZE, SIZE, 1))  # no calib to infer it from
     assert a.outcome.info["keep"] == n.outcome.info["keep"]
