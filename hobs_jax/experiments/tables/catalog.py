@@ -97,6 +97,7 @@ def _studies() -> list[Entry]:
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
     from hobs_jax.experiments.studies import (
         alignment_staircase,
+        ast_controller,
         data_pipeline,
         graph_discovery,
         hessian_gram,
@@ -108,6 +109,7 @@ def _studies() -> list[Entry]:
     )
 
     return [study("alignment", alignment_staircase, "width staircases per runtime, run record"),
+            study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
             study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
