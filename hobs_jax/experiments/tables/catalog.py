@@ -99,6 +99,7 @@ def _studies() -> list[Entry]:
         alignment_staircase,
         ast_controller,
         data_pipeline,
+        fmnist_baselines,
         graph_discovery,
         hessian_gram,
         hobs_compiles,
@@ -110,6 +111,7 @@ def _studies() -> list[Entry]:
 
     return [study("alignment", alignment_staircase, "width staircases per runtime, run record"),
             study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
+            study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),
             study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
