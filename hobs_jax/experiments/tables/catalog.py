@@ -105,6 +105,7 @@ def _studies() -> list[Entry]:
         hobs_compiles,
         hobs_cost,
         hobs_refit_parts,
+        rspar_latency,
         train_throughput,
         workdir_lock,
     )
@@ -120,6 +121,7 @@ def _studies() -> list[Entry]:
             study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
                   table_kwargs={"name": "hobs_cost_avx512"}),
             study("hobs_refit_parts", hobs_refit_parts, "H-OBS refit parts, run record"),
+            study("rspar_latency", rspar_latency, "R-SPAR latency budget, requested vs measured, run record"),
             study("train_throughput", train_throughput, "training steps/s, run record"),
             study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
 
