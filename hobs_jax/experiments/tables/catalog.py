@@ -110,7 +110,10 @@ def _studies() -> list[Entry]:
         workdir_lock,
     )
 
-    return [study("alignment", alignment_staircase, "width staircases per runtime, run record"),
+    from hobs_jax.experiments import recovery
+
+    return [study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+            study("alignment", alignment_staircase, "width staircases per runtime, run record"),
             study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
             study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),
             study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
