@@ -13,17 +13,56 @@ from hobs_jax.experiments import readme
 from hobs_jax.experiments.table import Column, ResultTable
 from hobs_jax.experiments.tables.catalog import ENTRIES, Run
 
+# Markdown under docs/results/ still written by hand (owned elsewhere or not converted yet).
+NOT_CONVERTED = ["aligned_allocation", "anymodel_fmnist", "ast_fmnist", "bench_quickstart", "block_ell",
+                 "jax_vs_torch", "rspar_fmnist_choice_imitate", "rspar_fmnist_choice_noimitate",
+                 "rspar_fmnist_lbound0.1", "rspar_fmnist_v2"]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "docs", "results")
 
 
-@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph"])
+# Studies whose Markdown was written by hand before (#22): each is now a ResultTable rebuilt
+# from its stored run record without measuring anything.
+CONVERTED = ["alignment", "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56"]
+
+
+@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph", *CONVERTED])
 def test_a_table_rebuilt_from_its_run_record_matches_the_committed_one(tmp_path, name):
     run = Run(out=str(tmp_path), records=os.path.join(RESULTS, "records"), mode="records")
     assert ENTRIES[name].how(run) == "records"
     ENTRIES[name].make(run)
     with open(tmp_path / f"{name}.md") as f, open(os.path.join(RESULTS, f"{name}.md")) as g:
         assert f.read() == g.read()
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_a_converted_study_table_is_a_result_table(name):
+    with open(os.path.join(RESULTS, f"{name}.json")) as f:
+        d = json.load(f)
+    assert d["schema"] == "hobs_jax.result_table" and d["name"] == name and d["rows"]
+    assert ResultTable.read(os.path.join(RESULTS, f"{name}.json")).to_markdown() == \
+        open(os.path.join(RESULTS, f"{name}.md")).read()
+
+
+def test_every_markdown_table_under_docs_results_is_a_result_table():
+    """Every docs/results/NAME.md but the narrative HISTORY.md has its NAME.json in the
+    result_table schema (so it was written by ResultTable.write), except the tables still
+    listed in NOT_CONVERTED."""
+    left = []
+    for name in sorted(os.listdir(RESULTS)):
+        stem, ext = os.path.splitext(name)
+        if ext != ".md" or stem == "HISTORY":
+            continue
+        path = os.path.join(RESULTS, stem + ".json")
+        schema = None
+        if os.path.exists(path):
+            with open(path) as f:
+                d = json.load(f)
+            schema = d.get("schema") if isinstance(d, dict) else None
+        if schema != "hobs_jax.result_table":
+            left.append(stem)
+    assert sorted(left) == sorted(NOT_CONVERTED)
 
 
 def test_an_entry_without_its_record_is_missing_not_misread(tmp_path):
