@@ -96,6 +96,7 @@ def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
     from hobs_jax.experiments.studies import (
+        aligned_allocation,
         alignment_staircase,
         ast_controller,
         data_pipeline,
@@ -113,6 +114,8 @@ def _studies() -> list[Entry]:
     from hobs_jax.experiments import recovery
 
     return [study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+            *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
+                    "run record", table_kwargs={"name": f"aligned_allocation_{n}"}) for n in ("r20", "r20b", "r56")],
             study("alignment", alignment_staircase, "width staircases per runtime, run record"),
             study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
             study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),
