@@ -24,7 +24,8 @@ RESULTS = os.path.join(REPO, "docs", "results")
 
 # Studies whose Markdown was written by hand before (#22): each is now a ResultTable rebuilt
 # from its stored run record without measuring anything.
-CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56", "alignment", "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56"]
+CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56", "alignment",
+             "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56"]
 
 
 @pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph", *CONVERTED])

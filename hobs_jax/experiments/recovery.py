@@ -172,11 +172,13 @@ def table(rows, sources, name: str = NAME):
 
     steps = sorted({int(s) for r in rows for s in r["acc_by_steps"]})
     b = rows[0] if rows else {}
-    t = ResultTable(name, f"Recovery recipe: {b.get('method')} on {b.get('model')} at {b.get('target', 0):g} of the MACs",
+    title = f"Recovery recipe: {b.get('method')} on {b.get('model')} at {b.get('target', 0):g} of the MACs"
+    t = ResultTable(name, title,
                     [Column("recipe", "recipe"), Column("overrides_text", "overrides"),
                      *[Column(f"acc_{s}", f"+{s}", "pct") for s in steps], Column("min_acc", "min", "pct"),
                      Column("never", "never below one-shot")], description=[
-                        f"Dense top-1 {100 * b.get('acc_dense', 0):.2f}%; the cut (MACs kept {b.get('macs_ratio', 0):.4f}) "
+                        f"Dense top-1 {100 * b.get('acc_dense', 0):.2f}%; the cut "
+                        f"(MACs kept {b.get('macs_ratio', 0):.4f}) "
                         f"{100 * b.get('acc_oneshot_raw', 0):.2f}% right after pruning, "
                         f"**{100 * b.get('acc_oneshot', 0):.2f}%** after BN re-estimation on the calibration images: "
                         "the one-shot point (step 0). Every recipe: one run of the longest length from that point, "

@@ -119,7 +119,8 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
     rows = []
     for r in doc["rows"]:
         for name, m in r["streams"].items():
-            rows.append({"kp": r["kp"], "ki": r["ki"], "kp_g": f"{r['kp']:g}", "ki_g": f"{r['ki']:g}", "stream": name, "max_window_dev": m["max_window_dev"],
+            rows.append({"kp": r["kp"], "ki": r["ki"], "kp_g": f"{r['kp']:g}", "ki_g": f"{r['ki']:g}",
+                         "stream": name, "max_window_dev": m["max_window_dev"],
                          "spread_over_noise": m["spread_over_noise"],
                          "step_settle_batches": m.get("step_settle_batches"),
                          "step_overshoot": m.get("step_overshoot"), "gain_check": r["gain_check"],

@@ -148,7 +148,8 @@ def run(args) -> dict:
 def from_legacy(records: list[dict]) -> tuple[list[dict], dict]:
     """Rows of the run record (``docs/results/records/rspar_latency.json``: one record per
     model/size/batch/speedup/device, merged across runs), each naming its command as source."""
-    rows, sources = [], {}
+    rows: list[dict] = []
+    sources: dict[str, dict] = {}
     for r in records:
         key = f"rspar_latency#{len(sources) + 1}" if r["command"] not in [v["command"] for v in sources.values()] \
             else next(k for k, v in sources.items() if v["command"] == r["command"])

@@ -95,6 +95,7 @@ def study(name: str, module, summary: str, compute=None, table_kwargs: dict | No
 def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
+    from hobs_jax.experiments import recovery
     from hobs_jax.experiments.studies import (
         aligned_allocation,
         alignment_staircase,
@@ -110,8 +111,6 @@ def _studies() -> list[Entry]:
         train_throughput,
         workdir_lock,
     )
-
-    from hobs_jax.experiments import recovery
 
     return [study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
