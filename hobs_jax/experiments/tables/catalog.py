@@ -131,6 +131,19 @@ def _studies() -> list[Entry]:
             study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
 
 
+def _ast_build(rows, sources, run: Run) -> list[str]:
+    from hobs_jax.experiments import ast_report
+
+    (data,) = rows  # the sweep's row cache, whole (its schedule and commands with it)
+    return [p for t in ast_report.tables(data) for p in t.write(run.path(t.name))]
+
+
+def _ast_entry() -> Entry:
+    """The AST sweep's three tables, rebuilt from its row cache ``records/ast_fmnist.json``."""
+    return Entry("ast_fmnist", "adaptive sparse training grid, row cache", _ast_build,
+                 legacy=lambda data: ([data], {}))
+
+
 # -- run records of earlier code ------------------------------------------------------------
 LEGACY = ("Run records of earlier code (docs/results/records/), converted with their provenance by "
           "hobs_jax.experiments.records; not rerun here (hours of CPU), rerunnable as the sweeps of "
@@ -313,5 +326,6 @@ for _e in [
     _sweep_entry("ablation_resnet20", "module ablation, fresh", build_ablation, ablation_sweeps),
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
+    _ast_entry(),
 ]:
     ENTRIES[_e.name] = _e
