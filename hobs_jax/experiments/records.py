@@ -92,7 +92,10 @@ def rspar_rows(data: list | None = None, root: str = ".") -> list[dict]:
     labels = {"uniform": "hobs-uniform@propagate=0", "global": "hobs-global@propagate=0",
               "rspar": "rspar@propagate=0"}
     rows = []
-    for r in data if data is not None else _read(os.path.join(root, RECORDS, "rspar_fmnist.json")):
+    data = data if data is not None else _read(os.path.join(root, RECORDS, "rspar_fmnist.json"))
+    if isinstance(data, dict):  # the study's record since #22: {"command", "machine", ..., "rows"}
+        data = data["rows"]
+    for r in data:
         rows.append({"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
                      "source": RSPAR["key"], "model": r["model"], "label": labels[r["allocation"]],
                      "method": "rspar" if r["allocation"] == "rspar" else "hobs",

@@ -144,6 +144,26 @@ def _ast_entry() -> Entry:
                  legacy=lambda data: ([data], {}))
 
 
+def _rspar_variant(name: str, summary: str) -> Entry:
+    """An R-SPAR run of its own (earlier options or a configuration choice): its tables
+    (:mod:`hobs_jax.experiments.studies.rspar_report`) rebuilt from ``records/NAME.json``."""
+    def build(rows, sources, run: Run) -> list[str]:
+        import json
+
+        from hobs_jax.experiments.studies import rspar_report
+
+        curves = None  # the search's learning curves, saved beside the record's tables
+        for path in (run.path(f"{name}_curve.json"),
+                     os.path.join(os.path.dirname(os.path.abspath(run.records)), f"{name}_curve.json")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    curves = json.load(f)
+                break
+        (data,) = rows  # the run record, whole (its provenance with it)
+        return [p for t in rspar_report.tables(data, name, curves) for p in t.write(run.path(t.name))]
+    return Entry(name, summary, build, legacy=lambda data: ([data], {}))
+
+
 # -- run records of earlier code ------------------------------------------------------------
 LEGACY = ("Run records of earlier code (docs/results/records/), converted with their provenance by "
           "hobs_jax.experiments.records; not rerun here (hours of CPU), rerunnable as the sweeps of "
@@ -327,5 +347,9 @@ for _e in [
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
     _ast_entry(),
+    _rspar_variant("rspar_fmnist_v2", "R-SPAR, lbound 0.2, 80 episodes (earlier run), run record"),
+    _rspar_variant("rspar_fmnist_lbound0.1", "R-SPAR, lbound 0.1, 80 episodes, run record"),
+    _rspar_variant("rspar_fmnist_choice_imitate", "R-SPAR configuration choice (imitation), run record"),
+    _rspar_variant("rspar_fmnist_choice_noimitate", "R-SPAR configuration choice (no imitation), run record"),
 ]:
     ENTRIES[_e.name] = _e
