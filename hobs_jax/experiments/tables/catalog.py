@@ -164,6 +164,18 @@ def _rspar_variant(name: str, summary: str) -> Entry:
     return Entry(name, summary, build, legacy=lambda data: ([data], {}))
 
 
+def _block_ell_build(rows, sources, run: Run) -> list[str]:
+    import json
+
+    from hobs_jax.experiments.studies import block_ell_tables
+
+    e2e = []
+    if os.path.exists(run.record("block_ell_e2e")):
+        with open(run.record("block_ell_e2e")) as f:
+            e2e = json.load(f)
+    return [p for t in block_ell_tables.tables(rows, e2e) for p in t.write(run.path(t.name))]
+
+
 # -- run records of earlier code ------------------------------------------------------------
 LEGACY = ("Run records of earlier code (docs/results/records/), converted with their provenance by "
           "hobs_jax.experiments.records; not rerun here (hours of CPU), rerunnable as the sweeps of "
@@ -347,6 +359,8 @@ for _e in [
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
     _ast_entry(),
+    Entry("block_ell", "Block-ELL SpMM and ResNet-50 end to end, per device, run records", _block_ell_build,
+          legacy=lambda data: (data, {})),
     _rspar_variant("rspar_fmnist_v2", "R-SPAR, lbound 0.2, 80 episodes (earlier run), run record"),
     _rspar_variant("rspar_fmnist_lbound0.1", "R-SPAR, lbound 0.1, 80 episodes, run record"),
     _rspar_variant("rspar_fmnist_choice_imitate", "R-SPAR configuration choice (imitation), run record"),
