@@ -14,7 +14,8 @@ from hobs_jax.experiments.table import Column, ResultTable
 from hobs_jax.experiments.tables.catalog import ENTRIES, Run
 
 # Markdown under docs/results/ still written by hand (owned elsewhere or not converted yet).
-NOT_CONVERTED = ["aligned_allocation", "anymodel_fmnist", "bench_quickstart", "jax_vs_torch"]
+NOT_CONVERTED = ["aligned_allocation", "anymodel_fmnist", "bench_quickstart",
+                 "pipeline_benchmark_quickstart/benchmark_summary", "pipeline_benchmark_quickstart/report"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -47,23 +48,39 @@ def test_a_converted_study_table_is_a_result_table(name):
 
 
 def test_every_markdown_table_under_docs_results_is_a_result_table():
-    """Every docs/results/NAME.md but the narrative HISTORY.md has its NAME.json in the
-    result_table schema (so it was written by ResultTable.write), except the tables still
-    listed in NOT_CONVERTED."""
+    """Every NAME.md under docs/results/ (run folders included) but the narrative HISTORY.md
+    has its NAME.json in the result_table schema (so it was written by ResultTable.write),
+    except the pages still listed in NOT_CONVERTED."""
     left = []
-    for name in sorted(os.listdir(RESULTS)):
-        stem, ext = os.path.splitext(name)
-        if ext != ".md" or stem == "HISTORY":
-            continue
-        path = os.path.join(RESULTS, stem + ".json")
-        schema = None
-        if os.path.exists(path):
-            with open(path) as f:
-                d = json.load(f)
-            schema = d.get("schema") if isinstance(d, dict) else None
-        if schema != "hobs_jax.result_table":
-            left.append(stem)
+    for root, dirs, files in os.walk(RESULTS):
+        dirs[:] = [d for d in dirs if d != "records"]  # run records: the raw data tables are built from
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            rel = os.path.relpath(os.path.join(root, stem), RESULTS)
+            if ext != ".md" or rel == "HISTORY":
+                continue
+            schema = _schema(os.path.join(root, stem + ".json"))
+            if schema != "hobs_jax.result_table":
+                left.append(rel)
     assert sorted(left) == sorted(NOT_CONVERTED)
+
+
+def _schema(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        d = json.load(f)
+    return d.get("schema") if isinstance(d, dict) else None
+
+
+def test_bench_suite_tables_are_rebuilt_from_results_json(tmp_path):
+    run = Run(out=str(tmp_path), records=os.path.join(RESULTS, "records"), mode="records")
+    assert ENTRIES["bench_runs"].how(run) == "records"
+    ENTRIES["bench_runs"].make(run)
+    for md in ("jax_vs_torch.md", "bench_quickstart/summary.md", "bench_quickstart/summary_speedup.md",
+               "jax_vs_torch/small/summary_ratios.md"):
+        assert (tmp_path / md).read_text() == open(os.path.join(RESULTS, md)).read(), md
+        assert _schema(str(tmp_path / md).replace(".md", ".json")) == "hobs_jax.result_table"
 
 
 def test_an_entry_without_its_record_is_missing_not_misread(tmp_path):

@@ -155,6 +155,9 @@ def main(argv=None):
     opts = Options(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), warmup=3, iters=args.iters,
                    rounds=args.rounds, threads=1, clock="cpu", devices=("cpu",))
     suite = run_suite(models, ["xla", "onnxruntime"], opts, out_dir=args.out, baseline="dense")
+    from hobs_jax.experiments import bench_tables
+
+    bench_tables.render_run(args.out, baseline="dense")  # the suite's tables through ResultTable
     by = {}
     for rec in results:
         if "error" in rec:

@@ -176,6 +176,13 @@ def _block_ell_build(rows, sources, run: Run) -> list[str]:
     return [p for t in block_ell_tables.tables(rows, e2e) for p in t.write(run.path(t.name))]
 
 
+def _bench_build(rows, sources, run: Run) -> list[str]:
+    from hobs_jax.experiments import bench_tables
+
+    (index,) = rows  # the index of the published suite runs (their results.json beside it)
+    return bench_tables.render_all(run.out, index, results=os.path.dirname(os.path.abspath(run.records)))
+
+
 # -- run records of earlier code ------------------------------------------------------------
 LEGACY = ("Run records of earlier code (docs/results/records/), converted with their provenance by "
           "hobs_jax.experiments.records; not rerun here (hours of CPU), rerunnable as the sweeps of "
@@ -359,6 +366,8 @@ for _e in [
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
     _ast_entry(),
+    Entry("bench_runs", "hobs_jax.bench suite runs and the JAX-vs-PyTorch page, from their results.json",
+          _bench_build, legacy=lambda data: ([data], {})),
     Entry("block_ell", "Block-ELL SpMM and ResNet-50 end to end, per device, run records", _block_ell_build,
           legacy=lambda data: (data, {})),
     _rspar_variant("rspar_fmnist_v2", "R-SPAR, lbound 0.2, 80 episodes (earlier run), run record"),
