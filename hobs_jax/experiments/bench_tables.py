@@ -131,7 +131,8 @@ def run_tables(result: Mapping, name: str = "summary", baseline: str | None = No
             sp_t = ResultTable(f"{name}_speedup{suffix}", f"Speedup over {baseline}: its p50 / this model's p50 "
                                "(> 1: faster)", [
                                    Column("runtime_title", "runtime"), Column("dtype", "dtype"),
-                                   Column("batch", "batch", "int"), Column("baseline_p50_ms", f"{baseline} p50 ms", "ms"),
+                                   Column("batch", "batch", "int"),
+                                   Column("baseline_p50_ms", f"{baseline} p50 ms", "ms"),
                                    Column("p50_ms", "p50 ms", "ms"), Column("speedup", "speedup", "speedup")],
                                context=("device",), group_by=("model",), iso_tolerance=None)
             for info in result["models"]:

@@ -115,7 +115,7 @@ def _goal_table(records: list[dict], gpu: str | None, name: str) -> ResultTable:
                    "backend_index": be if be == "xla_scatter" else f"{be}, {index} index",
                    **{f"s{round(100 * s)}": f"{h[0]['speedup']:.2f}x ({h[0]['sparse_ms']:.3f} ms)" if h
                       else "not measured" for s, h in hits.items()}})
-    best = {}
+    best: dict[float, float] = {}
     for r in rows:
         if r.get("index", "in-graph") == "static" or r["backend"] == "xla_scatter":
             best[r["sparsity"]] = max(best.get(r["sparsity"], 0.0), r["speedup"])
@@ -194,7 +194,7 @@ def _device_tables(records: list[dict], dev: str) -> list[ResultTable]:
             res = [be_for(lb) for lb in sorted({r["label"] for r in d if r["label"].startswith("resnet50")})]
             vit = [be_for(lb) for lb in sorted({r["label"] for r in d if r["label"].startswith("vit_b")})]
             be_t.add({"device": dev, "dtype": dtype, "block": b, "source": key,
-                      "square": "-" if sq_be == "n/a" else fmt_break_even(sq_be),  # type: ignore[arg-type]
+                      "square": "-" if sq_be == "n/a" else fmt_break_even(sq_be),
                       "resnet": _summary(res, True), "vit": _summary(vit, False)})
     be_t.add_sources(src)
     return [every, square, be_t]
