@@ -7,7 +7,9 @@ A suite run folder ``DIR`` gets, through :class:`~hobs_jax.experiments.table.Res
 * ``DIR/summary``: latency, throughput, compile time, memory and the verification error
   per model (a section each), runtime, dtype and batch;
 * ``DIR/summary_ratios``: each runtime's p50 over XLA's (> 1: XLA is faster);
-* ``DIR/summary_speedup`` (with a baseline model): the baseline's p50 over each model's.
+* ``DIR/summary_speedup`` (with a baseline model): the baseline's p50 over each model's,
+  a column per runtime and batch;
+* ``DIR/summary_models``: the networks (input, MACs, parameters, widths).
 
 A table never mixes devices: a run with CPU and GPU rows gets one set per device
 (``summary_cpu``, ``summary_gpu``, ...). :func:`jax_vs_torch` builds the JAX-vs-PyTorch
@@ -68,7 +70,7 @@ def baseline_of(result: Mapping) -> str | None:
 
 def run_tables(result: Mapping, name: str = "summary", baseline: str | None = None) -> list[ResultTable]:
     """The tables of one suite run (module doc); ``baseline`` overrides :func:`baseline_of`."""
-    from hobs_jax.bench.report import index, speedups
+    from hobs_jax.bench.report import index
 
     meta, rows = result["meta"], result["rows"]
     baseline = baseline or baseline_of(result)
@@ -91,10 +93,6 @@ def run_tables(result: Mapping, name: str = "summary", baseline: str | None = No
             for r in ok:
                 if r["model"] == info["label"] and r["device"] == dev:
                     lat.add({**r, **ctx, "runtime_title": TITLES.get(r["runtime"], r["runtime"])})
-            shape = "x".join(map(str, info["input_shape"]))
-            lat.note(f"{info['label']}: input {shape}, {info['macs'] / 1e6:,.1f} M MACs and "
-                     f"{info['params'] / 1e6:,.3f} M parameters per example"
-                     + (f" (zoo model {info['zoo']})" if info.get("zoo") else "") + ".")
         skipped: dict[tuple, list] = {}
         for r in rows:
             if r["status"] != "ok" and r["device"] == dev:
@@ -128,29 +126,65 @@ def run_tables(result: Mapping, name: str = "summary", baseline: str | None = No
             ratios.source("run", **source)
             out.append(ratios)
         if baseline:
-            sp_t = ResultTable(f"{name}_speedup{suffix}", f"Speedup over {baseline}: its p50 / this model's p50 "
-                               "(> 1: faster)", [
-                                   Column("runtime_title", "runtime"), Column("dtype", "dtype"),
-                                   Column("batch", "batch", "int"),
-                                   Column("baseline_p50_ms", f"{baseline} p50 ms", "ms"),
-                                   Column("p50_ms", "p50 ms", "ms"), Column("speedup", "speedup", "speedup")],
-                               context=("device",), group_by=("model",), iso_tolerance=None)
-            for info in result["models"]:
-                if info["label"] == baseline:
-                    continue
-                for s in sorted(speedups(rows, baseline, info["label"]),
-                                key=lambda s: (s["runtime"], s["device"], s["dtype"], s["batch"])):
-                    if s["device"] == dev:
-                        sp_t.add({**s, **ctx, "model": info["label"],
-                                  "runtime_title": TITLES.get(s["runtime"], s["runtime"])})
+            sp_t = _speedup_pivot(result, baseline, dev, ctx, f"{name}_speedup{suffix}")
             if sp_t.rows:
-                slower = [f"{r['model']} {r['runtime_title']} batch {r['batch']}" for r in sp_t.rows
-                          if r["speedup"] < 1]
-                if slower:
-                    sp_t.note("slower than " + baseline + ": " + "; ".join(slower))
                 sp_t.source("run", **source)
                 out.append(sp_t)
+    models = _models_table(result, baseline, f"{name}_models")
+    models.source("run", **source)
+    out.append(models)
     return out
+
+
+def _models_table(result: Mapping, baseline: str | None, name: str) -> ResultTable:
+    """The run's networks: input, MACs and parameters per example (and their share of the
+    baseline's), widths."""
+    meta = result["meta"]
+    base = next((m for m in result["models"] if m["label"] == baseline), None)
+    cols = [Column("label", "model"), Column("input", "input"), Column("mmacs", "M MACs / example", "float", 1)]
+    if base is not None:
+        cols.append(Column("macs_share", f"MACs of {baseline}", "share", 2))
+    cols += [Column("mparams", "M parameters", "float", 3), Column("zoo", "zoo model"),
+             Column("widths_text", "widths")]
+    t = ResultTable(name, "Inference benchmark: the networks", cols, context=("device",), iso_tolerance=None)
+    for info in result["models"]:
+        t.add({"device": _device_key(meta["machine"], (meta.get("devices") or ["cpu"])[0]), "source": "run",
+               "label": info["label"], "input": "x".join(map(str, info["input_shape"])),
+               "mmacs": info["macs"] / 1e6, "mparams": info["params"] / 1e6, "zoo": info.get("zoo"),
+               "macs_share": info["macs"] / base["macs"] if base else None,
+               "widths_text": ", ".join(str(v) for v in (info.get("widths") or {}).values()) or None})
+    return t
+
+
+def _speedup_pivot(result: Mapping, baseline: str, dev: str, ctx: Mapping, name: str) -> ResultTable:
+    """``baseline`` p50 / each model's p50 per runtime and batch (one column each), one row
+    per model, a section per dtype; the baseline's own p50s in the notes."""
+    from hobs_jax.bench.report import index, speedups
+
+    rows = result["rows"]
+    sp = {m["label"]: [s for s in speedups(rows, baseline, m["label"]) if s["device"] == dev]
+          for m in result["models"] if m["label"] != baseline}
+    keys = sorted({(s["runtime"], s["batch"]) for v in sp.values() for s in v},
+                  key=lambda k: (k[0] != "xla", k[0], k[1]))
+    t = ResultTable(name, f"Speedup over {baseline}: its p50 / each model's p50 (below 1x: slower than {baseline})",
+                    [Column("model", "model")] + [Column(f"{rt}@{b}", f"{TITLES.get(rt, rt)} b{b}", "speedup")
+                                                  for rt, b in keys],
+                    context=("device",), group_by=("dtype",), iso_tolerance=None)
+    for dtype in sorted({s["dtype"] for v in sp.values() for s in v}):
+        for model, v in sp.items():
+            cells = {f"{s['runtime']}@{s['batch']}": s["speedup"] for s in v if s["dtype"] == dtype}
+            if cells:
+                t.add({**ctx, "model": model, "dtype": dtype, **cells})
+        slower = [f"{r['model']} {k.replace('@', ' b')}" for r in t.rows if r["dtype"] == dtype
+                  for k in r if "@" in k and r[k] is not None and r[k] < 1]
+        if slower:
+            t.note(f"slower than {baseline} ({dtype}): " + ", ".join(slower))
+        idx = index(rows)
+        p50 = [f"{TITLES.get(rt, rt)} {idx[(baseline, rt, dev, dtype, b)]['p50_ms']:.3g} ms (batch {b})"
+               for rt, b in keys if (baseline, rt, dev, dtype, b) in idx]
+        if p50:
+            t.note(f"{baseline} p50 ({dtype}): " + ", ".join(p50))
+    return t
 
 
 def render_run(run_dir: str, baseline: str | None = None, out_dir: str | None = None) -> list[str]:

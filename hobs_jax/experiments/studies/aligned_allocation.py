@@ -198,6 +198,8 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
              "device": machine.device_key(m), "source": key,
              "budget": rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")}
         r["target" if rec["metric"] == "macs" else "latency_target"] = rec["target"]
+        if rec["runtime"]:
+            r["runtime"], r["table_batch"] = rec["runtime"], (doc["tables"].get(rec["runtime"]) or {}).get("batch")
         r["target_shown"] = rec["target"]
         if "error" in rec:
             r["refused"] = rec["error"]
@@ -227,5 +229,13 @@ def table(rows, sources, name: str = NAME):
                                  "Speedups: dense p50 / pruned p50 in one interleaved run of `hobs_jax.bench` (one "
                                  "thread per framework, CPU time per call). Narrative: `aligned_allocation.md`."])
     t.extend(rows)
+    titles = {"xla": "XLA", "onnxruntime": "ONNX Runtime"}
+    for r in t.rows:  # a latency budget: the asked speedup at the batch its table was measured for
+        if r.get("latency_target") is None or r.get("table_batch") is None:
+            continue
+        asked, got = 1 / r["latency_target"], r.get(f"{r['runtime']}@{r['table_batch']}")
+        t.goal(f"{r['label']}: {asked:.2f}x asked in {titles.get(r['runtime'], r['runtime'])} at batch "
+               f"{r['table_batch']}, measured within 10%", None if got is None else abs(got / asked - 1) <= 0.1,
+               "" if got is None else f"{got:.2f}x ({100 * (got / asked - 1):+.1f}%)")
     t.add_sources(sources)
     return t
