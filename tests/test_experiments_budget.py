@@ -37,7 +37,7 @@ def test_summary_mean_std_and_refusals():
 
 
 def test_the_equal_budget_table_goes_through_result_table_and_refuses_an_off_target_row(tmp_path):
-    from hobs_jax.experiments import equal_budget
+    from hobs_jax.experiments import equal_budget, studies
     from hobs_jax.experiments.table import SCHEMA, ResultTable
 
     rows = [dict(model="resnet56", method=m, target_macs_ratio=0.5, seed=s, budget_epochs=1.0, acc_dense=0.947,
@@ -50,5 +50,5 @@ def test_the_equal_budget_table_goes_through_result_table_and_refuses_an_off_tar
     assert t.refused[0]["method"] == "magnitude" and (tmp_path / "records" / "t1.json").exists()
     assert "93.10 ± 0.10" in (tmp_path / "t1.md").read_text()
     (tmp_path / "t1.md").unlink()
-    equal_budget.render(str(tmp_path / "t1"))  # rebuilt from the record alone
+    studies.render_prefix(equal_budget, str(tmp_path / "t1"))  # rebuilt from the record alone
     assert "93.10 ± 0.10" in (tmp_path / "t1.md").read_text()

@@ -80,3 +80,11 @@ def test_stability_reports_mean_std_and_a_paired_test_over_seeds():
     assert (test["a"], test["b"]) == ("hobs", "magnitude") and 0 < test["p"] < 0.05
     line = readme.say_stability(t)
     assert "hobs 92.50% ± 0.50 pts (n=3)" in line and "hobs vs magnitude: p = " in line
+
+
+def test_measurement_kinds_keep_significant_digits_and_millisecond_precision():
+    sig, ms = Column("x", "x", "sig", 3), Column("t", "t", "ms")
+    assert [sig.format(v) for v in (0.04341, 4.02, 58.44, 1020.4, None)] == ["0.0434", "4.02", "58.4", "1,020", "-"]
+    assert [ms.format(v) for v in (1.3971, 36.64, 1244.06)] == ["1.397", "36.6", "1244.1"]
+    with pytest.raises(ValueError, match="kind='sigfig'"):
+        Column("x", "x", "sigfig")

@@ -182,19 +182,9 @@ def write_report(out: str, command: str, rows: list[dict], summary: list[dict], 
     from hobs_jax.bench import sysinfo
     from hobs_jax.experiments import studies
 
-    machine = sysinfo.describe(sysinfo.machine())
-    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
-    studies.save_record(name, {"command": command, "device": machine, "rows": rows, "summary": summary,
-                               "min_seeds": min_seeds}, folder)
-    return render(out)
-
-
-def render(out: str) -> list[str]:
-    """``OUT.{json,md,tex}`` from the stored run record, without computing."""
-    from hobs_jax.experiments import studies
-
-    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
-    return studies.render(sys.modules[__name__], folder, name)
+    return studies.publish_record(sys.modules[__name__], out, {
+        "command": command, "device": sysinfo.describe(sysinfo.machine()), "rows": rows, "summary": summary,
+        "min_seeds": min_seeds})
 
 
 NAME = "table1_equal_budget"
@@ -255,7 +245,9 @@ def main(argv=None) -> None:
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
     args = p.parse_args(argv)
     if args.render_only:
-        print(render(args.out))
+        from hobs_jax.experiments import studies
+
+        print(studies.render_prefix(sys.modules[__name__], args.out))
         return
     import hobs_jax
     from hobs_jax.methods import get_method

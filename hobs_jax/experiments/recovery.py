@@ -128,21 +128,9 @@ def report(out: str, command: str, base: dict, rows: list[dict], note: list[str]
         r["min_acc"] = min(vals) if vals else None
         r["never_below_oneshot"] = bool(vals) and min(vals) >= one
         r["final"] = vals[-1] if vals else None
-    machine = sysinfo.describe(sysinfo.machine())
-    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
-    studies.save_record(name, {"command": command, "device": machine, "pruned": base, "rows": rows, "notes": note},
-                        folder)
-    return render(out)
-
-
-def render(out: str) -> list[str]:
-    """The table ``OUT.{json,md,tex}`` from its stored run record, without computing."""
-    import sys as _sys
-
-    from hobs_jax.experiments import studies
-
-    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
-    return studies.render(_sys.modules[__name__], folder, name)
+    return studies.publish_record(sys.modules[__name__], out, {
+        "command": command, "device": sysinfo.describe(sysinfo.machine()), "pruned": base, "rows": rows,
+        "notes": note})
 
 
 NAME = "recovery_fmnist_resnet56"
@@ -208,7 +196,9 @@ def main(argv=None) -> None:
                    help="rebuild OUT's table from its stored run record (OUT's folder/records/NAME.json)")
     args = p.parse_args(argv)
     if args.render_only:
-        print(render(args.out))
+        from hobs_jax.experiments import studies
+
+        print(studies.render_prefix(sys.modules[__name__], args.out))
         return
     args.checkpoint = args.checkpoint or os.path.join("checkpoints", f"{args.model}_fmnist")
     command = "python -m hobs_jax.experiments.recovery " + " ".join(

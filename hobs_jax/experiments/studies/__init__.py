@@ -63,6 +63,25 @@ def render(study, out: str = "docs/results", name: str | None = None, records_di
     return study.table(rows, sources, **table_kwargs).write(os.path.join(out, name))
 
 
+def split_prefix(prefix: str) -> tuple[str, str]:
+    """``OUT/NAME`` -> (OUT as an absolute folder, NAME): a study's ``--out`` prefix."""
+    return os.path.dirname(os.path.abspath(prefix)), os.path.basename(prefix)
+
+
+def render_prefix(study, prefix: str) -> list[str]:
+    """:func:`render` of the study's table ``PREFIX.{json,md,tex}`` from ``OUT/records/NAME.json``."""
+    folder, name = split_prefix(prefix)
+    return render(study, folder, name)
+
+
+def publish_record(study, prefix: str, raw) -> list[str]:
+    """Save ``raw`` as the run record of ``PREFIX`` (:func:`save_record`) and write the table
+    built from it (:func:`render_prefix`); returns the table's paths."""
+    folder, name = split_prefix(prefix)
+    save_record(name, raw, folder)
+    return render_prefix(study, prefix)
+
+
 def parser(doc: str, out: str = "docs/results") -> argparse.ArgumentParser:
     """A benchmark script's argument parser: its docstring's first line, and ``--out``."""
     p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
