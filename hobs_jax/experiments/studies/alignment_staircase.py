@@ -70,8 +70,8 @@ def main(argv=None):
         stairs = alignment.measure_staircases(runtimes, layers, widths, rounds=args.rounds, iters=args.iters,
                                               threads=threads)
         cached = alignment.save_staircases(stairs, alignment.device_id())
-        args = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
-        command = "python " + " ".join(shlex.quote(a) for a in args)
+        words = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)  # not `args`: still read below
+        command = "python " + " ".join(shlex.quote(a) for a in words)
     quanta = {r: alignment.combined_quantum([s for s in stairs if s.runtime == r]) for r in runtimes}
     doc = {"command": command, "machine": machine, "threads": threads, "device_class": stairs[0].device,
            "quantum": quanta, "staircases": [dict(s.to_dict(), width_bound=alignment.width_bound(s)) for s in stairs]}
