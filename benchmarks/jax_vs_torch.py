@@ -16,8 +16,6 @@ JAX-vs-PyTorch table. ``--render-only`` rebuilds the tables from the stored resu
 import argparse
 import json
 import os
-import shlex
-import sys
 
 # group -> (models, batch sizes, timed calls per configuration, rounds, warm-up calls)
 GROUPS = {
@@ -50,7 +48,6 @@ def main(argv=None):
     # TensorRT only where installed: the suite errors on a named runtime that is missing.
     runtimes = [r for r in args.runtimes.split(",") if r and (r != "tensorrt" or rt.get_runtime(r).framework())]
     devices = rt.parse_list(args.devices, "device", rt.DEVICES) or None
-    command = "python " + shlex.join([sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
     results = {}
     for group in groups:
         specs, sizes, iters, rounds, warmup = GROUPS[group]
@@ -63,7 +60,7 @@ def main(argv=None):
         bench_tables.render_run(os.path.join(args.out, group))
         with open(os.path.join(args.out, group, "results.json")) as f:
             results[group] = json.load(f)
-    print("\n".join(bench_tables.write_jax_vs_torch(results, command, args.out)))
+    print("\n".join(bench_tables.write_jax_vs_torch(results, args.out)))
 
 
 if __name__ == "__main__":

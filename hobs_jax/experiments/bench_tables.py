@@ -196,9 +196,10 @@ def render_run(run_dir: str, baseline: str | None = None, out_dir: str | None = 
     return [p for t in run_tables(result, baseline=baseline) for p in t.write(os.path.join(out_dir, t.name))]
 
 
-def jax_vs_torch(groups: Mapping[str, Mapping], command: str, name: str = "jax_vs_torch") -> ResultTable:
+def jax_vs_torch(groups: Mapping[str, Mapping], name: str = "jax_vs_torch") -> ResultTable:
     """The JAX-vs-PyTorch page from the suite results of several groups (``group ->
-    results.json``): per group and model, each runtime's p50 over XLA's and XLA's own p50."""
+    results.json``): per group and model, each runtime's p50 over XLA's and XLA's own p50;
+    each group's source is the command its results record."""
     from hobs_jax.bench.report import index
 
     t = ResultTable(name, "JAX vs PyTorch: dense inference", [
@@ -223,7 +224,8 @@ def jax_vs_torch(groups: Mapping[str, Mapping], command: str, name: str = "jax_v
                 t.add({"device": _device_key(meta["machine"], device), "group": group, "model": label,
                        "dtype": dtype, "batch": batch, "xla_p50_ms": r["p50_ms"], "source": group, **cells})
         opts = meta["options"]
-        t.source(group, command=command, batch_sizes=",".join(map(str, opts["batch_sizes"])),
+        t.source(group, command="python " + " ".join(meta.get("argv") or []),
+                 batch_sizes=",".join(map(str, opts["batch_sizes"])),
                  timed_calls=opts["iters"], rounds=opts["rounds"], seconds=round(meta.get("seconds") or 0))
     return t
 
@@ -248,11 +250,10 @@ def render_all(out: str = "docs/results", index: Mapping | None = None, results:
             with open(os.path.join(results, run, "results.json")) as f:
                 groups[run.split("/", 1)[1]] = json.load(f)
     if groups:
-        argv = next(iter(groups.values()))["meta"].get("argv") or ["benchmarks/jax_vs_torch.py"]
-        paths += write_jax_vs_torch(groups, "python " + " ".join(argv), os.path.join(out, "jax_vs_torch"))
+        paths += write_jax_vs_torch(groups, os.path.join(out, "jax_vs_torch"))
     return paths
 
 
-def write_jax_vs_torch(groups: Mapping[str, Mapping], command: str, prefix: str) -> list[str]:
+def write_jax_vs_torch(groups: Mapping[str, Mapping], prefix: str) -> list[str]:
     """:func:`jax_vs_torch` written as ``PREFIX.{json,md,tex}``."""
-    return jax_vs_torch(groups, command, os.path.basename(prefix)).write(prefix)
+    return jax_vs_torch(groups, os.path.basename(prefix)).write(prefix)
