@@ -4,20 +4,18 @@ torch eager, torch.compile and ONNX Runtime (and on a GPU, TensorRT), with
 ``hobs_jax.bench``.
 
 The models run in three suite runs sized for a 2-core CPU (batch sizes and calls shrink
-with the model); each writes its results, summary and plots to ``--out/<group>/``, and
-``--out.md`` collects the JAX-vs-PyTorch tables.
+with the model); each writes its results and plots to ``--out/<group>/`` with its tables
+(:mod:`hobs_jax.experiments.bench_tables`), and ``--out.{json,md,tex}`` collects the
+JAX-vs-PyTorch table. ``--render-only`` rebuilds the tables from the stored results.
 
     nice -n 10 python benchmarks/jax_vs_torch.py                  # docs/results/jax_vs_torch*
     nice -n 10 python benchmarks/jax_vs_torch.py --threads 1 --clock cpu   # on a shared machine
     python benchmarks/jax_vs_torch.py --groups small --quick --out /tmp/jvt   # minutes
 """
 
-from __future__ import annotations
-
 import argparse
+import json
 import os
-import shlex
-import sys
 
 # group -> (models, batch sizes, timed calls per configuration, rounds, warm-up calls)
 GROUPS = {
@@ -36,35 +34,33 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: the workers' CPU time per call (with --threads 1; robust on a shared machine)")
     p.add_argument("--quick", action="store_true", help="batch sizes 1,8 and 4 calls (a smoke run)")
+    p.add_argument("--render-only", action="store_true", help="rebuild the tables from --out/<group>/results.json")
     p.add_argument("--out", default="docs/results/jax_vs_torch")
     args = p.parse_args(argv)
-    from hobs_jax.bench import Options, parse_model, run_suite, summary_markdown
+    from hobs_jax.bench import Options, parse_model, run_suite
     from hobs_jax.bench import runtimes as rt
+    from hobs_jax.experiments import bench_tables
 
-    runtimes = [r for r in args.runtimes.split(",") if r]
+    groups = [g for g in args.groups.split(",") if g]
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        raise SystemExit(f"error: unknown group {bad[0]!r}; use {', '.join(GROUPS)}")
     # TensorRT only where installed: the suite errors on a named runtime that is missing.
-    runtimes = [r for r in runtimes if r != "tensorrt" or rt.get_runtime(r).framework()]
+    runtimes = [r for r in args.runtimes.split(",") if r and (r != "tensorrt" or rt.get_runtime(r).framework())]
     devices = rt.parse_list(args.devices, "device", rt.DEVICES) or None
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (sys.argv[1:] if argv is None else argv))
-    parts = ["# JAX vs PyTorch: dense inference", "",
-             f"`{command}`. Per group: `summary.md`, `results.csv`/`.json` and the plots in "
-             f"`{os.path.basename(args.out)}/<group>/`. Random weights (latency does not depend on them); "
-             "every runtime's outputs were verified against Flax before timing.", ""]
-    for group in [g for g in args.groups.split(",") if g]:
-        if group not in GROUPS:
-            raise SystemExit(f"error: unknown group {group!r}; use {', '.join(GROUPS)}")
+    results = {}
+    for group in groups:
         specs, sizes, iters, rounds, warmup = GROUPS[group]
         if args.quick:
             sizes, iters, rounds, warmup = sizes[:2], 4, 2, 1
-        opts = Options(batch_sizes=sizes, iters=iters, rounds=rounds, warmup=warmup, threads=args.threads,
-                       devices=devices, clock=args.clock)
-        result = run_suite([parse_model(m) for m in specs], runtimes, opts, out_dir=os.path.join(args.out, group))
-        body = summary_markdown(result).split("\n", 2)[2]  # without the title
-        parts += [f"## Group {group}: batch sizes {','.join(map(str, sizes))}, {iters} timed calls over "
-                  f"{rounds} rounds, {result.meta['seconds']:.0f} s", "", body.replace("\n## ", "\n### "), ""]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(parts))
-    print(args.out + ".md")
+        if not args.render_only:
+            opts = Options(batch_sizes=sizes, iters=iters, rounds=rounds, warmup=warmup, threads=args.threads,
+                           devices=devices, clock=args.clock)
+            run_suite([parse_model(m) for m in specs], runtimes, opts, out_dir=os.path.join(args.out, group))
+        bench_tables.render_run(os.path.join(args.out, group))
+        with open(os.path.join(args.out, group, "results.json")) as f:
+            results[group] = json.load(f)
+    print("\n".join(bench_tables.write_jax_vs_torch(results, args.out)))
 
 
 if __name__ == "__main__":

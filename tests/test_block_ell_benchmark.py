@@ -1,6 +1,6 @@
 """The Block-ELL study's bookkeeping (``benchmarks/block_ell.py``, code in
 :mod:`hobs_jax.experiments.studies.block_ell`): shapes, merging CPU and GPU records,
-break-even interpolation, the Markdown report (no timing here)."""
+break-even interpolation, the per-device result tables (no timing here)."""
 
 import pytest
 
@@ -45,16 +45,27 @@ def test_break_even_interpolation(bench):
     assert bench.break_even([(0.5, 0.2), (0.9, 0.8)]) == (None, False)
 
 
-def test_report_marks_unmeasured_gpu_rows(bench):
+def test_tables_split_by_device_and_mark_unmeasured_gpu_rows():
+    from hobs_jax.experiments.studies import block_ell_tables
+    from hobs_jax.experiments.table import SCHEMA
+
     cpu = [_rec("cpu", "xla_scatter", s, sp, dtype="float32")
            for s, sp in ((0.5, 0.8), (0.75, 1.6), (0.9, 4.0))]
-    md = bench.render_md(cpu)
-    assert "not yet measured (no GPU lent)" in md
-    assert "| 64 | 0.80x (xla_scatter) | 1.60x (xla_scatter) | 4.00x (xla_scatter) |" in md
-    assert "| 64 | 56% |" in md  # interpolated break-even 0.5 + 0.2/0.8 * 0.25
-    gpu = [_rec("NVIDIA H100 80GB HBM3", "pallas_mosaic", 0.9, 5.0)]
-    md = bench.render_md(cpu + gpu)
-    assert "not yet measured" not in md and "NVIDIA H100 80GB HBM3" in md
+    by = {t.name: t for t in block_ell_tables.tables(cpu)}
+    assert set(by) == {"block_ell", "block_ell_cpu", "block_ell_cpu_square", "block_ell_cpu_breakeven"}
+    assert "not yet measured (no GPU lent)" in by["block_ell"].to_markdown()
+    assert [g.met for g in by["block_ell"].goals] == [None, None]
+    assert "| 64 | 0.80x (xla_scatter) | 1.60x (xla_scatter) | 4.00x (xla_scatter) |" in \
+        by["block_ell_cpu_square"].to_markdown()
+    assert "| 64 | 56% |" in by["block_ell_cpu_breakeven"].to_markdown()  # 0.5 + 0.2/0.8 * 0.25
+    assert by["block_ell_cpu"].to_dict()["schema"] == SCHEMA
+    gpu = [_rec("NVIDIA H100 80GB HBM3", "pallas_mosaic", s, sp) for s, sp in ((0.5, 0.9), (0.6, 1.1), (0.9, 4.2))]
+    for r in gpu:
+        r["index"] = "static"
+    by = {t.name: t for t in block_ell_tables.tables(cpu + gpu)}
+    goal = by["block_ell"]
+    assert goal.context == {"device": "NVIDIA H100 80GB HBM3"} and "not yet measured" not in goal.to_markdown()
+    assert [g.met for g in goal.goals] == [True, True] and "block_ell_h100_square" in by
 
 
 def test_devtime_parses_kernels_per_annotated_call(tmp_path):

@@ -34,3 +34,21 @@ def test_summary_mean_std_and_refusals():
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"^hobs at 0.5: 2 seed\(s\) \[0, 1\]; a table with std needs at least 3"):
         summarize(rows + [_row(method="hobs", seed=0), _row(method="hobs", seed=1)])
+
+
+def test_the_equal_budget_table_goes_through_result_table_and_refuses_an_off_target_row(tmp_path):
+    from hobs_jax.experiments import equal_budget, studies
+    from hobs_jax.experiments.table import SCHEMA, ResultTable
+
+    rows = [dict(model="resnet56", method=m, target_macs_ratio=0.5, seed=s, budget_epochs=1.0, acc_dense=0.947,
+                 acc_bn_recalibrated=0.9 + 0.01 * s, acc_final=0.93 + 0.001 * s, macs_ratio=0.5 + off,
+                 params_ratio=0.5, method_training_steps=0, seconds={"prune": 10.0})
+            for m, off in (("hobs", 0.001), ("magnitude", 0.03)) for s in range(3)]
+    equal_budget.write_report(str(tmp_path / "t1"), "cmd", rows, summarize(rows), 3)
+    t = ResultTable.read(str(tmp_path / "t1.json"))
+    assert t.to_dict()["schema"] == SCHEMA and [r["method"] for r in t.rows] == ["hobs"]
+    assert t.refused[0]["method"] == "magnitude" and (tmp_path / "records" / "t1.json").exists()
+    assert "93.10 ± 0.10" in (tmp_path / "t1.md").read_text()
+    (tmp_path / "t1.md").unlink()
+    studies.render_prefix(equal_budget, str(tmp_path / "t1"))  # rebuilt from the record alone
+    assert "93.10 ± 0.10" in (tmp_path / "t1.md").read_text()

@@ -48,6 +48,25 @@ def test_a_bad_sweep_fails_in_one_line_before_any_run(tmp_path, kw, why):
     assert "\n" not in str(e.value) and not any(tmp_path.iterdir())
 
 
+def test_a_sweep_takes_a_module_of_ones_own_by_import_path(tmp_path):
+    (row,) = plan(Sweep("own", models=("hobs_jax.testing.nets:ConvNeXtTiny",), variants=("hobs",),
+                        targets=(0.5,), workdir=str(tmp_path)))
+    assert row.config.model.import_path == "hobs_jax.testing.nets:ConvNeXtTiny"
+    assert row.model == "hobs_jax.testing.nets:ConvNeXtTiny" and ":" not in row.workdir
+    (zoo_row,) = plan(Sweep("zoo", models=("resnet20",), variants=("hobs",), targets=(0.5,), workdir=str(tmp_path)))
+    assert zoo_row.config.model.import_path == "" and zoo_row.config.model.name == "resnet20"
+
+
+@pytest.mark.parametrize("model, why", [("hobs_jax.testing.nets:Nope", "has no 'Nope'"),
+                                        ("hobs_jax.testing.nets:jnp", "not a class"),
+                                        ("collections:OrderedDict", "not a flax.linen or flax.nnx module"),
+                                        ("convnext_tinyy", "neither a zoo model")])
+def test_a_sweep_model_that_is_neither_zoo_nor_module_fails_in_one_line(tmp_path, model, why):
+    with pytest.raises(ValueError, match=why) as e:
+        plan(Sweep("s", models=(model,), variants=("hobs",), targets=(0.5,), workdir=str(tmp_path)))
+    assert "\n" not in str(e.value) and model in str(e.value)
+
+
 def test_stability_reports_mean_std_and_a_paired_test_over_seeds():
     rows = [dict(CTX, model="resnet20", target=0.5, label=m, method=m, seed=s, macs_ratio=0.5,
                  acc_oneshot=acc, acc_bn_recalibrated=acc)
@@ -61,3 +80,11 @@ def test_stability_reports_mean_std_and_a_paired_test_over_seeds():
     assert (test["a"], test["b"]) == ("hobs", "magnitude") and 0 < test["p"] < 0.05
     line = readme.say_stability(t)
     assert "hobs 92.50% ± 0.50 pts (n=3)" in line and "hobs vs magnitude: p = " in line
+
+
+def test_measurement_kinds_keep_significant_digits_and_millisecond_precision():
+    sig, ms = Column("x", "x", "sig", 3), Column("t", "t", "ms")
+    assert [sig.format(v) for v in (0.04341, 4.02, 58.44, 1020.4, None)] == ["0.0434", "4.02", "58.4", "1,020", "-"]
+    assert [ms.format(v) for v in (1.3971, 36.64, 1244.06)] == ["1.397", "36.6", "1244.1"]
+    with pytest.raises(ValueError, match="kind='sigfig'"):
+        Column("x", "x", "sigfig")

@@ -346,7 +346,7 @@ def run_suite(models: Sequence[ModelSpec], runtimes=None, options: Options | Non
             info["onnx"] = "exported"
     meta = {"machine": machine, "load_average_end": sysinfo.load_average(), "devices": list(devices),
             "options": dataclasses.asdict(opts), "runtimes": [r.name for r, _ in resolved],
-            "workers": hello, "seconds": round(time.time() - t_start, 1), "argv": list(sys.argv)}
+            "workers": hello, "seconds": round(time.time() - t_start, 1), "argv": list(sys.argv), "baseline": baseline}
     cols = _machine_columns(machine, opts)
     result = SuiteResult(meta, infos, [_row(c, specs, opts, cols) for c in configs])
     if out_dir:

@@ -3,7 +3,7 @@
     python -m hobs_jax.experiments.ast_fmnist --tasks=train --modes=full,ast,random \\
         --rates=0.1,0.2 --seeds=0                              # a first slice
     python -m hobs_jax.experiments.ast_fmnist                 # the whole grid (defaults)
-    python -m hobs_jax.experiments.ast_fmnist --report_only   # rewrite .md/.png from .json
+    python -m hobs_jax.experiments.ast_fmnist --report_only   # rebuild the tables/plots from the record
 
 Rows (one training run each; model, task, mode, score, target_rate, seed):
 
@@ -26,7 +26,7 @@ Rows (one training run each; model, task, mode, score, target_rate, seed):
   (achieved rate, rate-window deviation, threshold range, converged) and the speedup
   against the ``full`` row of the same task and seed.
 
-Finished rows are cached in ``<out>.json`` (keyed by row and schedule) and skipped on a
+Finished rows are cached in ``<out's folder>/records/<name>.json`` (keyed by row and schedule) and skipped on a
 rerun, so the grid can be run in slices, interrupted and extended. The schedule is scaled
 down for a CPU (``--train_examples`` of the 60,000 training images, a few epochs); the
 defaults are documented in docs/ast.md. Energy is recorded only where a device reports
@@ -145,10 +145,14 @@ def _row_id(r: dict) -> tuple:
 
 
 class Store:
-    """The cached rows of ``<out>.json`` (rewritten after every finished row)."""
+    """The cached rows of ``<out's folder>/records/<name>.json`` (rewritten after every
+    finished row); the tables built from them are ``<out>*.{json,md,tex}``."""
 
     def __init__(self, out: str, schedule: Schedule, command: str):
-        self.path = out + ".json"
+        from hobs_jax.experiments import studies
+
+        self.path = studies.record_path(os.path.basename(out), os.path.dirname(os.path.abspath(out)))
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.schedule, self.command = schedule, command
         self.data: dict[str, Any] = {"rows": []}
         if os.path.exists(self.path):
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"rate {row['achieved_rate']:.3f}  backprop {row['samples_backpropagated']}",
                       flush=True)
                 ast_report.write(store.data, args.out, s)
-    if store.data["rows"]:
+    if store.data["rows"] and not args.report_only:  # --report_only leaves the record as it is
         store.save()
     ast_report.write(store.data, args.out, s)
 

@@ -1,5 +1,7 @@
-"""docs/results/ast_fmnist.md and its plots from the rows of ast_fmnist.json (written after
-every finished row, and by ``python -m hobs_jax.experiments.ast_fmnist --report_only``)."""
+"""docs/results/ast_fmnist{,_per_class,_controller}.{json,md,tex} (through
+:class:`~hobs_jax.experiments.table.ResultTable`) and its plots from the sweep's row cache
+``docs/results/records/ast_fmnist.json`` (written after every finished row, and by
+``python -m hobs_jax.experiments.ast_fmnist --report_only``, which trains nothing)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+
+from hobs_jax.experiments.table import Column, ResultTable
 
 CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Boot")
@@ -48,8 +52,11 @@ def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
                                                    order[kv[0][1]], kv[0][2])))
 
 
-def _goal_lines(rows: list[dict]) -> list[str]:
-    lines = []
+def _goals(rows: list[dict]) -> tuple[list[tuple[str, bool | None, str]], list[str]]:
+    """The page's goals ``(text, met, detail)`` (speed and accuracy of AST at rates 0.1-0.2
+    with loss scores; the controller's rate within 2 points) and comparisons (notes)."""
+    goals: list[tuple[str, bool | None, str]] = []
+    notes: list[str] = []
     g = groups(rows)
     for task in ("train", "finetune"):
         for (t, mode, score, rate), rs in g.items():
@@ -64,9 +71,9 @@ def _goal_lines(rows: list[dict]) -> list[str]:
             fast = min(np.mean(sp), np.mean(spc) if spc else np.inf)
             ok = fast >= need_sp and np.mean(dl) >= need_dl
             cpu_txt = f", {np.mean(spc):.2f}x in CPU time" if spc else ""
-            lines.append(f"- {task}, AST at {rate:g}: speedup {np.mean(sp):.2f}x wall{cpu_txt} "
-                         f"(goal >= {need_sp:g}x), top-1 {np.mean(dl):+.2f} points vs full (goal "
-                         f">= {need_dl:+.1f}): **{'met' if ok else 'not met'}**")
+            goals.append((f"{task}, AST at {rate:g}: speedup >= {need_sp:g}x and top-1 >= {need_dl:+.1f} points vs "
+                          "full", bool(ok), f"speedup {np.mean(sp):.2f}x wall{cpu_txt}, top-1 {np.mean(dl):+.2f} "
+                          "points vs full"))
         for (t, mode, score, rate), rs in g.items():
             if t != task or mode != "ast" or score != "loss":
                 continue
@@ -76,20 +83,19 @@ def _goal_lines(rows: list[dict]) -> list[str]:
                     continue
                 a, b = np.mean([r["acc_top1"] for r in rs]), np.mean([r["acc_top1"] for r in o])
                 verdict = ("beats" if a > b else "ties" if a == b else "loses to")
-                lines.append(f"- {task}, rate {rate:g}: AST {100 * a:.2f}% {verdict} {other} "
-                             f"{100 * b:.2f}%")
+                notes.append(f"{task}, rate {rate:g}: AST {100 * a:.2f}% {verdict} {other} {100 * b:.2f}%")
     within = [(r["task"], r["score"], r["target_rate"], r["seed"], r["ast"])
               for r in rows if r["mode"] == "ast" and r.get("ast")]
     within = [w for w in within if w[4].get("windows_within_2pt") is not None]
     if within:
         bad = [w for w in within if w[4].get("windows_within_2pt") != 1.0]
-        lines.append(f"- rate within +-2 points of the target after warm-up (50-batch windows, "
-                     f"the first one excluded): {len(within) - len(bad)} of {len(within)} AST "
-                     f"runs" + ("" if not bad else "; not in: " + ", ".join(
-                         f"{t} {s} {r:g} seed {sd} ({100 * (a['windows_within_2pt'] or 0):.0f}% "
-                         f"of windows, max deviation {100 * a['max_window_deviation']:.1f} pt)"
-                         for t, s, r, sd, a in bad)))
-    return lines
+        goals.append(("rate within +-2 points of the target after warm-up (50-batch windows, the first one "
+                      "excluded) in every AST run", not bad, f"{len(within) - len(bad)} of {len(within)} AST runs"
+                      + ("" if not bad else "; not in: " + ", ".join(
+                          f"{t} {s} {r:g} seed {sd} ({100 * (a['windows_within_2pt'] or 0):.0f}% "
+                          f"of windows, max deviation {100 * a['max_window_deviation']:.1f} pt)"
+                          for t, s, r, sd, a in bad))))
+    return goals, notes
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -131,101 +137,144 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write(data: dict, out: str, schedule: Any) -> None:
-    """Writes ``<out>.md``, ``<out>.png`` and ``<out>_trace.png``."""
-    rows = with_speedups([r for r in data["rows"] if r.get("schedule_key") == schedule.key()])
-    if not rows:
-        return
+NAME = "ast_fmnist"
+
+
+def tables(data: dict, schedule_key: str | None = None, name: str = NAME) -> list[ResultTable]:
+    """The page's three tables from the sweep's stored rows (``data``: the row cache
+    :class:`hobs_jax.experiments.ast_fmnist.Store` keeps in ``records/NAME.json``), for the
+    schedule ``schedule_key`` (default: the record's own): the grid (mean over seeds, with the
+    goals), per-class top-1 against full training, and the controller of every AST run."""
+    key = schedule_key or data.get("schedule_key")
+    rows = with_speedups([r for r in data["rows"] if r.get("schedule_key") == key])
     s = data.get("schedule", {})
-    dev = sorted({r["device"] for r in rows})
-    name = os.path.basename(out)
+    ctx = {"dataset": "fashion_mnist", "split": "test"}
     commands = sorted({r.get("command") or data.get("command", "") for r in rows})
-    lines = [
-        "# Adaptive Sparse Training on Fashion-MNIST",
-        "",
-        "The whole grid is `python -m hobs_jax.experiments.ast_fmnist` (defaults: both tasks, "
-        "rates 0.05-0.2, every mode, the scoring ablation, 3 seeds). The rows below come from "
-        "these slices of it: " + "; ".join(f"`{c}`" for c in commands) + f". Rows are cached "
-        f"in `{name}.json` and skipped on a rerun; `--report_only` rewrites this page. Device: "
-        f"{'; '.join(dev)}. The machine was shared with other jobs, so wall times are noisy; "
-        f"speedups are ratios against the `full` row of the same task and seed.",
-        "",
-        f"Scaled-down schedule (CPU): {s.get('train_examples')} of the 60,000 training images "
-        f"(a fixed random subset), batch {s.get('batch_size')}; train = ResNet-20 from "
-        f"scratch, {s.get('train_epochs')} epochs, SGD Nesterov lr {s.get('train_lr')} "
-        f"cosine, AST warm-up {s.get('warmup_steps')} full steps; finetune = the H-OBS "
-        f"ResNet-56 pruned to 1/3 of the MACs, {s.get('finetune_epochs')} epoch(s) at lr "
-        f"{s.get('finetune_lr')}. AST: PI gains kp {s.get('kp')}, ki {s.get('ki')}, EMA "
-        f"{s.get('ema')}, stale scores with {s.get('score_refresh')} of each batch re-scored. "
-        f"All rates are of the data the full run sees in the same epochs. Test: all 10,000 "
-        f"images. Energy: not measured (no power reading on a CPU; never estimated).",
-        "",
-        "| task | mode | score | rate | achieved | top-1 (%) | top-5 (%) | Δ top-1 (pt) | "
-        "back-prop samples | scored samples | wall (s) | speedup | CPU speedup | seeds |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    src = {f"{name}@{key}": {"command": "; ".join(commands), "date": data.get("updated"), "schedule": key}}
+    main = ResultTable(name, "Adaptive Sparse Training on Fashion-MNIST", [
+        Column("task", "task"), Column("mode", "mode"), Column("score", "score"), Column("rate", "rate"),
+        Column("achieved", "achieved", "float", 3), Column("top1", "top-1 (%)", "pm"),
+        Column("top5", "top-5 (%)", "pm"), Column("delta", "Δ top-1 (pt)", "pm"),
+        Column("backprop", "back-prop samples", "int"), Column("scored", "scored samples", "int"),
+        Column("wall", "wall (s)", "float", 0), Column("speedup", "speedup", "speedup"),
+        Column("speedup_cpu", "CPU speedup", "speedup"), Column("seeds", "seeds", "int")],
+        iso_tolerance=None, description=[
+            "The whole grid is `python -m hobs_jax.experiments.ast_fmnist` (defaults: both tasks, rates 0.05-0.2, "
+            "every mode, the scoring ablation, 3 seeds); the rows come from the slices named under Sources. Rows "
+            f"are cached in `records/{name}.json` and skipped on a rerun; `--report_only` rebuilds these tables "
+            "from it. The machine was shared with other jobs, so wall times are noisy; speedups are ratios against "
+            "the `full` row of the same task and seed.",
+            f"Scaled-down schedule (CPU): {s.get('train_examples')} of the 60,000 training images (a fixed random "
+            f"subset), batch {s.get('batch_size')}; train = ResNet-20 from scratch, {s.get('train_epochs')} epochs, "
+            f"SGD Nesterov lr {s.get('train_lr')} cosine, AST warm-up {s.get('warmup_steps')} full steps; finetune "
+            f"= the H-OBS ResNet-56 pruned to 1/3 of the MACs, {s.get('finetune_epochs')} epoch(s) at lr "
+            f"{s.get('finetune_lr')}. AST: PI gains kp {s.get('kp')}, ki {s.get('ki')}, EMA {s.get('ema')}, stale "
+            f"scores with {s.get('score_refresh')} of each batch re-scored. All rates are of the data the full run "
+            "sees in the same epochs. Test: all 10,000 images. Energy: not measured (no power reading on a CPU; "
+            "never estimated)."])
+
+    def pm(values, scale=1.0):
+        if not values:
+            return None
+        m, sd = _mean_std([scale * v for v in values])
+        return {"mean": m, "std": sd if len(values) > 1 else None, "n": len(values)}
+
     for (task, mode, score, rate), rs in groups(rows).items():
         sp = [r["speedup"] for r in rs if r["speedup"]]
         spc = [r["speedup_cpu"] for r in rs if r.get("speedup_cpu")]
         dl = [r["delta_top1"] for r in rs if r["delta_top1"] is not None]
-        rate_txt = f"{rate:g}" if mode != "infobatch" else f"= AST {rate:g} wall"
-        lines.append(
-            f"| {task} | {mode} | {score or '-'} | {rate_txt} | "
-            f"{np.mean([r['achieved_rate'] for r in rs]):.3f} | {_pm([r['acc_top1'] for r in rs])} | "
-            f"{_pm([r['acc_top5'] for r in rs])} | "
-            f"{(_pm(dl, 1.0) if dl else '-')} | {int(np.mean([r['samples_backpropagated'] for r in rs])):,} | "
-            f"{int(np.mean([r['samples_scored'] for r in rs])):,} | "
-            f"{np.mean([r['wall_seconds'] for r in rs]):.0f} | "
-            f"{(f'{np.mean(sp):.2f}x' if sp else '-')} | "
-            f"{(f'{np.mean(spc):.2f}x' if spc else '-')} | {len(rs)} |")
-    goals = _goal_lines(rows)
-    if goals:
-        lines += ["", "## Goals", "", *goals]
-    # per-class accuracy: which classes gain or lose against full training
+        main.add({**ctx, "device": rs[0]["device"], "source": next(iter(src)), "task": task, "mode": mode,
+                  "score": score or None, "target_rate": rate,
+                  "rate": f"{rate:g}" if mode != "infobatch" else f"= AST {rate:g} wall",
+                  "achieved": float(np.mean([r["achieved_rate"] for r in rs])),
+                  "top1": pm([r["acc_top1"] for r in rs]), "top5": pm([r["acc_top5"] for r in rs]),
+                  "delta": pm(dl, 0.01), "backprop": int(np.mean([r["samples_backpropagated"] for r in rs])),
+                  "scored": int(np.mean([r["samples_scored"] for r in rs])),
+                  "wall": float(np.mean([r["wall_seconds"] for r in rs])),
+                  "speedup": float(np.mean(sp)) if sp else None,
+                  "speedup_cpu": float(np.mean(spc)) if spc else None, "seeds": len(rs)})
+    goals, notes = _goals(rows)
+    for text, met, detail in goals:
+        main.goal(text, met, detail)
+    for n in notes:
+        main.note(n)
+    main.note(f"Per-class top-1 against full training: `{name}_per_class.md`; the controller of every AST run: "
+              f"`{name}_controller.md`.")
+    main.note(f"![top-1 against the activation rate]({name}.png)")
+    main.note(f"Controller trace of one AST run (threshold; rate per batch, EMA and 50-batch mean): "
+              f"![controller trace]({name}_trace.png)")
+    main.add_sources(src)
+
+    pc = ResultTable(f"{name}_per_class", "AST on Fashion-MNIST: per-class top-1 against full training "
+                     "(points, mean over seeds)", [Column("task", "task"), Column("row", "row"),
+                                                  *[Column(f"c{i}", c, "points", 1) for i, c in enumerate(CLASSES)]],
+                     iso_tolerance=None)
     full = {(r["task"], r["seed"]): r for r in rows if r["mode"] == "full"}
-    pc = []
     for (task, mode, score, rate), rs in groups(rows).items():
         if mode == "full":
             continue
         d = [np.subtract(r["per_class_top1"], full[(r["task"], r["seed"])]["per_class_top1"])
              for r in rs if (r["task"], r["seed"]) in full]
         if d:
-            m = 100 * np.mean(d, axis=0)
-            pc.append(f"| {task} | {mode} {score} {rate:g} | " + " | ".join(f"{v:+.1f}" for v in m)
-                      + " |")
-    if pc:
-        lines += ["", "## Per-class top-1 against full training (points, mean over seeds)", "",
-                  "| task | row | " + " | ".join(CLASSES) + " |",
-                  "|---|---|" + "---:|" * len(CLASSES), *pc]
-    ctl_rows = [r for r in rows if r["mode"] == "ast" and r.get("ast")]
-    if ctl_rows:
-        lines += ["", "## Controller", "",
-                  "| task | score | target | achieved | windows within ±2 pt | max window dev. "
-                  "(pt) | threshold range | scoring s | selection s | seed |",
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
-        for r in sorted(ctl_rows, key=lambda r: (r["task"], r["target_rate"], r["score"], r["seed"])):
-            a = r["ast"]
-            w, dev = a.get("windows_within_2pt"), a.get("max_window_deviation")
-            w_txt = "-" if w is None else f"{100 * w:.0f}%"
-            dev_txt = "-" if dev is None else f"{100 * dev:.1f}"
-            lines.append(
-                f"| {r['task']} | {r['score']} | {r['target_rate']:g} | {a['achieved_rate']:.3f} | "
-                f"{w_txt} | {dev_txt} | "
-                f"{a.get('threshold_min') or 0:.3g}-{a.get('threshold_max') or 0:.3g} | "
-                f"{a['seconds_scoring']:.0f} | {a['seconds_selection']:.0f} | {r['seed']} |")
-    png = out + ".png"
+            m = np.mean(d, axis=0)
+            pc.add({**ctx, "device": rs[0]["device"], "source": next(iter(src)), "task": task,
+                    "row": f"{mode} {score} {rate:g}", **{f"c{i}": float(v) for i, v in enumerate(m)}})
+    pc.add_sources(src)
+
+    ctl = ResultTable(f"{name}_controller", "AST on Fashion-MNIST: the controller of every AST run", [
+        Column("task", "task"), Column("score", "score"), Column("target", "target"),
+        Column("achieved", "achieved", "float", 3), Column("within", "windows within ±2 pt", "share", 1),
+        Column("max_dev", "max window dev. (pt)", "pct", 1), Column("threshold", "threshold range"),
+        Column("scoring_s", "scoring s", "float", 0), Column("selection_s", "selection s", "float", 0),
+        Column("seed", "seed", "int")], iso_tolerance=None)
+    for r in sorted([r for r in rows if r["mode"] == "ast" and r.get("ast")],
+                    key=lambda r: (r["task"], r["target_rate"], r["score"], r["seed"])):
+        a = r["ast"]
+        ctl.add({**ctx, "device": r["device"], "source": next(iter(src)), "task": r["task"], "score": r["score"],
+                 "target": f"{r['target_rate']:g}", "target_rate": r["target_rate"], "achieved": a["achieved_rate"],
+                 "within": a.get("windows_within_2pt"), "max_dev": a.get("max_window_deviation"),
+                 "threshold": f"{a.get('threshold_min') or 0:.3g}-{a.get('threshold_max') or 0:.3g}",
+                 "scoring_s": a["seconds_scoring"], "selection_s": a["seconds_selection"], "seed": r["seed"]})
+    ctl.add_sources(src)
+    return [main, pc, ctl]
+
+
+def render(out: str, schedule_key: str | None = None) -> list[str]:
+    """The tables ``OUT*.{json,md,tex}`` from the stored row cache
+    (``OUT's folder/records/NAME.json``), without training anything."""
+    import json
+
+    from hobs_jax.experiments import studies
+
+    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
+    path = studies.record_path(name, folder)
+    if not os.path.exists(path):
+        raise ValueError(f"no AST run record at {path}: run python -m hobs_jax.experiments.ast_fmnist first")
+    with open(path) as f:
+        data = json.load(f)
+    paths = []
+    for t in tables(data, schedule_key, name):
+        paths += t.write(os.path.join(folder, t.name))
+    return paths
+
+
+def write(data: dict, out: str, schedule: Any) -> list[str]:
+    """The tables (:func:`tables`) as ``<out>*.{json,md,tex}``, ``<out>.png`` and
+    ``<out>_trace.png``."""
+    rows = with_speedups([r for r in data["rows"] if r.get("schedule_key") == schedule.key()])
+    if not rows:
+        return []
+    folder, name = os.path.dirname(os.path.abspath(out)), os.path.basename(out)
+    paths = []
+    for t in tables(data, schedule.key(), name):
+        paths += t.write(os.path.join(folder, t.name))
     try:
-        plot(rows, png)
-        lines += ["", f"![top-1 against the activation rate]({name}.png)"]
+        plot(rows, out + ".png")
         trace = next((r.get("trace_png") for r in rows if r["mode"] == "ast" and r["task"] == "train"
                       and r["score"] == "loss" and r.get("trace_png")
                       and os.path.exists(r["trace_png"])), None)
         if trace:
             shutil.copyfile(trace, out + "_trace.png")
-        if os.path.exists(out + "_trace.png"):
-            lines += ["", "Controller trace of one AST run (threshold; rate per batch, EMA and "
-                          "50-batch mean):", "", f"![controller trace]({name}_trace.png)"]
     except ImportError:
         pass
-    with open(out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return paths

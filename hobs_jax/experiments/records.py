@@ -61,11 +61,16 @@ def _method(label: str) -> str:
     return label.partition("@")[0].partition("-")[0]
 
 
-def oneshot_rows(data: list | None = None, root: str = ".") -> list[dict]:
+def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dict] | None = None,
+                 base: dict | None = None) -> list[dict]:
     """The one-shot comparison's rows (both models, both targets, every method and peer),
-    and its refused rows (kept only in its report) with ``refused`` set."""
-    base = {"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE, "source": ONESHOT["key"],
-            "latency_runtime": LEGACY_LATENCY, "seed": 0, "budgets": [50, 200, 468]}
+    and its refused rows with ``refused`` set: ``refused`` (the study's own refused rows,
+    ``model``, ``method``, ``target_macs_ratio``, ``macs_ratio``, ``refused``) or, for the
+    record of 2026-11, those listed in its report. ``base``: what every row names (default:
+    the 2026-11 record's dataset, split, device, source, latency runtime, seed, budgets)."""
+    base = dict(base or {"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
+                         "source": ONESHOT["key"], "latency_runtime": LEGACY_LATENCY, "seed": 0,
+                         "budgets": [50, 200, 468]})
     rows = []
     for r in data if data is not None else _read(os.path.join(root, RECORDS, "oneshot_fmnist.json")):
         rows.append({**base, "model": r["model"], "label": r["method"], "method": _method(r["method"]),
@@ -75,6 +80,14 @@ def oneshot_rows(data: list | None = None, root: str = ".") -> list[dict]:
                      "acc_bn_recalibrated": r["acc_bn_recalibrated"],
                      "acc_by_steps": r.get("acc_by_steps") or {}, "acc_finetuned": r.get("acc_finetuned"),
                      "latency_speedup": r.get("latency_speedup") or {}})
+    if refused is not None:
+        for r in refused:
+            rows.append({**base, "model": r["model"], "label": r["method"], "method": _method(r["method"]),
+                         "framework": r.get("framework") or ("torch-pruning" if r["method"].startswith("tp-")
+                                                             else "hobs_jax"),
+                         "target": r["target_macs_ratio"], "macs_ratio": r.get("macs_ratio"),
+                         "refused": r["refused"]})
+        return rows
     with open(os.path.join(root, RECORDS, "oneshot_fmnist_report.md")) as f:
         for line in f:
             m = _REFUSED.match(line.strip())
@@ -92,7 +105,10 @@ def rspar_rows(data: list | None = None, root: str = ".") -> list[dict]:
     labels = {"uniform": "hobs-uniform@propagate=0", "global": "hobs-global@propagate=0",
               "rspar": "rspar@propagate=0"}
     rows = []
-    for r in data if data is not None else _read(os.path.join(root, RECORDS, "rspar_fmnist.json")):
+    data = data if data is not None else _read(os.path.join(root, RECORDS, "rspar_fmnist.json"))
+    if isinstance(data, dict):  # the study's record since #22: {"command", "machine", ..., "rows"}
+        data = data["rows"]
+    for r in data:
         rows.append({"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
                      "source": RSPAR["key"], "model": r["model"], "label": labels[r["allocation"]],
                      "method": "rspar" if r["allocation"] == "rspar" else "hobs",

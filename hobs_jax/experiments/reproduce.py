@@ -9,10 +9,12 @@ and which were not reproduced (with the command that would).
 ``--quick`` measures the catalog entries marked quick (:mod:`hobs_jax.experiments.tables.catalog`:
 the H-OBS sensitivity and the 3-seed stability tables on ResNet-20) and the cheap studies of
 :data:`QUICK_STUDIES`, and rebuilds every other table from its run record under
-``docs/results/records/``, which reproduces the published figures exactly where the
+``docs/results/records/`` (every study's raw measurement JSON; the bench suite's
+``results.json`` in its run folder), which reproduces the published figures exactly where the
 measurement itself takes hours (or a GPU). The full mode also measures every catalog sweep
 and the CPU studies of :data:`CPU_STUDIES` afresh. :data:`NOT_HERE` lists what neither mode
-reruns and why.
+remeasures and why; their tables are still rebuilt from their records in both modes (every
+table goes through :class:`~hobs_jax.experiments.table.ResultTable`).
 """
 
 from __future__ import annotations
@@ -34,17 +36,18 @@ CPU_STUDIES = {"ast_controller": (), "data_pipeline": (), "graph": ("--repeats",
 OUT_SUFFIX = {"ast_controller": ""}
 # Published results neither mode reruns: why, and the command that does.
 NOT_HERE = {
-    "oneshot_fmnist, rspar_fmnist (and table1_fmnist, ablation_fmnist from them)":
-        ("hours of CPU (fine-tuning curves of every method at two targets, 3 R-SPAR seeds); rebuilt from "
-         "their run records", "python benchmarks/oneshot_fmnist.py ...; python benchmarks/rspar_fmnist.py ..."),
+    "oneshot_fmnist, rspar_fmnist* (and table1_fmnist, ablation_fmnist from them)":
+        ("hours of CPU (fine-tuning curves of every method at two targets, 3 R-SPAR seeds)",
+         "python benchmarks/oneshot_fmnist.py ...; python benchmarks/rspar_fmnist.py ..."),
     "fmnist_baselines": ("training on the H100 (checkpoints/ ships the result)",
                          "python benchmarks/fmnist_baselines.py"),
-    "block_ell, block_ell_e2e, block_ell_tiles": ("GPU rows (H100)", "python benchmarks/block_ell.py"),
-    "jax_vs_torch, bench_quickstart, alignment": ("hours of single-thread timing per runtime",
-                                                  "python benchmarks/jax_vs_torch.py --threads 1 --clock cpu"),
-    "ast_fmnist, anymodel_fmnist, rspar_latency": ("training or R-SPAR searches of tens of minutes to hours",
-                                                  "python -m hobs_jax.experiments.ast_fmnist; python "
-                                                  "benchmarks/anymodel_fmnist.py; python benchmarks/rspar_latency.py"),
+    "block_ell*, block_ell_e2e_*, block_ell_tiles": ("GPU rows (H100)", "python benchmarks/block_ell.py"),
+    "jax_vs_torch, the bench suite folders, alignment, aligned_allocation_*": (
+        "hours of single-thread timing per runtime", "python benchmarks/jax_vs_torch.py --threads 1 --clock cpu"),
+    "ast_fmnist*, anymodel_fmnist, rspar_latency, recovery_fmnist_resnet56": (
+        "training or R-SPAR searches of tens of minutes to hours",
+        "python -m hobs_jax.experiments.ast_fmnist; python benchmarks/anymodel_fmnist.py; python "
+        "benchmarks/rspar_latency.py; python -m hobs_jax.experiments.recovery ..."),
 }
 
 
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
     if r["missing"]:
         print("not built (no run record; the full mode measures them): " + ", ".join(r["missing"]))
     for k, why in r["not_here"].items():
-        print(f"not rerun: {k}: {why}")
+        print(f"not remeasured (rebuilt from its record): {k}: {why}")
     os.makedirs(a.workdir, exist_ok=True)
     with open(os.path.join(a.workdir, "reproduce.json"), "w") as f:  # the wall time, kept with the sweep rows
         json.dump(dict(r, quick=a.quick), f, indent=1)

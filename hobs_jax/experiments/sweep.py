@@ -40,7 +40,7 @@ import ml_collections
 
 log = logging.getLogger("hobs_jax.experiments")
 
-__all__ = ["BASES", "Row", "Sweep", "Variant", "model_of", "parse_variant", "plan", "run_sweep"]
+__all__ = ["BASES", "Row", "Sweep", "Variant", "check_model", "model_of", "parse_variant", "plan", "run_sweep"]
 
 
 def model_of(config: ml_collections.ConfigDict) -> str:
@@ -97,9 +97,12 @@ def fmnist_base(model: str) -> ml_collections.ConfigDict:
     from hobs_jax.methods import get_method, list_methods
     from hobs_jax.pipeline import base_config
 
-    c = base_config(model)
+    own = ":" in model  # a module of one's own by import path (pipeline's model.import_path)
+    c = base_config("resnet20" if own else model)
+    if own:
+        c.model.import_path = model
     c.num_classes, c.in_channels = 10, 1
-    c.init.kind, c.init.path = "checkpoint", f"checkpoints/{model}_fmnist"
+    c.init.kind, c.init.path = "checkpoint", f"checkpoints/{_slug(model.rpartition(':')[2] if own else model)}_fmnist"
     c.calibrate.num_images, c.calibrate.batch_size = 2048, 256
     c.prune.evaluate_oneshot = True
     for name in list_methods():
@@ -206,10 +209,36 @@ def derive(sweep: Sweep, model: str, variant: Variant, target: float, seed: int)
     return c
 
 
+def check_model(model: str, where: str = "sweep") -> str:
+    """``model`` as a sweep names it: a zoo name, or the import path
+    (``package.module:Class``) of a flax.linen or flax.nnx module of one's own, as a
+    pipeline config's ``model.import_path`` names it; one-line ``ValueError`` otherwise."""
+    from hobs_jax import models as zoo
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{where}: model {model!r} is not a name")
+    if ":" not in model:
+        if model not in zoo.list_models():
+            raise ValueError(f"{where}: model {model!r} is neither a zoo model ({', '.join(zoo.list_models())}) "
+                             "nor an import path 'package.module:Class'")
+        return "zoo"
+    import flax.linen as nn
+    from flax import nnx
+
+    from hobs_jax.graph.spec import resolve
+
+    try:
+        cls = resolve(model)
+    except ValueError as e:
+        raise ValueError(f"{where}: model {model!r} is not a zoo model, and as an import path: {e}") from None
+    if not issubclass(cls, (nn.Module, nnx.Module)):
+        raise ValueError(f"{where}: model {model!r} names {cls.__name__}, not a flax.linen or flax.nnx module class")
+    return "import_path"
+
+
 def plan(sweep: Sweep) -> list[Row]:
     """Every row of ``sweep``, each config derived and validated: any bad model, method,
     option, key or target fails here in one line, before anything runs."""
-    from hobs_jax import models as zoo
     from hobs_jax.methods import get_method
 
     for name, values in (("models", sweep.models), ("variants", sweep.variants),
@@ -217,7 +246,7 @@ def plan(sweep: Sweep) -> list[Row]:
         if not values:
             raise ValueError(f"sweep {sweep.name!r}: {name} is empty")
     for m in sweep.models:
-        zoo.get_entry(m)
+        check_model(m, f"sweep {sweep.name!r}")
     variants = [v if isinstance(v, Variant) else parse_variant(v) for v in sweep.variants]
     for v in variants:
         get_method(v.method)
@@ -233,7 +262,7 @@ def plan(sweep: Sweep) -> list[Row]:
                 for s in sweep.seeds:
                     c = derive(sweep, model, v, t, s)
                     digest = hashlib.sha256(c.to_json(sort_keys=True).encode()).hexdigest()[:12]
-                    wd = os.path.join(sweep.workdir, model, f"t{t:g}", _slug(v.label), f"s{s}-{digest}")
+                    wd = os.path.join(sweep.workdir, _slug(model), f"t{t:g}", _slug(v.label), f"s{s}-{digest}")
                     rows.append(Row(model, v, float(t), int(s), tuple(sorted(sweep.budgets)), c, digest, wd))
     return rows
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 SCHEMA = "hobs_jax.result_table"
 VERSION = 1
 DEFAULT_CONTEXT = ("dataset", "split", "device")
-KINDS = ("text", "int", "float", "pct", "points", "share", "speedup", "pm", "ratio", "sci")
+KINDS = ("text", "int", "float", "pct", "points", "share", "speedup", "pm", "ratio", "sci", "sig", "ms")
 
 __all__ = ["Column", "Goal", "KINDS", "ResultTable", "SCHEMA", "VERSION", "iso_miss"]
 
@@ -41,7 +42,9 @@ class Column:
     """One column: ``key`` in the rows, ``label`` in the header, how to format (``kind``):
 
     text (as is), int (thousands separators), float / ratio (``digits`` decimals), sci
-    (``1.2e-06``), pct (a
+    (``1.2e-06``), sig (``digits`` significant digits, a whole number with thousands
+    separators from ``10**digits`` on: measurements spanning decades), ms (milliseconds:
+    3 decimals below 10, 1 from 10 on), pct (a
     fraction shown in percent), points (a difference of fractions in signed percentage
     points), share (a fraction as ``49.9%``), speedup (``1.23x``), pm (a ``{"mean", "std",
     "n"}`` of fractions as ``93.77 ± 0.02``). ``best``: 'max' or 'min' puts the best value
@@ -73,6 +76,13 @@ class Column:
             return f"{float(value):.{d}f}"
         if k == "sci":
             return f"{float(value):.{d}e}"
+        if k == "sig":
+            v = float(value)
+            if math.isinf(v) or math.isnan(v):
+                return str(v)
+            return f"{v:,.0f}" if abs(v) >= 10 ** d else f"{v:.{d}g}"
+        if k == "ms":
+            return f"{float(value):.3f}" if float(value) < 10 else f"{float(value):.1f}"
         if k == "pct":
             return f"{100 * float(value):.{d}f}"
         if k == "points":

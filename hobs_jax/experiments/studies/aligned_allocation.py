@@ -16,7 +16,9 @@ cached, ``hobs_jax.methods.latency_table.cached_table``), with ``--allocation`` 
 
 The workdir gets the pipeline's train and calibrate stages (the same checkpoint and
 calibration images as the pipeline; ``--init`` overrides the checkpoint) and one model
-directory per row; ``--out``.json/.md hold the rows and the suite's speedups.
+directory per row; the run record (rows and the suite's speedups) goes to ``OUT's
+folder/records/NAME.json`` and the table built from it through ResultTable to
+``--out``.{json,md,tex} (``--render-only`` rebuilds it from the record).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import shlex
 import sys
 import time
+
+from hobs_jax.experiments import studies
 
 
 def parse_rows(text: str) -> list[dict]:
@@ -60,15 +64,24 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/quickstart.py")
     p.add_argument("--init", default="", help="checkpoint directory (default: the config's)")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--rows", required=True)
+    p.add_argument("--workdir", default="", help="required unless --render-only")
+    p.add_argument("--rows", default="", help="required unless --render-only")
     p.add_argument("--allocation", default="global", choices=("global", "uniform"))
     p.add_argument("--table-batch", type=int, default=64)
     p.add_argument("--batch-sizes", default="1,64")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--out", required=True)
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild OUT's table from its stored run record (OUT's folder/records/NAME.json)")
     args = p.parse_args(argv)
+    if args.render_only:
+        for path in studies.render(sys.modules[__name__], os.path.dirname(os.path.abspath(args.out)),
+                                   os.path.basename(args.out)):
+            print(path)
+        return
+    if not args.workdir or not args.rows:
+        p.error("--workdir and --rows are required to measure (--render-only rebuilds the table alone)")
     rows = parse_rows(args.rows)
 
     import jax
@@ -142,6 +155,9 @@ def main(argv=None):
     opts = Options(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")), warmup=3, iters=args.iters,
                    rounds=args.rounds, threads=1, clock="cpu", devices=("cpu",))
     suite = run_suite(models, ["xla", "onnxruntime"], opts, out_dir=args.out, baseline="dense")
+    from hobs_jax.experiments import bench_tables
+
+    bench_tables.render_run(args.out, baseline="dense")  # the suite's tables through ResultTable
     by = {}
     for rec in results:
         if "error" in rec:
@@ -157,28 +173,69 @@ def main(argv=None):
                                                                                  "rest_source", "device")}
                                                        for rt, t in tables.items()},
            "rows": results}
-    with open(args.out + ".json", "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    lines = ["| row | budget | target | quantum | MACs | top-1 one-shot | after BN | predicted XLA "
-             "| predicted ORT | XLA b1 | XLA b64 | ORT b1 | ORT b64 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for rec in results:
+    folder, name = os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out)
+    studies.save_record(name, json.loads(json.dumps(doc, default=str)), folder)
+    for path in studies.render(sys.modules[__name__], folder, name):
+        print(path)
+
+
+NAME = "aligned_allocation_r20"
+SPEEDUPS = (("xla@1", "XLA b1"), ("xla@64", "XLA b64"), ("onnxruntime@1", "ORT b1"), ("onnxruntime@64", "ORT b64"))
+
+
+def from_legacy(doc: dict) -> tuple[list[dict], dict]:
+    """Rows of the run record :func:`main` writes (``docs/results/records/NAME.json``): one per
+    allocation, with its budget, MACs, accuracy, predicted latency ratios and the suite's
+    speedups. A latency-budgeted row's target is a latency fraction (``latency_target``),
+    so the iso-MACs rule does not apply to it."""
+    from hobs_jax.experiments import machine
+
+    m = doc["device"]
+    key = f"aligned_allocation@{m['date'][:16]}"
+    rows = []
+    for rec in doc["rows"]:
+        r = {"label": rec["label"], "quantum": rec["quantum"], "dataset": "fashion_mnist", "split": "test",
+             "device": machine.device_key(m), "source": key,
+             "budget": rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")}
+        r["target" if rec["metric"] == "macs" else "latency_target"] = rec["target"]
+        if rec["runtime"]:
+            r["runtime"], r["table_batch"] = rec["runtime"], (doc["tables"].get(rec["runtime"]) or {}).get("batch")
+        r["target_shown"] = rec["target"]
         if "error" in rec:
-            lines.append(f"| {rec['label']} | {rec['metric']} ({rec['runtime']}) | {rec['target']} | "
-                         f"{rec['quantum']} | {rec['error']} |" + " |" * 8)
+            r["refused"] = rec["error"]
+        else:
+            r.update(macs_ratio=rec["macs_ratio"], acc_oneshot=rec["acc_oneshot"], acc_bn=rec["acc_bn"],
+                     predicted_xla=rec["predicted"].get("xla"), predicted_ort=rec["predicted"].get("onnxruntime"),
+                     keep=rec.get("keep"), **{k: rec["speedup"].get(k) for k, _ in SPEEDUPS})
+        rows.append(r)
+    return rows, {key: {"command": doc["command"], "date": m["date"], "machine": machine.describe(m),
+                        "config": doc.get("config"), "selection_seconds": round(doc["selection_seconds"], 1),
+                        "seconds": round(doc["seconds"], 1)}}
+
+
+def table(rows, sources, name: str = NAME):
+    """One row per allocation: MACs, test top-1 before and after BN re-estimation, the
+    latency tables' predicted ratios and the measured speedups over dense."""
+    from hobs_jax.experiments.table import Column, ResultTable
+
+    t = ResultTable(name, "Aligned and latency-budgeted allocation: " + name,
+                    [Column("label", "row"), Column("budget", "budget"), Column("target_shown", "target"),
+                     Column("quantum", "quantum", "int"), Column("macs_ratio", "MACs", "ratio", 3),
+                     Column("acc_oneshot", "top-1 one-shot", "share", 3), Column("acc_bn", "after BN", "share", 3),
+                     Column("predicted_xla", "predicted XLA", "ratio", 3),
+                     Column("predicted_ort", "predicted ORT", "ratio", 3),
+                     *[Column(k, label, "speedup") for k, label in SPEEDUPS]],
+                    description=[" ".join(__doc__.split("\n\n")[0].split()),
+                                 "Speedups: dense p50 / pruned p50 in one interleaved run of `hobs_jax.bench` (one "
+                                 "thread per framework, CPU time per call). Narrative: `aligned_allocation.md`."])
+    t.extend(rows)
+    titles = {"xla": "XLA", "onnxruntime": "ONNX Runtime"}
+    for r in t.rows:  # a latency budget: the asked speedup at the batch its table was measured for
+        if r.get("latency_target") is None or r.get("table_batch") is None:
             continue
-        pr = rec["predicted"]
-        sp = rec["speedup"]
-        budget = rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")
-        lines.append(f"| {rec['label']} | {budget} | {rec['target']} | {rec['quantum']} | {rec['macs_ratio']:.3f} | "
-                     f"{100 * rec['acc_oneshot']:.2f}% | {100 * rec['acc_bn']:.2f}% | "
-                     f"{pr.get('xla', float('nan')):.3f} | {pr.get('onnxruntime', float('nan')):.3f} | " +
-                     " | ".join(f"{sp.get(k, float('nan')):.2f}x" for k in ("xla@1", "xla@64", "onnxruntime@1",
-                                                                             "onnxruntime@64")) + " |")
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
+        asked, got = 1 / r["latency_target"], r.get(f"{r['runtime']}@{r['table_batch']}")
+        t.goal(f"{r['label']}: {asked:.2f}x asked in {titles.get(r['runtime'], r['runtime'])} at batch "
+               f"{r['table_batch']}, measured within 10%", None if got is None else abs(got / asked - 1) <= 0.1,
+               "" if got is None else f"{got:.2f}x ({100 * (got / asked - 1):+.1f}%)")
+    t.add_sources(sources)
+    return t

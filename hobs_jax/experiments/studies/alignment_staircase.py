@@ -20,6 +20,11 @@ import os
 import shlex
 import sys
 
+from hobs_jax.experiments import studies
+from hobs_jax.experiments.table import Column, ResultTable
+
+NAME = "alignment"
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -34,6 +39,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="cores per runtime (1: clean staircases on a shared "
                                                              "machine; 0: all)")
     p.add_argument("--out", default="docs/results/alignment")
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild the table from the stored run record (OUT's folder/records/NAME.json), no measuring")
     p.add_argument("--from", dest="from_json", default="",
                    help="re-analyse the staircases of an earlier run's JSON (no measuring; its command, "
                         "machine and threads are kept)")
@@ -42,6 +49,11 @@ def main(argv=None):
     from hobs_jax.allocation import alignment
     from hobs_jax.bench import sysinfo
 
+    if args.render_only:
+        for path in studies.render(sys.modules[__name__], os.path.dirname(os.path.abspath(args.out)),
+                                   os.path.basename(args.out)):
+            print(path)
+        return
     if args.from_json:
         with open(args.from_json) as f:
             old = json.load(f)
@@ -58,40 +70,73 @@ def main(argv=None):
         stairs = alignment.measure_staircases(runtimes, layers, widths, rounds=args.rounds, iters=args.iters,
                                               threads=threads)
         cached = alignment.save_staircases(stairs, alignment.device_id())
-        args = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
-        command = "python " + " ".join(shlex.quote(a) for a in args)
+        words = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)  # not `args`: still read below
+        command = "python " + " ".join(shlex.quote(a) for a in words)
     quanta = {r: alignment.combined_quantum([s for s in stairs if s.runtime == r]) for r in runtimes}
     doc = {"command": command, "machine": machine, "threads": threads, "device_class": stairs[0].device,
            "quantum": quanta, "staircases": [dict(s.to_dict(), width_bound=alignment.width_bound(s)) for s in stairs]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    _plot(stairs, args.out + ".png")
-    lines = ["# Width staircases", "", f"`{command}` on {sysinfo.describe(machine)} "
-             f"(device class `{stairs[0].device}`), {machine['date']}, {threads or 'all'} thread(s) per "
-             "runtime; the machine was shared with other jobs.",
-             "", "Latency (minimum over rounds of each round's median, ms) of one layer over its output "
-             "width; the quantum is where the latency steps (`alignment.pick_quantum`); width-bound: the "
-             "widest width takes at least twice the narrowest (only those vote for the runtime's quantum).", "",
-             "| runtime | layer | width-bound | quantum | ms at w = 7, 8, 9, 15, 16, 17, 31, 32, 33 |",
-             "|---|---|---|---:|---|"]
     if args.from_json:
-        lines[4:4] = [f"Re-analysed from that run's JSON with `python benchmarks/alignment_staircase.py "
-                      f"--from {args.from_json} --out {args.out}` (the current `pick_quantum` and "
-                      "`combined_quantum`).", ""]
-    probe = (7, 8, 9, 15, 16, 17, 31, 32, 33)
-    for s in stairs:
-        at = dict(zip(s.widths, s.ms))
-        lines.append(f"| {s.runtime} | {s.layer.name()} | {'yes' if alignment.width_bound(s) else 'no'} | "
-                     f"{s.to_dict()['quantum']} | "
-                     + ", ".join(f"{at[w]:.3f}" for w in probe if w in at) + " |")
-    lines += ["", "Quantum per runtime (the largest dividing the quanta of most width-bound layers, "
-              "`alignment.combined_quantum`): "
-              + ", ".join(f"{r} {q}" for r, q in quanta.items()) + f". Plot: `{os.path.basename(args.out)}.png`.", ""]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+        doc["reanalysed"] = (f"python benchmarks/alignment_staircase.py --from {args.from_json} --out {args.out}")
+    out_dir, name = os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out)
+    studies.save_record(name, doc, out_dir)
+    _plot(stairs, args.out + ".png")
+    rows, sources = from_legacy(doc)
+    t = table(rows, sources, name=name)
+    t.write(args.out)
+    print(t.to_markdown())
     print(f"cached: {cached}")
+
+
+PROBE = (7, 8, 9, 15, 16, 17, 31, 32, 33)
+
+
+def from_legacy(doc: dict) -> tuple[list[dict], dict]:
+    """Rows (one per staircase) and the source of the run record the script writes
+    (``docs/results/records/alignment.json``: command, machine, threads, staircases)."""
+    from hobs_jax.allocation import alignment
+    from hobs_jax.experiments import machine as machine_mod
+
+    m = doc["machine"]
+    key = f"alignment@{m['date'][:10]}"
+    rows = []
+    for d in doc["staircases"]:
+        s = alignment.Staircase.from_dict(d)
+        at = dict(zip(s.widths, s.ms))
+        rows.append({"runtime": s.runtime, "layer": s.layer.name(), "width_bound": "yes" if d["width_bound"] else "no",
+                     "quantum": d["quantum"], "ms_at": ", ".join(f"{at[w]:.3f}" for w in PROBE if w in at),
+                     "device": machine_mod.device_key(m), "device_class": s.device, "source": key})
+    src = {"command": doc["command"], "date": m["date"], "machine": machine_mod.describe(m),
+           "threads": doc["threads"], "device_class": doc["device_class"], "quantum": doc["quantum"]}
+    if doc.get("reanalysed"):
+        src["reanalysed"] = doc["reanalysed"]
+    return rows, {key: src}
+
+
+def table(rows, sources, name: str = NAME) -> ResultTable:
+    """The staircases' quanta and latencies at widths around multiples of 8 (one row per
+    runtime and layer); the quantum per runtime in the notes."""
+    t = ResultTable(name, "Width staircases",
+                    [Column("runtime", "runtime"), Column("layer", "layer"), Column("width_bound", "width-bound"),
+                     Column("quantum", "quantum", "int"),
+                     Column("ms_at", "ms at w = " + ", ".join(str(w) for w in PROBE))],
+                    context=("device",), iso_tolerance=None, description=[
+                        "Latency (minimum over rounds of each round's median, ms) of one layer over its output "
+                        "width; the quantum is where the latency steps (`alignment.pick_quantum`); width-bound: "
+                        "the widest width takes at least twice the narrowest (only those vote for the runtime's "
+                        "quantum). Each runtime ran in its own process on the stated threads; the machine was "
+                        "shared with other jobs."])
+    t.extend(rows)
+    for info in sources.values():
+        if info.get("reanalysed"):
+            t.note(f"Re-analysed from the run's JSON with `{info['reanalysed']}` (the current `pick_quantum` "
+                   "and `combined_quantum`).")
+    for info in sources.values():
+        if info.get("quantum"):
+            t.note("Quantum per runtime (the largest dividing the quanta of most width-bound layers, "
+                   "`alignment.combined_quantum`): " + ", ".join(f"{r} {q}" for r, q in info["quantum"].items())
+                   + f". Plot: `{t.name}.png`.")
+    t.add_sources(sources)
+    return t
 
 
 def _plot(stairs, path):

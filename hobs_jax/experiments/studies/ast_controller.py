@@ -1,6 +1,7 @@
 """Tune the AST PI controller in closed loop on synthetic score streams (seconds, numpy).
 
-    python benchmarks/ast_controller.py            # -> docs/results/ast_controller.{md,json,png}
+    python benchmarks/ast_controller.py            # -> docs/results/ast_controller.{md,json,tex,png}
+    python benchmarks/ast_controller.py --render-only   # the table from records/ast_controller.json
 
 For each gain pair it runs ``hobs_jax.train.ast_control.simulate`` (exactly the selector's
 loop: running-mean normalization, reference-window threshold, PI update) over 20 seeds
@@ -23,12 +24,16 @@ the reference window alone does the work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 
 import numpy as np
 
+from hobs_jax.experiments import studies
+from hobs_jax.experiments.table import Column, ResultTable
 from hobs_jax.train import ast_control as ctl
+
+NAME = "ast_controller"
 
 REPO = "."  # paths are relative to the repository root, where the benchmark scripts run
 GAINS = [(0.0015, 0.00005), (0.1, 0.02), (0.1, 0.05), (0.2, 0.1), (0.5, 0.2), (1.0, 0.5),
@@ -107,34 +112,62 @@ def plot(path: str, seeds: int) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def from_legacy(doc: dict) -> tuple[list[dict], dict]:
+    """Rows (one per gain pair and stream) of the run record ``main`` writes
+    (``docs/results/records/ast_controller.json``)."""
+    key = "ast_controller"
+    rows = []
+    for r in doc["rows"]:
+        for name, m in r["streams"].items():
+            rows.append({"kp": r["kp"], "ki": r["ki"], "kp_g": f"{r['kp']:g}", "ki_g": f"{r['ki']:g}",
+                         "stream": name, "max_window_dev": m["max_window_dev"],
+                         "spread_over_noise": m["spread_over_noise"],
+                         "step_settle_batches": m.get("step_settle_batches"),
+                         "step_overshoot": m.get("step_overshoot"), "gain_check": r["gain_check"],
+                         "seeds": doc["seeds"], "batch": doc["batch"], "ema": doc["ema"], "source": key})
+    return rows, {key: {"command": doc["command"], "note": "numpy, seconds; any machine"}}
+
+
+def table(rows, sources, name: str = "ast_controller") -> ResultTable:
+    """The closed-loop figures of every gain pair on every stream; one goal per gain pair
+    (every stream's worst 50-batch window within 2 points of the target)."""
+    ctx = rows[0] if rows else {"seeds": "?", "batch": "?", "ema": "?"}
+    t = ResultTable(name, "AST controller tuning (closed-loop simulation)",
+                    [Column("kp_g", "kp"), Column("ki_g", "ki"), Column("stream", "stream"),
+                     Column("max_window_dev", "max 50-batch deviation (pt)", "pct"),
+                     Column("spread_over_noise", "spread / sampling noise", "float"),
+                     Column("step_settle_batches", "step 0.1->0.2 settles (batches)", "int"),
+                     Column("step_overshoot", "overshoot", "share", 1), Column("gain_check", "gain check")],
+                    context=("seeds", "batch", "ema"), iso_tolerance=None, description=[
+                        f"numpy, seconds; any machine. {ctx['seeds']} seeds, batch {ctx['batch']}, EMA {ctx['ema']}, "
+                        "targets 0.05/0.1/0.2. Streams and metrics: "
+                        "`hobs_jax.experiments.studies.ast_controller`'s docstring."])
+    t.extend(rows)
+    for kp, ki in dict.fromkeys((r["kp"], r["ki"]) for r in rows):
+        worst = max(r["max_window_dev"] for r in rows if (r["kp"], r["ki"]) == (kp, ki))
+        t.goal(f"kp {kp:g}, ki {ki:g}: max window deviation <= 2 points on every stream", worst <= 0.02,
+               f"worst {100 * worst:.2f} pt")
+    t.note(f"![rate under drift and shock]({name}.png)")
+    t.add_sources(sources)
+    return t
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(REPO, "docs", "results", "ast_controller"))
     p.add_argument("--seeds", type=int, default=20)
-    args = p.parse_args()
-    rows = [evaluate(kp, ki, args.seeds) for kp, ki in GAINS]
-    with open(args.out + ".json", "w") as f:
-        json.dump({"command": "python benchmarks/ast_controller.py", "seeds": args.seeds,
-                   "batch": 128, "ema": 0.3, "rows": rows}, f, indent=1)
-    lines = ["# AST controller tuning (closed-loop simulation)", "",
-             "Command: `python benchmarks/ast_controller.py` (numpy, seconds; any machine). "
-             f"{args.seeds} seeds, batch 128, EMA 0.3, targets 0.05/0.1/0.2. Streams and "
-             "metrics: see the script's docstring. Goal: max window deviation <= 2 points.", "",
-             "| kp | ki | stream | max 50-batch deviation (pt) | spread / sampling noise | "
-             "step 0.1->0.2 settles (batches) | overshoot | gain check |",
-             "|---:|---:|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        for name, m in r["streams"].items():
-            settle = m.get("step_settle_batches", "-")
-            over = f"{100 * m['step_overshoot']:.0f}%" if "step_overshoot" in m else "-"
-            lines.append(f"| {r['kp']:g} | {r['ki']:g} | {name} | "
-                         f"{100 * m['max_window_dev']:.2f} | {m['spread_over_noise']:.2f} | "
-                         f"{settle} | {over} | {r['gain_check']} |")
-    plot(args.out + ".png", max(4, args.seeds // 2))
-    lines += ["", f"![rate under drift and shock]({os.path.basename(args.out)}.png)", ""]
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild the table from the stored run record (OUT's folder/records/NAME.json), no simulating")
+    args = p.parse_args(argv)
+    out_dir, name = os.path.dirname(os.path.abspath(args.out)), os.path.basename(args.out)
+    if not args.render_only:
+        rows = [evaluate(kp, ki, args.seeds) for kp, ki in GAINS]
+        studies.save_record(name, {"command": "python benchmarks/ast_controller.py", "seeds": args.seeds,
+                                   "batch": 128, "ema": 0.3, "rows": rows}, out_dir)
+        plot(args.out + ".png", max(4, args.seeds // 2))
+    studies.render(sys.modules[__name__], out_dir, name)
+    with open(args.out + ".md") as f:
+        print(f.read())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ The training itself is the pipeline's train stage:
 This script reads those workdirs (stage record, metrics.jsonl), re-evaluates the saved
 model on the full test set, copies it to ``checkpoints/<model>_fmnist`` (the orbax format
 ``hobs_jax.load`` reads; ``make demo`` starts from it), and writes
-``docs/results/fmnist_baselines.{md,json}`` and a training-curve plot.
+``docs/results/fmnist_baselines.{json,md,tex}`` (through ResultTable, from the run record
+``docs/results/records/fmnist_baselines.json``; ``--render-only`` rebuilds it) and a
+training-curve plot.
 
     python benchmarks/fmnist_baselines.py --runs runs --models resnet20,resnet56
 """
@@ -22,8 +24,12 @@ import datetime
 import json
 import os
 import shutil
+import sys
 
-from hobs_jax.experiments import machine
+from hobs_jax.experiments import machine, studies
+from hobs_jax.experiments.table import Column, ResultTable
+
+NAME = "fmnist_baselines"
 
 REPO = "."  # paths are relative to the repository root, where the benchmark scripts run
 GOALS = {"resnet20": 0.930, "resnet56": 0.940}
@@ -83,35 +89,65 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
+LEGACY_DATE = "2026-11-22"  # the record of 2026-11 is a bare list; its commit dates it
+
+
+def from_legacy(doc) -> tuple[list[dict], dict]:
+    """Rows of the run record ``main`` writes (``docs/results/records/fmnist_baselines.json``:
+    ``{"date", "command", "rows"}``, or the bare list of rows of 2026-11)."""
+    if isinstance(doc, list):
+        doc = {"date": LEGACY_DATE, "command": "python benchmarks/fmnist_baselines.py --models resnet20,resnet56",
+               "rows": doc}
+    key = f"fmnist_baselines@{doc['date']}"
+    rows = []
+    for r in doc["rows"]:
+        rows.append(dict({k: v for k, v in r.items() if k != "curve"}, dataset="fashion_mnist", split="test",
+                         source=key, met="yes" if r["goal"] is None or r["top1"] >= r["goal"] else "**no**",
+                         recipe=f"{r['optimizer']} lr {r['lr']} wd {r['weight_decay']}",
+                         train_minutes=r["train_seconds"] / 60, train_command=f"`{r['command']}`"))
+    return rows, {key: {"command": doc["command"], "date": doc["date"],
+                        "note": "training: the pipeline's train stage, device per row"}}
+
+
+def table(rows, sources, name: str = "fmnist_baselines") -> ResultTable:
+    """One row per dense baseline; one goal per model (its test top-1 goal)."""
+    t = ResultTable(name, "Fashion-MNIST dense baselines",
+                    [Column("model", "model"), Column("top1", "test top-1", "share", 3),
+                     Column("goal", "goal", "share", 2), Column("met", "met"), Column("epochs", "epochs", "float", 0),
+                     Column("batch_size", "batch", "int"), Column("recipe", "optimizer"), Column("device", "device"),
+                     Column("train_minutes", "train wall min", "float", 1),
+                     Column("images_per_s", "images/s", "float", 0), Column("train_command", "command")],
+                    iso_tolerance=None, description=[
+                        "Trained by the pipeline's train stage (device per row). Test accuracy is re-measured on "
+                        "all 10,000 test images from the saved model. The shipped checkpoints "
+                        "(`checkpoints/<model>_fmnist`, orbax, read by `hobs_jax.load`) are these models."])
+    t.extend(rows)
+    for r in rows:
+        if r.get("goal") is not None:
+            t.goal(f"{r['model']}: test top-1 >= {100 * r['goal']:.1f}%", r["top1"] >= r["goal"],
+                   f"{100 * r['top1']:.2f}%")
+    t.note(f"![curves]({name}.png)")
+    t.add_sources(sources)
+    return t
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default=os.path.join(REPO, "runs"))
     p.add_argument("--models", default="resnet20,resnet56")
-    args = p.parse_args()
-    rows = [record(m, args.runs) for m in args.models.split(",") if m]
-    out = os.path.join(REPO, "docs", "results")
-    with open(os.path.join(out, "fmnist_baselines.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    plot(rows, os.path.join(out, "fmnist_baselines.png"))
-    lines = ["# Fashion-MNIST dense baselines", "",
-             "Trained by the pipeline's train stage (device per row), "
-             f"recorded {datetime.date.today()} by `python benchmarks/fmnist_baselines.py "
-             f"--models {args.models}`.", "",
-             "| model | test top-1 | goal | met | epochs | batch | optimizer | device | train wall time "
-             "| images/s | command |",
-             "|---|---:|---:|---|---:|---:|---|---|---:|---:|---|"]
-    for r in rows:
-        met = "yes" if r["goal"] is None or r["top1"] >= r["goal"] else "**no**"
-        lines.append(f"| {r['model']} | {100 * r['top1']:.2f}% | {100 * r['goal']:.1f}% | {met} | "
-                     f"{r['epochs']:g} | {r['batch_size']} | {r['optimizer']} lr {r['lr']} wd "
-                     f"{r['weight_decay']} | {r['device']} | {r['train_seconds'] / 60:.1f} min | "
-                     f"{r['images_per_s'] or 0:.0f} | `{r['command']}` |")
-    lines += ["", "Test accuracy is re-measured on all 10,000 test images from the saved model. "
-              "The shipped checkpoints (`checkpoints/<model>_fmnist`, orbax, read by "
-              "`hobs_jax.load`) are these models.", "", "![curves](fmnist_baselines.png)", ""]
-    with open(os.path.join(out, "fmnist_baselines.md"), "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    p.add_argument("--out", default=os.path.join(REPO, "docs", "results"))
+    p.add_argument("--render-only", action="store_true",
+                   help="rebuild the table from the stored run record (OUT/records/fmnist_baselines.json)")
+    args = p.parse_args(argv)
+    if not args.render_only:
+        rows = [record(m, args.runs) for m in args.models.split(",") if m]
+        studies.save_record(NAME, {"date": str(datetime.date.today()), "rows": rows,
+                                   "command": f"python benchmarks/fmnist_baselines.py --models {args.models}"},
+                            args.out)
+        plot(rows, os.path.join(args.out, "fmnist_baselines.png"))
+    studies.render(sys.modules[__name__], args.out)
+    with open(os.path.join(args.out, NAME + ".md")) as f:
+        print(f.read())
 
 
 if __name__ == "__main__":

@@ -95,18 +95,30 @@ def study(name: str, module, summary: str, compute=None, table_kwargs: dict | No
 def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
+    from hobs_jax.experiments import recovery
     from hobs_jax.experiments.studies import (
+        aligned_allocation,
+        alignment_staircase,
+        ast_controller,
         data_pipeline,
+        fmnist_baselines,
         graph_discovery,
         hessian_gram,
         hobs_compiles,
         hobs_cost,
         hobs_refit_parts,
+        rspar_latency,
         train_throughput,
         workdir_lock,
     )
 
-    return [study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
+    return [study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+            *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
+                    "run record", table_kwargs={"name": f"aligned_allocation_{n}"}) for n in ("r20", "r20b", "r56")],
+            study("alignment", alignment_staircase, "width staircases per runtime, run record"),
+            study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
+            study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),
+            study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
             study("hobs_compiles", hobs_compiles, "H-OBS compile counts, run record"),
@@ -114,8 +126,61 @@ def _studies() -> list[Entry]:
             study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
                   table_kwargs={"name": "hobs_cost_avx512"}),
             study("hobs_refit_parts", hobs_refit_parts, "H-OBS refit parts, run record"),
+            study("rspar_latency", rspar_latency, "R-SPAR latency budget, requested vs measured, run record"),
             study("train_throughput", train_throughput, "training steps/s, run record"),
             study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
+
+
+def _ast_build(rows, sources, run: Run) -> list[str]:
+    from hobs_jax.experiments import ast_report
+
+    (data,) = rows  # the sweep's row cache, whole (its schedule and commands with it)
+    return [p for t in ast_report.tables(data) for p in t.write(run.path(t.name))]
+
+
+def _ast_entry() -> Entry:
+    """The AST sweep's three tables, rebuilt from its row cache ``records/ast_fmnist.json``."""
+    return Entry("ast_fmnist", "adaptive sparse training grid, row cache", _ast_build,
+                 legacy=lambda data: ([data], {}))
+
+
+def _rspar_variant(name: str, summary: str) -> Entry:
+    """An R-SPAR run of its own (earlier options or a configuration choice): its tables
+    (:mod:`hobs_jax.experiments.studies.rspar_report`) rebuilt from ``records/NAME.json``."""
+    def build(rows, sources, run: Run) -> list[str]:
+        import json
+
+        from hobs_jax.experiments.studies import rspar_report
+
+        curves = None  # the search's learning curves, saved beside the record's tables
+        for path in (run.path(f"{name}_curve.json"),
+                     os.path.join(os.path.dirname(os.path.abspath(run.records)), f"{name}_curve.json")):
+            if os.path.exists(path):
+                with open(path) as f:
+                    curves = json.load(f)
+                break
+        (data,) = rows  # the run record, whole (its provenance with it)
+        return [p for t in rspar_report.tables(data, name, curves) for p in t.write(run.path(t.name))]
+    return Entry(name, summary, build, legacy=lambda data: ([data], {}))
+
+
+def _block_ell_build(rows, sources, run: Run) -> list[str]:
+    import json
+
+    from hobs_jax.experiments.studies import block_ell_tables
+
+    e2e = []
+    if os.path.exists(run.record("block_ell_e2e")):
+        with open(run.record("block_ell_e2e")) as f:
+            e2e = json.load(f)
+    return [p for t in block_ell_tables.tables(rows, e2e) for p in t.write(run.path(t.name))]
+
+
+def _bench_build(rows, sources, run: Run) -> list[str]:
+    from hobs_jax.experiments import bench_tables
+
+    (index,) = rows  # the index of the published suite runs (their results.json beside it)
+    return bench_tables.render_all(run.out, index, results=os.path.dirname(os.path.abspath(run.records)))
 
 
 # -- run records of earlier code ------------------------------------------------------------
@@ -300,5 +365,14 @@ for _e in [
     _sweep_entry("ablation_resnet20", "module ablation, fresh", build_ablation, ablation_sweeps),
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
+    _ast_entry(),
+    Entry("bench_runs", "hobs_jax.bench suite runs and the JAX-vs-PyTorch page, from their results.json",
+          _bench_build, legacy=lambda data: ([data], {})),
+    Entry("block_ell", "Block-ELL SpMM and ResNet-50 end to end, per device, run records", _block_ell_build,
+          legacy=lambda data: (data, {})),
+    _rspar_variant("rspar_fmnist_v2", "R-SPAR, lbound 0.2, 80 episodes (earlier run), run record"),
+    _rspar_variant("rspar_fmnist_lbound0.1", "R-SPAR, lbound 0.1, 80 episodes, run record"),
+    _rspar_variant("rspar_fmnist_choice_imitate", "R-SPAR configuration choice (imitation), run record"),
+    _rspar_variant("rspar_fmnist_choice_noimitate", "R-SPAR configuration choice (no imitation), run record"),
 ]:
     ENTRIES[_e.name] = _e
