@@ -10,6 +10,7 @@ from hobs_jax.models.registry import (
     ModelEntry,
     build,
     default_widths,
+    fill_random,
     get_entry,
     infer_widths,
     init,
@@ -24,4 +25,4 @@ from hobs_jax.models.widths import Widths, resolve_widths
 
 __all__ = ["MODELS", "BlockPattern", "ModelEntry", "Prunable", "Widths", "build", "default_widths",
            "eligible_layers", "get_entry", "init", "infer_widths", "input_shape", "list_models",
-           "prunable", "random_variables", "register", "resolve_widths", "sparse", "width_axes"]
+           "prunable", "fill_random", "random_variables", "register", "resolve_widths", "sparse", "width_axes"]

@@ -183,29 +183,38 @@ def random_variables(model: nn.Module, shape: tuple[int, ...], seed: int = 0,
     """Random variables of ``model`` made with numpy, without compiling an initializer.
 
     For tests and benchmarks, where XLA's compile of a deep network's ``init`` (about
-    12 s for ResNet-56 on 2 CPU cores, mostly threefry) dominates. Kernels are
-    N(0, 1/fan_in) with fan_in = every axis but the last for convolutions and dense
-    layers, the leading axis for attention q/k/v and the first two for its output;
-    other parameters N(0, 0.1^2) around their usual value (1 for scales); BN variances
-    U(0.5, 1.5). Use :func:`init` to train from scratch.
+    12 s for ResNet-56 on 2 CPU cores, mostly threefry) dominates. Values:
+    :func:`fill_random`. Use :func:`init` to train from scratch.
     """
-    rng = np.random.RandomState(seed)
     abstract = jax.eval_shape(lambda: init(model, jax.random.key(0), shape))
+    return fill_random(abstract, seed, dtype)
+
+
+def fill_random(abstract, seed: int = 0, dtype=None) -> dict:
+    """Numpy values for a tree of abstract variables (``jax.ShapeDtypeStruct`` leaves,
+    e.g. from ``jax.eval_shape`` of an ``init``), in tree order from one
+    ``RandomState(seed)``: kernels and embeddings N(0, 1/fan_in) with fan_in = every axis
+    but the last (attention q/k/v [D, heads, dim]: the leading axis; its output
+    [heads, dim, D]: the first two); other parameters N(0, 0.1^2) around their usual
+    value (1 for scales); BN means N(0, 0.1^2) and variances U(0.5, 1.5). ``dtype``:
+    every leaf's, or None for each leaf's own."""
+    rng = np.random.RandomState(seed)
 
     def make(path, leaf):
         names = [str(getattr(p, "key", p)) for p in path]
-        s = leaf.shape
-        if names[-1] == "kernel":
+        s = tuple(leaf.shape)
+        dt = np.dtype(leaf.dtype if dtype is None else dtype)
+        if names[-1] in ("kernel", "embedding") and len(s) >= 2:
             if len(s) == 3:
                 fan_in = s[0] * s[1] if names[-2] == "out" else s[0]
             else:
                 fan_in = int(np.prod(s[:-1]))
-            return rng.normal(0.0, 1.0 / np.sqrt(fan_in), s).astype(dtype)
+            return rng.normal(0.0, 1.0 / np.sqrt(fan_in), s).astype(dt)
         if names[0] == "batch_stats":
             if names[-1] == "var":
-                return rng.uniform(0.5, 1.5, s).astype(dtype)
-            return rng.normal(0.0, 0.1, s).astype(dtype)
+                return rng.uniform(0.5, 1.5, s).astype(dt)
+            return rng.normal(0.0, 0.1, s).astype(dt)
         base = 1.0 if names[-1] == "scale" else 0.0
-        return (base + rng.normal(0.0, 0.1, s)).astype(dtype)
+        return (base + rng.normal(0.0, 0.1, s)).astype(dt)
 
     return jax.tree_util.tree_map_with_path(make, abstract)
