@@ -36,53 +36,63 @@ SHAPE = (1, 28, 28, 1)
 
 
 def _network(name: str, kwargs: dict, seed: int):
-    """(Prunable of the untrained network, constructor kwargs)."""
+    """(Prunable of the untrained network). ``name``: a key of ``hobs_jax.testing``'s
+    LINEN_NETS / NNX_NETS, or an import path ``package.module:Class`` of a linen or NNX module."""
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from hobs_jax import graph as G
+    from hobs_jax.graph.spec import resolve
     from hobs_jax.testing.nets import LINEN_NETS
     from hobs_jax.testing.nnx_nets import NNX_NETS
 
-    if name in LINEN_NETS:
+    cls = LINEN_NETS.get(name) or NNX_NETS.get(name) or (resolve(name) if ":" in name else None)
+    if cls is None:
+        raise SystemExit(f"unknown --model {name!r}; use one of {sorted(LINEN_NETS) + sorted(NNX_NETS)} "
+                         "or an import path package.module:Class")
+    if issubclass(cls, nn.Module):
         from hobs_jax.graph.linen_model import wrap
 
-        module = LINEN_NETS[name](**kwargs)
+        module = cls(**kwargs)
         adapter = wrap(module)
         variables = jax.jit(lambda: adapter.init(jax.random.key(seed), jnp.zeros(SHAPE), train=False))()
         return G.prunable(module, variables, SHAPE)
-    if name in NNX_NETS:
-        from flax import nnx
-
-        cls = NNX_NETS[name]
+    if issubclass(cls, nnx.Module):
         module = nnx.jit(lambda: cls(**kwargs, rngs=nnx.Rngs(seed)))()
         return G.prunable(module, input_shape=SHAPE)
-    raise SystemExit(f"unknown --model {name!r}; use one of {sorted(LINEN_NETS) + sorted(NNX_NETS)}")
+    raise SystemExit(f"--model {name!r} is not a flax.linen or flax.nnx module class")
 
 
 def train(args, source):
     """The trained network's Prunable (trained once; reloaded from the workdir after)."""
     from hobs_jax import export
     from hobs_jax.data import EvalLoader, TrainLoader
-    from hobs_jax.pipeline import base_config
+    from hobs_jax.pipeline.config import fmnist_config
     from hobs_jax.train import fit
 
     path = os.path.join(args.workdir, "dense")
     if os.path.exists(os.path.join(path, "meta.json")):
         return export.load_prunable(path), json.load(open(os.path.join(args.workdir, "train.json")))
     p = _network(args.model, args.kwargs, args.seed)
-    t = base_config("resnet20").train  # the pipeline's Fashion-MNIST recipe (configs/resnet20_fmnist.py)
-    t.optimizer, t.lr, t.momentum, t.nesterov = "sgd", 0.1, 0.9, True
-    t.weight_decay, t.batch_size, t.epochs = 5e-4, 128, float(args.epochs)
-    t.checkpoint.every_steps, t.progress, t.tensorboard = 500, False, False
+    t = fmnist_config("resnet20", args.epochs).train  # the recipe of configs/resnet20_fmnist.py
+    t.progress, t.tensorboard = False, False
     t0 = time.time()
+    # fit resumes from the checkpoints under workdir/train after an interruption.
     result = fit(p.module, p.variables, TrainLoader(source, "train", t.batch_size, seed=args.seed), t,
                  os.path.join(args.workdir, "train"), eval_data=EvalLoader(source, "test", 500))
+    m = result.metrics
+    if m["stopped"] or m["steps"] < m["total_steps"]:
+        # An interrupted run is not a trained network: save nothing, rerun to resume.
+        raise SystemExit(f"training stopped at step {m['steps']} of {m['total_steps']} ({m['stopped'] or 'early'}); "
+                         f"rerun the same command to resume from {args.workdir}/train")
     p = p.with_variables(result.variables)
     init_kwargs = args.kwargs if p.kind == "nnx" else None
     export.save(path, p, overwrite=True, init_kwargs=init_kwargs)
-    rec = {"epochs": args.epochs, "steps": result.metrics["steps"], "seconds": round(time.time() - t0, 1),
-           "val_top1": result.metrics.get("val_top1")}
+    rec = {"epochs": args.epochs, "steps": m["steps"], "train_images": m["steps"] * t.batch_size,
+           "seconds": round(time.time() - t0, 1), "images_per_s": round(m["images_per_s"], 1),
+           "resumed_from": m["resumed_from"], "val_top1": m.get("val_top1")}
     json.dump(rec, open(os.path.join(args.workdir, "train.json"), "w"))
     return export.load_prunable(path), rec
 
@@ -100,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/results/anymodel_fmnist")
     args = ap.parse_args(argv)
     args.kwargs = json.loads(args.kwargs)
-    args.workdir = os.path.join(args.workdir, args.model)
+    args.workdir = os.path.join(args.workdir, args.model.rpartition(":")[2] or args.model)
     os.makedirs(args.workdir, exist_ok=True)
 
     from hobs_jax import macs, methods
@@ -124,7 +134,7 @@ def main(argv=None) -> int:
            "dense": {"top1": acc(dense), "macs": base.macs, "params": base.params},
            "target": args.target, "calibration_images": len(idx), "rows": []}
     print(f"{dense.label}: dense top-1 {out['dense']['top1']:.4f}, {base.macs:,} MACs", flush=True)
-    for row in args.rows.split(","):
+    for row in filter(None, args.rows.split(",")):
         method, _, alloc = row.partition("-")
         options = {"allocation": alloc} if alloc else {}
         if method == "hobs":
