@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Any
 
 from hobs_jax.experiments.table import Column, ResultTable
 
@@ -53,7 +54,7 @@ def _network(name: str, kwargs: dict, seed: int):
     from hobs_jax.testing.nets import LINEN_NETS
     from hobs_jax.testing.nnx_nets import NNX_NETS
 
-    cls = LINEN_NETS.get(name) or NNX_NETS.get(name) or (resolve(name) if ":" in name else None)
+    cls: Any = LINEN_NETS.get(name) or NNX_NETS.get(name) or (resolve(name) if ":" in name else None)
     if cls is None:
         raise SystemExit(f"unknown --model {name!r}; use one of {sorted(LINEN_NETS) + sorted(NNX_NETS)} "
                          "or an import path package.module:Class")
