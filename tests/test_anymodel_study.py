@@ -58,6 +58,10 @@ def test_table_states_the_goals_from_the_rows():
     assert "| magnitude-uniform | 0.5000 | 0.5000 | 20.00 | 70.00 | - | 1 |" in md
     assert "1872 steps of 128" in md and "Dense: 90.00% top-1" in md
     assert t.meta["dense"]["top1_oneshot"] == 0.9
+    assert "H-OBS one-shot is 40.00 points below the dense network (10.00 after BN re-estimation)." in t.notes
+    assert "Fine-tuning gains: hobs +8.00 points, magnitude-global +26.00 points from the re-estimated network." \
+        in t.notes
+    assert "H-OBS one-shot (50.00%) is below the best other fine-tuned row (magnitude-global 86.00%)." in t.notes
 
 
 def test_table_reports_a_loss_and_refuses_a_missed_target():

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "docs", "results")
 
 
-@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph"])
+@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph", "anymodel_fmnist"])
 def test_a_table_rebuilt_from_its_run_record_matches_the_committed_one(tmp_path, name):
     run = Run(out=str(tmp_path), records=os.path.join(RESULTS, "records"), mode="records")
     assert ENTRIES[name].how(run) == "records"

@@ -96,6 +96,7 @@ def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
     from hobs_jax.experiments.studies import (
+        anymodel_fmnist,
         data_pipeline,
         graph_discovery,
         hessian_gram,
@@ -106,7 +107,9 @@ def _studies() -> list[Entry]:
         workdir_lock,
     )
 
-    return [study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
+    return [study("anymodel_fmnist", anymodel_fmnist, "a network outside the zoo trained and pruned on "
+                  "Fashion-MNIST, run record"),
+            study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
             study("hobs_compiles", hobs_compiles, "H-OBS compile counts, run record"),
