@@ -53,9 +53,9 @@ class DenseNetFM(nn.Module):
 
     Concatenation growth is what the zoo lacks: every earlier layer's channels feed every
     later layer of its block, so pruning one group cuts the input of several convs at
-    once. Plain convs only (no grouped or depthwise convs): grouped convs ran about 7x
-    slower per training step than ungrouped ones of the same shape on XLA:CPU (ResNeXtTiny,
-    cardinality 4 vs 1, batch 128: 23 vs 160 images/s), and most of the work sits at
+    once. Plain convs only (no grouped or depthwise convs): a training step of ResNeXtTiny
+    with cardinality 4 took 7.7x as long as with cardinality 1 (more MACs) on XLA:CPU
+    (batch 128, 27 vs 208 images/s; docs/results/HISTORY.md), and most of the work sits at
     14x14 and 7x7 so that training runs at a few hundred images/s on a 2-core CPU
     (benchmarks/anymodel_fmnist.py, docs/results/anymodel_fmnist.md).
     """
