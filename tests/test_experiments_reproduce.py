@@ -16,8 +16,6 @@ from hobs_jax.experiments.tables.catalog import ENTRIES, Run
 # Narrative pages under docs/results/: prose that links to generated tables and holds no table of its own.
 NARRATIVES = ["aligned_allocation", "bench_quickstart"]
 # HISTORY.md: measurement narratives moved out of docstrings (#22 point 5), quoted as measured then.
-# Markdown tables under docs/results/ still written by hand: anymodel_fmnist's study is another branch's.
-NOT_CONVERTED = ["anymodel_fmnist"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "docs", "results")
@@ -28,7 +26,7 @@ RESULTS = os.path.join(REPO, "docs", "results")
 CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56", "alignment",
              "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56", "ast_fmnist",
              "rspar_fmnist_v2", "rspar_fmnist_lbound0.1", "rspar_fmnist_choice_imitate",
-             "rspar_fmnist_choice_noimitate", "block_ell"]
+             "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist"]
 
 
 @pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph", *CONVERTED])
@@ -51,8 +49,8 @@ def test_a_converted_study_table_is_a_result_table(name):
 
 def test_every_markdown_table_under_docs_results_is_a_result_table():
     """Every NAME.md under docs/results/ (run folders included) but the narrative pages has
-    its NAME.json in the result_table schema (so it was written by ResultTable.write),
-    except the pages still listed in NOT_CONVERTED; a narrative page holds no table."""
+    its NAME.json in the result_table schema (so it was written by ResultTable.write); a
+    narrative page holds no table."""
     for name in NARRATIVES:
         with open(os.path.join(RESULTS, name + ".md")) as f:
             assert not [line for line in f if line.startswith("|")], f"{name}.md holds a Markdown table"
@@ -67,7 +65,7 @@ def test_every_markdown_table_under_docs_results_is_a_result_table():
             schema = _schema(os.path.join(root, stem + ".json"))
             if schema != "hobs_jax.result_table":
                 left.append(rel)
-    assert sorted(left) == sorted(NOT_CONVERTED)
+    assert not left, f"Markdown tables not written by ResultTable: {sorted(left)}"
 
 
 def _schema(path):

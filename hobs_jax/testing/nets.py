@@ -43,6 +43,41 @@ class DenseNetTiny(nn.Module):
         return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
 
 
+class DenseNetFM(nn.Module):
+    """A small DenseNet for 28x28x1 images (Fashion-MNIST), every width a literal: a
+    conv3x3(32)-BN-ReLU stem and 2x2 max-pool (14x14), a dense block of three
+    BN-ReLU-conv3x3(16) layers each appending its output to the concatenation
+    (32 -> 80 channels), a BN-ReLU-conv1x1(64) transition and 2x2 average pool (7x7), a
+    second dense block growing by 24 (64 -> 136), BN-ReLU, global average pool, a linear
+    classifier. 85,850 parameters and 8.1M MACs per image.
+
+    Concatenation growth is what the zoo lacks: every earlier layer's channels feed every
+    later layer of its block, so pruning one group cuts the input of several convs at
+    once. Plain convs only (no grouped or depthwise convs): a training step of ResNeXtTiny
+    with cardinality 4 took 7.7x as long as with cardinality 1 (more MACs) on XLA:CPU
+    (batch 128, 27 vs 208 images/s; docs/results/HISTORY.md), and most of the work sits at
+    14x14 and 7x7 so that training runs at a few hundred images/s on a 2-core CPU
+    (benchmarks/anymodel_fmnist.py, docs/results/anymodel_fmnist.md).
+    """
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(_bn(train)(nn.Conv(32, (3, 3), padding=1, use_bias=False)(x)))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        for _ in range(3):
+            y = nn.Conv(16, (3, 3), padding=1, use_bias=False)(nn.relu(_bn(train)(x)))
+            x = jnp.concatenate([x, y], axis=-1)
+        x = nn.Conv(64, (1, 1), use_bias=False)(nn.relu(_bn(train)(x)))
+        x = nn.avg_pool(x, (2, 2), (2, 2))
+        for _ in range(3):
+            y = nn.Conv(24, (3, 3), padding=1, use_bias=False)(nn.relu(_bn(train)(x)))
+            x = jnp.concatenate([x, y], axis=-1)
+        x = nn.relu(_bn(train)(x))
+        return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
 def channel_shuffle(x, groups: int):
     """ShuffleNet's channel shuffle: [.., g * c] -> [.., g, c] -> [.., c, g] -> [.., g * c]."""
     *lead, c = x.shape

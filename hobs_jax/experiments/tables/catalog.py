@@ -99,6 +99,7 @@ def _studies() -> list[Entry]:
     from hobs_jax.experiments.studies import (
         aligned_allocation,
         alignment_staircase,
+        anymodel_fmnist,
         ast_controller,
         data_pipeline,
         fmnist_baselines,
@@ -112,7 +113,9 @@ def _studies() -> list[Entry]:
         workdir_lock,
     )
 
-    return [study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+    return [study("anymodel_fmnist", anymodel_fmnist, "a network outside the zoo trained and pruned on "
+                  "Fashion-MNIST, run record"),
+            study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
                     "run record", table_kwargs={"name": f"aligned_allocation_{n}"}) for n in ("r20", "r20b", "r56")],
             study("alignment", alignment_staircase, "width staircases per runtime, run record"),
