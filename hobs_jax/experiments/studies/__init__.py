@@ -13,7 +13,7 @@ import sys
 
 def command(script: str, argv=None) -> str:
     """The command line that produced a result, as it is recorded."""
-    return f"python {script} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    return f"python {script} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
 
 
 def publish(name: str, rows: list[dict], sources: dict, table_fn, out: str = "docs/results",
