@@ -48,7 +48,8 @@ def parse_rows(text: str) -> list[dict]:
             rows.append({"label": label, "metric": "latency", "runtime": parts[1], "target": float(parts[2]),
                          "quantum": int(parts[3])})
         else:
-            raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM[:RUNTIME] or LABEL=latency:RUNTIME:TARGET:QUANTUM")
+            raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM[:RUNTIME] or "
+                             "LABEL=latency:RUNTIME:TARGET:QUANTUM")
     return rows
 
 
@@ -132,8 +133,9 @@ def main(argv=None):
                       latency=budgets.get(r["runtime"]))
         s = sel.with_task(**change)
         if r["metric"] == "macs" and r["runtime"]:  # a MACs budget ranked per second saved
-            s.options = dataclasses.replace(s.options, allocator=dataclasses.replace(s.options.allocator,
-                                                                                     rank="latency"))
+            ranked = dataclasses.replace(s.options.allocator, rank="latency")
+            s.options = dataclasses.replace(s.options, allocators={**s.options.allocators,
+                                                                   s.options.allocation: ranked})
         try:
             allocated = spec.allocate(s)
         except ValueError as e:  # an unreachable latency target: recorded, the other rows go on
