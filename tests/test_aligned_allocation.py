@@ -223,3 +223,22 @@ def test_measure_layers_times_every_grid_point_once_per_shape(runtime):
     ms = time_calls({"a": layer_call(runtime, kind="depthwise", batch=1, cin=8, cout=8, spatial=(5, 5),
                                      kernel=(3, 3))}, rounds=1, iters=1)
     assert ms["a"] > 0
+
+
+def test_pipeline_reads_a_latency_table_for_a_latency_ranked_macs_target(tmp_path):
+    """prune.hobs.rank='latency' under prune.metric='macs' makes the prune stage load the
+    table (here a file) that the global allocator ranks with; rank='metric' loads none."""
+    import json
+
+    from hobs_jax.pipeline import base_config
+    from hobs_jax.pipeline.prune_stage import _latency_table
+
+    _, _, task = _setup()
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(_synthetic_table(task)))
+    c = base_config(NAME)
+    c.prune.method, c.prune.metric, c.prune.latency.table = "hobs", "macs", str(path)
+    assert _latency_table(c, task.prunable, SHAPE, ("xla",)) == (None, None)
+    c.prune.hobs.rank = "latency"
+    table, info = _latency_table(c, task.prunable, SHAPE, ("xla",))
+    assert table is not None and info["source"] == str(path) and table["model"] == task.name

@@ -118,7 +118,8 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
 
     m = doc["device"]
     key = f"latency_breakdown@{m['date'][:16]}"
-    rows = [{k: v for k, v in r.items() if k != "per_layer_ms"} | {"device": machine.device_key(m), "source": key}
+    rows = [{k: v for k, v in r.items() if k != "per_layer_ms"}
+            | {"device": machine.device_key(m), "source": key, "dataset": "fashion_mnist", "split": "none (timing)"}
             for r in doc["rows"]]
     return rows, {key: {"command": doc["command"], "date": m["date"], "machine": machine.describe(m),
                         "record": doc["record"]}}
