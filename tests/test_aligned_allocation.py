@@ -171,6 +171,26 @@ def test_latency_mode_global_thresholds_saliency_per_second_saved():
     assert _kept(lat).get(g, size) < _kept(macs).get(g, size)
 
 
+def test_macs_target_ranked_by_latency_meets_macs_and_prunes_where_time_is_saved():
+    """rank='latency' under a MACs target: the MACs target still holds (the table only
+    ranks), the allocation differs from plain MACs mode and its predicted time is lower (the
+    third stage's channels save 20x the time per MAC), and without a table it is a one-line
+    error."""
+    variables, calib, task = _setup()
+    table = _synthetic_table(task, heavy="layer3", factor=20.0)
+    budget = L.LatencyBudget.for_task(table, task)
+    macs = _prune("magnitude", NAME, variables, target=0.5, options=dict(allocation="global"))
+    ranked = _prune("magnitude", NAME, variables, target=0.5, options=dict(allocation="global", rank="latency"),
+                    latency=table)
+    assert ranked.task.metric == "macs" and abs(ranked.macs_ratio / 0.5 - 1) <= allocation.TOLERANCE
+    assert ranked.outcome.budget is None or ranked.outcome.budget[0] != "latency"
+    keep_m, keep_r = (task.cost.keep_vector(_kept(r)) for r in (macs, ranked))
+    assert _kept(ranked) != _kept(macs)
+    assert budget.ratio(keep_r) < budget.ratio(keep_m)  # the same MACs buy less time
+    with pytest.raises(ValueError, match="rank='latency' needs a latency table"):
+        _prune("magnitude", NAME, variables, target=0.5, options=dict(allocation="global", rank="latency"))
+
+
 @pytest.mark.parametrize("alloc", ["uniform", "rspar"])
 def test_latency_mode_uniform_and_rspar_meet_the_table_target(alloc):
     variables, calib, task = _setup()
@@ -203,3 +223,22 @@ def test_measure_layers_times_every_grid_point_once_per_shape(runtime):
     ms = time_calls({"a": layer_call(runtime, kind="depthwise", batch=1, cin=8, cout=8, spatial=(5, 5),
                                      kernel=(3, 3))}, rounds=1, iters=1)
     assert ms["a"] > 0
+
+
+def test_pipeline_reads_a_latency_table_for_a_latency_ranked_macs_target(tmp_path):
+    """prune.hobs.rank='latency' under prune.metric='macs' makes the prune stage load the
+    table (here a file) that the global allocator ranks with; rank='metric' loads none."""
+    import json
+
+    from hobs_jax.pipeline import base_config
+    from hobs_jax.pipeline.prune_stage import _latency_table
+
+    _, _, task = _setup()
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(_synthetic_table(task)))
+    c = base_config(NAME)
+    c.prune.method, c.prune.metric, c.prune.latency.table = "hobs", "macs", str(path)
+    assert _latency_table(c, task.prunable, SHAPE, ("xla",)) == (None, None)
+    c.prune.hobs.rank = "latency"
+    table, info = _latency_table(c, task.prunable, SHAPE, ("xla",))
+    assert table is not None and info["source"] == str(path) and table["model"] == task.name

@@ -131,6 +131,7 @@ class LatencyBudget:
         outs = [self._outputs(e) for e in self.table["layers"]]
         total = float(sum(o * e["cout"] for o, e in zip(outs, self.table["layers"]))) or 1.0
         self._layers = []
+        self.paths = tuple(str(e.get("path", i)) for i, e in enumerate(self.table["layers"]))
         for e, o in zip(self.table["layers"], outs):
             pi, po = pos.get(e["in_group"], -1), pos.get(e["out_group"], -1)
             gi, go = np.asarray(e["cin_grid"], np.float64), np.asarray(e["cout_grid"], np.float64)
@@ -205,6 +206,13 @@ class LatencyBudget:
         """Predicted time of the network at kept counts ``keep`` [G] (seconds per call)."""
         keep = np.asarray(keep, np.float64)
         return float(sum(self._layer(l, keep)[0] for l in self._layers) + self.rest)
+
+    def layer_seconds(self, keep) -> np.ndarray:
+        """[L] each table layer's predicted time (seconds per call, its share of the rest
+        included when the table models it per output) at kept counts ``keep`` [G], in the
+        order of ``paths``: where a pruned network's time goes, layer by layer."""
+        keep = np.asarray(keep, np.float64)
+        return np.array([float(self._layer(l, keep)[0]) for l in self._layers])
 
     def ratio(self, keep, metric: str | None = None) -> float:
         """Kept fraction of the dense network's time (``metric`` is ignored: there is one)."""

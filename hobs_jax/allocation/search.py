@@ -257,7 +257,10 @@ def global_keep(cost: CostModel, scores: Mapping[int, np.ndarray], target: float
     :class:`~hobs_jax.allocation.latency.LatencyBudget`): the normalized saliencies are
     divided by the time one channel of their group saves (from full down to its floor), so
     the threshold removes the least saliency per second saved ('cost' then means no other
-    normalization); otherwise the normalization stays per MAC/param."""
+    normalization); otherwise the normalization stays per MAC/param. The target is met in
+    ``budget`` when ``metric='latency'``, otherwise in ``cost``: with ``per_budget`` and a
+    MACs/params metric the table only ranks channels (a MACs budget spent where it buys the
+    most time), the MACs/params target is met exactly as without it."""
     if per_budget:
         if budget is None or not hasattr(budget, "saved_per_channel"):
             raise ValueError("global_keep: per_budget needs a budget with saved_per_channel (a latency table)")
@@ -267,7 +270,8 @@ def global_keep(cost: CostModel, scores: Mapping[int, np.ndarray], target: float
         normed = {g: normed[g] / unit[i] for i, g in enumerate(cost.group_ids)}
     else:
         normed = normalize_finite(scores, cost, normalize, "macs" if metric == "latency" else metric)
-    return global_threshold(budget or cost, normed, target, metric, round_to=round_to, min_ratio=min_ratio)
+    meet = budget if (metric == "latency" and budget is not None) else cost
+    return global_threshold(meet, normed, target, metric, round_to=round_to, min_ratio=min_ratio)
 
 
 def restrict(cost: CostModel, groups: Sequence[int]) -> CostModel:

@@ -9,7 +9,11 @@ under any budget: MACs, params, or, with ``metric='latency'``, the task's measur
 table (:mod:`hobs_jax.allocation.latency`). In latency mode the global threshold compares
 saliency per second saved (each group's normalized saliencies divided by the time one of
 its channels saves, :meth:`~hobs_jax.allocation.latency.LatencyBudget.saved_per_channel`)
-instead of per channel or per MAC."""
+instead of per channel or per MAC. ``rank='latency'`` does the same ranking under a MACs or
+params target (the task then carries a latency table only to rank with): the budget is
+still MACs, but it is spent where the measured runtime saves the most time per unit of
+saliency, which on a CPU keeps the narrow, high-resolution layers (whose channels save
+little time) and prunes the wide, low-resolution ones."""
 
 from __future__ import annotations
 
@@ -69,10 +73,14 @@ class Uniform:
 class GlobalOptions(Options):
     """normalize: how saliencies compare across groups (:func:`hobs_jax.allocation.normalize`;
     'cost' = per MAC/param one channel of the group costs); min_ratio: the smallest kept
-    fraction of every group, in [0, 1)."""
+    fraction of every group, in [0, 1); rank: 'metric' compares saliencies normalized as
+    above, except under a latency target, where they are per second saved; 'latency'
+    compares them per second saved (the task's latency table) under any target, e.g. a
+    MACs budget spent where it buys the most measured time."""
 
     normalize: Literal["none", "mean", "max", "cost"] = "mean"
     min_ratio: float = 0.1
+    rank: Literal["metric", "latency"] = "metric"
 
     def check(self):
         self.require(0.0 <= self.min_ratio < 1.0, "min_ratio", "must be in [0, 1)")
@@ -96,11 +104,17 @@ class Global:
     def allocate(self, sel: Selection, options: GlobalOptions) -> Allocation:
         t = sel.task
         assert sel.scores is not None  # set by the scorer, which runs before any allocator or compensator
-        latency = t.metric == "latency"
+        per_second = t.metric == "latency" or options.rank == "latency"
+        if per_second and t.latency is None:
+            raise ValueError(f"{sel.spec.name}: rank='latency' needs a latency table on the task "
+                             "(make_task(..., latency=...); pipeline: prune.latency.*)")
+        if per_second and tuple(t.latency.group_ids) != tuple(sel.cost.group_ids):
+            raise ValueError(f"{sel.spec.name}: a latency ranking needs every group prunable, but compensator "
+                             f"{sel.spec.compensator!r} restricts them; use rank='metric'")
         keep = allocation.global_keep(sel.cost, sel.scores.threshold, t.target, t.metric,
                                       normalize=options.normalize, min_ratio=float(options.min_ratio),
-                                      round_to=t.round_to, budget=budget_of(sel) if latency else None,
-                                      per_budget=latency)
+                                      round_to=t.round_to, budget=t.latency if per_second else None,
+                                      per_budget=per_second)
         return Allocation(keep, budget=_declared(sel, keep))
 
 

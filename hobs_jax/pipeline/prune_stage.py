@@ -94,12 +94,15 @@ def _latency_table(c, prunable, input_shape, runtimes) -> tuple[dict | None, dic
     """(table, facts) for ``prune.metric='latency'``: ``prune.latency.table`` when given,
     else the cached table of this network in ``prune.latency.runtime`` (default: the first
     benchmark runtime) at ``prune.latency.batch`` (default: the largest benchmark batch),
-    measured and cached when missing; (None, None) for other metrics."""
+    measured and cached when missing; the same for a method whose allocator ranks by latency
+    under a MACs/params target (``prune.<method>.rank='latency'``); (None, None) otherwise."""
     import json
 
     from hobs_jax.pipeline.config import batch_sizes
 
-    if c.prune.metric != "latency":
+    section = c.prune.get(c.prune.method)
+    ranks = section is not None and section.get("rank", "metric") == "latency"
+    if c.prune.metric != "latency" and not ranks:
         return None, None
     lat = c.prune.latency
     if lat.table:

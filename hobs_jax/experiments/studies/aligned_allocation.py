@@ -6,7 +6,9 @@ on the test set, saved, and finally every row timed against dense in one interle
 mode for a shared machine).
 
 Rows: ``LABEL=macs:TARGET:QUANTUM`` (the MACs budget on the grid of multiples of
-QUANTUM; 1 = unaligned, today's allocation) or ``LABEL=latency:RUNTIME:TARGET:QUANTUM``
+QUANTUM; 1 = unaligned, today's allocation), ``LABEL=macs:TARGET:QUANTUM:RUNTIME`` (the
+same MACs budget, channels ranked by saliency per second saved in RUNTIME's latency table:
+the global allocator's ``rank='latency'``) or ``LABEL=latency:RUNTIME:TARGET:QUANTUM``
 (the latency table of RUNTIME at ``--table-batch``, measured on one core by CPU time and
 cached, ``hobs_jax.methods.latency_table.cached_table``), with ``--allocation`` global
 (default) or uniform.
@@ -24,6 +26,7 @@ folder/records/NAME.json`` and the table built from it through ResultTable to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -38,14 +41,15 @@ def parse_rows(text: str) -> list[dict]:
     for item in text.split(","):
         label, _, spec = item.partition("=")
         parts = spec.split(":")
-        if parts[0] == "macs" and len(parts) == 3:
-            rows.append({"label": label, "metric": "macs", "runtime": None, "target": float(parts[1]),
-                         "quantum": int(parts[2])})
+        if parts[0] == "macs" and len(parts) in (3, 4):
+            rows.append({"label": label, "metric": "macs", "runtime": parts[3] if len(parts) == 4 else None,
+                         "target": float(parts[1]), "quantum": int(parts[2])})
         elif parts[0] == "latency" and len(parts) == 4:
             rows.append({"label": label, "metric": "latency", "runtime": parts[1], "target": float(parts[2]),
                          "quantum": int(parts[3])})
         else:
-            raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM or LABEL=latency:RUNTIME:TARGET:QUANTUM")
+            raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM[:RUNTIME] or "
+                             "LABEL=latency:RUNTIME:TARGET:QUANTUM")
     return rows
 
 
@@ -128,6 +132,10 @@ def main(argv=None):
         change = dict(target=r["target"], round_to=r["quantum"], metric=r["metric"],
                       latency=budgets.get(r["runtime"]))
         s = sel.with_task(**change)
+        if r["metric"] == "macs" and r["runtime"]:  # a MACs budget ranked per second saved
+            ranked = dataclasses.replace(s.options.allocator, rank="latency")
+            s.options = dataclasses.replace(s.options, allocators={**s.options.allocators,
+                                                                   s.options.allocation: ranked})
         try:
             allocated = spec.allocate(s)
         except ValueError as e:  # an unreachable latency target: recorded, the other rows go on
@@ -196,7 +204,9 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
     for rec in doc["rows"]:
         r = {"label": rec["label"], "quantum": rec["quantum"], "dataset": "fashion_mnist", "split": "test",
              "device": machine.device_key(m), "source": key,
-             "budget": rec["metric"] + (f" ({rec['runtime']})" if rec["runtime"] else "")}
+             "budget": rec["metric"] + (("" if not rec["runtime"] else f" ({rec['runtime']})")
+                                        if rec["metric"] == "latency" or not rec["runtime"]
+                                        else f", ranked in {rec['runtime']}")}
         r["target" if rec["metric"] == "macs" else "latency_target"] = rec["target"]
         if rec["runtime"]:
             r["runtime"], r["table_batch"] = rec["runtime"], (doc["tables"].get(rec["runtime"]) or {}).get("batch")
