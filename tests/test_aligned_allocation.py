@@ -231,14 +231,14 @@ def test_pipeline_reads_a_latency_table_for_a_latency_ranked_macs_target(tmp_pat
     import json
 
     from hobs_jax.pipeline import base_config
-    from hobs_jax.pipeline.prune_stage import _latency_table
+    from hobs_jax.pipeline.prune_stage import latency_table_for
 
     _, _, task = _setup()
     path = tmp_path / "table.json"
     path.write_text(json.dumps(_synthetic_table(task)))
     c = base_config(NAME)
     c.prune.method, c.prune.metric, c.prune.latency.table = "hobs", "macs", str(path)
-    assert _latency_table(c, task.prunable, SHAPE, ("xla",)) == (None, None)
+    assert latency_table_for(c, task.prunable, SHAPE, ("xla",)) == (None, None)
     c.prune.hobs.rank = "latency"
-    table, info = _latency_table(c, task.prunable, SHAPE, ("xla",))
+    table, info = latency_table_for(c, task.prunable, SHAPE, ("xla",))
     assert table is not None and info["source"] == str(path) and table["model"] == task.name

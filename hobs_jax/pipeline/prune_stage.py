@@ -90,7 +90,7 @@ def _runtimes(c) -> tuple[str, ...]:
     return runtimes_of(c)[:1]
 
 
-def _latency_table(c, prunable, input_shape, runtimes) -> tuple[dict | None, dict | None]:
+def latency_table_for(c, prunable, input_shape, runtimes) -> tuple[dict | None, dict | None]:
     """(table, facts) for ``prune.metric='latency'``: ``prune.latency.table`` when given,
     else the cached table of this network in ``prune.latency.runtime`` (default: the first
     benchmark runtime) at ``prune.latency.batch`` (default: the largest benchmark batch),
@@ -143,7 +143,7 @@ def run(ctx: Context) -> dict:
     stage = os.path.join(ctx.workdir.root, "prune")  # created by the first write, not before
     runtimes = _runtimes(c)
     prunable = ctx.prunable(variables)
-    table, table_info = _latency_table(c, prunable, ctx.input_shape, runtimes)
+    table, table_info = latency_table_for(c, prunable, ctx.input_shape, runtimes)
     # 'auto': the quantum of the served runtime (the first benchmark runtime).
     task = make_task(c.prune.method, prunable, target=c.prune.target,
                      metric=c.prune.metric, align=c.prune.align, runtimes=runtimes, input_shape=ctx.input_shape,
