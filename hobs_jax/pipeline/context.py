@@ -132,6 +132,24 @@ class Context:
 
         return EvalLoader(self.source, split, self.config.data.eval_batch_size)
 
+    def evaluate(self, model, variables, desc: str = "eval") -> dict:
+        """:func:`hobs_jax.train.evaluate` on the test split; a zoo network's result is
+        shared with the other runs of this process (:mod:`hobs_jax.pipeline.eval_memo`)."""
+        import json
+
+        from hobs_jax.pipeline import eval_memo
+        from hobs_jax.train import evaluate
+
+        def compute() -> dict:
+            return evaluate(model, variables, self.eval_loader(), desc=desc)
+
+        if self.spec is not None:
+            return compute()
+        c = self.config  # everything self.source and self.eval_loader() are built from
+        data = json.dumps({"data": c.data.to_dict(), "in_channels": c.in_channels, "num_classes": c.num_classes,
+                           "split": "test"}, sort_keys=True)
+        return eval_memo.evaluate(model, variables, data, compute)
+
     def model_dir(self, stage: str) -> str:
         import os
 
