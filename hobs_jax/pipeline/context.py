@@ -27,6 +27,7 @@ class Context:
         self.config = config
         self.workdir = workdir
         self.results: dict[str, dict] = {}  # stage -> outputs (finished or reused)
+        self._evaluators: dict = {}  # network -> its Evaluator (see evaluate)
 
     @functools.cached_property
     def source(self):
@@ -138,10 +139,15 @@ class Context:
         import json
 
         from hobs_jax.pipeline import eval_memo
-        from hobs_jax.train import evaluate
+        from hobs_jax.train import Evaluator, make_mesh
 
         def compute() -> dict:
-            return evaluate(model, variables, self.eval_loader(), desc=desc)
+            # One compiled step per network of this run: the prune stage evaluates the same
+            # pruned network twice (right after pruning, after BN re-estimation).
+            key = model if self.spec is None else id(model)
+            if key not in self._evaluators:
+                self._evaluators[key] = Evaluator(model.apply, make_mesh())
+            return self._evaluators[key](variables, self.eval_loader(), desc=desc)
 
         if self.spec is not None:
             return compute()
