@@ -4,9 +4,9 @@ A sweep (:mod:`hobs_jax.experiments.sweep`) runs the pipeline once per row in on
 process: every row's ``evaluate`` stage measures the same dense checkpoint again, and the
 pruned network that its ``prune`` stage measured a moment before (after BN
 re-estimation, reloaded from the workdir). On the 2-core CPU a pass over the 10,000
-Fashion-MNIST test images is the largest single cost of a one-shot row, and these two
-repeats were 1.5 of every row's 2.5 dense-network passes (``make reproduce QUICK=1``,
-docs/results/HISTORY.md). An evaluation is a pure function of the network, its
+Fashion-MNIST test images is the largest single cost of a one-shot row: the evaluate
+stage (these two passes) took 22.4 of the 51 row-minutes of a ``make reproduce QUICK=1``
+before this memo (docs/results/HISTORY.md). An evaluation is a pure function of the network, its
 variables and the data, so its result is kept here under a digest of exactly those and
 reused; a different byte in any of them is a different key.
 
