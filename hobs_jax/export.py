@@ -26,6 +26,7 @@ against the model the metadata describes and reports problems in one line.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -244,8 +245,7 @@ def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
             variables = ocp.StandardCheckpointer().restore(os.path.join(path, "variables"))
     except Exception as e:  # orbax raises many types for truncated/corrupt files
         raise ValueError(f"corrupt checkpoint {path}: variables do not restore ({_one_line(e)})") from None
-    shape = models.input_shape(meta["model"], 1, in_channels=meta["in_channels"])
-    expected = _flat(jax.eval_shape(lambda: models.init(model, jax.random.key(0), shape)))
+    expected = _expected_shapes(model, models.input_shape(meta["model"], 1, in_channels=meta["in_channels"]))
     got = _flat(variables)
     for key, leaf in expected.items():
         if key not in got:
@@ -257,6 +257,15 @@ def load(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     if extra:
         raise ValueError(f"corrupt checkpoint {path}: unexpected variable {extra[0]}")
     return model, variables, dict(meta, plan=plan)
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_shapes(model, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The variables a zoo model at its widths has (shape-only init; traced once per model:
+    a sweep loads the same dense checkpoint several times per row)."""
+    from hobs_jax import models
+
+    return _flat(jax.eval_shape(lambda: models.init(model, jax.random.key(0), shape)))
 
 
 def _restore(path: str):

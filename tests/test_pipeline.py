@@ -183,3 +183,33 @@ def test_training_time_method_through_the_prune_stage(tmp_path):
         record = json.load(f)
     assert record["method"] == "structalign" and len(record["decisions"]["rounds"]) == rounds
     assert all(set(m) <= {0, 1} for m in record["decisions"]["masks"].values())
+
+
+
+def test_runs_of_one_process_evaluate_each_network_once(tmp_path):
+    """Context.evaluate (the prune and evaluate stages' test accuracy) reuses the figure of
+    a network it evaluated before in this process (hobs_jax.pipeline.eval_memo: a sweep's
+    dense network, the evaluate stage's pruned network): the same figure a fresh
+    evaluation gives; one changed weight, or another network, is evaluated afresh."""
+    import jax
+    import numpy as np
+
+    from hobs_jax import models
+    from hobs_jax.pipeline import eval_memo
+    from hobs_jax.pipeline.context import Context
+    from hobs_jax.train import evaluate
+
+    ctx = Context(_tiny(), Workdir(str(tmp_path)))
+    model = ctx.dense_model()
+    variables = jax.device_get(models.init(model, jax.random.key(0), ctx.input_shape))
+    eval_memo.clear()
+    first = ctx.evaluate(model, variables)
+    again = ctx.evaluate(model, jax.tree.map(np.copy, variables))  # equal bytes, other arrays
+    assert eval_memo.stats() == {"hits": 1, "misses": 1, "entries": 1}
+    assert again == first == evaluate(model, variables, ctx.eval_loader())
+    moved = jax.tree.map(np.copy, variables)
+    moved["params"]["fc"]["bias"][3] += 1.0
+    assert ctx.evaluate(model, moved) != first  # computed (a miss), not the memoized figure
+    assert eval_memo.stats()["misses"] == 2
+    other = models.build("resnet20", num_classes=10, in_channels=1, widths={"conv1": 8})
+    assert eval_memo.key(other, variables, "d") != eval_memo.key(model, variables, "d")

@@ -140,4 +140,5 @@ SLOW = {
     "tests/test_validate.py::test_a_method_that_refuses_the_model_fails",
     "tests/test_validate.py::test_compare_refuses_models_whose_macs_differ_by_2_percent",
     "tests/test_validate.py::test_the_cli_prints_one_line_per_check_and_exits_non_zero",
+    "tests/test_pipeline.py::test_runs_of_one_process_evaluate_each_network_once",
 }

@@ -27,6 +27,7 @@ class Context:
         self.config = config
         self.workdir = workdir
         self.results: dict[str, dict] = {}  # stage -> outputs (finished or reused)
+        self._evaluators: dict = {}  # network -> its Evaluator (see evaluate)
 
     @functools.cached_property
     def source(self):
@@ -131,6 +132,29 @@ class Context:
         from hobs_jax.data import EvalLoader
 
         return EvalLoader(self.source, split, self.config.data.eval_batch_size)
+
+    def evaluate(self, model, variables, desc: str = "eval") -> dict:
+        """:func:`hobs_jax.train.evaluate` on the test split; a zoo network's result is
+        shared with the other runs of this process (:mod:`hobs_jax.pipeline.eval_memo`)."""
+        import json
+
+        from hobs_jax.pipeline import eval_memo
+        from hobs_jax.train import Evaluator, make_mesh
+
+        def compute() -> dict:
+            # One compiled step per network of this run: the prune stage evaluates the same
+            # pruned network twice (right after pruning, after BN re-estimation).
+            key = model if self.spec is None else id(model)
+            if key not in self._evaluators:
+                self._evaluators[key] = Evaluator(model.apply, make_mesh())
+            return self._evaluators[key](variables, self.eval_loader(), desc=desc)
+
+        if self.spec is not None:
+            return compute()
+        c = self.config  # everything self.source and self.eval_loader() are built from
+        data = json.dumps({"data": c.data.to_dict(), "in_channels": c.in_channels, "num_classes": c.num_classes,
+                           "split": "test"}, sort_keys=True)
+        return eval_memo.evaluate(model, variables, data, compute)
 
     def model_dir(self, stage: str) -> str:
         import os

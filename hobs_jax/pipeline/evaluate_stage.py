@@ -18,9 +18,7 @@ def final_stage(ctx: Context) -> str | None:
 
 
 def _measure(ctx: Context, model, variables) -> dict:
-    from hobs_jax.train import evaluate
-
-    acc = evaluate(model, variables, ctx.eval_loader(), desc="evaluate")
+    acc = ctx.evaluate(model, variables, desc="evaluate")
     cost = macs.count(model, variables, ctx.input_shape)
     out = {"top1": acc["top1"], "loss": acc["loss"], "macs": cost.macs, "params": cost.params,
            "count": acc["count"]}

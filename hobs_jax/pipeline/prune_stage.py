@@ -45,9 +45,7 @@ def calibration(ctx: Context):
 
 
 def _accuracy(ctx: Context, model, variables) -> float:
-    from hobs_jax.train import evaluate
-
-    return float(evaluate(model, variables, ctx.eval_loader(), desc="one-shot eval")["top1"])
+    return float(ctx.evaluate(model, variables, desc="one-shot eval")["top1"])
 
 
 def finetune_fn(ctx: Context):
