@@ -15,9 +15,9 @@ and the first block of stage 2 (``features.2``, 24 channels) run at stride 1 ins
 so the total stride is 8 instead of 32 and a 28x28 Fashion-MNIST (or 32x32 CIFAR) image
 ends at a 4x4 map instead of 1x1. This is the CIFAR MobileNetV2 of the pruning
 literature: kuangliu/pytorch-cifar ``models/mobilenetv2.py`` ("NOTE: change stride 2 -> 1
-for CIFAR10" on ``conv1`` and the ``(6, 24, 2, 1)`` stage), which the CIFAR benchmarks of
-Torch-Pruning/DepGraph (Fang et al., CVPR 2023) build on. Widths, blocks and the module
-tree are torchvision's; only those two strides change (docs/models.md).
+for CIFAR10" on ``conv1`` and on the ``(6, 24, 2, 1)`` stage), the CIFAR MobileNetV2 that
+pruning papers benchmark. Widths, blocks and the module tree are torchvision's; only those
+two strides change (docs/models.md).
 """
 
 from __future__ import annotations
