@@ -11,7 +11,7 @@ GPU schedule (the default; bf16 compute on a GPU): AdamW lr 1e-3, weight decay 0
 kernels, label smoothing 0.1, batch 128, 60 epochs of cosine after a 10% warm-up (a ViT
 trained from scratch on a small dataset needs far more epochs than a CNN; DeiT's recipe
 scaled down). CPU schedule (``configs/vit_tiny_p4_fmnist.py:cpu``): the same recipe over 4
-epochs, about 45 min on the shared 2-core CPU (XLA:CPU trains it at about 90 images/s).
+epochs, about 1 h on the shared 2-core CPU (XLA:CPU trains it at 72-89 images/s).
 Throughput and estimates: docs/models.md ("Training throughput on the CPU"); no accuracy
 has been measured yet (issue 19 point 1 ships the checkpoint). ``:smoke`` runs every stage
 in seconds.
