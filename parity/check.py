@@ -48,7 +48,8 @@ from parity.torch_models import build_torch
 REL_TOL = {"float32": 1e-5, "float64": 1e-12}
 ROUNDING_FACTOR = 2.0  # float32: Flax's error vs float64 may be up to this times torch's own
 ALL_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet56",
-              "mobilenet_v2", "efficientnet_b0", "vit_b_16")
+              "mobilenet_v2", "efficientnet_b0", "vit_b_16",
+              "mobilenet_v2_small", "efficientnet_b0_small", "vit_tiny_p4")
 FMNIST_MEAN, FMNIST_STD = (v[0] for v in FASHION_MNIST_MEAN_STD)
 # Trained BN-ResNets down-weight their residual branches (the reason for Goyal et al.'s
 # zero-gamma init, arXiv:1706.02677); at unit gamma a random deep net amplifies float32
@@ -105,9 +106,11 @@ class ParityResult:
 
 def model_setup(name: str) -> dict[str, Any]:
     """Input size, channels and classes the parity run uses for ``name``."""
-    fam = models.get_entry(name).family
-    if fam == "cifar_resnet":
+    entry = models.get_entry(name)
+    if entry.family == "cifar_resnet":
         return dict(size=28, in_channels=1, num_classes=10)
+    if entry.input_size == 28:  # the small-image forms: Fashion-MNIST as it is
+        return dict(size=28, in_channels=entry.in_channels, num_classes=entry.num_classes)
     return dict(size=224, in_channels=3, num_classes=1000)
 
 
@@ -121,7 +124,8 @@ def stage_map(name: str) -> dict[str, str]:
         return m
     if fam == "vit":
         m = {"conv_proj": "conv_proj"}
-        m.update({f"encoder_layer_{i}": f"encoder.layers.encoder_layer_{i}" for i in range(12)})
+        layers = sum(k.endswith(".heads") for k in models.default_widths(name))
+        m.update({f"encoder_layer_{i}": f"encoder.layers.encoder_layer_{i}" for i in range(layers)})
         m["encoder"] = "encoder"
         return m
     n = 19 if fam == "mobilenet_v2" else 9

@@ -20,6 +20,12 @@ from torch import nn
 CIFAR_DEPTHS = {"resnet20": (3, 3, 3), "resnet56": (9, 9, 9)}
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2",
                "efficientnet_b0", "vit_b_16")
+# The zoo's small-image forms: torchvision's model, then the same stride changes as the
+# Flax side (hobs_jax.models.mobilenet / efficientnet docstrings): conv paths set to stride 1.
+SMALL_STRIDE_ONE = {
+    "mobilenet_v2_small": ("mobilenet_v2", ("features.0.0", "features.2.conv.1.0")),
+    "efficientnet_b0_small": ("efficientnet_b0", ("features.0.0", "features.2.0.block.1.0")),
+}
 
 
 class CifarBasicBlock(nn.Module):
@@ -117,12 +123,38 @@ def build_torch(name: str, num_classes: int | None = None, in_channels: int | No
     torch.manual_seed(seed)
     if name in CIFAR_DEPTHS:
         return CifarResNet(CIFAR_DEPTHS[name], num_classes or 10, in_channels or 3).eval()
-    if name not in TORCHVISION:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(TORCHVISION + tuple(CIFAR_DEPTHS))}")
-    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes or 1000)
+    if name == "vit_tiny_p4":
+        return _vit_tiny(num_classes or 10, 1 if in_channels is None else in_channels)
+    known = TORCHVISION + tuple(CIFAR_DEPTHS) + tuple(SMALL_STRIDE_ONE) + ("vit_tiny_p4",)
+    if name not in TORCHVISION and name not in SMALL_STRIDE_ONE:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(known)}")
+    if name in SMALL_STRIDE_ONE:
+        base, stride_one = SMALL_STRIDE_ONE[name]
+        model = getattr(torchvision.models, base)(weights=None, num_classes=num_classes or 10)
+        for path in stride_one:
+            m = model.get_submodule(path)
+            assert isinstance(m, nn.Conv2d) and m.stride == (2, 2), (name, path, m)
+            m.stride = (1, 1)
+        in_channels = 1 if in_channels is None else in_channels
+    else:
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes or 1000)
     if in_channels not in (None, 3):
         first = _first_conv(model)
         _set_module(model, first, _like_conv(model.get_submodule(first), in_ch=in_channels))
+    return model.eval()
+
+
+def _vit_tiny(num_classes: int, in_channels: int) -> nn.Module:
+    """torchvision's ``VisionTransformer`` at the zoo's ``vit_tiny_p4`` size (28x28, patch 4)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from hobs_jax.models.vit import VIT_TINY_P4 as T
+
+    model = VisionTransformer(image_size=T["image_size"], patch_size=T["patch_size"], num_layers=T["num_layers"],
+                              num_heads=T["heads"], hidden_dim=T["hidden"], mlp_dim=T["mlp"],
+                              num_classes=num_classes)
+    if in_channels != 3:
+        _set_module(model, "conv_proj", _like_conv(model.conv_proj, in_ch=in_channels))
     return model.eval()
 
 

@@ -14,12 +14,16 @@ from hobs_jax import models
 
 
 def zoo_model(name: str, *, narrow: bool = False, num_classes: int = 7):
-    """(model, input_shape at batch 2): CNNs at 32x32; ViT at 224x224 with narrow widths
+    """(model, input_shape at batch 2): CNNs at 32x32, the small-image forms at their 28x28x1,
+    ViT-B/16 at 224x224; narrow widths
     (every width about 1/12 of the published one) when ``narrow``."""
     widths = None
     if narrow:
         widths = {k: max(2, v // 12) for k, v in models.default_widths(name).items()}
     model = models.build(name, widths=widths, num_classes=num_classes)
+    entry = models.get_entry(name)
+    if entry.input_size == 28:
+        return model, models.input_shape(name, 2)
     size = 224 if name == "vit_b_16" else 32
     return model, models.input_shape(name, 2, size=size)
 

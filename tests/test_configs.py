@@ -40,3 +40,18 @@ def test_config_validates_and_is_locked(path, variant):
 def test_unknown_variant_is_an_error(path):
     with pytest.raises(ValueError, match="unknown config variant 'smol'"):
         _load(path).get_config("smol")
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if hasattr(_load(p), "VARIANTS")],
+                         ids=lambda p: os.path.basename(p))
+def test_declared_variants_validate_and_the_cpu_schedule_is_shorter(path):
+    """Configs that declare ``VARIANTS`` (the small-image Fashion-MNIST ones: '', 'cpu',
+    'smoke') validate in each; a 'cpu' variant trains fewer epochs than the default."""
+    mod = _load(path)
+    configs = {v: mod.get_config(v or None) for v in mod.VARIANTS}
+    for c in configs.values():
+        validate(c)
+        assert c.is_locked
+    if "cpu" in configs:
+        assert 0 < configs["cpu"].train.epochs < configs[""].train.epochs
+        assert f"configs/{os.path.basename(path)}:cpu" in mod.__doc__  # the CPU schedule is documented

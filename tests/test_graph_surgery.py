@@ -20,7 +20,7 @@ from hobs_jax import macs, models
 from tests._zoo_vars import random_variables, zoo_model
 
 ZOO = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet56", "mobilenet_v2",
-       "efficientnet_b0", "vit_b_16")
+       "efficientnet_b0", "vit_b_16", "mobilenet_v2_small", "efficientnet_b0_small", "vit_tiny_p4")
 
 
 def _tree_equal(a, b) -> bool:

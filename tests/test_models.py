@@ -21,9 +21,10 @@ def _random_widths(name, rng, low=0.25):
     return {k: max(1, int(round(v * rng.uniform(low, 1.0)))) for k, v in w.items()}
 
 
-def test_registry_has_the_nine_models():
+def test_registry_has_the_twelve_models():
     assert ALL == sorted(["resnet18", "resnet34", "resnet50", "resnet101", "resnet20", "resnet56",
-                          "mobilenet_v2", "efficientnet_b0", "vit_b_16"])
+                          "mobilenet_v2", "efficientnet_b0", "vit_b_16",
+                          "mobilenet_v2_small", "efficientnet_b0_small", "vit_tiny_p4"])
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -44,8 +44,7 @@ def test_float32_stage_over_1e5_passes_only_within_torch_rounding_floor():
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_torch_flax_torch_round_trip_is_bit_exact(name):
-    ic = 1 if name in ("resnet20", "resnet56") else 3
-    ref = build_torch(name, in_channels=ic)
+    ref = build_torch(name, in_channels=_ic(name))
     _, variables = torch_to_flax(name, ref)
     back = flax_to_state_dict(name, variables)
     orig = ref.state_dict()
@@ -57,6 +56,11 @@ def test_torch_flax_torch_round_trip_is_bit_exact(name):
         assert back[key].dtype == t.dtype and torch.equal(back[key], t), key
 
 
+def _ic(name):
+    """Input channels the parity tests use: 1 for the CIFAR ResNets and the small-image forms."""
+    return 1 if name in ("resnet20", "resnet56") else models.get_entry(name).in_channels
+
+
 def _random_widths(name, seed):
     rng = np.random.RandomState(seed)
     return {k: max(1, int(v * rng.uniform(0.2, 1.0))) for k, v in models.default_widths(name).items()}
@@ -66,10 +70,10 @@ def _random_widths(name, seed):
 def test_non_default_widths_export_to_torch_and_back(name):
     """A model at arbitrary widths (how pruned models export) runs identically in torch
     (float64, to 1e-12 relative) and converts back bit-exactly."""
-    ic = 1 if name in ("resnet20", "resnet56") else 3
+    ic = _ic(name)
     widths = _random_widths(name, 0)
     model = models.build(name, widths=widths, num_classes=5, in_channels=ic)
-    size = 224 if name == "vit_b_16" else 64
+    size = 224 if name == "vit_b_16" else 28 if models.get_entry(name).input_size == 28 else 64
     # float64 leaves with non-trivial BN statistics, biases and heads.
     v = models.random_variables(model, (2, size, size, ic), seed=2, dtype=np.float64)
     x = np.random.RandomState(1).randn(2, size, size, ic)

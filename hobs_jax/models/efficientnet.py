@@ -13,6 +13,14 @@ Width entries:
   ``features.8``              the last 1x1 conv (1280).
 The depthwise conv and the SE gate of a block with expand ratio 1 run on its input
 stream (stage 1: the stem).
+
+Small-image form (``small_input=True``, registered as ``efficientnet_b0_small``): the stem
+and the first block of stage 2 (``features.2.0``, 24 channels) run at stride 1, the same
+change as ``mobilenet_v2_small`` (B0's stage strides 1, 2, 2, 2, 1, 2, 1 after a stride-2
+stem are MobileNetV2's), so the total stride is 8 and a 28x28 image ends at 4x4.
+kuangliu/pytorch-cifar ``models/efficientnet.py`` likewise runs its CIFAR EfficientNet-B0
+stem at stride 1; we also keep stage 2 at stride 1 so both mobile nets see the same
+feature-map sizes (docs/models.md).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from hobs_jax.models.layers import (
     Dense,
     Sequential,
     check_input,
+    check_min_size,
     conv,
     global_avg_pool,
     sowing,
@@ -44,10 +53,19 @@ B0_SETTING = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
 _linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
 
 
-def b0_layout():
-    """Per block: stage s (1-based), index j, expand, kernel, stride, in stream, residual."""
+# The small-image form's changes: the stem and stage 2 at stride 1.
+SMALL_STEM_STRIDE, SMALL_STRIDE_ONE_STAGES = 1, (2,)
+SMALL_TOTAL_STRIDE = 8  # 2 ** (stride-2 stages left: 3, 4, 6)
+
+
+def b0_layout(small_input: bool = False):
+    """Per block: stage s (1-based), index j, expand, kernel, stride, in stream, residual.
+
+    ``small_input``: the small-image form (module docstring)."""
     blocks, prev = [], "features.0"
     for s, (e, k, st, _, _, n) in enumerate(B0_SETTING, start=1):
+        if small_input and s in SMALL_STRIDE_ONE_STAGES:
+            st = 1
         for j in range(n):
             blocks.append(dict(s=s, j=j, expand=e, kernel=k, stride=st if j == 0 else 1,
                                in_stream=prev, stream=f"features.{s}", residual=j > 0))
@@ -119,16 +137,20 @@ class EfficientNetB0(nn.Module):
     dropout: float = 0.2
     stochastic_depth_prob: float = 0.2
     arch: str = "efficientnet_b0"
+    small_input: bool = False  # stride-1 stem and stage 2 (module docstring)
     block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         check_input(x, self.arch, self.in_channels)
+        if self.small_input:
+            check_min_size(x, self.arch, SMALL_TOTAL_STRIDE)
         w = self.widths
-        layout = b0_layout()
+        layout = b0_layout(self.small_input)
         total = len(layout)
+        stem = SMALL_STEM_STRIDE if self.small_input else 2
         feats: list[Callable[[str], Callable[[Array], Array]]] = [
-            lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=nn.silu, name=n)(y, train))]
+            lambda n: (lambda y: ConvBNAct(w["features.0"], 3, stem, act=nn.silu, name=n)(y, train))]
         for s in range(1, len(B0_SETTING) + 1):
             stage = [(idx, b) for idx, b in enumerate(layout) if b["s"] == s]
             def stage_fn(n: str, stage: list = stage) -> Callable[[Array], Array]:

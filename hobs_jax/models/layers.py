@@ -129,6 +129,14 @@ def check_input(x: Array, model: str, in_channels: int, image_size: int | None =
         raise ValueError(f"{model}: input spatial size {x.shape[1]}x{x.shape[2]}, expected {image_size}x{image_size}")
 
 
+def check_min_size(x: Array, model: str, min_size: int) -> None:
+    """One-line error for an input smaller than ``min_size`` on either side (a small-image
+    variant's total stride: below it the last stages would see only padding)."""
+    if min(x.shape[1], x.shape[2]) < min_size:
+        raise ValueError(f"{model}: input spatial size {x.shape[1]}x{x.shape[2]} is too small, "
+                         f"need at least {min_size}x{min_size} (the network's total stride)")
+
+
 class Sequential(nn.Module):
     """A torch-style ``Sequential`` whose children are named "0", "1", ...
 

@@ -9,6 +9,15 @@ Width entries:
                           (the following residual blocks of that stage share it);
   ``features.{i}.hidden`` expansion width of block i (t = 6);
   ``features.18``         the last 1x1 conv (1280).
+
+Small-image form (``small_input=True``, registered as ``mobilenet_v2_small``): the stem
+and the first block of stage 2 (``features.2``, 24 channels) run at stride 1 instead of 2,
+so the total stride is 8 instead of 32 and a 28x28 Fashion-MNIST (or 32x32 CIFAR) image
+ends at a 4x4 map instead of 1x1. This is the CIFAR MobileNetV2 of the pruning
+literature: kuangliu/pytorch-cifar ``models/mobilenetv2.py`` ("NOTE: change stride 2 -> 1
+for CIFAR10" on ``conv1`` and on the ``(6, 24, 2, 1)`` stage), the CIFAR MobileNetV2 that
+pruning papers benchmark. Widths, blocks and the module tree are torchvision's; only those
+two strides change (docs/models.md).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from hobs_jax.models.layers import (
     Sequential,
     batch_norm,
     check_input,
+    check_min_size,
     conv,
     global_avg_pool,
     relu6,
@@ -40,10 +50,19 @@ MBV2_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
 _linear_init = nn.initializers.normal(0.01)
 
 
-def mbv2_layout():
-    """Per block i (1-based feature index): (t, stride, stream entry, residual)."""
+# The small-image form's changes: the stem and stage 2 (the setting's second row) at stride 1.
+SMALL_STEM_STRIDE, SMALL_STRIDE_ONE_STAGES = 1, (1,)
+SMALL_TOTAL_STRIDE = 8  # 2 ** (stride-2 stages left: 3, 4, 6)
+
+
+def mbv2_layout(small_input: bool = False):
+    """Per block i (1-based feature index): (t, stride, stream entry, residual).
+
+    ``small_input``: the small-image form (module docstring)."""
     blocks, i = [], 1
-    for t, _, n, s in MBV2_SETTING:
+    for row, (t, _, n, s) in enumerate(MBV2_SETTING):
+        if small_input and row in SMALL_STRIDE_ONE_STAGES:
+            s = 1
         first = i
         for j in range(n):
             blocks.append(dict(index=i, t=t, stride=s if j == 0 else 1,
@@ -103,16 +122,20 @@ class MobileNetV2(nn.Module):
     in_channels: int = 3
     dropout: float = 0.2
     arch: str = "mobilenet_v2"
+    small_input: bool = False  # stride-1 stem and stage 2 (module docstring)
     block_ell: BlockELLSpec | None = None  # Block-ELL layers by path (models.sparse)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         check_input(x, self.arch, self.in_channels)
+        if self.small_input:
+            check_min_size(x, self.arch, SMALL_TOTAL_STRIDE)
         w = self.widths
+        stem = SMALL_STEM_STRIDE if self.small_input else 2
         feats: list[Callable[[str], Callable[[Array], Array]]] = []
-        feats.append(lambda n: (lambda y: ConvBNAct(w["features.0"], 3, 2, act=relu6, name=n)(y, train)))
+        feats.append(lambda n: (lambda y: ConvBNAct(w["features.0"], 3, stem, act=relu6, name=n)(y, train)))
         prev = "features.0"
-        for blk in mbv2_layout():
+        for blk in mbv2_layout(self.small_input):
             i = blk["index"]
             hidden = w[f"features.{i}.hidden"] if blk["t"] != 1 else w[prev]
             kw = dict(hidden=hidden, out=w[blk["stream"]], stride=blk["stride"],

@@ -18,6 +18,13 @@ Width entries:
   ``encoder_layer_{i}.qk_dim`` per-head query/key dimension;
   ``encoder_layer_{i}.v_dim``  per-head value dimension;
   ``encoder_layer_{i}.mlp``    MLP hidden units.
+
+``vit_tiny_p4`` (:data:`VIT_TINY_P4`) is the same code at a small-image size: 28x28x1
+inputs cut into 4x4 patches (7x7 = 49 tokens and the class token), 6 encoder layers of
+ViT-Tiny's width 192 (Touvron et al., DeiT, ICML 2021) with 6 heads of 32 dimensions
+(several heads, so whole-head pruning has choices) and MLP ratio 2. Patch 4 on a
+28-pixel image is the small-dataset setting of Lee et al., "Vision Transformer for
+Small-Size Datasets" (2021), and of the CIFAR ViTs that use 4x4 patches on 32x32 images.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
 
 Array = jax.Array
+
+
+# The small-image ViT of the zoo (``vit_tiny_p4``): see the module docstring.
+VIT_TINY_P4 = dict(image_size=28, patch_size=4, num_layers=6, hidden=192, heads=6, mlp=384)
 
 
 def vit_default_widths(num_layers: int = 12, hidden: int = 768, heads: int = 12,

@@ -19,6 +19,16 @@ from hobs_jax.experiments.table import Column, ResultTable
 NAME, SCRIPT = "train_throughput", "benchmarks/train_throughput.py"
 
 
+def channels(name: str) -> int:
+    """Input channels: 3 for ``tiny_cnn``, the zoo entry's own otherwise (1 for the
+    small-image forms such as ``mobilenet_v2_small``)."""
+    if name == "tiny_cnn":
+        return 3
+    from hobs_jax.models import get_entry
+
+    return get_entry(name).in_channels
+
+
 def jax_model(name: str, num_classes: int, width: int):
     if name != "tiny_cnn":
         from hobs_jax.models import build
@@ -84,9 +94,10 @@ def run_jax(model: str, batch: int, image: int, classes: int, width: int, steps:
     )
 
     net = jax_model(model, classes, width)
-    x = np.random.default_rng(0).normal(size=(batch, image, image, 3)).astype(np.float32)
+    ch = channels(model)
+    x = np.random.default_rng(0).normal(size=(batch, image, image, ch)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, classes, batch).astype(np.int32)
-    variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, image, image, 3)), train=False))(jax.random.PRNGKey(0))
+    variables = jax.jit(lambda k: net.init(k, jnp.zeros((1, image, image, ch)), train=False))(jax.random.PRNGKey(0))
     c = get_train_config()
     c.lr, c.warmup_fraction, c.schedule, c.weight_decay = 0.01, 0.0, "constant", 5e-4
     c.decay_norm_and_bias = True  # torch.optim.SGD(weight_decay=...) decays everything
@@ -113,7 +124,8 @@ def run_torch(model: str, batch: int, image: int, classes: int, width: int, step
 
     torch.set_num_threads(threads)
     net = torch_model(model, classes, width).train()
-    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, 3, image, image)).astype(np.float32))
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, channels(model), image, image))
+                         .astype(np.float32))
     y = torch.from_numpy(np.random.default_rng(1).integers(0, classes, batch))
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -159,7 +171,7 @@ def measure(model: str = "tiny_cnn", batch: int = 64, image: int = 32, classes: 
 
 def _rows(results: dict, model, batch, image, device, source) -> list[dict]:
     med = {k: statistics.median(v["rates"]) for k, v in results.items()}
-    return [{"model": model, "batch": batch, "input": f"{image}x{image}x3", "framework": v["framework"],
+    return [{"model": model, "batch": batch, "input": f"{image}x{image}x{channels(model)}", "framework": v["framework"],
              "images_per_s": med[k], "windows": ", ".join(f"{x:.0f}" for x in v["rates"]),
              "jax_over_torch": med["jax"] / med["torch"] if k == "jax" else None, "device": device, "source": source}
             for k, v in results.items()]

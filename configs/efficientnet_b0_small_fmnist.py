@@ -1,0 +1,34 @@
+"""EfficientNet-B0, small-image form (stride-1 stem and stage 2, 1 input channel), on Fashion-MNIST.
+
+The zoo's ``efficientnet_b0_small`` (hobs_jax/models/efficientnet.py, docs/models.md): torchvision's
+EfficientNet-B0 widths, MBConv and squeeze-excitation blocks with the same stride-1 stem
+and stage 2 as mobilenet_v2_small, 28x28x1
+inputs ending at a 4x4 map, 98.3 MMACs and 4.02 M parameters. Train the dense baseline:
+
+    python -m hobs_jax.main --config=configs/efficientnet_b0_small_fmnist.py \
+        --workdir=runs/efficientnet_b0_small_fmnist --config.stages=train,evaluate,export
+
+GPU schedule (the default; bf16 compute on a GPU): SGD Nesterov lr 0.1, weight decay 5e-4,
+batch 128, 30 epochs of cosine after a 10% warm-up, ResNet-56's Fashion-MNIST recipe.
+CPU schedule (``configs/efficientnet_b0_small_fmnist.py:cpu``): the same recipe over 1 epoch,
+a cosine that ends within the time a CPU can give: about 4 h on the shared 2-core CPU (XLA:CPU trains this network at about 4.5 images/s). Throughput and
+estimates: docs/models.md ("Training throughput on the CPU"); no accuracy has been
+measured yet (issue 19 point 1 ships the checkpoint). ``:smoke`` runs every stage in seconds.
+
+Recipe (checked by ``python -m hobs_jax.validate --config=configs/efficientnet_b0_small_fmnist.py``):
+
+    train: optimizer=sgd epochs=30 batch_size=128 lr=0.1 warmup_fraction=0.1 early_stopping=off
+    finetune: optimizer=sgd epochs=1 batch_size=128 lr=0.01 warmup_fraction=0 early_stopping=off kd=off
+"""
+
+from hobs_jax.pipeline.config import fmnist_config, fmnist_smoke, with_variant
+
+VARIANTS = ("", "cpu", "smoke")
+CPU_EPOCHS = 1.0
+
+
+def get_config(arg: str | None = None):
+    c = fmnist_config("efficientnet_b0_small", epochs=30.0)
+    if arg == "cpu":
+        c.train.epochs, arg = CPU_EPOCHS, None
+    return with_variant(c, arg, fmnist_smoke)
