@@ -147,7 +147,8 @@ def test_registry_entries():
     assert (c.damp, c.channels_per_step, c.dtype, c.allocation, c.normalize) == (0.01, 1, "float32", "global", "cost")
     assert (c.min_ratio, c.propagate, c.refit, c.bn_weighted) == (0.1, 1, False, True)
     assert (h.scorer, h.allocators, h.compensator) == ("obs", ("global", "uniform"), "obs")
-    assert set(n.default_config()) == {"allocation", "normalize", "min_ratio"}
+    assert set(n.default_config()) == {"allocation", "normalize", "min_ratio", "rank"}
+    assert c.rank == n.default_config().rank == "metric"  # rank='latency': per second saved
     assert (n.scorer, n.compensator, n.default_config().allocation) == ("l2sq", "none", "global")
 
 
