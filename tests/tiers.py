@@ -1,7 +1,8 @@
 """Which tests each tier runs (applied by tests/conftest.py at collection).
 
   make test-fast   -m "not slow and not extended"   logic tests on tiny models, < 3 min
-  make test        -m "not extended"                 what CI runs, < 15 min on 2 cores
+  make test        -m "not extended"                 what CI runs, goal < 15 min on 2 cores (19.1 min
+                                                     on a clean clone at be49a4d: over it)
   make test-all    everything, the fault sweep too    (about an hour on 2 cores)
 
 ``SLOW``: tests that take more than ~5 s on the 2-core CPU (measured with
