@@ -80,8 +80,7 @@ def main(argv=None):
                    help="rebuild OUT's table from its stored run record (OUT's folder/records/NAME.json)")
     args = p.parse_args(argv)
     if args.render_only:
-        for path in studies.render(sys.modules[__name__], os.path.dirname(os.path.abspath(args.out)),
-                                   os.path.basename(args.out)):
+        for path in studies.render_prefix(sys.modules[__name__], args.out):
             print(path)
         return
     if not args.workdir or not args.rows:

@@ -50,8 +50,7 @@ def main(argv=None):
     from hobs_jax.bench import sysinfo
 
     if args.render_only:
-        for path in studies.render(sys.modules[__name__], os.path.dirname(os.path.abspath(args.out)),
-                                   os.path.basename(args.out)):
+        for path in studies.render_prefix(sys.modules[__name__], args.out):
             print(path)
         return
     if args.from_json:
