@@ -4,7 +4,9 @@ the same model, target and measurement; the difference is what the module is wor
 A :class:`Pair` names the two variants (row labels) and what is compared: ``oneshot`` (the
 network the prune stage hands on), ``finetuned`` (after the longest budget) or
 ``latency`` (speedup over dense at batch 1). Rows of several seeds are averaged (``n``
-says how many). "Without BN re-estimation" may be read off the same run
+says how many), and the spread of the module's gain over the seeds both sides ran is given
+as the standard deviation of the per-seed differences (a paired spread: the seed draws the
+same calibration images for both runs of a pair). "Without BN re-estimation" may be read off the same run
 (``before_bn=True``: its accuracy right after pruning, before re-estimation), which is
 exactly what the prune stage measured.
 """
@@ -42,10 +44,20 @@ COLUMNS = (Column("module", "module"), Column("with_label", "with (row)"), Colum
            Column("measure_name", "measure"), Column("n", "seeds", kind="int"),
            Column("acc_with", "with", **ACC), Column("acc_without", "without", **ACC),
            Column("delta", "module's gain", kind="points", digits=2),
+           Column("delta_std", "gain std (seeds)", kind="float", digits=2),
            Column("speed_with", "speedup with", kind="speedup"),
            Column("speed_without", "speedup without", kind="speedup"),
            Column("macs_with", "MACs kept with", kind="ratio", digits=4),
            Column("macs_without", "MACs kept without", kind="ratio", digits=4))
+
+
+def _paired_std(with_rows, without_rows, fn) -> float | None:
+    """Standard deviation (in percentage points) of the per-seed difference with - without
+    over the seeds both sides have; None below two such seeds."""
+    a = {r.get("seed"): fn(r) for r in with_rows}
+    b = {r.get("seed"): fn(r) for r in without_rows}
+    d = [a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None]
+    return 100 * statistics.stdev(d) if len(d) > 1 else None
 
 
 def _mean(rows, fn):
@@ -71,6 +83,7 @@ def pair_row(pair: Pair, with_rows: Sequence[Mapping], without_rows: Sequence[Ma
                acc_with=a if pair.measure != "latency" else None,
                acc_without=b if pair.measure != "latency" else None,
                delta=None if a is None or b is None or pair.measure == "latency" else a - b,
+               delta_std=None if pair.measure == "latency" else _paired_std(with_rows, without_rows, fn),
                speed_with=_mean(with_rows, lambda r: speedup(r, 1)),
                speed_without=_mean(without_rows, lambda r: speedup(r, 1)),
                macs_with=_mean(with_rows, lambda r: r.get("macs_ratio")),
