@@ -21,7 +21,7 @@ help:
 	@echo "make test-all  - every test: the heavy variants and the fault sweep too (about an hour)"
 	@echo "make lint   - ruff (lint, import order) and mypy over the sources (bootstraps .venv)"
 	@echo "make parity - python -m parity --all in float32 and float64"
-	@echo "make reproduce [QUICK=1] - regenerate docs/results and README's headline figures (QUICK: < 20 min on 2 CPUs)"
+	@echo "make reproduce [QUICK=1] [ONLY=name,...] - regenerate docs/results and README's headline figures (QUICK: < 20 min on 2 CPUs; ONLY: just those catalog entries)"
 	@echo "make lock   - rewrite requirements/constraints.txt from the current .venv"
 
 venv: $(STAMP)
@@ -68,8 +68,9 @@ parity: venv data
 	$(PY) -m parity --all --dtype float64
 
 # QUICK=1: the quick tables and studies measured, every other table rebuilt from its run record.
+# ONLY=name[,name...]: just those catalog entries (python -m hobs_jax.experiments.tables --list).
 reproduce: venv data
-	$(PY) -m hobs_jax.experiments.reproduce $(if $(QUICK),--quick,)
+	$(PY) -m hobs_jax.experiments.reproduce $(if $(QUICK),--quick,) $(if $(ONLY),--only $(ONLY),)
 
 lock: venv
 	{ head -3 requirements/constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^hobs'; } > requirements/constraints.tmp

@@ -137,3 +137,32 @@ def test_every_benchmark_script_is_a_thin_cli():
                 text = f.read()
             assert text.count("\n") < 80, name
             assert "PYTHONPATH" not in text and "from benchmarks" not in text, name
+
+
+def test_only_selects_catalog_entries_and_refuses_unknown_names_in_one_line(capsys):
+    from hobs_jax.experiments import reproduce as rep
+
+    assert rep.select(None) is None
+    assert rep.select(" ablation_resnet20,table1_resnet20,ablation_resnet20") == ["ablation_resnet20",
+                                                                                  "table1_resnet20"]
+    assert rep.select(["workdir_lock"]) == ["workdir_lock"]
+    for name in {**rep.QUICK_STUDIES, **rep.CPU_STUDIES}:  # every measured study can be picked by name
+        assert name in ENTRIES, name
+    with pytest.raises(ValueError, match=r"unknown 'ablation_resnet2'; known: .*ablation_resnet20"):
+        rep.select("ablation_resnet2")
+    with pytest.raises(ValueError, match="names no entry"):
+        rep.select(",")
+    assert rep.main(["--only", "sensitivity_resnet20,nope"]) == 2  # before anything runs
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'nope'" in err and "stability_resnet20" in err
+
+
+def test_only_makes_just_the_named_entries(tmp_path):
+    """Quick mode with --only table1_fmnist: that table rebuilt from its record, no other
+    table written, no study run, and only the NOT_HERE line that covers it reported."""
+    from hobs_jax.experiments.reproduce import NOT_HERE, reproduce
+
+    r = reproduce(True, out=str(tmp_path / "out"), workdir=str(tmp_path / "wd"), readme="", only="table1_fmnist")
+    assert r["only"] == ["table1_fmnist"] and r["records"] == ["table1_fmnist"] and not r["computed"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["table1_fmnist.json", "table1_fmnist.md", "table1_fmnist.tex"]
+    assert list(r["not_here"]) == [k for k in NOT_HERE if k.startswith("oneshot_fmnist")]

@@ -5,6 +5,7 @@ and which were not reproduced (with the command that would).
 
     python -m hobs_jax.experiments.reproduce --quick   # make reproduce QUICK=1: minutes on a 2-core CPU
     python -m hobs_jax.experiments.reproduce           # make reproduce: every CPU-feasible measurement
+    python -m hobs_jax.experiments.reproduce --only ablation_resnet20   # make reproduce ONLY=ablation_resnet20
 
 ``--quick`` measures the catalog entries marked quick (:mod:`hobs_jax.experiments.tables.catalog`:
 the H-OBS sensitivity and the 3-seed stability tables on ResNet-20) and the cheap studies of
@@ -15,6 +16,12 @@ measurement itself takes hours (or a GPU). The full mode also measures every cat
 and the CPU studies of :data:`CPU_STUDIES` afresh. :data:`NOT_HERE` lists what neither mode
 remeasures and why; their tables are still rebuilt from their records in both modes (every
 table goes through :class:`~hobs_jax.experiments.table.ResultTable`).
+
+``--only NAME[,NAME...]`` (catalog names, as ``python -m hobs_jax.experiments.tables --list``
+prints them) makes those entries and nothing else, in the chosen mode: without ``--quick``
+each is measured (a catalog sweep, or its study's benchmark script where the full mode runs
+it), with ``--quick`` only the quick ones are, the others rebuilt from their records. An
+unknown name fails in one line that lists the known ones, before anything runs.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # Benchmark scripts re-measured on this CPU: name -> (arguments, seconds on the 2-core CPU).
@@ -70,23 +79,51 @@ def run_script(name: str, args=(), out: str = "docs/results") -> float:
     return time.time() - t0
 
 
+def select(only: str | Sequence[str] | None) -> list[str] | None:
+    """The catalog names ``--only`` picks (a comma-separated string or a list; order kept,
+    duplicates dropped), or None for every entry. One-line ``ValueError`` naming the unknown
+    ones and listing the known ones."""
+    from hobs_jax.experiments.tables.catalog import ENTRIES
+
+    if only is None:
+        return None
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only)]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise ValueError(f"--only names no entry; known: {', '.join(ENTRIES)}")
+    bad = [n for n in names if n not in ENTRIES]
+    if bad:
+        raise ValueError(f"--only: unknown {', '.join(map(repr, bad))}; known: {', '.join(ENTRIES)}")
+    return names
+
+
+def _mentions(key: str, name: str) -> bool:
+    """Whether a :data:`NOT_HERE` key (names, ``prefix*`` patterns) covers catalog ``name``."""
+    return any(t == name or (t.endswith("*") and name.startswith(t[:-1]))
+               for t in re.split(r"[\s,()]+", key) if t)
+
+
 def reproduce(quick: bool, out: str = "docs/results", workdir: str = "runs/experiments",
-              readme: str = "README.md") -> dict:
-    """Every step; returns ``{"computed", "records", "missing", "not_here", "seconds", "cpu_seconds"}``."""
+              readme: str = "README.md", only: str | Sequence[str] | None = None) -> dict:
+    """Every step (of the entries ``only`` names, when given: :func:`select`); returns
+    ``{"computed", "records", "missing", "not_here", "seconds", "cpu_seconds"}``."""
     from hobs_jax.experiments import readme as readme_mod
     from hobs_jax.experiments.tables.catalog import ENTRIES, Run
 
+    names = select(only)
+    entries = {n: ENTRIES[n] for n in names} if names is not None else dict(ENTRIES)
     t0, c0 = time.time(), _cpu_seconds()
     run = Run(workdir=workdir, out=out, mode="quick" if quick else "full")
-    how = {n: e.how(run) for n, e in ENTRIES.items()}
+    how = {n: e.how(run) for n, e in entries.items()}
     from hobs_jax.experiments.sweep import plan
 
-    for n, e in ENTRIES.items():  # every sweep planned (so validated) before the first row runs
+    for n, e in entries.items():  # every sweep planned (so validated) before the first row runs
         if how[n] == "computed":
             for s in e.sweeps():
                 plan(s)
     studies = dict(QUICK_STUDIES) if quick else {**QUICK_STUDIES, **CPU_STUDIES}
-    for n, e in ENTRIES.items():
+    studies = {n: a for n, a in studies.items() if n in entries}
+    for n, e in entries.items():
         if how[n] != "missing" and n not in studies:  # a study measured below writes its own table
             print(f"[{how[n]}] {n}", flush=True)
             e.make(run)
@@ -103,7 +140,9 @@ def reproduce(quick: bool, out: str = "docs/results", workdir: str = "runs/exper
                 f.write(new)
     report: dict[str, Any] = {h: sorted(n for n, v in how.items() if v == h)
                               for h in ("computed", "records", "missing")}
-    report["not_here"] = {k: f"{why} ({cmd})" for k, (why, cmd) in NOT_HERE.items()}
+    report["not_here"] = {k: f"{why} ({cmd})" for k, (why, cmd) in NOT_HERE.items()
+                          if names is None or any(_mentions(k, n) for n in names)}
+    report["only"] = names
     report["seconds"] = round(time.time() - t0, 1)
     report["cpu_seconds"] = round(_cpu_seconds() - c0, 1)
     return report
@@ -125,7 +164,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--workdir", default="runs/experiments", help="the sweep rows' cache (finished rows are reused)")
     p.add_argument("--readme", default="README.md", help="README whose headline block is rendered ('' skips)")
+    p.add_argument("--only", metavar="NAME[,NAME...]", help="make only these catalog entries "
+                   "(python -m hobs_jax.experiments.tables --list)")
     a = p.parse_args(argv)
+    try:
+        only = select(a.only)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -133,8 +179,8 @@ def main(argv=None) -> int:
     from hobs_jax import compile_cache
 
     compile_cache.enable(compile_cache.default_dir())
-    r = reproduce(a.quick, a.out, a.workdir, a.readme)
-    print(f"\nreproduce{' (quick)' if a.quick else ''} done in {r['seconds'] / 60:.1f} min "
+    r = reproduce(a.quick, a.out, a.workdir, a.readme, only)
+    print(f"\nreproduce{' (quick)' if a.quick else ''}{' --only ' + ','.join(only) if only else ''} done in {r['seconds'] / 60:.1f} min "
           f"({r['cpu_seconds'] / 60:.1f} CPU-min)")
     print("measured now: " + (", ".join(r["computed"]) or "-"))
     print("rebuilt from run records: " + (", ".join(r["records"]) or "-"))
@@ -143,7 +189,8 @@ def main(argv=None) -> int:
     for k, why in r["not_here"].items():
         print(f"not remeasured (rebuilt from its record): {k}: {why}")
     os.makedirs(a.workdir, exist_ok=True)
-    with open(os.path.join(a.workdir, "reproduce.json"), "w") as f:  # the wall time, kept with the sweep rows
+    # the wall time, kept with the sweep rows (a partial run beside the whole one, not over it)
+    with open(os.path.join(a.workdir, "reproduce_only.json" if only else "reproduce.json"), "w") as f:
         json.dump(dict(r, quick=a.quick), f, indent=1)
     return 0
 
