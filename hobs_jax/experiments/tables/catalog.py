@@ -225,8 +225,10 @@ def build_ablation_legacy(rows, sources, run: Run) -> list[str]:
     t = ablation.build("ablation_fmnist", "Module ablation on Fashion-MNIST (run records of 2026-11)", rows,
                        LEGACY_PAIRS, sources=sources,
                        description=[LEGACY, "Without BN re-estimation is the same run's accuracy before "
-                                    "re-estimation. Distillation and width alignment were not part of these "
-                                    "runs (see ablation_resnet20)."])
+                                    "re-estimation. One seed per row (the R-SPAR rows average its 3 seeds). "
+                                    "Distillation and width alignment were not part of these runs: "
+                                    "[ablation_resnet20](ablation_resnet20.md) measures all six modules, those "
+                                    "two included, on ResNet-20 over 3 seeds."])
     return t.write(run.path("ablation_fmnist"))
 
 
