@@ -81,9 +81,18 @@ def say_throughput(t: ResultTable) -> str:
 
 
 def say_ablation(t: ResultTable) -> str:
+    """Each module's gain (± the standard deviation of its per-seed difference where the
+    pair ran several seeds); a latency pair as its two speedups."""
     rows = [r for r in t.rows if r.get("model") == "resnet56" and r.get("target") == 0.5] or t.rows
-    return "; ".join(f"{r['module'].split(' (')[0]} {100 * r['delta']:+.1f} pts ({r['measure_name']})"
-                     for r in rows if r.get("delta") is not None)
+    parts = []
+    for r in rows:
+        name = r["module"].split(" (")[0]
+        if r.get("delta") is not None:
+            spread = f" ± {r['delta_std']:.1f}" if r.get("delta_std") is not None else ""
+            parts.append(f"{name} {100 * r['delta']:+.1f}{spread} pts ({r['measure_name']})")
+        elif r.get("measure") == "latency" and r.get("speed_with") and r.get("speed_without"):
+            parts.append(f"{name} {r['speed_with']:.2f}x vs {r['speed_without']:.2f}x ({r['measure_name']})")
+    return "; ".join(parts)
 
 
 def say_stability(t: ResultTable) -> str:
@@ -99,8 +108,11 @@ def say_stability(t: ResultTable) -> str:
 FIGURES = (
     Figure("Table 1, Fashion-MNIST, half the MACs (top-1 dense → one-shot → fine-tuned)", "table1_fmnist",
            say_table1, "python -m hobs_jax.experiments.tables table1_fmnist"),
-    Figure("module ablation (one-shot top-1 gained by each module)", "ablation_fmnist", say_ablation,
+    Figure("module ablation, ResNet-56, half the MACs, one seed (run records of 2026-11)", "ablation_fmnist",
+           say_ablation,
            "python -m hobs_jax.experiments.tables ablation_fmnist"),
+    Figure("module ablation, ResNet-20, half the MACs, mean of 3 seeds (gain ± its per-seed std)",
+           "ablation_resnet20", say_ablation, "make reproduce ONLY=ablation_resnet20"),
     Figure("stability over 3 seeds, ResNet-20, half the MACs, one-shot", "stability_resnet20", say_stability,
            "python -m hobs_jax.experiments.tables stability_resnet20"),
     Figure("H-OBS cost (2-core CPU)", "hobs_cost", say_hobs_cost, "python benchmarks/hobs_cost.py"),
