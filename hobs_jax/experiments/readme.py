@@ -108,9 +108,8 @@ def say_stability(t: ResultTable) -> str:
 FIGURES = (
     Figure("Table 1, Fashion-MNIST, half the MACs (top-1 dense → one-shot → fine-tuned)", "table1_fmnist",
            say_table1, "python -m hobs_jax.experiments.tables table1_fmnist"),
-    Figure("module ablation, ResNet-56, half the MACs, one seed (run records of 2026-11)", "ablation_fmnist",
-           say_ablation,
-           "python -m hobs_jax.experiments.tables ablation_fmnist"),
+    Figure("module ablation, ResNet-56, half the MACs (run records of 2026-11)", "ablation_fmnist",
+           say_ablation, "python -m hobs_jax.experiments.tables ablation_fmnist"),
     Figure("module ablation, ResNet-20, half the MACs, mean of 3 seeds (gain ± its per-seed std)",
            "ablation_resnet20", say_ablation, "make reproduce ONLY=ablation_resnet20"),
     Figure("stability over 3 seeds, ResNet-20, half the MACs, one-shot", "stability_resnet20", say_stability,
