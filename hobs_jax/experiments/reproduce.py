@@ -45,6 +45,8 @@ CPU_STUDIES = {"ast_controller": (), "data_pipeline": (), "graph": ("--repeats",
 OUT_SUFFIX = {"ast_controller": ""}
 # Published results neither mode reruns: why, and the command that does.
 NOT_HERE = {
+    # Their fresh ResNet-20 counterparts, table1_resnet20 and ablation_resnet20, are catalog sweeps
+    # the full mode measures (--only picks one).
     "oneshot_fmnist, rspar_fmnist* (and table1_fmnist, ablation_fmnist from them)":
         ("hours of CPU (fine-tuning curves of every method at two targets, 3 R-SPAR seeds)",
          "python benchmarks/oneshot_fmnist.py ...; python benchmarks/rspar_fmnist.py ..."),
