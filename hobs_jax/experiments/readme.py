@@ -52,7 +52,7 @@ def _pct(x: float) -> str:
 
 def say_table1(t: ResultTable) -> str:
     parts = []
-    for model in ("resnet56", "resnet20"):
+    for model in [m for m in ("resnet56", "resnet20") if _rows(t, model=m, target=0.5)]:
         h = _one(t, model=model, target=0.5, label="hobs")
         tuned = [r for r in _rows(t, model=model, target=0.5)
                  if r.get("after") is not None and r["label"].split("@")[0] != "hobs"]
