@@ -29,7 +29,8 @@ CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_alloc
              "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist"]
 
 
-@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "hobs_cost", "graph", *CONVERTED])
+@pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "ablation_resnet20", "hobs_cost", "graph",
+                                  *CONVERTED])
 def test_a_table_rebuilt_from_its_run_record_matches_the_committed_one(tmp_path, name):
     run = Run(out=str(tmp_path), records=os.path.join(RESULTS, "records"), mode="records")
     assert ENTRIES[name].how(run) == "records"
