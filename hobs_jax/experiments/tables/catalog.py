@@ -353,7 +353,7 @@ def build_table1(rows, sources, run: Run) -> list[str]:
     t = table1.build("table1_resnet20", "Table 1: ResNet-20 on Fashion-MNIST, half the MACs", rows, sources=sources,
                      description=[FRESH, "2048 calibration images, seed 0; fine-tuning: the pipeline's recipe for "
                                   "200 steps (evaluated at 50 and 200); latency: the benchmark stage, XLA on one "
-                                  "core, CPU time per call."])
+                                  "core, CPU time per call (on a 2-core CPU shared with other jobs)."])
     return t.write(run.path("table1_resnet20")) + [plot_curves(t, run.path("table1_resnet20_curve.png"))]
 
 
