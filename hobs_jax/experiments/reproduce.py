@@ -184,7 +184,8 @@ def main(argv=None) -> int:
 
     compile_cache.enable(compile_cache.default_dir())
     r = reproduce(a.quick, a.out, a.workdir, a.readme, only)
-    print(f"\nreproduce{' (quick)' if a.quick else ''}{' --only ' + ','.join(only) if only else ''} done in {r['seconds'] / 60:.1f} min "
+    what = (" (quick)" if a.quick else "") + (" --only " + ",".join(only) if only else "")
+    print(f"\nreproduce{what} done in {r['seconds'] / 60:.1f} min "
           f"({r['cpu_seconds'] / 60:.1f} CPU-min)")
     print("measured now: " + (", ".join(r["computed"]) or "-"))
     print("rebuilt from run records: " + (", ".join(r["records"]) or "-"))
