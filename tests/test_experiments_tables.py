@@ -88,3 +88,20 @@ def test_measurement_kinds_keep_significant_digits_and_millisecond_precision():
     assert [ms.format(v) for v in (1.3971, 36.64, 1244.06)] == ["1.397", "36.6", "1244.1"]
     with pytest.raises(ValueError, match="kind='sigfig'"):
         Column("x", "x", "sigfig")
+
+
+def test_ablation_pairs_average_seeds_and_give_the_paired_spread_of_the_gain():
+    from hobs_jax.experiments.tables import ablation
+
+    def row(label, seed, acc):
+        return dict(CTX, model="resnet20", target=0.5, macs_ratio=0.5, label=label, seed=seed,
+                    acc_oneshot=acc, budgets=[])
+
+    rows = [row("with", 0, 0.90), row("with", 1, 0.92), row("without", 0, 0.80), row("without", 1, 0.80),
+            row("without", 2, 0.70)]  # seed 2 has no partner: in the mean, not in the paired spread
+    t = ablation.build("abl", "ablation", rows, [ablation.Pair("m", "with", "without")])
+    (r,) = t.rows
+    assert r["n"] == 2 and r["acc_with"] == pytest.approx(0.91) and r["acc_without"] == pytest.approx(0.7667, abs=1e-4)
+    assert r["delta_std"] == pytest.approx(2 ** 0.5)  # stdev of +10 and +12 points
+    one = ablation.build("abl", "ablation", rows[:1] + rows[2:3], [ablation.Pair("m", "with", "without")])
+    assert one.rows[0]["delta_std"] is None  # one seed: no spread
