@@ -2,7 +2,7 @@
 their consumers, and measure each consumer's output and a block's output against the
 dense network on held-out images, with and without the compensation.
 
-This is the measurement behind docs/hobs.md, Sec. 7 (depthwise convs, squeeze-excitation,
+This is the measurement behind docs/hobs.md, Sec. 8 (depthwise convs, squeeze-excitation,
 attention heads): for a group g of the channel graph, :func:`prune_groups` runs H-OBS's
 own parts on g alone (the consumers' Hessians, the greedy OBS path, the compensation of
 :func:`hobs_jax.obs.compensate_layers`), so everything outside the block stays dense and
@@ -164,3 +164,114 @@ def output_error(prunable, variables, images: np.ndarray, key: Sequence[str], *,
         return y - intermediate(prunable.module, v, images, minus) if minus else y
     ref = value(prunable.variables) if dense is None else dense
     return relative_error(value(variables), ref)
+
+
+#: The last block of each small zoo form (docs/hobs.md, Sec. 8): the width entries of the
+#: groups pruned, the sown block output, and the sown block input when the figure is the
+#: block's residual branches (ViT: the encoder layer's output minus its input).
+LAST_BLOCKS = {
+    "mobilenet_v2_small": (("features.17.hidden",), ("features.17:out",), None),
+    "efficientnet_b0_small": (("features.7.0.hidden",), ("features.7:out",), None),
+    "vit_tiny_p4": (("encoder_layer_5.heads", "encoder_layer_5.mlp"), ("encoder", "layers", "encoder_layer_5:out"),
+                    ("encoder", "layers", "encoder_layer_4:out")),
+}
+
+
+def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: float = 0.5, damp: float = 0.01,
+                     seed: int = 0) -> dict:
+    """The figure of docs/hobs.md, Sec. 8 for zoo model ``name`` (a key of
+    :data:`LAST_BLOCKS`): random weights (``seed``; no trained checkpoint), BatchNorm
+    statistics re-estimated on ``calib`` Fashion-MNIST training images (which are also
+    the calibration images), ``keep`` of the last block's groups kept by H-OBS's path;
+    relative errors of each consumer and of the block's output on the first ``test``
+    test images, with and without compensation."""
+    import time
+
+    from hobs_jax import models
+    from hobs_jax.data import get_source, sample_indices
+    from hobs_jax.graph import as_prunable, graph_of
+    from hobs_jax.stats import reestimate_bn
+
+    if name not in LAST_BLOCKS:
+        raise ValueError(f"no last-block study for {name!r}; have {sorted(LAST_BLOCKS)}")
+    widths, key, minus = LAST_BLOCKS[name]
+    t0 = time.perf_counter()
+    family = models.get_entry(name).family
+    # Dropout / stochastic depth off: identical in eval mode, and BN re-estimation runs
+    # the train-mode forward without a dropout RNG.
+    kw = {"mobilenet_v2": dict(dropout=0.0), "efficientnet": dict(dropout=0.0, stochastic_depth_prob=0.0)}.get(family, {})
+    model = models.build(name, **kw)
+    shape = models.input_shape(name, 1)
+    src = get_source("fashion_mnist", augment=False)
+    x, _ = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
+    t, _ = src.batch("test", np.arange(test), train=False)
+    x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
+    v = models.random_variables(model, shape, seed=seed)
+    if "batch_stats" in v:
+        v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
+    p = as_prunable(model, v, shape)
+    graph = graph_of(p)
+    gids = [g.id for g in graph.prunable if set(g.widths) & set(widths)]
+    case = prune_groups(p, graph, gids, x, keep=keep, damp=damp)
+    dense = intermediate(p.module, p.variables, t, key)
+    if minus:
+        dense = dense - intermediate(p.module, p.variables, t, minus)
+    return {
+        "model": name, "groups": {str(g): list(graph.group(g).widths) for g in gids},
+        "sizes": {str(g): int(case.roles[g].size) for g in gids},
+        "removed": {str(g): int(len(case.removed[g])) for g in gids},
+        "consumers": consumer_errors(p, case, t),
+        "block": {"output": "/".join(key) + (f" - {'/'.join(minus)}" if minus else ""),
+                  "compensated": output_error(p, case.compensated, t, key, minus=minus, dense=dense),
+                  "uncompensated": output_error(p, case.uncompensated, t, key, minus=minus, dense=dense)},
+        "calibration_images": int(len(x)), "test_images": int(len(t)), "damp": damp, "seed": seed,
+        "weights": "random (seed), BatchNorm statistics re-estimated on the calibration images; not trained",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def refit_study(name: str, *, divisor: int = 4, calib: int = 256, test: int = 256, target: float = 0.5,
+                seed: int = 0) -> dict:
+    """The whole H-OBS method on zoo model ``name`` at ``1/divisor`` of its widths (random
+    weights, BN re-estimated on the ``calib`` calibration images, uniform allocation at
+    ``target`` of the MACs), three ways: no sequential refit (``propagate=0``), the refit
+    of every layer (``propagate_min_rows=0``), and the default (sample-starved layers keep
+    their OBS compensation). Per way: the relative error of the logits on ``test``
+    held-out images against the dense network, and the layers left un-refit
+    (docs/hobs.md, Sec. 8). Random networks: the figures compare the three ways, they
+    say nothing of accuracy."""
+    import time
+
+    from hobs_jax import models
+    from hobs_jax.data import get_source, sample_indices
+    from hobs_jax.methods import Calibration, prune
+    from hobs_jax.stats import reestimate_bn
+
+    family = models.get_entry(name).family
+    kw = {"mobilenet_v2": dict(dropout=0.0), "efficientnet": dict(dropout=0.0, stochastic_depth_prob=0.0)}.get(family, {})
+    widths = {k: max(2, w // divisor) for k, w in models.default_widths(name).items()}
+    model = models.build(name, widths=widths, **kw)
+    shape = models.input_shape(name, 1)
+    src = get_source("fashion_mnist", augment=False)
+    x, y = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
+    t, _ = src.batch("test", np.arange(test), train=False)
+    x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
+    v = models.random_variables(model, shape, seed=seed)
+    if "batch_stats" in v:
+        v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
+    dense = np.asarray(jax.jit(model.apply)(v, jnp.asarray(t)))
+    out = {"model": name, "divisor": divisor, "calibration_images": calib, "test_images": test, "target": target,
+           "weights": "random (seed), BatchNorm statistics re-estimated on the calibration images; not trained",
+           "ways": {}}
+    ways = {"propagate=0": dict(propagate=0), "refit every layer": dict(propagate_min_rows=0.0),
+            "default": {}}
+    for way, opts in ways.items():
+        t0 = time.perf_counter()
+        r = prune("hobs", model, v, target=target, calib=Calibration(x, np.asarray(y, np.int32)),
+                  options=dict(progress=False, allocation="uniform", calib_batch_size=128, **opts), seed=seed)
+        logits = np.asarray(jax.jit(r.model.apply)(r.variables, jnp.asarray(t)))
+        out["ways"][way] = {"logits_relative_error": relative_error(logits, dense),
+                            "macs_ratio": round(float(r.macs_ratio), 4),
+                            "not_refit": list(r.outcome.info.get("not_refit", [])),
+                            "seconds": round(time.perf_counter() - t0, 1)}
+    return out

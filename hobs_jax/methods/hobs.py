@@ -132,7 +132,7 @@ class ObsCompensatorOptions(ObsStatsOptions):
     propagate: int = 1
     propagate_damp: float = 1e-3
     propagate_images: int = 512
-    propagate_min_rows: float = 4.0
+    propagate_min_rows: float = 2.0
 
     def check(self):
         super().check()

@@ -27,7 +27,7 @@ images and not the network: it shrinks every input direction the images do not s
 to zero, and amplifies directions of small calibration variance. On an
 EfficientNet-B0 (small form, quarter widths, BN calibrated on Fashion-MNIST) refit from
 256 images, the held-out relative error of the late SE squeeze FCs grew from about 1 to
-10, and the logits' from 1.0 to 26 (docs/hobs.md, Sec. 7). Such a layer is left at the
+10, and the logits' from 1.0 to 26 (docs/hobs.md, Sec. 8). Such a layer is left at the
 weights phase 5 gave it: OBS compensation anchored at the dense weights, whose dampened
 inverse only re-expresses the removed rows through the kept ones.
 
