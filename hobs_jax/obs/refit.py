@@ -24,10 +24,9 @@ classifier) sees ONE row per image: with ``propagate_images`` calibration images
 layer of d kept inputs, the fit has d unknowns per output from that many rows. Where
 the rows are fewer than ``min_rows * d`` the ridge fit reproduces the calibration
 images and not the network: it shrinks every input direction the images do not span
-to zero, and amplifies directions of small calibration variance. On an
-EfficientNet-B0 (small form, quarter widths, BN calibrated on Fashion-MNIST) refit from
-256 images, the held-out relative error of the late SE squeeze FCs grew from about 1 to
-10, and the logits' from 1.0 to 26 (docs/hobs.md, Sec. 8). Such a layer is left at the
+to zero, and amplifies directions of small calibration variance (an EfficientNet-B0's
+late SE squeeze FCs: docs/hobs.md, Sec. 8, ``benchmarks/hobs_blocks.py --refit``). Such a
+layer is left at the
 weights phase 5 gave it: OBS compensation anchored at the dense weights, whose dampened
 inverse only re-expresses the removed rows through the kept ones.
 
