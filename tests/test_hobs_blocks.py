@@ -23,11 +23,11 @@ import pytest
 from hobs_jax import graph as G
 from hobs_jax import models, obs
 from hobs_jax.analysis.compensation import consumer_errors, output_error, prune_groups, relative_error
+from hobs_jax.methods import group_roles
 from hobs_jax.models import vit
 from hobs_jax.models.efficientnet import MBConv
 from hobs_jax.models.layers import ConvBNAct, relu6
 from hobs_jax.models.mobilenet import InvertedResidual
-from hobs_jax.methods import group_roles
 from hobs_jax.stats import reestimate_bn
 from hobs_jax.stats.layers import capture_inputs, layer_rows, trace_layers
 from hobs_jax.testing.init import random_linen

@@ -100,7 +100,7 @@ def prune_groups(prunable, graph: Graph, gids: Sequence[int], images: np.ndarray
         n = r.size - max(1, int(round(keep * r.size)))
         removed[g] = np.sort(obs.select(r, n, flat, solved)[0])
     unmasked = obs.compensate_layers(variables, roles, removed, flat, solved, refit=refit)
-    plan = make_plan(graph, {g: np.setdiff1d(np.arange(roles[g].size), removed[g]) for g in roles})
+    plan = make_plan(graph, {g: [int(c) for c in np.setdiff1d(np.arange(roles[g].size), removed[g])] for g in roles})
     rows = {p: (e[0], np.unique(np.concatenate(e[1]))) for p, e in obs.removed_rows(roles, removed).items()}
     return BlockCase(roles, removed, plan, rows, mask_variables(graph, unmasked, plan),
                      mask_variables(graph, variables, plan), unmasked, infos)
@@ -109,7 +109,7 @@ def prune_groups(prunable, graph: Graph, gids: Sequence[int], images: np.ndarray
 def relative_error(a, ref) -> float:
     """||a - ref|| / ||ref|| (Frobenius, float64)."""
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-30))
+    return float(np.linalg.norm(a - ref)) / max(float(np.linalg.norm(ref)), 1e-30)
 
 
 def consumer_errors(prunable, case: BlockCase, images: np.ndarray) -> dict[str, dict[str, float]]:
@@ -177,6 +177,13 @@ LAST_BLOCKS = {
 }
 
 
+def _no_dropout(family: str) -> dict:
+    """Constructor fields that turn dropout and stochastic depth off: identical in eval
+    mode, and BN re-estimation runs the train-mode forward without a dropout RNG."""
+    off: dict = {"mobilenet_v2": {"dropout": 0.0}, "efficientnet": {"dropout": 0.0, "stochastic_depth_prob": 0.0}}
+    return off.get(family, {})
+
+
 def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: float = 0.5, damp: float = 0.01,
                      seed: int = 0) -> dict:
     """The figure of docs/hobs.md, Sec. 8 for zoo model ``name`` (a key of
@@ -197,10 +204,7 @@ def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: flo
     widths, key, minus = LAST_BLOCKS[name]
     t0 = time.perf_counter()
     family = models.get_entry(name).family
-    # Dropout / stochastic depth off: identical in eval mode, and BN re-estimation runs
-    # the train-mode forward without a dropout RNG.
-    kw = {"mobilenet_v2": dict(dropout=0.0), "efficientnet": dict(dropout=0.0, stochastic_depth_prob=0.0)}.get(family, {})
-    model = models.build(name, **kw)
+    model = models.build(name, **_no_dropout(family))
     shape = models.input_shape(name, 1)
     src = get_source("fashion_mnist", augment=False)
     x, _ = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
@@ -248,9 +252,8 @@ def refit_study(name: str, *, divisor: int = 4, calib: int = 256, test: int = 25
     from hobs_jax.stats import reestimate_bn
 
     family = models.get_entry(name).family
-    kw = {"mobilenet_v2": dict(dropout=0.0), "efficientnet": dict(dropout=0.0, stochastic_depth_prob=0.0)}.get(family, {})
     widths = {k: max(2, w // divisor) for k, w in models.default_widths(name).items()}
-    model = models.build(name, widths=widths, **kw)
+    model = models.build(name, widths=widths, **_no_dropout(family))
     shape = models.input_shape(name, 1)
     src = get_source("fashion_mnist", augment=False)
     x, y = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
@@ -260,11 +263,11 @@ def refit_study(name: str, *, divisor: int = 4, calib: int = 256, test: int = 25
     if "batch_stats" in v:
         v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
     dense = np.asarray(jax.jit(model.apply)(v, jnp.asarray(t)))
-    out = {"model": name, "divisor": divisor, "calibration_images": calib, "test_images": test, "target": target,
+    out: dict = {"model": name, "divisor": divisor, "calibration_images": calib, "test_images": test, "target": target,
            "weights": "random (seed), BatchNorm statistics re-estimated on the calibration images; not trained",
            "ways": {}}
-    ways = {"propagate=0": dict(propagate=0), "refit every layer": dict(propagate_min_rows=0.0),
-            "default": {}}
+    ways: dict[str, dict] = {"propagate=0": {"propagate": 0}, "refit every layer": {"propagate_min_rows": 0.0},
+                             "default": {}}
     for way, opts in ways.items():
         t0 = time.perf_counter()
         r = prune("hobs", model, v, target=target, calib=Calibration(x, np.asarray(y, np.int32)),
