@@ -220,7 +220,9 @@ class ObsScorer:
 
 class ObsCompensator:
     """Phases 5-6 (module doc): every consumer refit on its kept rows, then the
-    sequential refit from the pruned network's own inputs (``propagate`` sweeps)."""
+    sequential refit from the pruned network's own inputs (``propagate`` sweeps). Layers
+    with fewer than ``propagate_min_rows`` calibration rows per kept input (after a global
+    pooling) keep their phase-5 weights; their names are ``info['not_refit']``."""
 
     name = "obs"
     Options = ObsCompensatorOptions
