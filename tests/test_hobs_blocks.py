@@ -317,3 +317,21 @@ def test_sample_starved_layers_keep_their_obs_compensation(data, efficient):
     again = obs.refit_sequential(p.module, p.variables, case.unmasked, layers, rem, x[:16], min_rows=0.0,
                                  skipped=everything)
     assert everything == [] and not np.array_equal(obs.flat_variables(again)[fc1], flat_comp[fc1])
+
+
+def test_the_method_reports_the_layers_it_did_not_refit(data, efficient):
+    """``prune('hobs')`` end to end on the squeeze-excitation network from 16 calibration
+    images: the pooled-input layers (SE FCs, the classifier) keep their OBS compensation
+    and are named in ``info['not_refit']``; the target is met and the network is smaller."""
+    from hobs_jax.methods import Calibration, prune
+
+    x, _ = data
+    p = efficient[0]
+    calib = Calibration(x[:16], np.zeros(16, np.int32))
+    r = prune("hobs", p, target=0.5, calib=calib,
+              options=dict(progress=False, allocation="uniform", calib_batch_size=16))
+    assert abs(r.macs_ratio / 0.5 - 1) <= 0.01
+    skipped = r.outcome.info["not_refit"]
+    assert "head" in skipped and any(s.endswith("fc1") for s in skipped), skipped
+    assert not any(s.endswith(("block/0/0", "block/3/0")) for s in skipped), skipped  # convs: a row per pixel
+    assert r.params_ratio < 1
