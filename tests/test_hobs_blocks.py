@@ -228,6 +228,9 @@ def test_squeeze_excitation_squeeze_fc_is_a_compensated_consumer(data, efficient
     # depthwise output, channel for channel); the excite FC writes them (a producer).
     assert cons == ["block2/block/2/fc1", "block2/block/3/0"], cons
     assert "block2/block/2/fc2" in prods and "block2/block/0/0" in prods, prods
+    # The squeeze width itself: read by the excite FC (compensated), written by the squeeze FC.
+    se = _group(graph, roles, lambda r: [s.layer.name for s in r.consumers] == ["block2/block/2/fc2"])
+    assert [s.layer.name for s in roles[se].producers] == ["block2/block/2/fc1"] and roles[se].size == 6
     case = prune_groups(p, graph, [gid], x, keep=0.5, damp=DAMP)
     # 512 images: one pooled row each for the squeeze FC (33 inputs with its bias).
     _check_closed_form(p, case, x, cons)
