@@ -123,18 +123,23 @@ class ObsCompensatorOptions(ObsStatsOptions):
     """refit: compensate with the undampened H (plain least squares) instead of the
     dampened one (the composed OBS updates); propagate: sweeps of the sequential refit
     (0 = off; :func:`hobs_jax.obs.refit_sequential`); propagate_damp: its relative ridge;
-    propagate_images: the calibration images it uses (one forward pass per sweep)."""
+    propagate_images: the calibration images it uses (one forward pass per sweep);
+    propagate_min_rows: calibration rows per kept input a layer needs to be refit (a layer
+    after a global pooling, such as a squeeze-excitation FC or the classifier, has one row
+    per image; with fewer it keeps its OBS compensation; 0 = refit every layer)."""
 
     refit: bool = False
     propagate: int = 1
     propagate_damp: float = 1e-3
     propagate_images: int = 512
+    propagate_min_rows: float = 2.0
 
     def check(self):
         super().check()
         self.require(self.propagate >= 0, "propagate", "must be >= 0")
         self.require(self.propagate_damp >= 0, "propagate_damp", "must be >= 0")
         self.require(self.propagate_images >= 1, "propagate_images", "must be >= 1")
+        self.require(self.propagate_min_rows >= 0, "propagate_min_rows", "must be >= 0")
 
 
 @dataclasses.dataclass
@@ -215,7 +220,9 @@ class ObsScorer:
 
 class ObsCompensator:
     """Phases 5-6 (module doc): every consumer refit on its kept rows, then the
-    sequential refit from the pruned network's own inputs (``propagate`` sweeps)."""
+    sequential refit from the pruned network's own inputs (``propagate`` sweeps). Layers
+    with fewer than ``propagate_min_rows`` calibration rows per kept input (after a global
+    pooling) keep their phase-5 weights; their names are ``info['not_refit']``."""
 
     name = "obs"
     Options = ObsCompensatorOptions
@@ -231,6 +238,7 @@ class ObsCompensator:
         with obs.blas_threads(threads), sel.timer("compensation"):
             variables = obs.compensate_layers(task.variables, st.groups, removed, st.flat, st.solved,
                                               refit=bool(o.refit))
+        info: dict = {}
         if int(o.propagate) > 0:
             with obs.blas_threads(threads), sel.timer("propagation"):
                 by_layer = obs.removed_rows(st.groups, removed)
@@ -239,10 +247,14 @@ class ObsCompensator:
                 layers = [i for p, i in st.infos.items()
                           if i.kind in ("conv", "dense") and (p not in by_layer or by_layer[p][2])]
                 rem = {p: np.unique(np.concatenate(by_layer[p][1])) for p in by_layer}
+                skipped: list = []
                 variables = obs.refit_sequential(
                     task.model, task.variables, variables, layers, rem, st.images[:max(1, int(o.propagate_images))],
-                    sweeps=int(o.propagate), damp=float(o.propagate_damp), batch_size=int(o.calib_batch_size))
-        return variables, {}
+                    sweeps=int(o.propagate), damp=float(o.propagate_damp), batch_size=int(o.calib_batch_size),
+                    min_rows=float(o.propagate_min_rows), skipped=skipped)
+            if skipped:  # too few calibration rows for a least-squares refit: OBS compensation kept
+                info["not_refit"] = skipped
+        return variables, info
 
     def grid(self, sel: Selection, gid: int, order: np.ndarray, counts: np.ndarray,
              o: ObsCompensatorOptions) -> dict:

@@ -18,6 +18,18 @@ The statistics are taken over the layer's full input (removed channels included,
 rows dropped at the solve): one compiled shape per layer shape, which costs less than
 statistics of the kept channels only would save (docs/results/HISTORY.md).
 
+Sample-starved layers keep their OBS compensation (``min_rows``). A conv sees one row per
+output pixel, but a layer after a global pooling (a squeeze-excitation FC, the
+classifier) sees ONE row per image: with ``propagate_images`` calibration images and a
+layer of d kept inputs, the fit has d unknowns per output from that many rows. Where
+the rows are fewer than ``min_rows * d`` the ridge fit reproduces the calibration
+images and not the network: it shrinks every input direction the images do not span
+to zero, and amplifies directions of small calibration variance (an EfficientNet-B0's
+late SE squeeze FCs: docs/hobs.md, Sec. 8, ``benchmarks/hobs_blocks.py --refit``). Such a
+layer is left at the
+weights phase 5 gave it: OBS compensation anchored at the dense weights, whose dampened
+inverse only re-expresses the removed rows through the kept ones.
+
 Memory: the dense outputs of every refit layer on ``propagate_images`` images are held
 (ResNet-56 at 28x28, 512 images: ~0.9 GB float32), and the pruned pass holds one batch of
 all ``propagate_images`` images' activations.
@@ -41,7 +53,7 @@ from hobs_jax.stats.streams import ordered_map
 
 Path = tuple[str, ...]
 
-__all__ = ["refit_sequential", "solve_refit"]
+__all__ = ["refit_sequential", "solve_refit", "starved"]
 
 
 def _leaf(tree, path: Sequence[str]):
@@ -116,7 +128,8 @@ def _same(x: jax.Array, ref: jax.Array) -> bool:
 
 def refit_sequential(model: nn.Module, dense_variables, variables, layers: Sequence[LayerInfo],
                      removed: Mapping[Path, np.ndarray], images: np.ndarray, *, sweeps: int = 1,
-                     damp: float = 1e-3, batch_size: int = 256) -> dict:
+                     damp: float = 1e-3, batch_size: int = 256, min_rows: float = 0.0,
+                     skipped: list | None = None) -> dict:
     """The sequential refit (module doc) of ``layers``.
 
     Args:
@@ -129,6 +142,10 @@ def refit_sequential(model: nn.Module, dense_variables, variables, layers: Seque
       images: [N, H, W, C] calibration images, all in one pruned pass.
       sweeps: passes; damp: relative ridge; batch_size: images per dense forward and per
         Gram reduction (calibration's, so that its compiled Gram executables are reused).
+      min_rows: a layer whose input gives fewer than ``min_rows`` rows per kept input
+        (bias included) is not refit (module doc; 0: every layer is refit).
+      skipped: if given, the names of the layers ``min_rows`` left alone are appended
+        (first sweep).
     Returns:
       A copy of ``variables`` with every refit layer's kernel (and bias) replaced.
     """
@@ -143,12 +160,24 @@ def refit_sequential(model: nn.Module, dense_variables, variables, layers: Seque
     dense_out, dense_in = _dense_pass(model, dense_variables, images, list(targets), unpruned, batch_size)
     out = copy_tree(variables)
     x = jnp.asarray(images, jnp.float32)
-    for _ in range(int(sweeps)):
-        _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size)
+    for sweep in range(int(sweeps)):
+        left: list = []
+        _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size,
+                  float(min_rows), left)
+        if skipped is not None and sweep == 0:
+            skipped.extend(left)
     return out
 
 
-def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size) -> None:
+def starved(info: LayerInfo, rows: int, n_removed: int, min_rows: float) -> bool:
+    """Whether ``rows`` input rows are too few to refit layer ``info`` with ``n_removed``
+    of its kernel-matrix rows removed: fewer than ``min_rows`` per kept input (the bias
+    counts as an input)."""
+    return rows < float(min_rows) * (info.d_in + int(info.use_bias) - int(n_removed))
+
+
+def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x, damp, batch_size,
+              min_rows=0.0, skipped=None) -> None:
     """One eager forward of the pruned network (``out``, updated in place) refitting every
     target layer at its first call."""
     done: set = set()
@@ -175,7 +204,12 @@ def _one_pass(model, dense_variables, out, targets, rem, dense_out, dense_in, x,
         info = targets[p]
         if not len(rem[p]) and _same(args[0], dense_in[p]):
             return next_fun(*args, **kwargs)
-        new = solve_refit(cross_stats(info, args[0], dense_out[p], batch_size=batch_size), rem[p], damp)
+        st = cross_stats(info, args[0], dense_out[p], batch_size=batch_size)
+        if min_rows > 0 and starved(info, st.count, len(rem[p]), min_rows):
+            if skipped is not None:
+                skipped.append(info.name)
+            return call_with(mod, args, kwargs)  # its compensated weights, as they are
+        new = solve_refit(st, rem[p], damp)
         dt = np.asarray(_leaf(dense_variables, ("params",) + p + ("kernel",))).dtype
         set_leaf(out, ("params",) + p + ("kernel",), new[:info.d_in].reshape(info.kernel_shape).astype(dt))
         if info.use_bias:  # DenseGeneral biases have the features' shape (ViT q/k/v: [heads, dim])
