@@ -184,6 +184,25 @@ def _no_dropout(family: str) -> dict:
     return off.get(family, {})
 
 
+def random_calibrated(model, shape: tuple[int, ...], calib: int, test: int, seed: int):
+    """Random variables of ``model`` (zoo initialization, ``seed``) with BatchNorm
+    statistics re-estimated on ``calib`` Fashion-MNIST training images, so activations
+    have a trained network's scale. Returns (variables, calibration images [calib, H, W, C],
+    their labels, the first ``test`` test images)."""
+    from hobs_jax import models
+    from hobs_jax.data import get_source, sample_indices
+    from hobs_jax.stats import reestimate_bn
+
+    src = get_source("fashion_mnist", augment=False)
+    x, y = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
+    t, _ = src.batch("test", np.arange(test), train=False)
+    x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
+    v = models.random_variables(model, shape, seed=seed)
+    if "batch_stats" in v:
+        v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
+    return v, x, y, t
+
+
 def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: float = 0.5, damp: float = 0.01,
                      seed: int = 0) -> dict:
     """The figure of docs/hobs.md, Sec. 8 for zoo model ``name`` (a key of
@@ -195,9 +214,7 @@ def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: flo
     import time
 
     from hobs_jax import models
-    from hobs_jax.data import get_source, sample_indices
     from hobs_jax.graph import as_prunable, graph_of
-    from hobs_jax.stats import reestimate_bn
 
     if name not in LAST_BLOCKS:
         raise ValueError(f"no last-block study for {name!r}; have {sorted(LAST_BLOCKS)}")
@@ -206,13 +223,7 @@ def last_block_study(name: str, *, calib: int = 512, test: int = 1000, keep: flo
     family = models.get_entry(name).family
     model = models.build(name, **_no_dropout(family))
     shape = models.input_shape(name, 1)
-    src = get_source("fashion_mnist", augment=False)
-    x, _ = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
-    t, _ = src.batch("test", np.arange(test), train=False)
-    x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
-    v = models.random_variables(model, shape, seed=seed)
-    if "batch_stats" in v:
-        v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
+    v, x, _, t = random_calibrated(model, shape, calib, test, seed)
     p = as_prunable(model, v, shape)
     graph = graph_of(p)
     gids = [g.id for g in graph.prunable if set(g.widths) & set(widths)]
@@ -247,21 +258,13 @@ def refit_study(name: str, *, divisor: int = 4, calib: int = 256, test: int = 25
     import time
 
     from hobs_jax import models
-    from hobs_jax.data import get_source, sample_indices
     from hobs_jax.methods import Calibration, prune
-    from hobs_jax.stats import reestimate_bn
 
     family = models.get_entry(name).family
     widths = {k: max(2, w // divisor) for k, w in models.default_widths(name).items()}
     model = models.build(name, widths=widths, **_no_dropout(family))
     shape = models.input_shape(name, 1)
-    src = get_source("fashion_mnist", augment=False)
-    x, y = src.batch("train", sample_indices(src.size("train"), calib, seed), train=False)
-    t, _ = src.batch("test", np.arange(test), train=False)
-    x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
-    v = models.random_variables(model, shape, seed=seed)
-    if "batch_stats" in v:
-        v = reestimate_bn(model, v, [x[i:i + 128] for i in range(0, len(x), 128)])
+    v, x, y, t = random_calibrated(model, shape, calib, test, seed)
     dense = np.asarray(jax.jit(model.apply)(v, jnp.asarray(t)))
     out: dict = {"model": name, "divisor": divisor, "calibration_images": calib, "test_images": test, "target": target,
            "weights": "random (seed), BatchNorm statistics re-estimated on the calibration images; not trained",
