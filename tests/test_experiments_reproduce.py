@@ -26,7 +26,7 @@ RESULTS = os.path.join(REPO, "docs", "results")
 CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56", "alignment",
              "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56", "ast_fmnist",
              "rspar_fmnist_v2", "rspar_fmnist_lbound0.1", "rspar_fmnist_choice_imitate",
-             "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist"]
+             "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist", "hobs_blocks", "hobs_blocks_refit"]
 
 
 @pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "ablation_resnet20", "hobs_cost", "graph",

@@ -61,6 +61,10 @@ NOT_HERE = {
         "training or R-SPAR searches of tens of minutes to hours",
         "python -m hobs_jax.experiments.ast_fmnist; python benchmarks/anymodel_fmnist.py; python "
         "benchmarks/rspar_latency.py; python -m hobs_jax.experiments.recovery ..."),
+    "hobs_blocks, hobs_blocks_refit": (
+        "65 wall-minutes on the shared 2-core CPU (36 for the three last blocks, 29 for the refit's three ways on two "
+        "models)", "python benchmarks/hobs_blocks.py; python benchmarks/hobs_blocks.py "
+        "--refit"),
 }
 
 

@@ -105,6 +105,8 @@ def _studies() -> list[Entry]:
         fmnist_baselines,
         graph_discovery,
         hessian_gram,
+        hobs_blocks,
+        hobs_blocks_refit,
         hobs_compiles,
         hobs_cost,
         hobs_refit_parts,
@@ -124,6 +126,10 @@ def _studies() -> list[Entry]:
             study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
+            study("hobs_blocks", hobs_blocks, "H-OBS compensation on the last block of MobileNetV2, "
+                  "EfficientNet-B0 and ViT (random weights), run record"),
+            study("hobs_blocks_refit", hobs_blocks_refit, "H-OBS sequential refit after global pooling, three "
+                  "ways (random weights), run record"),
             study("hobs_compiles", hobs_compiles, "H-OBS compile counts, run record"),
             study("hobs_cost", hobs_cost, "H-OBS wall/CPU time and memory, run record"),
             study("hobs_cost_avx512", hobs_cost, "H-OBS cost on an AVX-512 CPU, run record",
