@@ -72,3 +72,17 @@ def test_the_committed_records_convert_with_their_figures_unchanged(study, key):
 def test_an_unknown_model_is_refused_in_one_line_before_any_run(study, args, match):
     with pytest.raises(ValueError, match=match):
         study.measure(["vit_tiny_p4", "resnet2"], *args, device="cpu:test:avx2", source="s")
+
+
+def test_a_fresh_run_record_rebuilds_the_same_table(tmp_path):
+    """What benchmarks/hobs_blocks.py publishes (record in the run_record format, no
+    converter needed) is what the catalog rebuilds."""
+    from hobs_jax.experiments import studies
+
+    for study, result in ((hobs_blocks, _block()), (hobs_blocks_refit, _refit())):
+        rows = study.rows_of(result, "cpu:test:avx2", "s")
+        studies.publish(study.NAME, rows, {"s": {"command": "python benchmarks/hobs_blocks.py"}}, study.table,
+                        out=str(tmp_path / "a"))
+        published = (tmp_path / "a" / f"{study.NAME}.md").read_text()
+        studies.render(study, str(tmp_path / "b"), records_dir=str(tmp_path / "a" / "records"))
+        assert (tmp_path / "b" / f"{study.NAME}.md").read_text() == published and "python benchmarks" in published
