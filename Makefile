@@ -22,7 +22,7 @@ WORKDIR ?= workdir/quickstart
 
 help:
 	@echo "make demo   - run the quickstart job on Fashion-MNIST (bootstraps .venv and the dataset)"
-	@echo "make test   - run the test suite CI runs (goal < 15 min on 2 cores; 19 min on a clean clone, see README) (bootstraps .venv and the dataset)"
+	@echo "make test   - run the test suite CI runs (goal < 15 min on 2 cores; 11 min of pytest on a fresh clone, see README) (bootstraps .venv and the dataset)"
 	@echo "make test-fast - the logic tests on tiny models, < 3 min (the inner loop)"
 	@echo "make test-all  - every test: the heavy variants and the fault sweep too (about an hour)"
 	@echo "make lint   - ruff (lint, import order) and mypy over the sources (bootstraps .venv)"

@@ -1,9 +1,13 @@
 """Which tests each tier runs (applied by tests/conftest.py at collection).
 
   make test-fast   -m "not slow and not extended"   logic tests on tiny models, < 3 min
-  make test        -m "not extended"                 what CI runs, goal < 15 min on 2 cores (19.1 min
-                                                     on a clean clone at be49a4d: over it)
+  make test        -m "not extended"                 what CI runs, goal < 15 min on 2 cores (11.1 min
+                                                     of pytest on a fresh clone at 31a0736)
   make test-all    everything, the fault sweep too    (about an hour on 2 cores)
+
+``make test`` and ``make test-fast`` compile at XLA's backend optimization level 0 (the
+Makefile's ``TEST_XLA_FLAGS``): on a clean clone the suite is bound by XLA:CPU's compiler,
+which -O0 makes about twice as fast; ``make test-all`` runs at XLA's defaults.
 
 ``SLOW``: tests that take more than ~5 s on the 2-core CPU (measured with
 ``pytest --durations``; most also carry ``@pytest.mark.slow`` in their file).
