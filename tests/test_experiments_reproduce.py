@@ -93,6 +93,24 @@ def test_an_entry_without_its_record_is_missing_not_misread(tmp_path):
     assert ENTRIES["stability_resnet20"].how(Run(records=str(tmp_path), mode="quick")) == "computed"
 
 
+def test_a_run_writing_its_tables_elsewhere_writes_its_records_there_too(tmp_path):
+    """Measured rows go to ``<out>/records/`` (with the default ``out``, the committed
+    records); a rebuild reads them from there first, the committed records otherwise."""
+    from hobs_jax.experiments.tables.catalog import Entry
+
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    measured = Entry("probe", "a computed entry", build=lambda rows, sources, run: rows,
+                     compute=lambda run: ([{"x": 1.5}], {}))
+    run = Run(out=str(tmp_path / "out"), records=str(committed), mode="full")
+    assert measured.make(run) == [{"x": 1.5}]
+    own = tmp_path / "out" / "records" / "probe.json"
+    assert own.exists() and not os.listdir(committed) and run.record("probe") == str(own)
+    rebuilt = Entry("probe", "the same from its record", build=lambda rows, sources, run: rows)
+    assert rebuilt.make(Run(out=str(tmp_path / "out"), records=str(committed), mode="records")) == [{"x": 1.5}]
+    assert rebuilt.how(Run(out=str(tmp_path / "elsewhere"), records=str(committed), mode="records")) == "missing"
+
+
 def _graph_table(path, ratio):
     t = ResultTable("graph", "graph discovery", [Column("model", "model"), Column("tp_over_ours", "x")],
                     context=("device",), iso_tolerance=None)

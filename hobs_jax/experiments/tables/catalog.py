@@ -21,8 +21,9 @@ from hobs_jax.experiments.tables.sensitivity import Param
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """How tables are made: ``workdir`` holds the sweep rows, ``out`` the tables, ``records``
-    the run records tables are built from. ``mode``: 'quick' computes the entries marked
+    """How tables are made: ``workdir`` holds the sweep rows, ``out`` the tables (and the
+    run records measured now, in ``<out>/records/``), ``records`` the committed run records
+    tables are otherwise built from. ``mode``: 'quick' computes the entries marked
     quick and rebuilds the rest from their records, 'full' computes every entry that can be
     computed, 'records' computes nothing; ``cached_only`` uses finished sweep rows only."""
 
@@ -39,7 +40,16 @@ class Run:
         return os.path.join(self.out, name)
 
     def record(self, name: str) -> str:
-        return os.path.join(self.records, f"{name}.json")
+        """Where the run record ``name`` is read: ``<out>/records/`` when a run wrote it
+        there, else :attr:`records` (the committed ones)."""
+        own = self.record_out(name)
+        return own if os.path.exists(own) else os.path.join(self.records, f"{name}.json")
+
+    def record_out(self, name: str) -> str:
+        """Where a measured run record is written: ``<out>/records/`` (with the default
+        ``out``, the committed records themselves), so a run writing its tables elsewhere
+        leaves the repository's records alone."""
+        return os.path.join(self.out, "records", f"{name}.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +83,7 @@ class Entry:
         if self.computes(run):
             assert self.compute is not None  # computes() is False without one
             rows, sources = self.compute(run)
-            records.save(run.record(self.name), rows, sources)
+            records.save(run.record_out(self.name), rows, sources)
         else:
             rows, sources = [], {}
             for name in self.inputs or (self.name,):
