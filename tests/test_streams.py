@@ -107,3 +107,19 @@ def test_compile_cache_switch(tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compile_cache.default_dir() == str(tmp_path / "xdg" / "hobs_jax" / "xla")
+
+
+def test_bn_reestimation_runs_networks_with_dropout():
+    """A network with dropout (the zoo's MobileNetV2 and EfficientNet classifiers, their
+    stochastic depth) is re-estimated (it needs a dropout key in training mode); a BN before
+    the dropout gets the statistics of the same network without it."""
+    from tests._tiny import TinyCNN, init_tiny
+
+    v = init_tiny(TinyCNN(dropout=0.5), (8, 8, 1), seed=5)
+    imgs = np.random.default_rng(6).normal(size=(12, 8, 8, 1)).astype(np.float32)
+    with_dropout = reestimate_bn(TinyCNN(dropout=0.5), v, [imgs[:6], imgs[6:]])
+    without = reestimate_bn(TinyCNN(dropout=0.0), v, [imgs[:6], imgs[6:]])
+    for s, t, u in zip(jax.tree.leaves(with_dropout["batch_stats"]), jax.tree.leaves(without["batch_stats"]),
+                       jax.tree.leaves(v["batch_stats"])):
+        np.testing.assert_array_equal(s, t)
+        assert not np.array_equal(s, u)

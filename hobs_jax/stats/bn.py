@@ -33,7 +33,9 @@ def _batch_stats_of(model, variables, x, momenta: tuple):
     momentum) pairs)."""
     zero = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
     v = dict(variables, batch_stats=zero)
-    _, state = model.apply(v, x, train=True, mutable=["batch_stats"])
+    # Dropout and stochastic depth run as in training, from a fixed key (what torch's
+    # model.train() recalibration does; a BN before them is unaffected).
+    _, state = model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
     by_path = dict(momenta)
 
     def scale(path, s):
