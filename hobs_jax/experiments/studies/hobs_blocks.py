@@ -62,14 +62,27 @@ def measure(models, calib: int = 512, test: int = 1000, keep: float = 0.5, *, de
     return rows
 
 
+def legacy(name: str, data: list, rows_of, command: str) -> tuple[list[dict], dict]:
+    """Rows and source of a per-model result list ``benchmarks/hobs_blocks.py`` wrote before
+    the experiments package (``docs/results/records/<name>.json``; the figures unchanged),
+    for this study and :mod:`~hobs_jax.experiments.studies.hobs_blocks_refit`."""
+    key = f"{name}@2561caf"
+    return ([row for r in data for row in rows_of(r, LEGACY_DEVICE, key)],
+            {key: {"command": command, "date": DATE, "commit": "2561caf (committed with the figures)",
+                   "machine": LEGACY_MACHINE, "note": "benchmarks/hobs_blocks.py before the experiments package"}})
+
+
+def note_settings(t: ResultTable, labels: tuple[tuple[str, str], ...]) -> None:
+    """One note per (row key, label): the values the rows hold, in order, without repeats."""
+    for key, label in labels:
+        t.note(f"{label}: {', '.join(dict.fromkeys(str(r[key]) for r in t.rows))}")
+
+
 def from_legacy(data: list) -> tuple[list[dict], dict]:
     """The list of per-model results ``benchmarks/hobs_blocks.py --out`` wrote before the
     experiments package (``docs/results/records/hobs_blocks.json``), figures unchanged."""
-    key = f"{NAME}@2561caf"
-    return ([row for r in data for row in rows_of(r, LEGACY_DEVICE, key)],
-            {key: {"command": "PYTHONPATH=. python benchmarks/hobs_blocks.py --out docs/results/hobs_blocks.json",
-                   "date": DATE, "commit": "2561caf (committed with the figures)", "machine": LEGACY_MACHINE,
-                   "note": "benchmarks/hobs_blocks.py before the experiments package"}})
+    return legacy(NAME, data, rows_of,
+                  "PYTHONPATH=. python benchmarks/hobs_blocks.py --out docs/results/hobs_blocks.json")
 
 
 def table(rows, sources) -> ResultTable:
@@ -82,10 +95,8 @@ def table(rows, sources) -> ResultTable:
                      Column("seconds", "wall s (model)", "float", 1)],
                     iso_tolerance=None, description=[" ".join(__doc__.split())])
     t.extend(rows)
-    for key, label in (("calibration_images", "calibration images"), ("test_images", "test images"),
-                       ("damp", "dampening"), ("seed", "seed"), ("weights", "weights")):
-        values = list(dict.fromkeys(str(r[key]) for r in t.rows))
-        t.note(f"{label}: {', '.join(values)}")
+    note_settings(t, (("calibration_images", "calibration images"), ("test_images", "test images"),
+                      ("damp", "dampening"), ("seed", "seed"), ("weights", "weights")))
     better = [r for r in t.rows if r["compensated"] < r["uncompensated"]]
     t.goal("the compensation lowers the held-out error of every consumer and block output",
            met=len(better) == len(t.rows) if t.rows else None, detail=f"{len(better)} of {len(t.rows)}")

@@ -12,7 +12,7 @@ same plan in all three ways: the figures compare the ways, they are not accuraci
 
 from __future__ import annotations
 
-from hobs_jax.experiments.studies.hobs_blocks import DATE, LEGACY_DEVICE, LEGACY_MACHINE
+from hobs_jax.experiments.studies.hobs_blocks import legacy, note_settings
 from hobs_jax.experiments.table import Column, ResultTable
 
 NAME, SCRIPT = "hobs_blocks_refit", "benchmarks/hobs_blocks.py"
@@ -46,12 +46,8 @@ def measure(models, divisor: int = 4, *, device: str, source: str) -> list[dict]
 def from_legacy(data: list) -> tuple[list[dict], dict]:
     """The list of per-model results ``benchmarks/hobs_blocks.py --refit --out`` wrote before
     the experiments package (``docs/results/records/hobs_blocks_refit.json``), figures unchanged."""
-    key = f"{NAME}@2561caf"
-    return ([row for r in data for row in rows_of(r, LEGACY_DEVICE, key)],
-            {key: {"command": "PYTHONPATH=. python benchmarks/hobs_blocks.py --refit --models "
-                              "efficientnet_b0_small,mobilenet_v2_small --out docs/results/hobs_blocks_refit.json",
-                   "date": DATE, "commit": "2561caf (committed with the figures)", "machine": LEGACY_MACHINE,
-                   "note": "benchmarks/hobs_blocks.py before the experiments package"}})
+    return legacy(NAME, data, rows_of, "PYTHONPATH=. python benchmarks/hobs_blocks.py --refit --models "
+                  "efficientnet_b0_small,mobilenet_v2_small --out docs/results/hobs_blocks_refit.json")
 
 
 def table(rows, sources) -> ResultTable:
@@ -62,9 +58,8 @@ def table(rows, sources) -> ResultTable:
                      Column("not_refit_layers", "layers not refit"), Column("seconds", "wall s", "float", 1)],
                     group_by=("model",), description=[" ".join(__doc__.split())])
     t.extend(rows)
-    for key, label in (("calibration_images", "calibration images"), ("test_images", "test images"),
-                       ("weights", "weights")):
-        t.note(f"{label}: {', '.join(dict.fromkeys(str(r[key]) for r in t.rows))}")
+    note_settings(t, (("calibration_images", "calibration images"), ("test_images", "test images"),
+                      ("weights", "weights")))
     every, default = ({r["model"]: r["logits_relative_error"] for r in t.rows if r["way"] == w}
                       for w in ("refit every layer", "default"))
     both = sorted(set(every) & set(default))
