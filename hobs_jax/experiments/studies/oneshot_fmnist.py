@@ -9,9 +9,10 @@ For each model x target (kept MACs fraction) x row:
   3. test accuracy right after pruning, then after BN re-estimation on the 2048
      calibration images (the pipeline's calibrate stage: seed 0, train split, no
      augmentation; the same images for every row and every method that uses data);
-  4. fine-tune from the BN-recalibrated network with one recipe for all rows (the
-     pipeline's ``finetune`` section: SGD momentum 0.9, lr 0.01 cosine, wd 5e-4, batch 128,
-     seed 0, KD off, augmentation on) for ``--steps`` (default 50, 200 and one epoch;
+  4. fine-tune from the BN-recalibrated network with one recipe for all rows of a model (the
+     ``finetune`` section of ``configs/NAME_fmnist.py``, the recipe the model was made for;
+     for the ResNets SGD momentum 0.9, lr 0.01 cosine, wd 5e-4, batch 128, seed 0, KD off,
+     augmentation on; for ``vit_tiny_p4`` AdamW lr 1e-4, wd 0.05) for ``--steps`` (default 50, 200 and one epoch;
      one run of the longest length, checkpointed at the shorter ones: a curve along the
      same schedule), test accuracy at each;
   5. CPU latency speedup dense / pruned (jitted, batch 1 and 64, timed alternately).
@@ -97,8 +98,6 @@ class Bench:
 
     def __init__(self, args):
         from hobs_jax.data import get_source
-        from hobs_jax.pipeline import base_config
-
         self.args = args
         self.source = get_source("fashion_mnist", augment=True)
         from hobs_jax.data import sample_indices
@@ -107,7 +106,7 @@ class Bench:
         images, labels = self.source.batch("train", idx, train=False)
         from hobs_jax.methods import Calibration
         self.calib = Calibration(np.asarray(images, np.float32), np.asarray(labels, np.int32))
-        self.recipe = base_config("resnet20").finetune
+        self._recipes: dict = {}
         self._dense: dict = {}
         self._jit: dict = {}
 
@@ -142,13 +141,30 @@ class Bench:
         from hobs_jax.stats import reestimate_bn
         return reestimate_bn(model, variables, (x for x, _ in self.calib.batches(256)))
 
-    def steps(self) -> list[int]:
-        per_epoch = self.source.size("train") // self.recipe.batch_size
+    def recipe(self, name: str):
+        """The fine-tuning recipe of model ``name``: the ``finetune`` section of
+        ``--config-dir/NAME_fmnist.py`` when that file exists, else the pipeline's default
+        for the model (``base_config(name).finetune``)."""
+        if name not in self._recipes:
+            self._recipes[name] = self.recipe_of(self.args.config_dir, name)
+        return self._recipes[name]
+
+    @staticmethod
+    def recipe_of(config_dir: str, name: str):
+        path = os.path.join(config_dir, f"{name}_fmnist.py")
+        if os.path.exists(path):
+            from hobs_jax.experiments.validate import load_config_file
+            return load_config_file(path).get_config(None).finetune
+        from hobs_jax.pipeline import base_config
+        return base_config(name).finetune
+
+    def steps(self, name: str) -> list[int]:
+        per_epoch = self.source.size("train") // self.recipe(name).batch_size
         out = sorted({per_epoch if s == "epoch" else int(s) for s in self.args.steps.split(",") if s})
         return [s for s in out if s > 0]
 
-    def recipe_for(self, steps: int, every: int):
-        c = self.recipe.copy_and_resolve_references()
+    def recipe_for(self, name: str, steps: int, every: int):
+        c = self.recipe(name).copy_and_resolve_references()
         with c.unlocked():
             c.steps, c.epochs = int(steps), 0.0
             c.progress, c.tensorboard = False, False
@@ -158,9 +174,10 @@ class Bench:
             c.log_every = 50
         return c
 
-    def train_loader(self):
+    def train_loader(self, name: str):
         from hobs_jax.data import TrainLoader
-        return TrainLoader(self.source, "train", self.recipe.batch_size, seed=self.recipe.seed)
+        c = self.recipe(name)
+        return TrainLoader(self.source, "train", c.batch_size, seed=c.seed)
 
     def finetune_cb(self, name: str, workdir: str):
         """The training callback for methods (DepGraph's sparse phase): the dense model,
@@ -168,8 +185,8 @@ class Bench:
         def train(variables, steps, extra_loss=None, extra_transform=None):
             from hobs_jax.train import fit
             model, _ = self.dense(name)
-            c = self.recipe_for(steps, 0)
-            return fit(model, variables, self.train_loader(), c, workdir, extra_loss=extra_loss,
+            c = self.recipe_for(name, steps, 0)
+            return fit(model, variables, self.train_loader(name), c, workdir, extra_loss=extra_loss,
                        extra_transform=extra_transform).variables
         return train
 
@@ -187,7 +204,7 @@ class Bench:
         digest = hashlib.sha256(tag.encode()).hexdigest()[:10]
         return os.path.join(self.args.workdir, "method_training", name, f"{spec['method']}-{digest}")
 
-    def curve(self, model, variables, steps: list[int], workdir: str) -> dict[int, float]:
+    def curve(self, name: str, model, variables, steps: list[int], workdir: str) -> dict[int, float]:
         """Fine-tune for max(steps) (one schedule), accuracy at every step in ``steps``."""
         import jax
 
@@ -203,8 +220,8 @@ class Bench:
         total = max(steps)
         shorter = [s for s in steps if s < total]
         every = math.gcd(*shorter) if shorter else 0
-        c = self.recipe_for(total, every)
-        result = fit(model, variables, self.train_loader(), c, workdir)
+        c = self.recipe_for(name, total, every)
+        result = fit(model, variables, self.train_loader(name), c, workdir)
         out = {total: self.accuracy(model, result.variables, f"ft@{total}")}
         if shorter:
             mesh = make_mesh()
@@ -324,7 +341,7 @@ class Bench:
                   f"{rec['latency_speedup']} ({rec['seconds']:.0f} s)", flush=True)
         if "refused" in rec:
             return rec
-        steps = self.steps()
+        steps = self.steps(name)
         if steps and rec.get("schedule_steps") != max(steps):
             if rec.get("schedule_steps"):
                 if not self.args.refinetune:
@@ -336,8 +353,8 @@ class Bench:
                 shutil.rmtree(os.path.join(rowdir, "finetune"), ignore_errors=True)
             t0 = time.time()
             model, variables, _ = hobs_jax.load(os.path.join(rowdir, "model"))
-            curve = self.curve(model, variables, steps, os.path.join(rowdir, "finetune"))
-            per_epoch = self.source.size("train") // self.recipe.batch_size
+            curve = self.curve(name, model, variables, steps, os.path.join(rowdir, "finetune"))
+            per_epoch = self.source.size("train") // self.recipe(name).batch_size
             rec.update(acc_by_steps={str(k): v for k, v in sorted(curve.items())},
                        acc_finetuned=curve.get(per_epoch), schedule_steps=max(steps),
                        finetune_command=self.args.command,
@@ -376,6 +393,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", default="resnet56,resnet20")
     p.add_argument("--targets", default="0.5,0.333", help="kept MACs fractions")
     p.add_argument("--methods", default=DEFAULT_ROWS, help="rows (see module doc)")
+    p.add_argument("--config-dir", default="configs",
+                   help="where NAME_fmnist.py gives each model's fine-tuning recipe (its finetune section)")
     p.add_argument("--checkpoint-dir", default="checkpoints",
                    help="holds MODEL_fmnist (export dir) or MODEL_fmnist/train/model")
     p.add_argument("--steps", default=None,
@@ -435,9 +454,10 @@ def main(argv=None) -> None:
             for t in targets:
                 for r in run_rows:
                     bench.row(name, t, r)
-    from hobs_jax.experiments.studies.oneshot_report import write_report
+    from hobs_jax.experiments.studies.oneshot_report import recipe_text, write_report
+    recipes = {name: recipe_text(Bench.recipe_of(args.config_dir, name)) for name in models_}
     write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows,
-                 notes=args.note)
+                 notes=args.note, recipes=recipes)
 
 
 if __name__ == "__main__":

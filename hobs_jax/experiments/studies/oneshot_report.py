@@ -20,19 +20,52 @@ def _version(pkg: str) -> str:
         return "not installed"
 
 
-DESCRIPTION = [
-    "Accuracy: Fashion-MNIST test set (10,000 images), top-1 in %; MACs/params: our analytic counter at 28x28x1, "
-    "kept fraction of the dense model's. BN re-estimation: the same 2048 training images (seed 0, no augmentation) "
-    "for every row. Fine-tuning: one recipe for every row (SGD momentum 0.9, lr 0.01 cosine to 0, weight decay 5e-4, "
-    "batch 128, augmentation, seed 0, KD off), started from the BN-re-estimated network; one run of the longest "
-    "length, evaluated at its checkpoints.",
+RESNET_RECIPE = ("SGD momentum 0.9, lr 0.01 cosine to 0, weight decay 5e-4, batch 128, augmentation, seed 0, "
+                 "KD off")
+
+
+def recipe_text(c) -> str:
+    """A fine-tuning section (``train`` ConfigDict) in words (the study's training data is
+    always augmented); the pipeline's default (the ResNets' recipe) in the wording the
+    committed tables use."""
+    from hobs_jax.pipeline import base_config
+    if c.to_dict() == base_config("resnet20").finetune.to_dict():
+        return RESNET_RECIPE
+    opt = (f"SGD momentum {c.momentum:g}{' Nesterov' if c.nesterov else ''}" if c.optimizer == "sgd"
+           else {"adamw": "AdamW", "adam": "Adam"}.get(c.optimizer, c.optimizer))
+    warm = f" after {c.warmup_fraction:g} of the steps of warm-up" if c.warmup_fraction else ""
+    return (f"{opt}, lr {c.lr:g} cosine to 0{warm}, weight decay {c.weight_decay:g}, batch {c.batch_size}, "
+            f"augmentation, seed {c.seed}, "
+            f"KD {'on' if c.kd.enabled else 'off'}")
+
+
+def description(recipes: dict[str, str] | None = None) -> list[str]:
+    """The table's description; ``recipes``: {model: recipe_text} of the models tabulated
+    (None: the ResNets' recipe)."""
+    texts = sorted(set((recipes or {}).values()))
+    if not texts or texts == [RESNET_RECIPE]:
+        ft = f"one recipe for every row ({RESNET_RECIPE})"
+    elif len(texts) == 1:
+        ft = f"one recipe for every row ({texts[0]})"
+    else:
+        ft = "one recipe for every row of a model (" + "; ".join(
+            f"{m}: {t}" for m, t in sorted((recipes or {}).items())) + ")"
+    return [
+        "Accuracy: Fashion-MNIST test set (10,000 images), top-1 in %; MACs/params: our analytic counter at 28x28x1, "
+        "kept fraction of the dense model's. BN re-estimation: the same 2048 training images (seed 0, no "
+        f"augmentation) for every row. Fine-tuning: {ft}, started from the BN-re-estimated network; one run of the "
+        "longest length, evaluated at its checkpoints.",
     "Latency speedup: dense / pruned median time, jitted Flax on this CPU, batch 1 and 64, timed alternately in one "
     "process (Torch-Pruning's models are converted back to Flax, so every row is timed by the same runtime). "
     "Iso-MACs: a row whose MACs miss its target by more than 1% is refused (listed, never tabulated)."]
 
 
+DESCRIPTION = description()
+
+
 def write_report(records_: list[dict], workdir: str, out: str, command: str, models: list[str],
-                 targets: list[float], rows: list[str], notes: list[str] | None = None) -> list[str]:
+                 targets: list[float], rows: list[str], notes: list[str] | None = None,
+                 recipes: dict[str, str] | None = None) -> list[str]:
     """The run record ``OUT's folder/records/NAME.json`` (rows of this selection, refused ones
     included, with this machine and command as their source) and the table built from it
     through ResultTable (:func:`hobs_jax.experiments.tables.oneshot.build`: goals included)
@@ -58,7 +91,7 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
     table_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
     paths = [records.save(os.path.join(folder, "records", f"{name}.json"), table_rows, {key: src})]
     t = oneshot.build(name, "One-shot pruning on Fashion-MNIST: ours vs Torch-Pruning at equal MACs", table_rows,
-                      sources={key: src}, description=DESCRIPTION)
+                      sources={key: src}, description=description(recipes))
     ours: dict[str, dict] = {}
     for r in done:
         if r["framework"] == "hobs_jax" and r.get("resolved_options") is not None:
