@@ -111,6 +111,8 @@ def _config(**ast):
     ("score_refresh", 1.5, r"train\.ast\.score_refresh=1\.5"),
     ("warmup_steps", -1, r"train\.ast\.warmup_steps=-1"),
     ("target_rate", float("nan"), r"train\.ast\.target_rate=nan: must be a finite number"),
+    ("selection", "topk", r"train\.ast\.selection='topk': unknown"),
+    ("sample_floor", 0.0, r"train\.ast\.sample_floor=0\.0: must be in \(0, 1\)"),
 ])
 def test_bad_ast_values_raise_one_line_errors(key, value, match):
     with pytest.raises(ValueError, match=match) as e:
@@ -275,3 +277,37 @@ def test_random_and_infobatch_rules(tmp_path):
     annealing = trace[:, 1] >= (1 - 0.125) * a["planned_steps"]  # the last 12.5% of steps
     assert annealing.any() and np.all(rate[annealing] == 1.0)
     assert a["samples_scored"] == 0 and a["converged"] is None
+
+
+def test_soft_selection_holds_the_level_and_weights_unbiasedly():
+    """'sample' selection: the solved tau gives the requested mean probability, p is
+    bounded below by the floor and above by 1, and target / p weights make the weighted
+    selected count an unbiased estimate of the candidates (importance sampling)."""
+    rng = np.random.default_rng(0)
+    scores = rng.lognormal(0.0, 1.0, 4096)
+    scores /= scores.mean()
+    ref = ctl.Reference()
+    ref.push(scores)
+    target, floor = 0.1, 0.01
+    tau = ref.sample_threshold(target, scores, floor)
+    p = ctl.sample_probabilities(scores, tau, floor)
+    assert abs(p.mean() - target) < 1e-6
+    assert p.min() >= floor and p.max() == 1.0  # the top scores are always taken
+    assert np.all(np.diff(p[np.argsort(scores)]) >= 0)  # monotone in the score
+    # E[sum over selected of target / p] = target * N over many draws
+    draws = rng.random((200, len(scores))) < p
+    est = (draws * (target / p)).sum(axis=1).mean()
+    assert abs(est / (target * len(scores)) - 1) < 0.02
+    assert ref.sample_threshold(floor, scores, floor) == ctl.THRESHOLD_MAX
+
+
+def test_fit_with_soft_selection_holds_the_rate_and_weights_the_loss(tmp_path):
+    model = TinyCNN(num_classes=8)
+    c = _fit_config(selection="sample")
+    r = fit(model, init_tiny(model, (8, 8, 1)), TrainLoader(SRC, "train", 32, seed=0), c,
+            str(tmp_path))
+    a = r.metrics["ast"]
+    assert a["selection"] == "sample" and r.metrics["steps"] == a["planned_steps"]
+    assert 0.18 <= a["achieved_rate"] <= 0.32
+    trace = np.loadtxt(tmp_path / "ast_trace.csv", delimiter=",", skiprows=1)
+    assert np.isfinite(trace[trace[:, 4] == 0, 5]).all()  # tau logged after warm-up

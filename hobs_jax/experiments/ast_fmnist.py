@@ -12,7 +12,8 @@ Rows (one training run each; model, task, mode, score, target_rate, seed):
   docs/ast.md for the command) recovered by fine-tuning;
 * mode ``full`` (every sample), ``ast`` (PI-controlled selection at ``target_rate``, with
   ``--score`` and the scoring ablation ``--ablation_scores`` at ``--ablation_rate``;
-  a score written ``NAME:cb`` runs with ``class_balanced``),
+  a score written ``NAME:cb`` runs with ``class_balanced``, ``NAME:soft`` with the
+  importance-weighted soft selection ``selection='sample'``, ``NAME:cb+soft`` with both),
   ``random`` (a uniform random subset at the same back-propagation budget) and
   ``infobatch`` (InfoBatch at the same wall time as the AST row of the same task, rate
   and seed: its budget of optimizer steps is AST's wall time over the full run's time per
@@ -216,12 +217,27 @@ def train_config(task: str, mode: str, score: str, rate: float, seed: int, s: Sc
             raise ValueError("train_config: mode 'infobatch' needs budget (the AST row's rate)")
         a.enabled, a.rule = True, mode
         a.target_rate = float(budget if budget is not None and mode == "infobatch" else rate)
-        name, _, variant = score.partition(":")
+        name, variants = score_variants(score)
         a.score, a.kp, a.ki, a.ema = name, s.kp, s.ki, s.ema
-        a.class_balanced = variant == "cb"
+        a.class_balanced = "cb" in variants
+        a.selection = "sample" if "soft" in variants else "threshold"
         a.warmup_steps = s.warmup_steps if task == "train" else s.finetune_warmup_steps
         a.score_refresh = s.score_refresh
     return c
+
+
+VARIANTS = ("cb", "soft")
+
+
+def score_variants(score: str) -> tuple[str, set[str]]:
+    """'loss:cb+soft' -> ('loss', {'cb', 'soft'}): ``cb`` = class_balanced, ``soft`` =
+    selection 'sample' (importance-weighted soft threshold); one-line ValueError otherwise."""
+    name, _, tail = score.partition(":")
+    variants = {v for v in tail.split("+") if v}
+    if name not in SCORES or variants - set(VARIANTS):
+        raise ValueError(f"--score/--ablation_scores: {score!r} is not one of {SCORES} "
+                         f"(optionally with ':' and {' / '.join(VARIANTS)}, joined by '+')")
+    return name, variants
 
 
 def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedule,
@@ -314,10 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     s = Schedule(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Schedule)})
     for score in [args.score, *args.ablation_scores]:
-        name, _, variant = score.partition(":")
-        if name not in SCORES or variant not in ("", "cb"):
-            raise ValueError(f"--score/--ablation_scores: {score!r} is not one of {SCORES} "
-                             f"(optionally with ':cb')")
+        score_variants(score)
     command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
     store = Store(args.out, s, "" if args.report_only else command.strip())

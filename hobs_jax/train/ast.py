@@ -20,6 +20,9 @@ Rules (``train.ast.rule``):
   entry is refreshed for free from its training forward, and the cheap forward runs only
   on the first ceil(f B) samples of each candidate batch (a second fixed shape), plus on
   whole batches whose samples were never scored.
+  With ``selection='sample'`` the threshold becomes soft: a sample scoring s is chosen
+  with probability p = clip(s / tau, floor, 1) and its loss weighted by target / p
+  (importance sampling, ``ast_control.sample_probabilities``); the controller moves tau.
 * ``random``: a uniform random ``target_rate`` fraction (the same back-propagation
   budget, no scoring), the baseline AST must beat.
 * ``infobatch``: InfoBatch (Qin et al., ICLR 2024): from the stale training losses,
@@ -125,6 +128,7 @@ class Selector:
         num_classes = int(getattr(source, "num_classes", 1) or 1)
         n = int(loader.num_examples)
         self.use_scorer = self.rule == "ast" and self.target < 1.0
+        self.sampling = self.use_scorer and str(a.selection) == "sample"
         self.stale = self.use_scorer and 0.0 < float(a.score_refresh) < 1.0
         self.use_table = self.stale or self.rule == "infobatch"
         unit = math.lcm(mesh.size, jax.process_count())
@@ -293,9 +297,17 @@ class Selector:
             scores = self.normalizer.combine(comps, labels)
             if self.ctrl is None:
                 self.ctrl = ctl.start(self.ctrl_cfg)
-            threshold = self.reference.threshold(self.ctrl.level, scores)
+            if self.sampling:
+                floor = float(self.a.sample_floor) * self.target
+                threshold = self.reference.sample_threshold(self.ctrl.level, scores, floor)
+                prob = ctl.sample_probabilities(scores, threshold, floor)
+                draw = np.random.default_rng([self.seed, pos.epoch, pos.step, 0x5A3]).random(self.B)
+                mask = draw < prob
+                weight = (self.target / prob).astype(np.float32)
+            else:
+                threshold = self.reference.threshold(self.ctrl.level, scores)
+                mask = scores > threshold
             self.last_threshold = threshold
-            mask = scores > threshold
             self.reference.push(scores)
             self.ctrl = ctl.update(self.ctrl_cfg, self.ctrl, float(mask.mean()))
             self.thr_range = [min(self.thr_range[0], threshold), max(self.thr_range[1], threshold)]
@@ -487,6 +499,7 @@ class Selector:
             "target_rate": self.target, "kp": float(a.kp), "ki": float(a.ki),
             "ema": float(a.ema), "warmup_steps": self.warmup,
             "class_balanced": bool(a.class_balanced), "score_refresh": float(a.score_refresh),
+            "selection": str(a.selection) if self.rule == "ast" else None,
             "achieved_rate": finite(self.achieved_rate()),
             "rate_windows": len(self.windows), "window_batches": WINDOW,
             "max_window_deviation": max(devs) if devs else None,

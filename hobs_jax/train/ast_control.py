@@ -171,11 +171,46 @@ class Reference:
         t = float(np.quantile(ref, 1.0 - level))
         return float(np.clip(t, THRESHOLD_MIN, THRESHOLD_MAX))
 
+    def sample_threshold(self, level: float, fallback: np.ndarray, floor: float) -> float:
+        """The score tau at which :func:`sample_probabilities` selects a ``level`` fraction of
+        the window (of ``fallback`` while it is empty) on average: the soft counterpart of
+        :meth:`threshold`, so the controller's plant stays close to the identity.
+
+        The mean probability falls monotonically in tau, from 1 to ``floor``; a level at or
+        below the floor gets the largest tau (THRESHOLD_MAX)."""
+        ref = np.concatenate(self.window) if self.window else np.asarray(fallback, np.float64)
+        if level <= floor:
+            return THRESHOLD_MAX
+        lo, hi = math.log(THRESHOLD_MIN), math.log(THRESHOLD_MAX)
+        for _ in range(60):  # bisection on log tau: 60 halvings of a 28-unit interval
+            mid = 0.5 * (lo + hi)
+            if sample_probabilities(ref, math.exp(mid), floor).mean() > level:
+                lo = mid
+            else:
+                hi = mid
+        return float(math.exp(0.5 * (lo + hi)))
+
     def to_list(self) -> list[np.ndarray]:
         return list(self.window)
 
     def load(self, arrays: list[np.ndarray]) -> None:
         self.window = [np.asarray(a, np.float64) for a in arrays][-self.batches:]
+
+
+def sample_probabilities(scores: np.ndarray, tau: float, floor: float) -> np.ndarray:
+    """Selection probabilities of soft AST (``train.ast.selection='sample'``):
+    p_i = clip(s_i / tau, floor, 1). A sample scoring above tau is always trained on, one
+    below it with a probability proportional to its score, and every sample keeps at least
+    ``floor``, so the importance weight target / p_i is bounded by target / floor.
+
+    Proportional sampling with 1/p weights is importance sampling of the gradient
+    (Katharopoulos & Fleuret, "Not All Samples Are Created Equal", ICML 2018; the
+    last-layer gradient norm of ``score='loss_grad'`` is their upper bound): unlike the hard
+    threshold, which trains only on the hardest samples (a biased gradient that favours
+    persistently misclassified ones), the weighted batch's expected gradient is the full
+    data's."""
+    s = np.asarray(scores, np.float64)
+    return np.clip(s / float(tau), float(floor), 1.0)
 
 
 class PinGuard:

@@ -91,6 +91,7 @@ def get_train_config() -> ml_collections.ConfigDict:
 
 
 AST_RULES = ("ast", "random", "infobatch")
+AST_SELECTIONS = ("threshold", "sample")
 
 
 def get_ast_config() -> ml_collections.ConfigDict:
@@ -120,11 +121,18 @@ def get_ast_config() -> ml_collections.ConfigDict:
         back-propagated sample's training forward) and re-score only a fraction f of each
         candidate batch (InfoBatch-like), which removes most of the scoring cost.
       infobatch_prune, infobatch_anneal: InfoBatch's r (0.5) and 1 - delta (0.125).
+      selection: how the 'ast' rule turns scores into choices: 'threshold' (the original:
+        every sample scoring above the controlled threshold) or 'sample' (soft: a sample
+        scoring s is chosen with probability clip(s / tau, sample_floor * target_rate, 1)
+        and weighted by target_rate / p, importance sampling with an unbiased gradient;
+        the controller moves tau; hobs_jax.train.ast_control.sample_probabilities).
+      sample_floor: the smallest selection probability of 'sample', as a fraction of
+        ``target_rate`` (bounds the importance weights by 1 / sample_floor).
     """
     return ml_collections.ConfigDict(dict(
         enabled=False, rule="ast", target_rate=0.2, score="loss", kp=0.1, ki=0.05, ema=0.3,
         warmup_steps=100, class_balanced=False, score_refresh=0.0, infobatch_prune=0.5,
-        infobatch_anneal=0.125))
+        infobatch_anneal=0.125, selection="threshold", sample_floor=0.1))
 
 
 def validate_ast_config(a: ml_collections.ConfigDict, *, batch_size: int,
@@ -172,6 +180,9 @@ def validate_ast_config(a: ml_collections.ConfigDict, *, batch_size: int,
     _check(0 <= a.score_refresh <= 1, "ast.score_refresh", a.score_refresh, "must be in [0, 1]")
     _check(0 <= a.infobatch_prune < 1, "ast.infobatch_prune", a.infobatch_prune,
            "must be in [0, 1)")
+    _check(a.selection in AST_SELECTIONS, "ast.selection", a.selection,
+           f"unknown; use one of {AST_SELECTIONS}")
+    _check(0 < a.sample_floor < 1, "ast.sample_floor", a.sample_floor, "must be in (0, 1)")
     _check(0 <= a.infobatch_anneal <= 1, "ast.infobatch_anneal", a.infobatch_anneal,
            "must be in [0, 1]")
     if a.rule == "ast" and a.target_rate < 1:
