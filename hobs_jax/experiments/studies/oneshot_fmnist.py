@@ -313,7 +313,20 @@ class Bench:
         if rec is None:
             dense_rec = self.dense_record(name)
             t0 = time.time()
-            model, variables, extra = self.prune(name, target, row, spec)
+            try:
+                model, variables, extra = self.prune(name, target, row, spec)
+            except ValueError as e:
+                if spec["framework"] != "hobs_jax":
+                    raise
+                # A method that cannot handle the architecture says why in one line (UDFC
+                # on a network without BN then ReLU); the row is listed as refused.
+                rec = {"model": name, "method": row, "framework": spec["framework"],
+                       "target_macs_ratio": target, "options": spec.get("options"),
+                       "resolved_options": spec.get("resolved"), "command": self.args.command,
+                       "refused": f"the method refused the model: {e}"}
+                print(f"REFUSED {name} {target} {row}: {rec['refused']}", flush=True)
+                _write_json(path, rec)
+                return rec
             m, p = self.counts(model, variables)
             rec = {"model": name, "method": row, "framework": spec["framework"],
                    "target_macs_ratio": target, "macs_ratio": m / dense_rec["macs"],
