@@ -34,6 +34,10 @@ class QKVAttention(nn.Module):
     Torch-Pruning's ViT examples do) from the pruner's head count.
     """
 
+    num_heads: int
+    head_dim: int
+    scale_dim: int
+
     def __init__(self, dim: int, num_heads: int, head_dim: int, scale_dim: int):
         super().__init__()
         self.num_heads, self.head_dim, self.scale_dim = num_heads, head_dim, scale_dim
@@ -50,8 +54,10 @@ class QKVAttention(nn.Module):
         return self.out_proj(o), None
 
 
-def _attentions(model: nn.Module, kinds: tuple[type, ...]) -> list[tuple[str, nn.Module]]:
-    return [(p, m) for p, m in model.named_modules() if isinstance(m, kinds)]
+def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
 
 
 def _set(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -67,21 +73,22 @@ def to_qkv_attention(model: nn.Module) -> list[QKVAttention]:
     a one-line ``ValueError`` naming it.
     """
     out = []
-    for path, m in _attentions(model, (nn.MultiheadAttention, HeadAttention)):
+    for path, m in list(model.named_modules()):
         if isinstance(m, nn.MultiheadAttention):
             if not m._qkv_same_embed_dim or m.bias_k is not None or m.in_proj_bias is None:
                 raise ValueError(f"{path}: only self-attention with packed, biased in_proj converts")
             dim, heads, hd, scale = m.embed_dim, m.num_heads, m.head_dim, m.head_dim
-        else:
+        elif isinstance(m, HeadAttention):
             if m.qk_dim != m.v_dim:
                 raise ValueError(f"{path}: qk_dim {m.qk_dim} != v_dim {m.v_dim}, no qkv layout")
             dim, heads, hd, scale = m.in_proj_weight.shape[1], m.heads, m.qk_dim, m.scale_dim
-        new = QKVAttention(dim, heads, hd, scale).to(m.in_proj_weight.dtype)
-        with torch.no_grad():
-            new.qkv.weight.copy_(m.in_proj_weight)
-            new.qkv.bias.copy_(m.in_proj_bias)
-            new.out_proj.weight.copy_(m.out_proj.weight)
-            new.out_proj.bias.copy_(m.out_proj.bias)
+        else:
+            continue
+        w, b, proj = m.in_proj_weight, m.in_proj_bias, m.out_proj
+        assert isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor) and isinstance(proj, nn.Linear)
+        new = QKVAttention(dim, heads, hd, scale).to(w.dtype)
+        _copy(new.qkv, w, b)
+        _copy(new.out_proj, proj.weight, proj.bias)
         _set(model, path, new.train(m.training))
         out.append(new)
     return out
@@ -90,7 +97,9 @@ def to_qkv_attention(model: nn.Module) -> list[QKVAttention]:
 def to_head_attention(model: nn.Module) -> nn.Module:
     """Swap every :class:`QKVAttention` of ``model`` for an equal ``HeadAttention`` at its
     current (possibly pruned) head count, in place; returns ``model``."""
-    for path, m in _attentions(model, (QKVAttention,)):
+    for path, m in list(model.named_modules()):
+        if not isinstance(m, QKVAttention):
+            continue
         h, d = m.num_heads, m.head_dim
         if m.qkv.out_features != 3 * h * d or m.out_proj.in_features != h * d:
             raise ValueError(f"{path}: qkv {m.qkv.out_features} / out_proj {m.out_proj.in_features} features "
@@ -99,7 +108,6 @@ def to_head_attention(model: nn.Module) -> nn.Module:
         with torch.no_grad():
             new.in_proj_weight.copy_(m.qkv.weight)
             new.in_proj_bias.copy_(m.qkv.bias)
-            new.out_proj.weight.copy_(m.out_proj.weight)
-            new.out_proj.bias.copy_(m.out_proj.bias)
+        _copy(new.out_proj, m.out_proj.weight, m.out_proj.bias)
         _set(model, path, new.train(m.training))
     return model

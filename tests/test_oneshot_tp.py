@@ -84,3 +84,22 @@ def test_resnet_channel_pruning_meets_the_target_and_keeps_the_classes():
     dense_w = models.infer_widths("resnet20", variables)[0]
     assert (nc, ic) == (10, 1) and all(widths[k] <= dense_w[k] for k in dense_w)
     assert any(widths[k] < dense_w[k] for k in dense_w)
+
+
+def test_qkv_layout_computes_what_torchvision_attention_computes():
+    torch = pytest.importorskip("torch")
+    from parity.qkv_attention import QKVAttention, to_head_attention, to_qkv_attention
+    from parity.torch_models import HeadAttention, build_torch
+
+    net = build_torch(VIT, num_classes=10, in_channels=1)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = net(x)
+        attn = to_qkv_attention(net)
+        assert [type(a) for a in attn] == [QKVAttention] * 6 and attn[0].qkv.weight.shape == (576, 192)
+        assert torch.allclose(net(x), ref, rtol=1e-5, atol=1e-6)
+        to_head_attention(net)
+        assert sum(isinstance(m, HeadAttention) for m in net.modules()) == 6
+        assert torch.allclose(net(x), ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="qk_dim 8 != v_dim 4"):
+        to_qkv_attention(torch.nn.Sequential(HeadAttention(16, 2, 8, 4, 8)))

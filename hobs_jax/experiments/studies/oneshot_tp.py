@@ -82,7 +82,10 @@ def _vit_options(model, attentions, ratio: float) -> dict:
     fc2 = [[m for m in blk.mlp.modules() if isinstance(m, nn.Linear)][-1] for blk in model.encoder.layers]
     return dict(ignored_layers=[model.heads, model.conv_proj, *(a.out_proj for a in attentions), *fc2],
                 num_heads={a.qkv: a.num_heads for a in attentions}, prune_num_heads=True,
-                prune_head_dims=False, head_pruning_ratio=ratio)
+                prune_head_dims=False, head_pruning_ratio=ratio,
+                # torchvision's bare parameters, named with their residual axis (TP would guess
+                # the same last axis, with a warning); the residual group is ignored anyway
+                unwrapped_parameters=[(model.class_token, 2), (model.encoder.pos_embedding, 2)])
 
 
 def tp_prune(model, kind: str, ratio: float, global_pruning: bool, example,
