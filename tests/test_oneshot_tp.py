@@ -103,3 +103,19 @@ def test_qkv_layout_computes_what_torchvision_attention_computes():
         assert torch.allclose(net(x), ref, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="qk_dim 8 != v_dim 4"):
         to_qkv_attention(torch.nn.Sequential(HeadAttention(16, 2, 8, 4, 8)))
+
+
+@pytest.mark.slow
+def test_vit_attempt_that_empties_a_layer_of_heads_is_caught():
+    """Global head ranking can take every head of a layer; the bisection must treat that
+    attempt as over-pruned (oneshot_tp.prune moves the ratio down) rather than convert it."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_pruning")
+    from parity.convert import flax_to_torch
+
+    _, variables, _ = _vit()
+    dense_t = flax_to_torch(VIT, variables).float().eval()
+    pruned = oneshot_tp.tp_prune(dense_t, "l1", 0.95, True, torch.zeros(1, 1, 28, 28))
+    heads = [a.num_heads for a in pruned.modules() if hasattr(a, "qkv")]
+    assert 0 in heads
+    assert "has no heads left" in oneshot_tp._emptied(pruned)
