@@ -33,11 +33,13 @@ each attention is first rewritten in timm's layout with the same numbers
 ``ceil(ratio * heads)`` heads a layer (local) or ranks the mean L1/L2/Taylor score of every
 head of the network (global), and the MLP hidden units by the same ratio. Ignored: the
 classifier ``heads`` (as every TP example), and the layers that write the residual stream
-(``conv_proj``, every attention ``out_proj``, every MLP ``fc2``): TP's ``--bottleneck``
-setting, "only prune the internal layers of FFN & Attention". That keeps the residual
-width, the class token and positional embedding whole, as our own ViT methods do (heads
-and MLP units, issue 19), so the rows compare the choice of heads and units at the same
-MACs. After ``step()`` each attention's ``num_heads`` is read back from the pruner and
+(``conv_proj``, every attention ``out_proj``, every MLP ``fc2``; ignoring any one of them
+blocks TP's residual group, which is what the example's ``--bottleneck`` flag does by
+ignoring ``fc2``: "only prune the internal layers of FFN & Attention"). The residual width,
+class token and positional embedding stay whole, so every MACs saved comes from whole
+heads and MLP units: the head pruning issue 19 asks of TP. (Pruning the residual stream
+too, as TP's torchvision example does, would narrow every head rather than remove one.)
+After ``step()`` each attention's ``num_heads`` is read back from the pruner and
 ``head_dim = qkv.out_features // (3 * num_heads)``, as the example does; an attempt that
 empties a layer of heads or MLP units (possible in global ranking) is refused as
 over-pruned.
