@@ -48,8 +48,10 @@ Softmax temperature: the rewritten attention keeps 1/sqrt(32), the original head
 and with whole heads the head dim does not change, so the pruned torch model and the
 converted Flax model (``scale_dim`` 32) compute the same function (checked in
 tests/test_oneshot_tp.py). Had TP shrunk ``embed_dim`` inside ``nn.MultiheadAttention``
-instead, torch would scale by 1/sqrt(new embed_dim // num_heads), which the Flax model
-would have to copy through ``scale_dim``.
+instead (its torchvision example), torch would scale by 1/sqrt(new embed_dim //
+num_heads): checked here, ``vit_tiny_p4`` at ratio 0.5 with ``round_to=6`` has head dim 16
+and ``nn.MultiheadAttention`` then equals a head attention with ``scale_dim`` 16, not 32
+(``torch_to_flax`` reads that scale off the module's ``head_dim``).
 """
 
 from __future__ import annotations
