@@ -20,8 +20,9 @@ no ratio lands inside, the closest attempt is returned and the caller refuses th
 
 **ResNets**: channel pruning with ``ignored_layers=[fc]`` (the classifier keeps its classes).
 
-**ViTs** (``vit_tiny_p4``, ``vit_b_16``): Torch-Pruning's whole-head pruning as in its
-``examples/transformers/prune_timm_vit.py``. TP cannot cut heads out of torchvision's
+**ViTs** (tested on ``vit_tiny_p4``; ``vit_b_16`` is the same torchvision class):
+Torch-Pruning's whole-head pruning as in its ``examples/transformers/prune_timm_vit.py``
+(Fang et al., DepGraph, CVPR 2023). TP cannot cut heads out of torchvision's
 ``nn.MultiheadAttention`` (it sees one layer whose input and output are the residual
 stream; its ``MultiheadAttentionPruner`` only shrinks ``embed_dim``, so its torchvision ViT
 example prunes the residual width rounded to the head count and narrows every head), so
