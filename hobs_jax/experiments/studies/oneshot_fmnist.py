@@ -19,7 +19,8 @@ For each model x target (kept MACs fraction) x row:
 
 Rows: ``METHOD`` or ``METHOD-uniform`` / ``METHOD-global`` (our registered methods, with
 ``options.allocation`` set), and ``tp-CRITERION-local`` / ``tp-CRITERION-global``
-(criteria l1, groupnorm, bnscale, taylor). Finished rows are cached as JSON under
+(criteria l1, groupnorm, bnscale, taylor; on ``vit_tiny_p4`` Torch-Pruning removes whole
+heads and MLP units, and bnscale is refused: no BatchNorm). Finished rows are cached as JSON under
 ``--workdir`` (an interrupted run continues; fine-tuning itself resumes from its
 checkpoints). ``--report-only`` rebuilds the outputs from the cache.
 
@@ -290,7 +291,9 @@ class Bench:
                               SHAPE, self.calib.images, self.calib.labels, TOL).result()
         from hobs_jax import models
         widths, nc, ic = models.infer_widths(name, out["variables"])
-        pruned = models.build(name, widths=widths, num_classes=nc, in_channels=ic)
+        # A ViT keeps the softmax temperature torch_to_flax read off the pruned torch model.
+        kw = {} if out.get("scale_dim") is None else {"scale_dim": out["scale_dim"]}
+        pruned = models.build(name, widths=widths, num_classes=nc, in_channels=ic, **kw)
         extra = {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol")}
         return pruned, out["variables"], extra
 
