@@ -12,9 +12,11 @@ kernels, label smoothing 0.1, batch 128, 60 epochs of cosine after a 10% warm-up
 trained from scratch on a small dataset needs far more epochs than a CNN; DeiT's recipe
 scaled down). CPU schedule (``configs/vit_tiny_p4_fmnist.py:cpu``): the same recipe over 4
 epochs, about 1 h on the shared 2-core CPU (XLA:CPU trains it at 72-89 images/s).
-Throughput and estimates: docs/models.md ("Training throughput on the CPU"); no accuracy
-has been measured yet (issue 19 point 1 ships the checkpoint). ``:smoke`` runs every stage
-in seconds.
+Throughput and estimates: docs/models.md ("Training throughput on the CPU"). The shipped
+``checkpoints/vit_tiny_p4_fmnist`` is the ``:cpu`` schedule's export (2026-12-06, the
+2-core CPU): **81.89% top-1** on the 10,000 test images (top-5 99.55%); a short schedule
+for a ViT trained from scratch, so it sits well below the ResNets' 93-95%.
+``:smoke`` runs every stage in seconds.
 
 Recipe (checked by ``python -m hobs_jax.validate --config=configs/vit_tiny_p4_fmnist.py``):
 
