@@ -423,6 +423,7 @@ def main(argv=None) -> None:
                    help="development run: steps 20,60, 256 calibration images, 5 latency "
                         "iterations; outputs under the workdir unless --out is given")
     p.add_argument("--out", default=None, help="output prefix (default docs/results/oneshot_fmnist)")
+    p.add_argument("--title", default=None, help="the table's title (default: the one-shot comparison's)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--refinetune", action="store_true",
                    help="a row fine-tuned on another schedule is fine-tuned again on this one "
@@ -473,7 +474,7 @@ def main(argv=None) -> None:
     from hobs_jax.experiments.studies.oneshot_report import recipe_text, write_report
     recipes = {name: recipe_text(Bench.recipe_of(args.config_dir, name)) for name in models_}
     write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows,
-                 notes=args.note, recipes=recipes)
+                 notes=args.note, recipes=recipes, **({"title": args.title} if args.title else {}))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ DESCRIPTION = description()
 
 def write_report(records_: list[dict], workdir: str, out: str, command: str, models: list[str],
                  targets: list[float], rows: list[str], notes: list[str] | None = None,
-                 recipes: dict[str, str] | None = None) -> list[str]:
+                 recipes: dict[str, str] | None = None,
+                 title: str = "One-shot pruning on Fashion-MNIST: ours vs Torch-Pruning at equal MACs") -> list[str]:
     """The run record ``OUT's folder/records/NAME.json`` (rows of this selection, refused ones
     included, with this machine and command as their source) and the table built from it
     through ResultTable (:func:`hobs_jax.experiments.tables.oneshot.build`: goals included)
@@ -90,8 +91,8 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
             "latency_runtime": "Flax jit, wall clock", "seed": 0, "budgets": steps}
     table_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
     paths = [records.save(os.path.join(folder, "records", f"{name}.json"), table_rows, {key: src})]
-    t = oneshot.build(name, "One-shot pruning on Fashion-MNIST: ours vs Torch-Pruning at equal MACs", table_rows,
-                      sources={key: src}, description=description(recipes))
+    t = oneshot.build(name, title, table_rows, sources={key: src}, description=description(recipes),
+                      goal_model=None if set(models) - {"resnet56", "resnet20"} else "resnet56")
     ours: dict[str, dict] = {}
     for r in done:
         if r["framework"] == "hobs_jax" and r.get("resolved_options") is not None:
