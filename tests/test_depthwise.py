@@ -12,10 +12,11 @@ import pytest
 from jax import lax
 
 from hobs_jax import models
-from hobs_jax.data import TrainLoader, get_source
+from hobs_jax.data import EvalLoader, TrainLoader, get_source
 from hobs_jax.models.depthwise import MODES, fast_depthwise, resolve_mode, shift_add_depthwise
 from hobs_jax.train import (
     TrainState,
+    evaluate,
     fit,
     get_train_config,
     make_mesh,
@@ -193,9 +194,16 @@ def test_fit_trains_with_the_fast_path_like_without_it(tmp_path):
         c.steps, c.batch_size, c.lr, c.log_every = 24, 32, 0.05, 8
         c.checkpoint.every_steps, c.progress, c.tensorboard = 0, False, False
         c.fast_depthwise = mode
-        out[mode] = fit(model, v, TrainLoader(src, "train", 32, seed=0), c, str(tmp_path / mode))
+        out[mode] = fit(model, v, TrainLoader(src, "train", 32, seed=0), c, str(tmp_path / mode),
+                        eval_data=EvalLoader(src, "test", 32))
     on, off = out["on"], out["off"]
     assert on.metrics["steps_run"] == 24 and np.isfinite(on.metrics["train_loss"])
+    np.testing.assert_allclose(on.metrics["val_loss"], off.metrics["val_loss"], rtol=1e-3)
+    # evaluate() with and without the fast path: same numbers on the same variables
+    ev = {m: evaluate(model, on.variables, EvalLoader(src, "test", 32), fast_depthwise=m)
+          for m in ("on", "off")}
+    assert ev["on"]["count"] == 32 and ev["on"]["top1"] == ev["off"]["top1"]
+    np.testing.assert_allclose(ev["on"]["loss"], ev["off"]["loss"], rtol=1e-5)
     # same training up to float32 rounding of the 9- and 25-term sums
     for a, b in zip(jax.tree.leaves(on.variables), jax.tree.leaves(off.variables)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4)
@@ -215,3 +223,26 @@ def test_fast_depthwise_mode_is_validated_in_one_line():
         resolve_mode("fast")
     assert resolve_mode("auto") is (jax.default_backend() == "cpu")
     assert resolve_mode("on") and not resolve_mode("off")
+
+
+class NotOurs(nn.Module):
+    """Grouped convs the fast path must leave to the layer: channel multiplier 2, CIRCULAR
+    padding, input dilation, a 9x9 window, a grouped (not depthwise) conv."""
+
+    @nn.compact
+    def __call__(self, x):
+        ys = [nn.Conv(8, (3, 3), feature_group_count=4, name="mult2")(x),
+              nn.Conv(4, (3, 3), padding="CIRCULAR", feature_group_count=4, name="circ")(x),
+              nn.Conv(4, (3, 3), padding=1, input_dilation=2, feature_group_count=4, name="idil")(x),
+              nn.Conv(4, (9, 9), feature_group_count=4, name="big")(x),
+              nn.Conv(4, (3, 3), feature_group_count=2, name="grouped")(x)]
+        return jnp.concatenate([y.reshape(y.shape[0], -1) for y in ys], axis=-1)
+
+
+def test_other_grouped_convs_fall_through_to_the_layer():
+    model = NotOurs()
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 9, 4)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    plain = str(jax.make_jaxpr(lambda v: model.apply(v, x))(v))
+    fast = str(jax.make_jaxpr(lambda v: fast_depthwise(model.apply)(v, x))(v))
+    assert plain == fast and sorted(conv_groups(fast)) == [2, 4, 4, 4, 4]

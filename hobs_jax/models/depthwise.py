@@ -163,7 +163,8 @@ def eligible(mod: nn.Module, x: Any) -> bool:
         return False
     if getattr(x, "ndim", None) != 4:
         return False
-    ks = (mod.kernel_size,) * 2 if isinstance(mod.kernel_size, int) else tuple(mod.kernel_size)
+    # an int kernel_size is a 1-D conv in Flax (as is any other rank but 2): not ours
+    ks = (mod.kernel_size,) if isinstance(mod.kernel_size, int) else tuple(mod.kernel_size)
     c = int(x.shape[-1])
     if not (len(ks) == 2 and max(ks) <= MAX_KERNEL and mod.feature_group_count == c == mod.features
             and c > 1):
