@@ -8,8 +8,8 @@ XLA:CPU lowers a depthwise convolution (``lax.conv_general_dilated`` with
 pathologically slow loop. Measured on our shared 2-core CPU ([32, 28, 28, 96] NHWC, 3x3,
 stride 1, jitted; ``benchmarks/depthwise_layer.py``, docs/results/depthwise_layer.md):
 76.9 ms forward with the grouped conv, 5.2 ms as the sum of 9 shifted slices times the
-per-channel kernel (15x); forward and backward 298 vs 61 ms (4.9x); NCHW and ``vmap`` over
-channels were as slow as the grouped conv. A depthwise conv is nothing but that sum: with
+per-channel kernel (15x); forward and backward 298 vs 61 ms (4.9x). (A probe, not kept,
+found NCHW and ``vmap`` over channels as slow as the grouped conv.) A depthwise conv is nothing but that sum: with
 x padded once,
 
     y[b, p, q, c] = sum_{i < kh, j < kw} x_pad[b, p*s_h + i*d_h, q*s_w + j*d_w, c] * K[i, j, 0, c]
