@@ -246,3 +246,30 @@ def test_other_grouped_convs_fall_through_to_the_layer():
     plain = str(jax.make_jaxpr(lambda v: model.apply(v, x))(v))
     fast = str(jax.make_jaxpr(lambda v: fast_depthwise(model.apply)(v, x))(v))
     assert plain == fast and sorted(conv_groups(fast)) == [2, 4, 4, 4, 4]
+
+
+def test_a_pruned_linen_module_runs_at_its_widths_through_the_fast_path():
+    """hobs_jax.graph's LinenModel runs a module at the widths of its variables by cloning
+    layers in its own interceptor, entered inside the wrapped apply: the fast path computes
+    the clone (6 channels where the module was built with 8)."""
+    from hobs_jax.graph import linen_model
+
+    model = linen_model.wrap(TinyDW())
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 10, 10, 3)), jnp.float32)
+    v = model.init(jax.random.key(0), x)
+    keep = np.array([0, 1, 3, 4, 6, 7])
+
+    def cut(path, a):
+        names = [str(getattr(p, "key", p)) for p in path]
+        if names[-1] == "kernel" and names[-2] in ("stem", "dw1", "dw2"):
+            return a[..., keep]
+        if names[-1] == "kernel" and names[-2] == "head":
+            return a[keep]
+        return a[keep] if a.ndim == 1 and a.shape[0] == 8 else a
+
+    small = jax.tree_util.tree_map_with_path(cut, v)
+    ref = model.apply(small, x)
+    got = fast_depthwise(model.apply)(small, x)
+    assert ref.shape == (2, 4) and rel(ref, got) < 1e-5
+    assert set(conv_groups(str(jax.make_jaxpr(lambda: fast_depthwise(model.apply)(small, x))()))) == {1}
+    assert 6 in conv_groups(str(jax.make_jaxpr(lambda: model.apply(small, x))()))
