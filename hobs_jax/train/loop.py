@@ -109,7 +109,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     # The steps below run the model through this apply function: with train.fast_depthwise
     # its depthwise convs are shifted-slice sums (hobs_jax.models.depthwise), same numbers.
     apply_fn = maybe_fast_depthwise(model.apply, c.fast_depthwise)
-    if teacher is not None:
+    if isinstance(teacher, Teacher):
         teacher = teacher._replace(apply_fn=maybe_fast_depthwise(teacher.apply_fn,
                                                                  c.fast_depthwise))
     selector = None
