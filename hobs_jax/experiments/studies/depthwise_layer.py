@@ -55,9 +55,9 @@ def measure(case_text: str = "32x28x28x96:3:1,32x28x28x96:3:2,32x14x14x240:5:1",
         x = jax.random.normal(jax.random.key(0), (b, h, h, c))
         w = jax.random.normal(jax.random.key(1), (k, k, 1, c))
         forms = {
-            "grouped conv": lambda x, w: lax.conv_general_dilated(
+            "grouped conv": lambda x, w, s=s, pad=pad, c=c: lax.conv_general_dilated(
                 x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c),
-            "shift-add": lambda x, w: shift_add_depthwise(x, w, s, pad),
+            "shift-add": lambda x, w, s=s, pad=pad: shift_add_depthwise(x, w, s, pad),
         }
         ref, got = (jax.jit(f)(x, w) for f in forms.values())
         err = float(jnp.max(jnp.abs(ref - got)) / jnp.max(jnp.abs(ref)))
