@@ -3,6 +3,7 @@ each framework in its own processes (:mod:`hobs_jax.experiments.studies.train_th
 
     python benchmarks/train_throughput.py                        # tiny CNN, 32x32x3, batch 64
     python benchmarks/train_throughput.py --model resnet20 --image 28 --batch 128
+    python benchmarks/train_throughput.py --model mobilenet_v2_small --image 28 --batch 32 --fast-depthwise on,off
 """
 
 from hobs_jax.experiments import studies
@@ -21,9 +22,13 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="processes per framework, alternating")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0: every core")
+    p.add_argument("--fast-depthwise", default="auto",
+                   help="train.fast_depthwise of the JAX step (auto|on|off); a comma-separated list "
+                        "(on,off) times each mode in every round")
     a = p.parse_args(argv)
+    study.depthwise_modes(a.fast_depthwise)  # a bad mode fails here, before any timing
     studies.measure_and_publish(study, argv, a.model, a.batch, a.image, a.classes, a.width, a.steps, a.repeats,
-                                a.rounds, a.warmup, a.threads, out=a.out)
+                                a.rounds, a.warmup, a.threads, a.fast_depthwise, out=a.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ inputs ending at a 4x4 map, 98.3 MMACs and 4.02 M parameters. Train the dense ba
 GPU schedule (the default; bf16 compute on a GPU): SGD Nesterov lr 0.1, weight decay 5e-4,
 batch 128, 30 epochs of cosine after a 10% warm-up, ResNet-56's Fashion-MNIST recipe.
 CPU schedule (``configs/efficientnet_b0_small_fmnist.py:cpu``): the same recipe over 1 epoch,
-a cosine that ends within the time a CPU can give: about 4 h on the shared 2-core CPU (XLA:CPU trains this network at about 4.5 images/s). Throughput and
+a cosine that ends within the time a CPU can give: about 1 h on the shared 2-core CPU (17 images/s at
+batch 32 with ``train.fast_depthwise``, on by default on a CPU; about 4.5 images/s with XLA's
+grouped depthwise convs, about 4 h). Throughput and
 estimates: docs/models.md ("Training throughput on the CPU"); no accuracy has been
 measured yet (issue 19 point 1 ships the checkpoint). ``:smoke`` runs every stage in seconds.
 

@@ -10,7 +10,9 @@ inputs ending at a 4x4 map, 72.9 MMACs and 2.24 M parameters. Train the dense ba
 GPU schedule (the default; bf16 compute on a GPU): SGD Nesterov lr 0.1, weight decay 5e-4,
 batch 128, 30 epochs of cosine after a 10% warm-up, ResNet-56's Fashion-MNIST recipe.
 CPU schedule (``configs/mobilenet_v2_small_fmnist.py:cpu``): the same recipe over 1 epoch,
-a cosine that ends within the time a CPU can give: about 2-5 h on the shared 2-core CPU (XLA:CPU trains this network at 4-7 images/s). Throughput and
+a cosine that ends within the time a CPU can give: about 1 h on the shared 2-core CPU (20 images/s at
+batch 32 with ``train.fast_depthwise``, on by default on a CPU; 4-7 images/s with XLA's grouped
+depthwise convs, 2-5 h). Throughput and
 estimates: docs/models.md ("Training throughput on the CPU"); no accuracy has been
 measured yet (issue 19 point 1 ships the checkpoint). ``:smoke`` runs every stage in seconds.
 

@@ -118,6 +118,8 @@ def test_zoo_models_keep_their_stage_fingerprints():
     c = _tiny()
     fp = fingerprint(c, "train")
     assert fp["model"] == "resnet20" and not any(k.startswith("model.") for k in fp)
+    # how depthwise convs are computed is not part of a result (workdirs from before resume)
+    assert "train.batch_size" in fp and "train.fast_depthwise" not in fp
     with c.unlocked():
         c.model.import_path, c.model.kwargs = "hobs_jax.testing.nets:ResNeXtTiny", '{"stem": 8}'
     fp = fingerprint(c, "train")

@@ -32,6 +32,7 @@ def test_defaults_validate_and_are_locked():
     ("momentum", 1.0, r'train\.momentum=1\.0'),
     ("warmup_fraction", 1.0, r'train\.warmup_fraction=1\.0'),
     ("mixed_precision", "fp16", r"train\.mixed_precision='fp16'"),
+    ("fast_depthwise", "yes", r"train\.fast_depthwise='yes': unknown; use one of"),
     ("label_smoothing", -0.1, r'train\.label_smoothing=-0\.1'),
     ("stability.window", 1, r'train\.stability\.window=1'),
     ("stability.spike_factor", 1.0, r'train\.stability\.spike_factor=1\.0'),

@@ -109,6 +109,8 @@ EXTENDED = {
 }
 
 SLOW = {
+    # the zoo's mobile CNNs through the fast depthwise path, eval and train mode (25-40 s)
+    "tests/test_depthwise.py::test_zoo_mobile_cnn_through_the_fast_path_equals_its_apply",
     # H-OBS on depthwise / SE / attention blocks (5-13 s each under load, 2026-12-06)
     "tests/test_hobs_blocks.py::test_depthwise_channel_is_compensated_through_the_pointwise_projection",
     "tests/test_hobs_blocks.py::test_squeeze_excitation_squeeze_fc_is_a_compensated_consumer",

@@ -4,6 +4,7 @@ torchvision. Find them by name: ``build("resnet50")``, ``build("resnet20", in_ch
 
 from hobs_jax.models import sparse
 from hobs_jax.models import zoo as _zoo  # noqa: F401  (registers the models)
+from hobs_jax.models.depthwise import fast_depthwise, shift_add_depthwise
 from hobs_jax.models.prunable import Prunable, prunable
 from hobs_jax.models.registry import (
     MODELS,
@@ -24,5 +25,6 @@ from hobs_jax.models.sparse import BlockPattern, eligible_layers
 from hobs_jax.models.widths import Widths, resolve_widths
 
 __all__ = ["MODELS", "BlockPattern", "ModelEntry", "Prunable", "Widths", "build", "default_widths",
-           "eligible_layers", "get_entry", "init", "infer_widths", "input_shape", "list_models",
+           "eligible_layers", "fast_depthwise", "shift_add_depthwise", "get_entry", "init", "infer_widths",
+           "input_shape", "list_models",
            "prunable", "fill_random", "random_variables", "register", "resolve_widths", "sparse", "width_axes"]

@@ -146,7 +146,8 @@ class Context:
             # pruned network twice (right after pruning, after BN re-estimation).
             key = model if self.spec is None else id(model)
             if key not in self._evaluators:
-                self._evaluators[key] = Evaluator(model.apply, make_mesh())
+                self._evaluators[key] = Evaluator(model.apply, make_mesh(),
+                                                  fast_depthwise=self.config.train.fast_depthwise)
             return self._evaluators[key](variables, self.eval_loader(), desc=desc)
 
         if self.spec is not None:

@@ -45,8 +45,10 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]
     out = {}
     for section in stage_sections(stage):
         out.update(_flatten({section: full[section]}))
-    # Cosmetic switches never change a result.
-    return {k: v for k, v in out.items() if not k.endswith((".progress", ".tensorboard", ".log_every"))}
+    # Cosmetic switches never change a result; fast_depthwise changes how depthwise convs
+    # are computed, not what (float rounding only), so workdirs made before it existed resume.
+    return {k: v for k, v in out.items()
+            if not k.endswith((".progress", ".tensorboard", ".log_every", ".fast_depthwise"))}
 
 
 def _write_json(path: str, obj: Any, fault_point: str | None = None) -> None:

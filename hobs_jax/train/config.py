@@ -16,6 +16,7 @@ import ml_collections
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 MIXED_PRECISION = ("auto", "off", "bf16")
+FAST_DEPTHWISE = ("auto", "on", "off")
 
 
 def get_train_config() -> ml_collections.ConfigDict:
@@ -34,6 +35,12 @@ def get_train_config() -> ml_collections.ConfigDict:
         alpha * temperature^2 * KL(teacher_T || student_T).
       mixed_precision: 'auto' = bf16 compute on GPU/TPU, off on CPU; 'bf16' forces it;
         master weights and optimizer state stay float32.
+      fast_depthwise: compute depthwise convolutions (``feature_group_count`` = channels)
+        as sums of shifted slices in the train, eval and AST scoring steps
+        (:mod:`hobs_jax.models.depthwise`; XLA:CPU's grouped conv is 7-21x slower there):
+        'auto' = on when JAX's default backend is the CPU, 'on', 'off'. The model, its
+        parameters and every jaxpr traced outside these steps are unchanged; a model
+        without depthwise convs compiles to the same program either way.
       eval_every: steps between evaluations (0 = once per epoch); log_every likewise.
       eval_steps: further steps to evaluate at, comma-separated ('50,200'): a curve of
         accuracy against training length from one run of the longest schedule.
@@ -72,6 +79,7 @@ def get_train_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.kd = ml_collections.ConfigDict({"enabled": False, "temperature": 4.0, "alpha": 0.9})
     c.mixed_precision = "auto"
+    c.fast_depthwise = "auto"
     c.eval_every = 0
     c.eval_steps = ""
     c.log_every = 50
@@ -248,6 +256,8 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
     _check(0 <= c.kd.alpha <= 1, "kd.alpha", c.kd.alpha, "must be in [0, 1]")
     _check(c.mixed_precision in MIXED_PRECISION, "mixed_precision", c.mixed_precision,
            f"unknown; use one of {MIXED_PRECISION}")
+    _check(c.fast_depthwise in FAST_DEPTHWISE, "fast_depthwise", c.fast_depthwise,
+           f"unknown; use one of {FAST_DEPTHWISE}")
     _check(isinstance(c.eval_every, int) and c.eval_every >= 0, "eval_every", c.eval_every,
            "must be an int >= 0")
     eval_at(c)

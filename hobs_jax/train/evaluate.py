@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
+from hobs_jax.models.depthwise import maybe_fast_depthwise
 from hobs_jax.train import mesh as mesh_lib
 from hobs_jax.train.metrics import progress
 from hobs_jax.train.steps import make_eval_step, resolve_compute_dtype
@@ -34,10 +35,13 @@ class Evaluator:
       apply_fn: ``model.apply``.
       mesh: the ('data',) mesh.
       mixed_precision: 'auto' | 'off' | 'bf16' (as the train config).
+      fast_depthwise: 'auto' | 'on' | 'off' (as the train config): depthwise convs as
+        shifted-slice sums (:mod:`hobs_jax.models.depthwise`); 'auto' = on the CPU.
     """
 
-    def __init__(self, apply_fn: Callable[..., Any], mesh: Mesh, mixed_precision: str = "off"):
-        self.apply_fn, self.mesh = apply_fn, mesh
+    def __init__(self, apply_fn: Callable[..., Any], mesh: Mesh, mixed_precision: str = "off", *,
+                 fast_depthwise: str = "auto"):
+        self.apply_fn, self.mesh = maybe_fast_depthwise(apply_fn, fast_depthwise), mesh
         self.compute_dtype = resolve_compute_dtype(mixed_precision)
         self._steps: dict = {}
 
@@ -77,7 +81,7 @@ class Evaluator:
 
 def evaluate(model: Any, variables: Any, eval_data: Iterable[dict], *,
              mesh: Mesh | None = None, mixed_precision: str = "off",
-             desc: str = "eval") -> dict[str, float]:
+             fast_depthwise: str = "auto", desc: str = "eval") -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy of ``model`` with ``variables`` on ``eval_data``.
 
     Args:
@@ -86,9 +90,12 @@ def evaluate(model: Any, variables: Any, eval_data: Iterable[dict], *,
       eval_data: an :class:`hobs_jax.data.EvalLoader` (padded batches with 'mask').
       mesh: default: all devices on a ('data',) mesh.
       mixed_precision: 'auto' | 'off' | 'bf16'.
+      fast_depthwise: 'auto' | 'on' | 'off' (depthwise convs as shifted-slice sums,
+        :mod:`hobs_jax.models.depthwise`; 'auto' = on the CPU).
     Returns:
       {'loss': mean CE, 'top1': fraction, 'top5': fraction (only if > 5 classes),
        'count': examples counted}.
     """
     mesh = mesh or mesh_lib.make_mesh()
-    return Evaluator(model.apply, mesh, mixed_precision)(variables, eval_data, desc=desc)
+    return Evaluator(model.apply, mesh, mixed_precision, fast_depthwise=fast_depthwise)(
+        variables, eval_data, desc=desc)

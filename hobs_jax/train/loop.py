@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from hobs_jax.models.depthwise import maybe_fast_depthwise
 from hobs_jax.train import mesh as mesh_lib
 from hobs_jax.train import stability as stab
 from hobs_jax.train.checkpoint import Checkpointer, abstract_like
@@ -105,11 +106,17 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     if c.kd.enabled and teacher is None:
         raise ValueError("train.kd.enabled=True needs a teacher (fit(..., teacher=Teacher(...)))")
     total = total_steps(c, train_data.steps_per_epoch)
+    # The steps below run the model through this apply function: with train.fast_depthwise
+    # its depthwise convs are shifted-slice sums (hobs_jax.models.depthwise), same numbers.
+    apply_fn = maybe_fast_depthwise(model.apply, c.fast_depthwise)
+    if isinstance(teacher, Teacher):
+        teacher = teacher._replace(apply_fn=maybe_fast_depthwise(teacher.apply_fn,
+                                                                 c.fast_depthwise))
     selector = None
     if c.ast.enabled:  # AST sample selection: batches of selected samples only
         from hobs_jax.train.ast import Selector
 
-        selector = Selector(c.ast, train_data, model.apply, mesh=mesh, full_steps=total,
+        selector = Selector(c.ast, train_data, apply_fn, mesh=mesh, full_steps=total,
                             seed=c.seed, compute_dtype=resolve_compute_dtype(c.mixed_precision),
                             workdir=workdir, record=lambda *args: record(*args))
         total = selector.planned
@@ -173,7 +180,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         ckpt.save(0, state, checkpoint_meta())  # the rollback target before the first periodic save
 
     step_fn = make_train_step(
-        selector.train_apply_fn(model.apply) if selector else model.apply, tx, mesh=mesh,
+        maybe_fast_depthwise(selector.train_apply_fn(model.apply), c.fast_depthwise)
+        if selector else apply_fn, tx, mesh=mesh,
         state_shardings=shardings,
         label_smoothing=c.label_smoothing, compute_dtype=resolve_compute_dtype(
             c.mixed_precision), teacher=teacher if c.kd.enabled else None,
@@ -182,7 +190,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         example_fn=selector.example_fn() if selector else None)
     teacher_vars = (mesh_lib.put_global(teacher.variables, jax.tree.map(
         lambda _: rep, teacher.variables)) if c.kd.enabled and teacher is not None else {})
-    evaluator = Evaluator(model.apply, mesh, c.mixed_precision) if eval_data is not None else None
+    evaluator = (Evaluator(model.apply, mesh, c.mixed_precision, fast_depthwise=c.fast_depthwise)
+                 if eval_data is not None else None)
     eval_every = c.eval_every or (selector.steps_per_data_epoch if selector
                                   else train_data.steps_per_epoch)
     extra_evals = eval_at(c)

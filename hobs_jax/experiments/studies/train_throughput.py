@@ -6,7 +6,10 @@ on a shared machine does not land on one framework only; median over every timed
 
 ``tiny_cnn`` (three conv-BN-ReLU blocks of ``width``, 2x, 4x channels) is defined here in
 both frameworks; any other name comes from the zoo (``hobs_jax.models.build``) and its
-torch reference (``parity.torch_models.build_torch``)."""
+torch reference (``parity.torch_models.build_torch``). ``fast_depthwise`` (comma-separated
+modes of ``train.fast_depthwise``, :mod:`hobs_jax.models.depthwise`) runs the JAX step once
+per mode in every round: 'on,off' times the shifted-slice depthwise path against XLA's
+grouped convolution in one interleaved run."""
 
 from __future__ import annotations
 
@@ -76,12 +79,24 @@ def _windows(step, warmup: int, repeats: int, steps: int, batch: int, sync) -> l
     return rates
 
 
+def depthwise_modes(text: str) -> tuple[str, ...]:
+    """``'on,off'`` -> ('on', 'off'); a one-line ValueError for an unknown or repeated mode."""
+    from hobs_jax.models.depthwise import MODES
+
+    modes = tuple(m.strip() for m in str(text).split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad or len(set(modes)) != len(modes):
+        raise ValueError(f"fast_depthwise={text!r}: comma-separated distinct modes among {MODES}")
+    return modes
+
+
 def run_jax(model: str, batch: int, image: int, classes: int, width: int, steps: int, repeats: int,
-            warmup: int) -> dict:
+            warmup: int, fast_depthwise: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from hobs_jax.models.depthwise import maybe_fast_depthwise, resolve_mode
     from hobs_jax.train import (
         TrainState,
         get_train_config,
@@ -106,14 +121,16 @@ def run_jax(model: str, batch: int, image: int, classes: int, width: int, steps:
     state = TrainState.create(variables, tx, 0)
     shardings = state_shardings(state, mesh)
     box = {"state": put_global(state, shardings)}
-    step_fn = make_train_step(net.apply, tx, mesh=mesh, state_shardings=shardings)
+    step_fn = make_train_step(maybe_fast_depthwise(net.apply, fast_depthwise), tx, mesh=mesh,
+                              state_shardings=shardings)
     data = global_batch({"image": x, "label": y}, mesh)
 
     def step():
         box["state"], box["m"] = step_fn(box["state"], data, {})
 
     rates = _windows(step, warmup, repeats, steps, batch, lambda: jax.block_until_ready(box["state"]))
-    return {"framework": f"jax {jax.__version__} ({jax.default_backend()})", "rates": rates,
+    dw = "shift-add" if resolve_mode(fast_depthwise) else "grouped conv"
+    return {"framework": f"jax {jax.__version__} ({jax.default_backend()}, depthwise: {dw})", "rates": rates,
             "final_loss": float(box["m"]["loss"])}
 
 
@@ -143,8 +160,8 @@ def run_torch(model: str, batch: int, image: int, classes: int, width: int, step
 
 
 def measure(model: str = "tiny_cnn", batch: int = 64, image: int = 32, classes: int = 10, width: int = 32,
-            steps: int = 10, repeats: int = 3, rounds: int = 3, warmup: int = 3, threads: int = 0, *,
-            device: str, source: str) -> list[dict]:
+            steps: int = 10, repeats: int = 3, rounds: int = 3, warmup: int = 3, threads: int = 0,
+            fast_depthwise: str = "auto", *, device: str, source: str) -> list[dict]:
     import os
 
     from hobs_jax.experiments.isolate import call
@@ -156,11 +173,12 @@ def measure(model: str = "tiny_cnn", batch: int = 64, image: int = 32, classes: 
         threads = cores
     kw: dict[str, Any] = dict(model=model, batch=batch, image=image, classes=classes, width=width, steps=steps,
                               repeats=repeats, warmup=warmup)
+    modes = depthwise_modes(fast_depthwise)
     out: dict = {}
     for _ in range(rounds):
-        for fw in ("jax", "torch"):
-            if fw == "jax":
-                r = call(f"{__name__}:run_jax", threads=threads, **kw)
+        for fw in [f"jax:{m}" for m in modes] + ["torch"]:
+            if fw != "torch":
+                r = call(f"{__name__}:run_jax", threads=threads, fast_depthwise=fw[4:], **kw)
             else:  # call()'s own `threads` sets the child's environment; run_torch's sets torch's pool
                 r = call(f"{__name__}:run_torch", framework="torch", threads=threads, args={"threads": threads}, **kw)
             e = out.setdefault(fw, {"framework": r["framework"], "rates": []})
@@ -173,7 +191,7 @@ def _rows(results: dict, model, batch, image, device, source) -> list[dict]:
     med = {k: statistics.median(v["rates"]) for k, v in results.items()}
     return [{"model": model, "batch": batch, "input": f"{image}x{image}x{channels(model)}", "framework": v["framework"],
              "images_per_s": med[k], "windows": ", ".join(f"{x:.0f}" for x in v["rates"]),
-             "jax_over_torch": med["jax"] / med["torch"] if k == "jax" else None, "device": device, "source": source}
+             "jax_over_torch": med[k] / med["torch"] if k != "torch" else None, "device": device, "source": source}
             for k, v in results.items()]
 
 

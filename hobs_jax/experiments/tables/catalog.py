@@ -112,6 +112,7 @@ def _studies() -> list[Entry]:
         anymodel_fmnist,
         ast_controller,
         data_pipeline,
+        depthwise_layer,
         fmnist_baselines,
         graph_discovery,
         hessian_gram,
@@ -134,6 +135,8 @@ def _studies() -> list[Entry]:
             study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
             study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),
             study("data_pipeline", data_pipeline, "input pipeline batches/s, run record"),
+            study("depthwise_layer", depthwise_layer, "one depthwise conv layer in XLA, grouped conv vs "
+                  "shift-add (train.fast_depthwise), run record"),
             study("graph", graph_discovery, "graph discovery time, run record"),
             study("hessian_gram", hessian_gram, "Hessian Gram reductions, run record"),
             study("hobs_blocks", hobs_blocks, "H-OBS compensation on the last block of MobileNetV2, "
