@@ -75,7 +75,7 @@ def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
     t = (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
     if len(t) != 2 or min(t) < 1:
         raise ValueError(f"{name}={v!r} must be a positive int or a pair of them")
-    return t  # type: ignore[return-value]
+    return t[0], t[1]
 
 
 def _pads(padding: Any, spatial: tuple[int, int], window: tuple[int, int],
@@ -146,7 +146,7 @@ def shift_add_depthwise(x: Array, kernel: Array, strides: int | Sequence[int] = 
                          f"dilated window {win}: empty output")
     xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ph0, ph1, 0), (pw0, pw1, 0), (0, 0, 0)))
     dtype = jnp.result_type(x.dtype, kernel.dtype)
-    out = None
+    out: Array | None = None
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dh, j * dw
@@ -154,6 +154,7 @@ def shift_add_depthwise(x: Array, kernel: Array, strides: int | Sequence[int] = 
                             (1, sh, sw, 1))
             term = tap.astype(dtype) * kernel[i, j, 0].astype(dtype)
             out = term if out is None else out + term
+    assert out is not None  # kh, kw >= 1
     return out
 
 
@@ -196,10 +197,11 @@ def eligible(mod: nn.Module, x: Any) -> bool:
 
 def _compute(mod: nn.Conv, x: Array) -> Array:
     """``mod(x)`` for an :func:`eligible` call, from the layer's own variables."""
-    kernel = mod.get_variable("params", "kernel")
-    bias = mod.get_variable("params", "bias") if mod.use_bias else None
-    x, kernel, bias = mod.promote_dtype(x, kernel, bias, dtype=mod.dtype)
-    y = shift_add_depthwise(x, kernel, 1 if mod.strides is None else mod.strides, mod.padding,
+    kernel: Array = mod.get_variable("params", "kernel")
+    bias: Array | None = mod.get_variable("params", "bias") if mod.use_bias else None
+    xp, kp, bias = mod.promote_dtype(x, kernel, bias, dtype=mod.dtype)
+    assert xp is not None and kp is not None  # promote_dtype keeps non-None inputs
+    y = shift_add_depthwise(xp, kp, 1 if mod.strides is None else mod.strides, mod.padding,
                             1 if mod.kernel_dilation is None else mod.kernel_dilation)
     if bias is not None:
         y = y + bias.reshape((1, 1, 1, -1))

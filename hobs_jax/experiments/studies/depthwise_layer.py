@@ -54,11 +54,14 @@ def measure(case_text: str = "32x28x28x96:3:1,32x28x28x96:3:2,32x14x14x240:5:1",
         pad = ((p, p), (p, p))
         x = jax.random.normal(jax.random.key(0), (b, h, h, c))
         w = jax.random.normal(jax.random.key(1), (k, k, 1, c))
-        forms = {
-            "grouped conv": lambda x, w, s=s, pad=pad, c=c: lax.conv_general_dilated(
-                x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c),
-            "shift-add": lambda x, w, s=s, pad=pad: shift_add_depthwise(x, w, s, pad),
-        }
+        def grouped(x, w, s=s, pad=pad, c=c):
+            return lax.conv_general_dilated(x, w, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=c)
+
+        def shifted(x, w, s=s, pad=pad):
+            return shift_add_depthwise(x, w, s, pad)
+
+        forms = {"grouped conv": grouped, "shift-add": shifted}
         ref, got = (jax.jit(f)(x, w) for f in forms.values())
         err = float(jnp.max(jnp.abs(ref - got)) / jnp.max(jnp.abs(ref)))
         if err > 1e-5:
