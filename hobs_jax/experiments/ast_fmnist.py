@@ -310,6 +310,20 @@ def plan_rows(args) -> list[tuple[str, str, str, float]]:
     return out
 
 
+def _without_out(args: list[str]) -> list[str]:
+    """The command's arguments without ``--out=X`` / ``--out X`` (a page's sources name the
+    grid, not where one copy of it was written)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     csv = lambda t: (lambda v: [t(x) for x in v.split(",") if x])  # noqa: E731
@@ -331,8 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     s = Schedule(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Schedule)})
     for score in [args.score, *args.ablation_scores]:
         score_variants(score)
-    command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out"))
+    command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(_without_out(
+        list(argv if argv is not None else sys.argv[1:])))
     store = Store(args.out, s, "" if args.report_only else command.strip())
     from hobs_jax.experiments import ast_report
 

@@ -212,8 +212,9 @@ def tables(data: dict, schedule_key: str | None = None, name: str = NAME) -> lis
     main.note(f"Per-class top-1 against full training: `{name}_per_class.md`; the controller of every AST run: "
               f"`{name}_controller.md`.")
     main.note(f"![top-1 against the activation rate]({name}.png)")
-    main.note(f"Controller trace of one AST run (threshold; rate per batch, EMA and 50-batch mean): "
-              f"![controller trace]({name}_trace.png)")
+    if any(_traced(r) for r in rows):  # write() copies that run's trace beside the page
+        main.note(f"Controller trace of one AST run (threshold; rate per batch, EMA and 50-batch mean): "
+                  f"![controller trace]({name}_trace.png)")
     main.add_sources(src)
 
     pc = ResultTable(f"{name}_per_class", "AST on Fashion-MNIST: per-class top-1 against full training "
@@ -269,6 +270,11 @@ def render(out: str, schedule_key: str | None = None) -> list[str]:
     return paths
 
 
+def _traced(r: dict) -> bool:
+    """The row whose controller trace the page shows: an AST run from scratch, loss score."""
+    return bool(r["mode"] == "ast" and r["task"] == "train" and r["score"] == "loss" and r.get("trace_png"))
+
+
 def write(data: dict, out: str, schedule: Any) -> list[str]:
     """The tables (:func:`tables`) as ``<out>*.{json,md,tex}``, ``<out>.png`` and
     ``<out>_trace.png``."""
@@ -281,9 +287,7 @@ def write(data: dict, out: str, schedule: Any) -> list[str]:
         paths += t.write(os.path.join(folder, t.name))
     try:
         plot(rows, out + ".png")
-        trace = next((r.get("trace_png") for r in rows if r["mode"] == "ast" and r["task"] == "train"
-                      and r["score"] == "loss" and r.get("trace_png")
-                      and os.path.exists(r["trace_png"])), None)
+        trace = next((r["trace_png"] for r in rows if _traced(r) and os.path.exists(r["trace_png"])), None)
         if trace:
             shutil.copyfile(trace, out + "_trace.png")
     except ImportError:
