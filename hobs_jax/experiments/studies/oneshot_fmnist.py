@@ -53,8 +53,9 @@ SHAPE = (1, 28, 28, 1)
 
 
 def parse_row(row: str, overrides: dict | None = None) -> dict:
-    """'tp-l1-global' -> a Torch-Pruning row; 'METHOD[-uniform|-global][@KEY=VALUE]' -> ours
-    (allocation and one option set in the row name, e.g. 'udfc-uniform@compensate=false');
+    """'tp-l1-global' -> a Torch-Pruning row; 'METHOD[-uniform|-global][@KEY=VALUE][#Q]' -> ours
+    (allocation and one option set in the row name, e.g. 'udfc-uniform@compensate=false';
+    '#Q' allocates kept widths in multiples of Q, the task's ``round_to``, e.g. 'hobs#8');
     ``overrides``: {method: {key: value}} from ``--set``, for every row of that method."""
     if row.startswith("tp-"):
         parts = row.split("-")
@@ -65,7 +66,10 @@ def parse_row(row: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"row {row!r}: unknown Torch-Pruning criterion; use one of {KINDS}")
         return {"framework": "torch-pruning", "kind": parts[1], "global": parts[2] == "global"}
     from hobs_jax.methods import get_method
-    base, at, setting = row.partition("@")
+    name, hash_, quantum = row.partition("#")
+    if hash_ and not (quantum.isdigit() and int(quantum) >= 1):
+        raise ValueError(f"row {row!r}: '#Q' aligns every kept width to a multiple of Q, an int >= 1")
+    base, at, setting = name.partition("@")
     method, _, alloc = base.partition("-")
     spec = get_method(method)  # one-line error naming the registered methods
     options = dict((overrides or {}).get(method, {}))
@@ -84,7 +88,10 @@ def parse_row(row: str, overrides: dict | None = None) -> dict:
     full = spec.default_config()
     full.update(options)
     resolved = {k: v for k, v in full.to_dict().items() if k != "progress"}
-    return {"framework": "hobs_jax", "method": method, "options": options, "resolved": resolved}
+    out = {"framework": "hobs_jax", "method": method, "options": options, "resolved": resolved}
+    if hash_:
+        out["round_to"] = int(quantum)
+    return out
 
 
 def _value(text: str):
@@ -281,7 +288,7 @@ class Bench:
         if spec["framework"] == "hobs_jax":
             from hobs_jax.methods import prune
             r = prune(spec["method"], name, variables, target=target, metric="macs",
-                      calib=self.calib, options=spec["options"], seed=0,
+                      round_to=spec.get("round_to", 1), calib=self.calib, options=spec["options"], seed=0,
                       finetune=self.finetune_cb(name, self.method_training_dir(name, spec)))
             return r.model, r.variables, {"info": _jsonable(r.outcome.info)}
         from hobs_jax.experiments.studies import oneshot_tp
@@ -337,6 +344,8 @@ class Bench:
                    "options": spec.get("options"), "resolved_options": spec.get("resolved"),
                    "command": self.args.command,
                    "prune_seconds": time.time() - t0, **extra}
+            if "round_to" in spec:
+                rec["round_to"] = spec["round_to"]
             miss = abs(rec["macs_ratio"] / target - 1)
             if miss > TOL:
                 rec["refused"] = (f"kept {rec['macs_ratio']:.4f} of the MACs, target {target}: off "
