@@ -42,6 +42,7 @@ import statistics
 import sys
 import time
 from concurrent import futures
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def parse_row(row: str, overrides: dict | None = None) -> dict:
     full = spec.default_config()
     full.update(options)
     resolved = {k: v for k, v in full.to_dict().items() if k != "progress"}
-    out = {"framework": "hobs_jax", "method": method, "options": options, "resolved": resolved}
+    out: dict[str, Any] = {"framework": "hobs_jax", "method": method, "options": options, "resolved": resolved}
     if hash_:
         out["round_to"] = int(quantum)
     return out
