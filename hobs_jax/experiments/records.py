@@ -58,7 +58,7 @@ def _read(path: str):
 def _method(label: str) -> str:
     if label.startswith("tp-"):
         return "torch-pruning"
-    return label.partition("@")[0].partition("-")[0]
+    return label.partition("#")[0].partition("@")[0].partition("-")[0]
 
 
 def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dict] | None = None,
