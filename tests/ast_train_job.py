@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--ckpt_every", type=int, default=8)
     p.add_argument("--step_sleep", type=float, default=0.0, help="seconds slept per step")
     p.add_argument("--num_cpu_devices", type=int, default=0)
+    p.add_argument("--selection", default="threshold", help="train.ast.selection")
     args = p.parse_args()
 
     if args.num_cpu_devices:
@@ -46,6 +47,7 @@ def main() -> None:
     c.progress, c.tensorboard = False, False
     c.ast.enabled, c.ast.target_rate, c.ast.warmup_steps = True, 0.25, 4
     c.ast.score, c.ast.score_refresh, c.ast.class_balanced = "loss_grad", 0.5, True
+    c.ast.selection = args.selection
     model = TinyCNN(num_classes=8, width=8, dropout=0.1)
 
     def slow_down(kind, step, record):
