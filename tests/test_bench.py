@@ -208,6 +208,35 @@ def test_worker_protocol_prepare_time_release(tiny_saved, tmp_path):
     assert w.proc.returncode == 0
 
 
+def test_xla_runs_depthwise_convs_as_shift_add_on_the_cpu_with_the_same_outputs(tmp_path):
+    """``fast_depthwise`` (auto: on for a CPU device) changes how XLA computes a depthwise
+    conv, not the network: both forms give Flax's outputs, and the row's note says which."""
+    from hobs_jax import export
+    from hobs_jax.testing.init import random_linen
+    from hobs_jax.testing.nets import MBConvNetTiny
+
+    m = MBConvNetTiny()
+    v = random_linen(m, (1,) + SHAPE)
+    path = str(export.save(tmp_path / "mb", m, v, input_shape=(1,) + SHAPE))
+    x = np.random.default_rng(0).standard_normal((2,) + SHAPE, dtype=np.float32)
+    np.save(tmp_path / "inputs.npy", x)
+    ref = np.asarray(m.apply(v, x))
+    notes = {}
+    with Worker("jax", threads=1, log_path=str(tmp_path / "jax.log")) as w:
+        for mode in ("auto", "off"):
+            prep = w.call("prepare", key=mode, model_path=path, inputs=str(tmp_path / "inputs.npy"),
+                          runtime="xla", device="cpu", dtype="float32", batch=2, warmup=0,
+                          output=str(tmp_path / f"{mode}.npy"), fast_depthwise=mode)
+            notes[mode] = prep["note"]
+            assert bench.relative_error(np.load(tmp_path / f"{mode}.npy"), ref) < 1e-5, mode
+    assert notes["auto"].endswith("; depthwise as shift-add") and "shift-add" not in notes["off"]
+    with pytest.raises(ValueError, match=r"fast_depthwise='fast': use one of \('auto', 'on', 'off'\)"):
+        Options(fast_depthwise="fast").validate()
+    from hobs_jax.models.depthwise import MODES
+
+    assert bench.runtimes.DEPTHWISE_MODES == MODES
+
+
 # -- end to end --------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time per call, or (with --threads 1, CPU only) the worker's CPU time per call: "
                         "the latency on an idle core, robust on a machine shared with other jobs")
+    p.add_argument("--fast-depthwise", choices=("auto", "on", "off"), default="auto",
+                   help="XLA only: depthwise convs as shifted-slice sums (the form XLA:CPU runs fast; "
+                        "same network); auto: on for a CPU device")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse to time when a runtime's outputs disagree with Flax (default: on)")
     p.add_argument("--baseline", default=None, help="model label the others' speedups are relative to")
@@ -60,6 +63,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-sizes {args.batch_sizes!r}: comma-separated positive ints") from None
         opts = Options(batch_sizes=sizes, warmup=args.warmup, iters=args.iters, rounds=args.rounds,
                        threads=args.threads, verify=args.verify, clock=args.clock,
+                       fast_depthwise=args.fast_depthwise,
                        devices=parse_list(args.devices, "device", DEVICES) or None,
                        dtypes=parse_list(args.dtypes, "dtype", DTYPES) or None)
         models = [parse_model(m) for m in args.model]

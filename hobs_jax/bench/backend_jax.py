@@ -137,7 +137,15 @@ class JaxBackend(Backend):
         dtype = jnp.dtype(req["dtype"])
         v = jax.device_put(cast_floats(variables, dtype), device)
         x = jax.device_put(self.inputs(req["inputs"], req["batch"]).astype(dtype), device)
-        compiled = jax.jit(apply_fn(module)).lower(v, x).compile()
+        fn, note = apply_fn(module), f"{device.platform}:{device.device_kind}"
+        mode = req.get("fast_depthwise", "auto")
+        if mode == "on" or (mode == "auto" and device.platform == "cpu"):
+            # Depthwise convs as shifted-slice sums (hobs_jax.models.depthwise): the same
+            # network, in the form XLA:CPU runs fast; a model without them is unchanged.
+            from hobs_jax.models.depthwise import fast_depthwise
+
+            fn, note = fast_depthwise(fn), note + "; depthwise as shift-add"
+        compiled = jax.jit(fn).lower(v, x).compile()
 
         def run():
             return compiled(v, x).block_until_ready()
@@ -152,4 +160,4 @@ class JaxBackend(Backend):
                 return None
 
         return Runnable(run, lambda y: np.asarray(jax.device_get(y)).astype(np.float32), memory_mb,
-                        note=f"{device.platform}:{device.device_kind}")
+                        note=note)

@@ -28,6 +28,9 @@ from hobs_jax.bench import sysinfo
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "gpu")
+# XLA's depthwise-conv modes (hobs_jax.models.depthwise.MODES; repeated here so that the
+# suite process, which never imports JAX, can validate the option).
+DEPTHWISE_MODES = ("auto", "on", "off")
 
 # Verification bound on max|y - y_flax| / max|y_flax| per dtype: float32 differs from
 # Flax's float32 only by summation order; 16-bit runs round every activation (8 bits of
