@@ -113,6 +113,7 @@ def _config(**ast):
     ("target_rate", float("nan"), r"train\.ast\.target_rate=nan: must be a finite number"),
     ("selection", "topk", r"train\.ast\.selection='topk': unknown"),
     ("sample_floor", 0.0, r"train\.ast\.sample_floor=0\.0: must be in \(0, 1\)"),
+    ("bn_reestimate", -1, r"train\.ast\.bn_reestimate=-1: must be an int >= 0"),
 ])
 def test_bad_ast_values_raise_one_line_errors(key, value, match):
     with pytest.raises(ValueError, match=match) as e:
@@ -277,6 +278,36 @@ def test_random_and_infobatch_rules(tmp_path):
     annealing = trace[:, 1] >= (1 - 0.125) * a["planned_steps"]  # the last 12.5% of steps
     assert annealing.any() and np.all(rate[annealing] == 1.0)
     assert a["samples_scored"] == 0 and a["converged"] is None
+
+
+def test_run_ends_with_bn_statistics_of_a_uniform_sample(tmp_path):
+    """``bn_reestimate``: the returned BN running statistics are those of the loader's
+    first batches of epoch 0 (a uniform sample, whatever was selected); the parameters
+    are those of the same run without it."""
+    from hobs_jax.data.pipeline import LoaderPosition
+    from hobs_jax.stats import reestimate_bn
+
+    model = TinyCNN(num_classes=8)
+    v0 = init_tiny(model, (8, 8, 1))
+    loader = TrainLoader(SRC, "train", 32, seed=0)
+    r = fit(model, v0, loader, _fit_config(rule="random", bn_reestimate=50), str(tmp_path / "on"))
+    assert r.metrics["ast"]["bn_reestimated_images"] == 50
+    ref_loader = TrainLoader(SRC, "train", 32, seed=0)
+    batches = [ref_loader.read(ref_loader.global_indices(LoaderPosition(0, s)),
+                               ref_loader.global_noise(LoaderPosition(0, s)))["image"] for s in (0, 1)]
+    want = reestimate_bn(model, r.variables, batches)["batch_stats"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7),
+                 r.variables["batch_stats"], want)
+    events = [e for e in read_metrics(str(tmp_path / "on"), "event") if e.get("event") == "bn_reestimate"]
+    assert len(events) == 1 and events[0]["images"] == 50
+    off = fit(model, v0, TrainLoader(SRC, "train", 32, seed=0), _fit_config(rule="random", bn_reestimate=0),
+              str(tmp_path / "off"))
+    assert off.metrics["ast"]["bn_reestimated_images"] == 0
+    # Same training (same rule and seed): the parameters agree; only the statistics moved.
+    jax.tree.map(np.testing.assert_array_equal, r.variables["params"], off.variables["params"])
+    moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+             zip(jax.tree.leaves(r.variables["batch_stats"]), jax.tree.leaves(off.variables["batch_stats"]))]
+    assert max(moved) > 1e-4
 
 
 def test_soft_selection_holds_the_level_and_weights_unbiasedly():

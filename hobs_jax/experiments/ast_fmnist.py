@@ -71,10 +71,13 @@ class Schedule:
     ki: float = 0.05
     ema: float = 0.3
     data_seed: int = 0
+    bn_reestimate: int = 2048       # train.ast.bn_reestimate of the selective rows (0: off)
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-                            ).hexdigest()[:10]
+        d = dataclasses.asdict(self)
+        if not d["bn_reestimate"]:  # rows made before the option existed had none: same key
+            del d["bn_reestimate"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _cpu() -> str:
@@ -223,6 +226,7 @@ def train_config(task: str, mode: str, score: str, rate: float, seed: int, s: Sc
         a.selection = "sample" if "soft" in variants else "threshold"
         a.warmup_steps = s.warmup_steps if task == "train" else s.finetune_warmup_steps
         a.score_refresh = s.score_refresh
+        a.bn_reestimate = s.bn_reestimate
     return c
 
 

@@ -180,7 +180,11 @@ def tables(data: dict, schedule_key: str | None = None, name: str = NAME) -> lis
             f"SGD Nesterov lr {s.get('train_lr')} cosine, AST warm-up {s.get('warmup_steps')} full steps; finetune "
             f"= the H-OBS ResNet-56 pruned to 1/3 of the MACs, {s.get('finetune_epochs')} epoch(s) at lr "
             f"{s.get('finetune_lr')}. AST: PI gains kp {s.get('kp')}, ki {s.get('ki')}, EMA {s.get('ema')}, stale "
-            f"scores with {s.get('score_refresh')} of each batch re-scored. All rates are of the data the full run "
+            f"scores with {s.get('score_refresh')} of each batch re-scored"
+            + (f"; the BN running statistics re-estimated on {s['bn_reestimate']} uniformly drawn training images "
+               "after each selective run (`train.ast.bn_reestimate`, counted in its wall time)"
+               if s.get("bn_reestimate") else "")
+            + ". All rates are of the data the full run "
             "sees in the same epochs. Test: all 10,000 images. Energy: not measured (no power reading on a CPU; "
             "never estimated)."])
 

@@ -91,7 +91,9 @@ def reestimate(model: Any, variables: Any = None, batches: Iterable[np.ndarray] 
       momentum: every BatchNorm's Flax momentum (default: read from each layer).
       workers: host threads running batches concurrently (None: 2 on CPU, 1 elsewhere;
         :mod:`hobs_jax.stats.streams`); the batches are pooled in their order, so the
-        result does not depend on it.
+        result does not depend on it. Batches that are global arrays of a multi-process
+        mesh (a training loop's) need 1: every process must issue the same collectives
+        in the same order.
     """
     prunable = None
     if hasattr(model, "rebuild") and hasattr(model, "module"):  # a Prunable (duck-typed: stats imports no graph)
@@ -121,7 +123,7 @@ def reestimate(model: Any, variables: Any = None, batches: Iterable[np.ndarray] 
     for n, stats in ordered_map(one_batch, batches, workers):
         # Per leaf: mean leaves accumulate the mean, var leaves var + mean^2 (below).
         contrib = _moments(stats)
-        contrib = jax.tree.map(lambda a, n=n: np.asarray(a, np.float64) * n, contrib)
+        contrib = jax.tree.map(lambda a, n=n: _host(a) * n, contrib)
         sums = contrib if sums is None else jax.tree.map(np.add, sums, contrib)
         total += n
     if total == 0:
@@ -129,6 +131,15 @@ def reestimate(model: Any, variables: Any = None, batches: Iterable[np.ndarray] 
     avg = jax.tree.map(lambda a: a / total, sums)
     new = dict(variables, batch_stats=_finalize(avg, variables["batch_stats"]))
     return new if prunable is None else prunable.with_variables(new)
+
+
+def _host(a) -> np.ndarray:
+    """A batch statistic as a float64 host array. Batches given as global arrays of a
+    multi-process mesh give statistics reduced over the whole batch, replicated on every
+    device, so this process' first shard holds the value."""
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        a = a.addressable_data(0)
+    return np.asarray(a, np.float64)
 
 
 def _moments(stats):

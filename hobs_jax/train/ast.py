@@ -177,6 +177,19 @@ class Selector:
         """Optimizer steps per epoch of candidates at the target rate (evaluation cadence)."""
         return max(1, round(self.steps_per_epoch * self.target))
 
+    def bn_batches(self, images: int):
+        """Global image batches [B, H, W, C] for the BN re-estimation that ends a run
+        (``train.ast.bn_reestimate``): the first ceil(images / B) batches of the loader's
+        epoch 0 (at most one epoch), with their training augmentation. A uniform sample of
+        the split, fixed by the loader's seed, whatever the selection trained on, so a
+        resumed run re-estimates from the same images."""
+        from hobs_jax.data.pipeline import LoaderPosition
+
+        for s in range(min(math.ceil(images / self.B), self.steps_per_epoch)):
+            pos = LoaderPosition(epoch=0, step=s)
+            local = self.loader.read(self.loader.global_indices(pos), self.loader.global_noise(pos))
+            yield mesh_lib.global_batch({"image": local["image"]}, self.mesh)["image"]
+
     # ---------------------------------------------------------------- train-step hooks
     def train_apply_fn(self, apply_fn: Callable[..., Any]) -> Callable[..., Any]:
         """The apply function the train step should use (reports ||h|| for 'loss_grad')."""

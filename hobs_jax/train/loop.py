@@ -322,6 +322,25 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
             best_ckpt.close()
         writer.close()
         raise
+    # AST trained on a biased subset: its BN running statistics are re-estimated on a
+    # uniform sample before the final evaluation (train.ast.bn_reestimate).
+    bn_images = int(c.ast.bn_reestimate) if selector is not None and stopped != "preempted" else 0
+    bn_images = bn_images if jax.tree.leaves(state.batch_stats) else 0
+
+    def reestimate_bn(st):
+        from hobs_jax.stats import reestimate_bn as reestimate
+
+        t0 = time.time()
+        assert selector is not None
+        v = reestimate(model, st.variables(), selector.bn_batches(bn_images),
+                       workers=1 if jax.process_count() > 1 else None)
+        record("event", step, {"event": "bn_reestimate", "images": bn_images,
+                               "seconds": time.time() - t0})
+        return st.replace(batch_stats=mesh_lib.put_global(v["batch_stats"], shardings.batch_stats))
+
+    if bn_images:
+        state = reestimate_bn(state)
+        last_eval_step = -1  # evaluate the re-estimated network
     if evaluator is not None and last_eval_step != step and stopped != "preempted":
         run_eval()
     ckpt.close()
@@ -332,6 +351,11 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         if best is not None:
             restored_best, state, best_meta = best
             last_eval = dict(best_meta["val"])
+            if bn_images:
+                state = reestimate_bn(state)
+                if evaluator is not None and eval_data is not None:
+                    last_eval = evaluator(state.variables(), eval_data, desc=f"eval@{restored_best}",
+                                          show_progress=c.progress)
             log.info("early stopping: returning the best evaluation's variables (step %d, "
                      "top-1 %.4f) instead of step %d's", restored_best, last_eval["top1"], step)
     seconds = time.time() - t_start
@@ -347,7 +371,7 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
         **stab.summary(monitor),
     }
     if selector is not None:
-        metrics_out["ast"] = selector.finish()
+        metrics_out["ast"] = dict(selector.finish(), bn_reestimated_images=bn_images)
     writer.write("summary", step, {k: v for k, v in metrics_out.items() if v is not None})
     writer.close()
     return FitResult(variables=state.variables(), metrics=metrics_out)
