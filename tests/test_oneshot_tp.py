@@ -119,3 +119,29 @@ def test_vit_attempt_that_empties_a_layer_of_heads_is_caught():
     heads = [a.num_heads for a in pruned.modules() if hasattr(a, "qkv")]
     assert 0 in heads
     assert "has no heads left" in oneshot_tp._emptied(pruned)
+
+
+@pytest.mark.parametrize("name,path", [("mobilenet_v2_small", "classifier.1"),
+                                       ("efficientnet_b0_small", "classifier.1")])
+def test_the_classifier_kept_whole_is_the_last_linear_of_any_cnn(name, path):
+    pytest.importorskip("torch_pruning")
+    from parity.convert import flax_to_torch
+
+    model = models.build(name, num_classes=10, in_channels=1)
+    m = flax_to_torch(name, models.random_variables(model, (1, 16, 16, 1), seed=0))
+    assert oneshot_tp._classifier(m) is m.get_submodule(path)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_channel_pruning_meets_the_target():
+    """Torch-Pruning's global L1 pruning of the small-image MobileNetV2 (depthwise groups
+    pruned with the convs that feed them), bisected to half our MACs count."""
+    pytest.importorskip("torch_pruning")
+    shape = (1, 16, 16, 1)
+    model = models.build("mobilenet_v2_small", num_classes=10, in_channels=1)
+    variables = models.random_variables(model, shape, seed=0)
+    out = oneshot_tp.prune("mobilenet_v2_small", variables, 0.5, "l1", True, shape)
+    assert out["within_tol"], out["attempts"]
+    widths, nc, _ = models.infer_widths("mobilenet_v2_small", out["variables"])
+    dense_w = models.infer_widths("mobilenet_v2_small", variables)[0]
+    assert nc == 10 and any(widths[k] < dense_w[k] for k in dense_w)

@@ -109,6 +109,10 @@ EXTENDED = {
       for m in ("mobilenet_v2_small", "efficientnet_b0_small", "vit_tiny_p4")),
     *(f"tests/test_models.py::test_arbitrary_widths_build_and_size_every_axis[{m}]"
       for m in ("mobilenet_v2_small", "efficientnet_b0_small")),
+    # Torch-Pruning on the mobile CNNs: make test keeps the classifier choice on MobileNetV2
+    # (the part that differs from ResNet); the bisection itself is ResNet's, tested there
+    "tests/test_oneshot_tp.py::test_the_classifier_kept_whole_is_the_last_linear_of_any_cnn[efficientnet_b0_small-classifier.1]",
+    "tests/test_oneshot_tp.py::test_mobilenet_v2_channel_pruning_meets_the_target",
 }
 
 SLOW = {

@@ -93,6 +93,17 @@ def _vit_options(model, attentions, ratio: float) -> dict:
                 unwrapped_parameters=[(model.class_token, 2), (model.encoder.pos_embedding, 2)])
 
 
+def _classifier(model):
+    """The output layer Torch-Pruning must keep whole: the last ``nn.Linear`` (torchvision's
+    ResNet ``fc``, MobileNetV2's / EfficientNet's ``classifier[1]``)."""
+    import torch
+
+    linears = [mod for mod in model.modules() if isinstance(mod, torch.nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier for Torch-Pruning to keep")
+    return linears[-1]
+
+
 def tp_prune(model, kind: str, ratio: float, global_pruning: bool, example,
              calib_images: np.ndarray | None = None, calib_labels: np.ndarray | None = None):
     """Prune a copy of torch ``model`` (a zoo model's torch reference) with Torch-Pruning at
@@ -111,7 +122,7 @@ def tp_prune(model, kind: str, ratio: float, global_pruning: bool, example,
     attentions = to_qkv_attention(m)
     if attentions and kind == "bnscale":
         raise ValueError("Torch-Pruning criterion 'bnscale' ranks BatchNorm scales; a ViT has none")
-    opts = _vit_options(m, attentions, ratio) if attentions else dict(ignored_layers=[m.fc])
+    opts = _vit_options(m, attentions, ratio) if attentions else dict(ignored_layers=[_classifier(m)])
     pruner = cls(m, example, importance=imp, pruning_ratio=ratio, global_pruning=global_pruning, **opts)
     if kind == "taylor":
         if calib_images is None or calib_labels is None:
