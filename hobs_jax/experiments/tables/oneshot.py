@@ -46,7 +46,7 @@ def add_goals(t: ResultTable, model: str) -> None:
     for target, allowed in MODEL_GOALS[model].items():
         rows = [r for r in t.rows if r["model"] == model and abs(r["target"] - target) < 1e-3]
         hobs = next((r for r in rows if r["label"] == "hobs"), None)
-        text = (f"{model} at {1 / target:.0f}x fewer MACs: H-OBS (with BN re-estimation) loses at most "
+        text = (f"{model} at {round(1 / target, 1):g}x fewer MACs: H-OBS (with BN re-estimation) loses at most "
                 f"{100 * allowed:.1f} points")
         if hobs is None:
             t.goal(text, None, "no hobs row")
@@ -56,6 +56,6 @@ def add_goals(t: ResultTable, model: str) -> None:
         others = [r for r in rows if r["method"] != "hobs"]
         if others:
             best = max(others, key=lambda r: r["acc_oneshot"])
-            t.goal(f"{model} at {1 / target:.0f}x: H-OBS one-shot beats every other method",
+            t.goal(f"{model} at {round(1 / target, 1):g}x: H-OBS one-shot beats every other method",
                    hobs["acc_oneshot"] > best["acc_oneshot"],
                    f"{100 * hobs['acc_oneshot']:.2f}% vs {best['label']} {100 * best['acc_oneshot']:.2f}%")
