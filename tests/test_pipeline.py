@@ -83,6 +83,27 @@ def test_workdir_refuses_a_different_config(tmp_path):
         wd.check_compatible(c, ("train", "prune"))
 
 
+def test_options_of_a_disabled_ast_section_do_not_block_a_resume(tmp_path):
+    """With train.ast.enabled False, an AST option (one added later, or changed) cannot
+    change the result: a workdir made without it resumes; enabling AST still refuses."""
+    import json as _json
+
+    c = _tiny()
+    wd = Workdir(str(tmp_path))
+    wd.finish("train", c, {"ok": 1}, 1.0)
+    stage = tmp_path / "train" / "stage.json"
+    rec = _json.loads(stage.read_text())
+    rec["fingerprint"]["train.ast.kp"] = 0.7  # as if stored by an older version
+    stage.write_text(_json.dumps(rec))
+    with c.unlocked():
+        c.train.ast.bn_reestimate = 0
+    wd.check_compatible(c, ("train",))
+    with c.unlocked():
+        c.train.ast.enabled = True
+    with pytest.raises(ValueError, match=r"made with another config \(.*train.ast.enabled: False -> True"):
+        wd.check_compatible(c, ("train",))
+
+
 def test_end_to_end_then_rerun_skips_every_stage(tmp_path):
     c = _tiny()
     summary = run(c, str(tmp_path))

@@ -47,8 +47,18 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]
         out.update(_flatten({section: full[section]}))
     # Cosmetic switches never change a result; fast_depthwise changes how depthwise convs
     # are computed, not what (float rounding only), so workdirs made before it existed resume.
-    return {k: v for k, v in out.items()
-            if not k.endswith((".progress", ".tensorboard", ".log_every", ".fast_depthwise"))}
+    return effective({k: v for k, v in out.items()
+                      if not k.endswith((".progress", ".tensorboard", ".log_every", ".fast_depthwise"))})
+
+
+def effective(fp: dict[str, Any]) -> dict[str, Any]:
+    """A flat fingerprint without the options of a disabled section: with ``S.ast.enabled``
+    False, no other ``S.ast.*`` key can change a result, so an AST option added later (or
+    changed) does not stop a workdir of a run without AST from resuming. Applied to stored
+    fingerprints too, which may predate this rule."""
+    off = [k[:-len("enabled")] for k, v in fp.items() if k.endswith(".ast.enabled") and v is False]
+    return {k: v for k, v in fp.items()
+            if not any(k.startswith(p) and k != p + "enabled" for p in off)}
 
 
 def _write_json(path: str, obj: Any, fault_point: str | None = None) -> None:
@@ -167,7 +177,7 @@ class Workdir:
             if rec is None:
                 continue
             now = fingerprint(config, stage)
-            then = rec.get("fingerprint", {})
+            then = effective(rec.get("fingerprint", {}))
             diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
             if diff:
                 shown = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
