@@ -37,3 +37,15 @@ def test_each_model_fine_tunes_with_its_own_config_recipe():
     assert f"one recipe for every row ({RESNET_RECIPE})" in one
     both = description({"resnet56": recipe_text(resnet), "vit_tiny_p4": recipe_text(vit)})[0]
     assert "resnet56: SGD" in both and "vit_tiny_p4: AdamW" in both
+
+
+def test_method_training_dir_takes_methods_with_nested_options(tmp_path):
+    """R-SPAR's options hold a nested section (its agent): the shared method-training folder
+    is still named by a digest of every option but the allocation's."""
+    import types
+
+    bench = types.SimpleNamespace(args=types.SimpleNamespace(workdir=str(tmp_path)))
+    a = Bench.method_training_dir(bench, "resnet20", parse_row("rspar"))
+    b = Bench.method_training_dir(bench, "resnet20", parse_row("depgraph-global"))
+    assert a.startswith(str(tmp_path / "method_training" / "resnet20" / "rspar-"))
+    assert a != b and Bench.method_training_dir(bench, "resnet20", parse_row("rspar")) == a

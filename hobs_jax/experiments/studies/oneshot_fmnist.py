@@ -207,8 +207,10 @@ class Bench:
         from hobs_jax.methods import get_method
         full = get_method(spec["method"]).default_config()
         full.update(opts)
+        # Nested option sections (R-SPAR's agent) are ConfigDicts: tagged by their dict.
         tag = json.dumps({k: v for k, v in full.items() if k not in ("allocation", "normalize",
-                                                                    "min_ratio")}, sort_keys=True)
+                                                                    "min_ratio")}, sort_keys=True,
+                         default=lambda o: o.to_dict() if hasattr(o, "to_dict") else repr(o))
         import hashlib
         digest = hashlib.sha256(tag.encode()).hexdigest()[:10]
         return os.path.join(self.args.workdir, "method_training", name, f"{spec['method']}-{digest}")
