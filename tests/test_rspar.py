@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -358,3 +359,48 @@ def test_repair_trades_between_groups_when_no_single_step_lands():
     assert keep.tolist() == [5.0, 4.0]
     # already inside the band: untouched
     assert allocation.repair(_TwoGroupCost(), np.array([5.0, 4.0]), 0.5).tolist() == [5.0, 4.0]
+
+
+class _BNDropout(nn.Module):
+    """Dense -> BatchNorm -> Dropout(0.5) -> Dense; ``rate`` 0 is the reference."""
+
+    rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+        return nn.Dense(3)(nn.Dropout(self.rate, deterministic=not train)(x))
+
+
+def test_batch_norm_mode_normalizes_with_batch_statistics_and_drops_nothing():
+    from hobs_jax.stats.bn import apply_batch_norm_mode
+
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32) * 3 + 1
+    model = _BNDropout()
+    v = model.init(jax.random.key(0), x)
+    out, state = apply_batch_norm_mode(model, v, x)  # no rng needed
+    ref, ref_state = _BNDropout(rate=0.0).apply(v, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(state["batch_stats"]["BatchNorm_0"]["mean"]),
+                                  np.asarray(ref_state["batch_stats"]["BatchNorm_0"]["mean"]))
+    # and it is not the running-statistics network
+    assert not np.allclose(np.asarray(out), np.asarray(model.apply(v, x, train=False)), atol=1e-3)
+
+
+def test_reward_runs_on_a_network_with_dropout():
+    """MobileNetV2's classifier dropout made the batch-statistics reward ask for a PRNG key
+    (flax InvalidRngError) before the first episode; it is now evaluated with dropout off."""
+    name, shape = "mobilenet_v2_small", (1, 16, 16, 1)
+    model = models.build(name, num_classes=10, in_channels=1)
+    variables = models.random_variables(model, shape, seed=0)
+    rng = np.random.default_rng(0)
+    calib = Calibration(rng.normal(size=(16,) + shape[1:]).astype(np.float32),
+                        rng.integers(0, 10, 16).astype(np.int32))
+    task = make_task("hobs", name, variables, target=0.5, calib=calib,
+                     options=dict(progress=False, min_ratio=0.2, propagate=0))
+    sel = HOBS.select(task)
+    grids = [kept_grid(int(s), int(f), 1, 4) for s, f in zip(task.cost.sizes, sel.floor)]
+    reward = build_grid_reward(sel, grids, calib.images[:8], calib.labels[:8])
+    index = np.zeros(len(grids), np.int64)
+    first = reward(index)
+    assert np.isfinite(first[0]) and reward(index) == first  # deterministic: no dropout draw

@@ -25,7 +25,8 @@ refit (:func:`hobs_jax.obs.compensate_layers`); groups with no channel-mixing
 consumer (ViT q/k) are masked at their producers' output columns without compensation.
 
 BatchNorm: ``bn='batch'`` (default) normalizes with the statistics of the reward batch
-itself (train mode), i.e. the reward network is evaluated as after BatchNorm
+itself (train mode with dropout off: :func:`hobs_jax.stats.bn.apply_batch_norm_mode`),
+i.e. the reward network is evaluated as after BatchNorm
 re-estimation, which is how every allocation is evaluated in the experiments; ``'running'``
 keeps the dense network's statistics (the exactness test uses it).
 """
@@ -39,6 +40,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hobs_jax.stats import bn as bn_stats
 
 BN_MODES = ("batch", "running")
 
@@ -134,7 +137,7 @@ def _compiled(model, structure: tuple, bn: str):
             p[name] = p[name] + sum(jnp.take(stacks[s], index[gi], axis=0) for gi, s in entries)
         v = dict(rest, params=traverse_util.unflatten_dict(p, sep="/"))
         if bn == "batch" and "batch_stats" in rest:
-            logits, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+            logits, _ = bn_stats.apply_batch_norm_mode(model, v, x)
         else:
             logits = model.apply(v, x, train=False)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32))

@@ -47,6 +47,27 @@ def _batch_stats_of(model, variables, x, momenta: tuple):
 DEFAULT_MOMENTUM = 0.9  # the zoo's (torch's 0.1)
 
 
+def apply_batch_norm_mode(model: Any, variables: Mapping, x, **kwargs):
+    """``model.apply(variables, x, train=True, mutable=['batch_stats'])`` with every
+    ``flax.linen.Dropout`` an identity: BatchNorm normalizes with the statistics of ``x``
+    (what a pruned network's re-estimated BN will hold) while the output is otherwise the
+    evaluation network's, so a score computed from it (R-SPAR's reward) carries no
+    dropout noise and needs no random key. Other users of the ``dropout`` stream
+    (EfficientNet's stochastic depth) draw from a fixed key, as in training mode.
+    Returns (output, mutated state).
+    """
+    import flax.linen as nn
+
+    def identity_dropout(next_fun, args, kw, context):
+        if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+            return args[0] if args else kw["inputs"]
+        return next_fun(*args, **kw)
+
+    with nn.intercept_methods(identity_dropout):
+        return model.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(0)}, **kwargs)
+
+
 def momenta(model: Any, variables: Mapping, x_shape) -> tuple[tuple[tuple[str, ...], float], ...]:
     """(path, momentum) of every ``nn.BatchNorm`` ``model`` calls (abstract pass)."""
     import flax.linen as nn
