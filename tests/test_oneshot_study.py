@@ -49,3 +49,41 @@ def test_method_training_dir_takes_methods_with_nested_options(tmp_path):
     b = Bench.method_training_dir(bench, "resnet20", parse_row("depgraph-global"))
     assert a.startswith(str(tmp_path / "method_training" / "resnet20" / "rspar-"))
     assert a != b and Bench.method_training_dir(bench, "resnet20", parse_row("rspar")) == a
+
+
+def test_seeds_keep_the_old_row_layout_and_report_mean_std_and_the_rspar_goal(tmp_path, monkeypatch):
+    """Seed 0 rows stay at rows/MODEL/TARGET/ROW.json (earlier workdirs keep theirs); other
+    seeds go under seedS/; the report tabulates the first seed and writes OUT_seeds with mean
+    and std and the per-seed R-SPAR-vs-global goal."""
+    import json
+    import os
+
+    from hobs_jax.experiments.studies.oneshot_fmnist import _write_json, cached_rows, row_path
+    from hobs_jax.experiments.studies.oneshot_report import write_report
+
+    assert row_path("w", "m", 0.5, "hobs") == os.path.join("w", "rows", "m", "0.5", "hobs.json")
+    assert row_path("w", "m", 0.5, "hobs", 2) == os.path.join("w", "rows", "m", "0.5", "seed2", "hobs.json")
+    accs = {("hobs", 0): 0.80, ("hobs", 1): 0.81, ("rspar", 0): 0.82, ("rspar", 1): 0.80}
+    for (row, seed), acc in accs.items():
+        rec = {"model": "mobilenet_v2_small", "method": row, "framework": "hobs_jax",
+               "target_macs_ratio": 0.5, "macs_ratio": 0.5, "params_ratio": 0.6, "acc_dense": 0.88,
+               "acc_oneshot": acc - 0.01, "acc_bn_recalibrated": acc, "acc_finetuned": None,
+               "acc_by_steps": {}, "latency_speedup": {"batch1": 1.5, "batch64": 1.8}}
+        if seed:  # a record from before seeds has no key: it reads as seed 0
+            rec["seed"] = seed
+        _write_json(row_path(str(tmp_path), "mobilenet_v2_small", 0.5, row, seed), rec)
+    rows = cached_rows(str(tmp_path))
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(accs)
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "docs" / "t2")
+    write_report(rows, str(tmp_path), out, "cmd", ["mobilenet_v2_small"], [0.5], ["hobs", "rspar"],
+                 seeds=[0, 1])
+    main = json.load(open(out + ".json"))
+    assert len(main["rows"]) == 2  # the first seed only
+    seeds = json.load(open(out + "_seeds.json"))
+    by = {r["label"]: r for r in seeds["rows"]}
+    assert by["rspar"]["n"] == 2 and abs(by["rspar"]["acc_bn_ms"]["mean"] - 0.81) < 1e-9
+    goal = next(g for g in seeds["goals"] if "R-SPAR beats global" in g["text"])
+    assert goal["met"] is False and "seed 1: 80.00% vs 81.00%" in goal["detail"]
+    record = json.load(open(tmp_path / "docs" / "records" / "t2.json"))
+    assert sorted(r["seed"] for r in record["rows"]) == [0, 0, 1, 1]

@@ -67,7 +67,8 @@ def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dic
     and its refused rows with ``refused`` set: ``refused`` (the study's own refused rows,
     ``model``, ``method``, ``target_macs_ratio``, ``macs_ratio``, ``refused``) or, for the
     record of 2026-11, those listed in its report. ``base``: what every row names (default:
-    the 2026-11 record's dataset, split, device, source, latency runtime, seed, budgets)."""
+    the 2026-11 record's dataset, split, device, source, latency runtime, seed, budgets); a
+    row's own ``seed`` overrides the base's."""
     base = dict(base or {"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
                          "source": ONESHOT["key"], "latency_runtime": LEGACY_LATENCY, "seed": 0,
                          "budgets": [50, 200, 468]})
@@ -79,10 +80,12 @@ def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dic
                      "acc_dense": r["acc_dense"], "acc_oneshot": r["acc_oneshot"],
                      "acc_bn_recalibrated": r["acc_bn_recalibrated"],
                      "acc_by_steps": r.get("acc_by_steps") or {}, "acc_finetuned": r.get("acc_finetuned"),
-                     "latency_speedup": r.get("latency_speedup") or {}})
+                     "latency_speedup": r.get("latency_speedup") or {},
+                     **({"seed": r["seed"]} if r.get("seed") is not None else {})})
     if refused is not None:
         for r in refused:
-            rows.append({**base, "model": r["model"], "label": r["method"], "method": _method(r["method"]),
+            rows.append({**base, **({"seed": r["seed"]} if r.get("seed") is not None else {}),
+                         "model": r["model"], "label": r["method"], "method": _method(r["method"]),
                          "framework": r.get("framework") or ("torch-pruning" if r["method"].startswith("tp-")
                                                              else "hobs_jax"),
                          "target": r["target_macs_ratio"], "macs_ratio": r.get("macs_ratio"),

@@ -24,6 +24,12 @@ heads and MLP units, and bnscale is refused: no BatchNorm). Finished rows are ca
 ``--workdir`` (an interrupted run continues; fine-tuning itself resumes from its
 checkpoints). ``--report-only`` rebuilds the outputs from the cache.
 
+Seeds (``--seeds 0,1,2``): seed s draws the calibration images (``sample_indices(..., s)``;
+seed 0 is the calibrate stage's draw), seeds the method (R-SPAR's agent) and offsets the
+fine-tuning seed; every row runs once per seed. The main table shows the first seed; with
+more than one, ``OUT_seeds.{md,json,tex}`` gives mean and std over seeds per row
+(:mod:`hobs_jax.experiments.tables.stability`) with the R-SPAR-vs-global goal per seed.
+
     python benchmarks/oneshot_fmnist.py --models resnet56,resnet20 \\
         --targets 0.5,0.333 --steps 50,200,epoch --workdir runs/oneshot_fmnist
 
@@ -109,15 +115,21 @@ class Bench:
         from hobs_jax.data import get_source
         self.args = args
         self.source = get_source("fashion_mnist", augment=True)
-        from hobs_jax.data import sample_indices
-
-        idx = sample_indices(self.source.size("train"), args.calib_images, 0)  # as the calibrate stage
-        images, labels = self.source.batch("train", idx, train=False)
-        from hobs_jax.methods import Calibration
-        self.calib = Calibration(np.asarray(images, np.float32), np.asarray(labels, np.int32))
+        self._calib: dict = {}
         self._recipes: dict = {}
         self._dense: dict = {}
         self._jit: dict = {}
+
+    def calib(self, seed: int = 0):
+        """The calibration set of ``seed``: ``--calib-images`` training images without
+        augmentation, drawn as the pipeline's calibrate stage draws them (seed 0: its set)."""
+        if seed not in self._calib:
+            from hobs_jax.data import sample_indices
+            from hobs_jax.methods import Calibration
+            idx = sample_indices(self.source.size("train"), self.args.calib_images, seed)
+            images, labels = self.source.batch("train", idx, train=False)
+            self._calib[seed] = Calibration(np.asarray(images, np.float32), np.asarray(labels, np.int32))
+        return self._calib[seed]
 
     # -- models and evaluation -------------------------------------------------------
     def dense(self, name: str):
@@ -146,9 +158,9 @@ class Bench:
         r = macs.count(model, variables, SHAPE)
         return r.macs, r.params
 
-    def recalibrate(self, model, variables):
+    def recalibrate(self, model, variables, seed: int = 0):
         from hobs_jax.stats import reestimate_bn
-        return reestimate_bn(model, variables, (x for x, _ in self.calib.batches(256)))
+        return reestimate_bn(model, variables, (x for x, _ in self.calib(seed).batches(256)))
 
     def recipe(self, name: str):
         """The fine-tuning recipe of model ``name``: the ``finetune`` section of
@@ -172,9 +184,10 @@ class Bench:
         out = sorted({per_epoch if s == "epoch" else int(s) for s in self.args.steps.split(",") if s})
         return [s for s in out if s > 0]
 
-    def recipe_for(self, name: str, steps: int, every: int):
+    def recipe_for(self, name: str, steps: int, every: int, seed: int = 0):
         c = self.recipe(name).copy_and_resolve_references()
         with c.unlocked():
+            c.seed = int(c.seed) + int(seed)
             c.steps, c.epochs = int(steps), 0.0
             c.progress, c.tensorboard = False, False
             c.checkpoint.every_steps = int(every)
@@ -183,26 +196,26 @@ class Bench:
             c.log_every = 50
         return c
 
-    def train_loader(self, name: str):
+    def train_loader(self, name: str, seed: int = 0):
         from hobs_jax.data import TrainLoader
         c = self.recipe(name)
-        return TrainLoader(self.source, "train", c.batch_size, seed=c.seed)
+        return TrainLoader(self.source, "train", c.batch_size, seed=c.seed + seed)
 
-    def finetune_cb(self, name: str, workdir: str):
+    def finetune_cb(self, name: str, workdir: str, seed: int = 0):
         """The training callback for methods (DepGraph's sparse phase): the dense model,
         the fine-tune recipe, resumable under ``workdir``."""
         def train(variables, steps, extra_loss=None, extra_transform=None):
             from hobs_jax.train import fit
             model, _ = self.dense(name)
-            c = self.recipe_for(name, steps, 0)
-            return fit(model, variables, self.train_loader(name), c, workdir, extra_loss=extra_loss,
+            c = self.recipe_for(name, steps, 0, seed)
+            return fit(model, variables, self.train_loader(name, seed), c, workdir, extra_loss=extra_loss,
                        extra_transform=extra_transform).variables
         return train
 
-    def method_training_dir(self, name: str, spec: dict) -> str:
+    def method_training_dir(self, name: str, spec: dict, seed: int = 0) -> str:
         """Where a method's training (DepGraph's sparse phase) runs: shared by every row of
-        the same model, method and options apart from allocation (the phase does not depend
-        on the target or the allocation), so it runs once and later rows resume its end."""
+        the same model, method, seed and options apart from allocation (the phase does not
+        depend on the target or the allocation), so it runs once and later rows resume its end."""
         opts = {k: v for k, v in sorted(spec["options"].items()) if k != "allocation"}
         from hobs_jax.methods import get_method
         full = get_method(spec["method"]).default_config()
@@ -213,9 +226,10 @@ class Bench:
                          default=lambda o: o.to_dict() if hasattr(o, "to_dict") else repr(o))
         import hashlib
         digest = hashlib.sha256(tag.encode()).hexdigest()[:10]
-        return os.path.join(self.args.workdir, "method_training", name, f"{spec['method']}-{digest}")
+        return os.path.join(self.args.workdir, "method_training", name, f"{spec['method']}-{digest}"
+                            + (f"-seed{seed}" if seed else ""))
 
-    def curve(self, name: str, model, variables, steps: list[int], workdir: str) -> dict[int, float]:
+    def curve(self, name: str, model, variables, steps: list[int], workdir: str, seed: int = 0) -> dict[int, float]:
         """Fine-tune for max(steps) (one schedule), accuracy at every step in ``steps``."""
         import jax
 
@@ -231,8 +245,8 @@ class Bench:
         total = max(steps)
         shorter = [s for s in steps if s < total]
         every = math.gcd(*shorter) if shorter else 0
-        c = self.recipe_for(name, total, every)
-        result = fit(model, variables, self.train_loader(name), c, workdir)
+        c = self.recipe_for(name, total, every, seed)
+        result = fit(model, variables, self.train_loader(name, seed), c, workdir)
         out = {total: self.accuracy(model, result.variables, f"ft@{total}")}
         if shorter:
             mesh = make_mesh()
@@ -286,19 +300,20 @@ class Bench:
         _write_json(path, rec)
         return rec
 
-    def prune(self, name: str, target: float, row: str, spec: dict):
+    def prune(self, name: str, target: float, row: str, spec: dict, seed: int = 0):
         model, variables = self.dense(name)
+        calib = self.calib(seed)
         if spec["framework"] == "hobs_jax":
             from hobs_jax.methods import prune
             r = prune(spec["method"], name, variables, target=target, metric="macs",
-                      round_to=spec.get("round_to", 1), calib=self.calib, options=spec["options"], seed=0,
-                      finetune=self.finetune_cb(name, self.method_training_dir(name, spec)))
+                      round_to=spec.get("round_to", 1), calib=calib, options=spec["options"], seed=seed,
+                      finetune=self.finetune_cb(name, self.method_training_dir(name, spec, seed), seed))
             return r.model, r.variables, {"info": _jsonable(r.outcome.info)}
         from hobs_jax.experiments.studies import oneshot_tp
         ctx = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
             out = pool.submit(oneshot_tp.prune, name, variables, target, spec["kind"], spec["global"],
-                              SHAPE, self.calib.images, self.calib.labels, TOL).result()
+                              SHAPE, calib.images, calib.labels, TOL).result()
         from hobs_jax import models
         widths, nc, ic = models.infer_widths(name, out["variables"])
         # A ViT keeps the softmax temperature torch_to_flax read off the pruned torch model.
@@ -307,14 +322,14 @@ class Bench:
         extra = {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol")}
         return pruned, out["variables"], extra
 
-    def row(self, name: str, target: float, row: str) -> dict:
-        """One row: pruned, measured and (if ``--steps``) fine-tuned; cached in stages (the
-        BN-re-estimated pruned model is saved, so a later run with ``--steps`` adds the curve
-        without pruning again)."""
+    def row(self, name: str, target: float, row: str, seed: int = 0) -> dict:
+        """One row of one seed: pruned, measured and (if ``--steps``) fine-tuned; cached in
+        stages (the BN-re-estimated pruned model is saved, so a later run with ``--steps``
+        adds the curve without pruning again)."""
         import hobs_jax
         from hobs_jax import export
 
-        path = os.path.join(self.args.workdir, "rows", name, f"{target:g}", f"{row}.json")
+        path = row_path(self.args.workdir, name, target, row, seed)
         spec = parse_row(row, self.args.overrides)
         rowdir = os.path.join(os.path.dirname(path), row)
         rec = json.load(open(path)) if os.path.exists(path) else None
@@ -327,13 +342,13 @@ class Bench:
             dense_rec = self.dense_record(name)
             t0 = time.time()
             try:
-                model, variables, extra = self.prune(name, target, row, spec)
+                model, variables, extra = self.prune(name, target, row, spec, seed)
             except ValueError as e:
                 if spec["framework"] != "hobs_jax":
                     raise
                 # A method that cannot handle the architecture says why in one line (UDFC
                 # on a network without BN then ReLU); the row is listed as refused.
-                rec = {"model": name, "method": row, "framework": spec["framework"],
+                rec = {"model": name, "method": row, "framework": spec["framework"], "seed": seed,
                        "target_macs_ratio": target, "options": spec.get("options"),
                        "resolved_options": spec.get("resolved"), "command": self.args.command,
                        "refused": f"the method refused the model: {e}"}
@@ -341,7 +356,7 @@ class Bench:
                 _write_json(path, rec)
                 return rec
             m, p = self.counts(model, variables)
-            rec = {"model": name, "method": row, "framework": spec["framework"],
+            rec = {"model": name, "method": row, "framework": spec["framework"], "seed": seed,
                    "target_macs_ratio": target, "macs_ratio": m / dense_rec["macs"],
                    "params_ratio": p / dense_rec["params"], "acc_dense": dense_rec["acc_dense"],
                    "options": spec.get("options"), "resolved_options": spec.get("resolved"),
@@ -357,14 +372,14 @@ class Bench:
                 _write_json(path, rec)
                 return rec
             rec["acc_oneshot"] = self.accuracy(model, variables, f"{row} one-shot")
-            variables = self.recalibrate(model, variables)
+            variables = self.recalibrate(model, variables, seed)
             rec["acc_bn_recalibrated"] = self.accuracy(model, variables, f"{row} bn")
             rec["latency_speedup"] = self.latency(name, model, variables)
             rec["acc_by_steps"], rec["acc_finetuned"], rec["schedule_steps"] = {}, None, None
             export.save(os.path.join(rowdir, "model"), model, jax_host(variables), overwrite=True)
             rec["seconds"] = time.time() - t0
             _write_json(path, rec)
-            print(f"{name} {target} {row}: macs {rec['macs_ratio']:.4f} one-shot "
+            print(f"{name} {target} {row} seed {seed}: macs {rec['macs_ratio']:.4f} one-shot "
                   f"{rec['acc_oneshot']:.4f} bn {rec['acc_bn_recalibrated']:.4f} speedup "
                   f"{rec['latency_speedup']} ({rec['seconds']:.0f} s)", flush=True)
         if "refused" in rec:
@@ -381,7 +396,7 @@ class Bench:
                 shutil.rmtree(os.path.join(rowdir, "finetune"), ignore_errors=True)
             t0 = time.time()
             model, variables, _ = hobs_jax.load(os.path.join(rowdir, "model"))
-            curve = self.curve(name, model, variables, steps, os.path.join(rowdir, "finetune"))
+            curve = self.curve(name, model, variables, steps, os.path.join(rowdir, "finetune"), seed)
             per_epoch = self.source.size("train") // self.recipe(name).batch_size
             rec.update(acc_by_steps={str(k): v for k, v in sorted(curve.items())},
                        acc_finetuned=curve.get(per_epoch), schedule_steps=max(steps),
@@ -410,10 +425,20 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def row_path(workdir: str, model: str, target: float, row: str, seed: int = 0) -> str:
+    """A row's cached record: rows/MODEL/TARGET/ROW.json for seed 0 (the layout before
+    seeds existed, so earlier workdirs keep their rows), rows/MODEL/TARGET/seedS/ROW.json
+    for seed S > 0."""
+    folder = os.path.join(workdir, "rows", model, f"{target:g}")
+    return os.path.join(folder, *([f"seed{seed}"] if seed else []), f"{row}.json")
+
+
 def cached_rows(workdir: str) -> list[dict]:
-    """Every finished row record (rows/MODEL/TARGET/ROW.json)."""
+    """Every finished row record, each with its ``seed`` (records from before seeds: 0)."""
     import glob
-    return [json.load(open(f)) for f in sorted(glob.glob(os.path.join(workdir, "rows", "*", "*", "*.json")))]
+    files = sorted(glob.glob(os.path.join(workdir, "rows", "*", "*", "*.json"))
+                   + glob.glob(os.path.join(workdir, "rows", "*", "*", "seed*", "*.json")))
+    return [{"seed": 0, **json.load(open(f))} for f in files]
 
 
 def main(argv=None) -> None:
@@ -430,6 +455,9 @@ def main(argv=None) -> None:
                         "(default 50,200,epoch; 20,60 with --quick)")
     p.add_argument("--workdir", default="runs/oneshot_fmnist")
     p.add_argument("--calib-images", type=int, default=2048)
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds; each draws the calibration images, seeds the method and "
+                        "offsets fine-tuning (the main table shows the first; OUT_seeds the mean and std)")
     p.add_argument("--latency-iters", type=int, default=20)
     p.add_argument("--quick", action="store_true",
                    help="development run: steps 20,60, 256 calibration images, 5 latency "
@@ -468,6 +496,12 @@ def main(argv=None) -> None:
     for t in targets:
         if not 0 < t < 1:
             raise SystemExit(f"--targets: {t} is not a kept fraction in (0, 1)")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: use comma-separated integers >= 0, e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {args.seeds!r}: use distinct comma-separated integers >= 0, e.g. 0,1,2")
     if not args.report_only:
         from hobs_jax.methods import list_methods
         run_rows = []
@@ -481,12 +515,13 @@ def main(argv=None) -> None:
         bench = Bench(args)
         for name in models_:
             for t in targets:
-                for r in run_rows:
-                    bench.row(name, t, r)
+                for seed in seeds:
+                    for r in run_rows:
+                        bench.row(name, t, r, seed)
     from hobs_jax.experiments.studies.oneshot_report import recipe_text, write_report
     recipes = {name: recipe_text(Bench.recipe_of(args.config_dir, name)) for name in models_}
     write_report(cached_rows(args.workdir), args.workdir, out, args.command, models_, targets, rows,
-                 notes=args.note, recipes=recipes, **({"title": args.title} if args.title else {}))
+                 notes=args.note, recipes=recipes, seeds=seeds, **({"title": args.title} if args.title else {}))
 
 
 if __name__ == "__main__":

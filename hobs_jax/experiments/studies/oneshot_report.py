@@ -10,7 +10,7 @@ import os
 
 KEYS = ("model", "method", "framework", "target_macs_ratio", "macs_ratio", "params_ratio",
         "acc_dense", "acc_oneshot", "acc_bn_recalibrated", "acc_finetuned", "acc_by_steps",
-        "latency_speedup")
+        "latency_speedup", "seed")
 
 
 def _version(pkg: str) -> str:
@@ -65,17 +65,21 @@ DESCRIPTION = description()
 
 def write_report(records_: list[dict], workdir: str, out: str, command: str, models: list[str],
                  targets: list[float], rows: list[str], notes: list[str] | None = None,
-                 recipes: dict[str, str] | None = None,
+                 recipes: dict[str, str] | None = None, seeds: list[int] | None = None,
                  title: str = "One-shot pruning on Fashion-MNIST: ours vs Torch-Pruning at equal MACs") -> list[str]:
-    """The run record ``OUT's folder/records/NAME.json`` (rows of this selection, refused ones
-    included, with this machine and command as their source) and the table built from it
-    through ResultTable (:func:`hobs_jax.experiments.tables.oneshot.build`: goals included)
-    as ``OUT.{json,md,tex}`` with ``OUT_curve.png``; returns the paths."""
+    """The run record ``OUT's folder/records/NAME.json`` (rows of this selection and of
+    ``seeds``, refused ones included, with this machine and command as their source) and the
+    table built from it through ResultTable (:func:`hobs_jax.experiments.tables.oneshot.build`:
+    goals included; the first seed's rows) as ``OUT.{json,md,tex}`` with ``OUT_curve.png``;
+    with several seeds also ``OUT_seeds.{json,md,tex}``: mean and std over seeds per row
+    (:func:`hobs_jax.experiments.tables.stability.build`) and the R-SPAR goal per seed.
+    Returns the paths."""
     from hobs_jax.experiments import records
-    from hobs_jax.experiments.tables import oneshot
+    from hobs_jax.experiments.tables import oneshot, stability
     from hobs_jax.experiments.tables.common import plot_curves
 
-    sel = [r for r in records_ if r["model"] in models
+    seeds = list(seeds or [0])
+    sel = [r for r in records_ if r["model"] in models and r.get("seed", 0) in seeds
            and any(abs(r["target_macs_ratio"] - t) < 1e-9 for t in targets) and r["method"] in rows]
     done = [r for r in sel if "refused" not in r]
     refused = [r for r in sel if "refused" in r]
@@ -89,19 +93,34 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
     steps = sorted({int(s) for r in done for s in r.get("acc_by_steps", {})})
     base = {"dataset": "fashion_mnist", "split": "test", "device": src["device"], "source": key,
             "latency_runtime": "Flax jit, wall clock", "seed": 0, "budgets": steps}
-    table_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
-    paths = [records.save(os.path.join(folder, "records", f"{name}.json"), table_rows, {key: src})]
+    all_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
+    paths = [records.save(os.path.join(folder, "records", f"{name}.json"), all_rows, {key: src})]
+    table_rows = [r for r in all_rows if r.get("seed", 0) == seeds[0]]
+    first = [r for r in sel if r.get("seed", 0) == seeds[0]]
     t = oneshot.build(name, title, table_rows, sources={key: src}, description=description(recipes),
                       goal_model=None if set(models) - {"resnet56", "resnet20"} else "resnet56")
+    if len(seeds) > 1:
+        t.note(f"seed {seeds[0]} of {seeds}; mean and std over the seeds: `{name}_seeds.md`")
+        ts = stability.build(f"{name}_seeds", f"{title}: mean and std over seeds {','.join(map(str, seeds))}",
+                             [r for r in all_rows if not r.get("refused")], min_seeds=len(seeds),
+                             sources={key: src}, description=description(recipes) + [
+                                 "Seed s draws the 2048 calibration images (seed 0: the calibrate stage's), "
+                                 "seeds the method (R-SPAR's agent) and offsets the fine-tuning seed."])
+        oneshot.add_rspar_goals(ts, all_rows)
+        paths += ts.write(out + "_seeds")
     ours: dict[str, dict] = {}
-    for r in done:
+    for r in first:
+        if "refused" in r:
+            continue
         if r["framework"] == "hobs_jax" and r.get("resolved_options") is not None:
             ours.setdefault(r["method"], r["resolved_options"])
     for m, o in sorted(ours.items()):
         t.note(f"options of `{m}` (resolved: the method's defaults plus the row's settings): "
                f"`{json.dumps(o, sort_keys=True)}`")
     tp: dict[str, list[str]] = {}
-    for r in done:
+    for r in first:
+        if "refused" in r:
+            continue
         if r["framework"] == "torch-pruning" and "pruning_ratio" in r:
             tp.setdefault(r["method"], []).append(f"{r['model']} kept {r['target_macs_ratio']}: "
                                                   f"pruning_ratio {r['pruning_ratio']:.4f}")
@@ -109,7 +128,7 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
         t.note(f"Torch-Pruning's channel ratio found by bisection for `{m}`: " + "; ".join(v))
     for n in notes or []:
         t.note(n)
-    have = {(r["model"], round(r["target_macs_ratio"], 6), r["method"]) for r in sel}
+    have = {(r["model"], round(r["target_macs_ratio"], 6), r["method"]) for r in first}
     missing = [(m, tg, r) for m in models for tg in targets for r in rows if (m, round(tg, 6), r) not in have]
     for m, tg, r in missing:
         t.note(f"not run: {m} kept {tg}: `{r}`")

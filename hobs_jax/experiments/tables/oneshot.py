@@ -17,6 +17,9 @@ MODEL_GOALS = {"resnet56": GOALS,
                "mobilenet_v2_small": {0.667: 0.015, 0.5: 0.040},
                "efficientnet_b0_small": {0.667: 0.015, 0.5: 0.040},
                "vit_tiny_p4": {0.5: 0.020}}
+# Where R-SPAR must beat H-OBS's global allocation on every seed (issue 19): model -> kept
+# MACs fractions.
+RSPAR_GOALS = {"mobilenet_v2_small": (0.5,)}
 
 
 def build(name: str, title: str, rows: Sequence[Mapping], *, description: Sequence[str] = (),
@@ -59,3 +62,33 @@ def add_goals(t: ResultTable, model: str) -> None:
             t.goal(f"{model} at {round(1 / target, 1):g}x: H-OBS one-shot beats every other method",
                    hobs["acc_oneshot"] > best["acc_oneshot"],
                    f"{100 * hobs['acc_oneshot']:.2f}% vs {best['label']} {100 * best['acc_oneshot']:.2f}%")
+
+
+def add_rspar_goals(t: ResultTable, rows: Sequence[Mapping]) -> None:
+    """R-SPAR beats H-OBS's global allocation (row ``hobs-global``, else ``hobs``) in
+    one-shot top-1 after BN re-estimation (what R-SPAR's batch-statistics reward scores) on
+    every seed both ran, per RSPAR_GOALS model and target with an ``rspar`` row; ``rows``:
+    per-seed rows (``seed``, ``label``, ``model``, ``target``)."""
+    from hobs_jax.experiments.tables.common import oneshot_acc
+
+    for model, targets in RSPAR_GOALS.items():
+        for target in targets:
+            here = [r for r in rows if r["model"] == model and abs(r["target"] - target) < 1e-3
+                    and not r.get("refused")]
+            glabel = "hobs-global" if any(r["label"] == "hobs-global" for r in here) else "hobs"
+            rs: dict[int, float] = {}
+            gl: dict[int, float] = {}
+            for r in here:
+                acc = oneshot_acc(r)
+                if acc is not None and r["label"] in ("rspar", glabel):
+                    (rs if r["label"] == "rspar" else gl)[r["seed"]] = acc
+            if not rs:
+                continue
+            both = sorted(set(rs) & set(gl))
+            text = (f"{model} at {round(1 / target, 1):g}x: R-SPAR beats global allocation (`{glabel}`) "
+                    f"after BN re-estimation on every seed")
+            if not both:
+                t.goal(text, None, f"no seed with both rows (rspar: {sorted(rs)}, {glabel}: {sorted(gl)})")
+                continue
+            detail = "; ".join(f"seed {s}: {100 * rs[s]:.2f}% vs {100 * gl[s]:.2f}%" for s in both)
+            t.goal(text, all(rs[s] > gl[s] for s in both), detail)
