@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -359,32 +358,6 @@ def test_repair_trades_between_groups_when_no_single_step_lands():
     assert keep.tolist() == [5.0, 4.0]
     # already inside the band: untouched
     assert allocation.repair(_TwoGroupCost(), np.array([5.0, 4.0]), 0.5).tolist() == [5.0, 4.0]
-
-
-class _BNDropout(nn.Module):
-    """Dense -> BatchNorm -> Dropout(0.5) -> Dense; ``rate`` 0 is the reference."""
-
-    rate: float = 0.5
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
-        return nn.Dense(3)(nn.Dropout(self.rate, deterministic=not train)(x))
-
-
-def test_batch_norm_mode_normalizes_with_batch_statistics_and_drops_nothing():
-    from hobs_jax.stats.bn import apply_batch_norm_mode
-
-    x = np.random.default_rng(0).normal(size=(16, 5)).astype(np.float32) * 3 + 1
-    model = _BNDropout()
-    v = model.init(jax.random.key(0), x)
-    out, state = apply_batch_norm_mode(model, v, x)  # no rng needed
-    ref, ref_state = _BNDropout(rate=0.0).apply(v, x, train=True, mutable=["batch_stats"])
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
-    np.testing.assert_array_equal(np.asarray(state["batch_stats"]["BatchNorm_0"]["mean"]),
-                                  np.asarray(ref_state["batch_stats"]["BatchNorm_0"]["mean"]))
-    # and it is not the running-statistics network
-    assert not np.allclose(np.asarray(out), np.asarray(model.apply(v, x, train=False)), atol=1e-3)
 
 
 def test_reward_runs_on_a_network_with_dropout():

@@ -116,6 +116,9 @@ EXTENDED = {
     # R-SPAR's reward on MobileNetV2 (dropout in train mode; 25 s); make test keeps the
     # helper's own test on a two-layer model
     "tests/test_rspar.py::test_reward_runs_on_a_network_with_dropout",
+    # EfficientNet-B0's BN statistics without stochastic depth (40 s); make test keeps the
+    # module-level test on a residual toy
+    "tests/test_bn_mode.py::test_efficientnet_statistics_come_from_the_network_without_stochastic_depth",
 }
 
 SLOW = {

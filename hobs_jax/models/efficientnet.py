@@ -34,12 +34,12 @@ from hobs_jax.models.layers import (
     ConvBNAct,
     Dense,
     Sequential,
+    StochasticDepth,
     check_input,
     check_min_size,
     conv,
     global_avg_pool,
     sowing,
-    stochastic_depth,
 )
 from hobs_jax.models.sparse import BlockELLSpec
 from hobs_jax.models.widths import Widths
@@ -124,7 +124,7 @@ class MBConv(nn.Module):
         y = Sequential(tuple(layers), name="block")(x)
         if not self.residual:
             return y
-        y = stochastic_depth(y, self.drop_rate, not train, lambda: self.make_rng("dropout"))
+        y = StochasticDepth(self.drop_rate, name="stochastic_depth")(y, not train, lambda: self.make_rng("dropout"))
         return x + y
 
 

@@ -116,6 +116,19 @@ def stochastic_depth(x: Array, rate: float, deterministic: bool, rng: Callable[[
     return jnp.where(mask, x / keep, 0.0)
 
 
+class StochasticDepth(nn.Module):
+    """:func:`stochastic_depth` as a parameter-free module, so that code which needs the
+    training-mode network without its randomness (BatchNorm statistics: ``hobs_jax.stats.bn.
+    apply_batch_norm_mode``) can intercept it like ``flax.linen.Dropout``. ``rng`` is the
+    caller's key source (the parent's ``make_rng('dropout')``), so the draws are those of
+    the plain function."""
+
+    rate: float
+
+    def __call__(self, x: Array, deterministic: bool, rng: Callable[[], Array]) -> Array:
+        return stochastic_depth(x, self.rate, deterministic, rng)
+
+
 def check_input(x: Array, model: str, in_channels: int, image_size: int | None = None) -> None:
     """One-line errors for a wrong input rank, channel count, spatial size or dtype."""
     if x.ndim != 4:

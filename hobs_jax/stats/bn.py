@@ -33,9 +33,10 @@ def _batch_stats_of(model, variables, x, momenta: tuple):
     momentum) pairs)."""
     zero = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
     v = dict(variables, batch_stats=zero)
-    # Dropout and stochastic depth run as in training, from a fixed key (what torch's
-    # model.train() recalibration does; a BN before them is unaffected).
-    _, state = model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    # Dropout and stochastic depth off: the statistics of the network that will be
+    # evaluated (torch's model.train() recalibration would drop EfficientNet's residual
+    # branches and skew the BNs after them).
+    _, state = apply_batch_norm_mode(model, v, x)
     by_path = dict(momenta)
 
     def scale(path, s):
@@ -49,17 +50,19 @@ DEFAULT_MOMENTUM = 0.9  # the zoo's (torch's 0.1)
 
 def apply_batch_norm_mode(model: Any, variables: Mapping, x, **kwargs):
     """``model.apply(variables, x, train=True, mutable=['batch_stats'])`` with every
-    ``flax.linen.Dropout`` an identity: BatchNorm normalizes with the statistics of ``x``
-    (what a pruned network's re-estimated BN will hold) while the output is otherwise the
-    evaluation network's, so a score computed from it (R-SPAR's reward) carries no
-    dropout noise and needs no random key. Other users of the ``dropout`` stream
-    (EfficientNet's stochastic depth) draw from a fixed key, as in training mode.
-    Returns (output, mutated state).
+    ``flax.linen.Dropout`` and the zoo's ``StochasticDepth`` an identity: BatchNorm
+    normalizes with the statistics of ``x`` (what a pruned network's re-estimated BN will
+    hold) while the output is otherwise the evaluation network's, so the statistics are
+    those of the network that will be evaluated and a score computed from it (R-SPAR's
+    reward) carries no dropout noise. A user's own users of the ``dropout`` stream draw from
+    a fixed key, as in training mode. Returns (output, mutated state).
     """
     import flax.linen as nn
 
+    from hobs_jax.models.layers import StochasticDepth
+
     def identity_dropout(next_fun, args, kw, context):
-        if isinstance(context.module, nn.Dropout) and context.method_name == "__call__":
+        if isinstance(context.module, (nn.Dropout, StochasticDepth)) and context.method_name == "__call__":
             return args[0] if args else kw["inputs"]
         return next_fun(*args, **kw)
 
