@@ -83,7 +83,14 @@ def test_seeds_keep_the_old_row_layout_and_report_mean_std_and_the_rspar_goal(tm
     seeds = json.load(open(out + "_seeds.json"))
     by = {r["label"]: r for r in seeds["rows"]}
     assert by["rspar"]["n"] == 2 and abs(by["rspar"]["acc_bn_ms"]["mean"] - 0.81) < 1e-9
-    goal = next(g for g in seeds["goals"] if "R-SPAR beats global" in g["text"])
-    assert goal["met"] is False and "seed 1: 80.00% vs 81.00%" in goal["detail"]
     record = json.load(open(tmp_path / "docs" / "records" / "t2.json"))
     assert sorted(r["seed"] for r in record["rows"]) == [0, 0, 1, 1]
+    goal = next(g for g in seeds["goals"] if "R-SPAR beats global" in g["text"])
+    assert goal["met"] is None and goal["detail"].startswith("2 of 3 seeds")  # undecided below 3 seeds
+    assert "seed 1: 80.00% vs 81.00%" in goal["detail"]
+    from hobs_jax.experiments.table import ResultTable
+    from hobs_jax.experiments.tables.oneshot import add_rspar_goals
+
+    t = ResultTable("g", "g", [])
+    add_rspar_goals(t, [dict(r, model="mobilenet_v2_small", target=0.5) for r in record["rows"]], min_seeds=2)
+    assert t.goals[0].met is False  # seed 1: R-SPAR below global

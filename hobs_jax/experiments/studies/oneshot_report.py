@@ -106,7 +106,7 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
                              sources={key: src}, description=description(recipes) + [
                                  "Seed s draws the 2048 calibration images (seed 0: the calibrate stage's), "
                                  "seeds the method (R-SPAR's agent) and offsets the fine-tuning seed."])
-        oneshot.add_rspar_goals(ts, all_rows)
+        oneshot.add_rspar_goals(ts, all_rows, min_seeds=3)
         paths += ts.write(out + "_seeds")
     ours: dict[str, dict] = {}
     for r in first:
