@@ -27,13 +27,14 @@ NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 
 
 @functools.cache
-def _setup():
-    model = models.build(NAME, num_classes=10, in_channels=1)
-    variables = models.random_variables(model, SHAPE, seed=0)
+def _setup(name=NAME, shape=SHAPE, images=48):
+    """(model, random variables, random calibration set, H-OBS task at half the MACs)."""
+    model = models.build(name, num_classes=10, in_channels=1)
+    variables = models.random_variables(model, shape, seed=0)
     rng = np.random.default_rng(0)
-    calib = Calibration(rng.normal(size=(48,) + SHAPE[1:]).astype(np.float32),
-                        rng.integers(0, 10, 48).astype(np.int32))
-    task = make_task("hobs", NAME, variables, target=0.5, calib=calib,
+    calib = Calibration(rng.normal(size=(images,) + shape[1:]).astype(np.float32),
+                        rng.integers(0, 10, images).astype(np.int32))
+    task = make_task("hobs", name, variables, target=0.5, calib=calib,
                      options=dict(progress=False, min_ratio=0.2, propagate=0))
     # propagate=0: the grid reward models H-OBS's per-group compensation; the sequential
     # refit (on by default) runs only on the final network, after the search.
@@ -363,14 +364,7 @@ def test_repair_trades_between_groups_when_no_single_step_lands():
 def test_reward_runs_on_a_network_with_dropout():
     """MobileNetV2's classifier dropout made the batch-statistics reward ask for a PRNG key
     (flax InvalidRngError) before the first episode; it is now evaluated with dropout off."""
-    name, shape = "mobilenet_v2_small", (1, 16, 16, 1)
-    model = models.build(name, num_classes=10, in_channels=1)
-    variables = models.random_variables(model, shape, seed=0)
-    rng = np.random.default_rng(0)
-    calib = Calibration(rng.normal(size=(16,) + shape[1:]).astype(np.float32),
-                        rng.integers(0, 10, 16).astype(np.int32))
-    task = make_task("hobs", name, variables, target=0.5, calib=calib,
-                     options=dict(progress=False, min_ratio=0.2, propagate=0))
+    _, _, calib, task = _setup("mobilenet_v2_small", (1, 16, 16, 1), 16)
     sel = HOBS.select(task)
     grids = [kept_grid(int(s), int(f), 1, 4) for s, f in zip(task.cost.sizes, sel.floor)]
     reward = build_grid_reward(sel, grids, calib.images[:8], calib.labels[:8])
