@@ -94,3 +94,66 @@ def test_seeds_keep_the_old_row_layout_and_report_mean_std_and_the_rspar_goal(tm
     t = ResultTable("g", "g", [])
     add_rspar_goals(t, [dict(r, model="mobilenet_v2_small", target=0.5) for r in record["rows"]], min_seeds=2)
     assert t.goals[0].met is False  # seed 1: R-SPAR below global
+
+
+def test_a_published_record_restores_into_a_fresh_workdir_and_rebuilds_its_table(tmp_path, monkeypatch):
+    """restore_rows writes a run record's rows (refused ones too) into an empty cache with
+    their device, source, options and Torch-Pruning ratio; the report rebuilt from them has
+    the same rows, option notes and sources, and new seeds join them; rows already cached
+    are left alone."""
+    import json
+    import os
+
+    import pytest
+
+    from hobs_jax.experiments.studies.oneshot_fmnist import _write_json, cached_rows, restore_rows, row_path
+    from hobs_jax.experiments.studies.oneshot_report import write_report
+
+    first = tmp_path / "first"
+    opts = {"allocation": "global", "damp": 0.01}
+    for row, acc in (("hobs", 0.80), ("tp-l1-global", 0.40)):
+        hobs = row == "hobs"
+        _write_json(row_path(str(first), "mobilenet_v2_small", 0.5, row), {
+            "model": "mobilenet_v2_small", "method": row, "framework": "hobs_jax" if hobs else "torch-pruning",
+            "target_macs_ratio": 0.5, "macs_ratio": 0.5, "params_ratio": 0.6, "acc_dense": 0.88,
+            "acc_oneshot": acc - 0.01, "acc_bn_recalibrated": acc, "acc_finetuned": None, "acc_by_steps": {},
+            "latency_speedup": {"batch1": 1.5, "batch64": 1.8}, "command": "made-it",
+            **({"options": {"allocation": "global"}, "resolved_options": opts} if hobs else {"pruning_ratio": 0.3})})
+    _write_json(row_path(str(first), "mobilenet_v2_small", 0.5, "udfc-global"), {
+        "model": "mobilenet_v2_small", "method": "udfc-global", "framework": "hobs_jax", "target_macs_ratio": 0.5,
+        "refused": "the method refused the model: ReLU6"})
+    monkeypatch.chdir(tmp_path)
+    rows = ["hobs", "tp-l1-global", "udfc-global"]
+    write_report(cached_rows(str(first)), str(first), "a/t", "cmd-a", ["mobilenet_v2_small"], [0.5], rows)
+    record = os.path.join("a", "records", "t.json")
+    data = json.load(open(record))  # an earlier run: its own source key
+    (key,) = data["sources"]
+    data["sources"] = {"old@abc": data["sources"][key]}
+    data["rows"] = [dict(r, source="old@abc") for r in data["rows"]]
+    _write_json(record, data)
+
+    fresh = tmp_path / "fresh"
+    assert restore_rows(record, str(fresh)) == 3
+    assert restore_rows(record, str(fresh)) == 0  # cached rows are never overwritten
+    restored = {r["method"]: r for r in cached_rows(str(fresh))}
+    assert restored["hobs"]["resolved_options"] == opts and restored["tp-l1-global"]["pruning_ratio"] == 0.3
+    assert restored["udfc-global"]["refused"].endswith("ReLU6") and restored["hobs"]["command"] == "made-it"
+    rec = dict(restored["hobs"], seed=1, acc_bn_recalibrated=0.82, source=None, device=None, source_entry=None,
+               restored_from=None)
+    _write_json(row_path(str(fresh), "mobilenet_v2_small", 0.5, "hobs", 1), rec)  # a new seed beside them
+    write_report(cached_rows(str(fresh)), str(fresh), "b/t", "cmd-b", ["mobilenet_v2_small"], [0.5], rows,
+                 seeds=[0, 1])
+    a, b = json.load(open("a/t.json")), json.load(open("b/t.json"))
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "source"} for r in rows]
+    assert strip(a["rows"]) == strip(b["rows"])  # the first seed's table, row for row
+    md_a, md_b = (open(f"{d}/t.md").read() for d in "ab")
+    for line in md_a.split("## Sources")[0].splitlines():
+        assert line in md_b or "t_seeds" in line
+    rb = json.load(open("b/records/t.json"))
+    assert "old@abc" in rb["sources"] and len(rb["sources"]) == 2
+    assert {r["source"] for r in rb["rows"] if r.get("seed", 0) == 0} == {"old@abc"}
+    assert [r["source"] for r in rb["rows"] if r.get("seed") == 1] == [k for k in rb["sources"] if k != "old@abc"]
+    with pytest.raises(SystemExit, match="not a run record"):
+        _write_json(str(tmp_path / "x.json"), [1])
+        restore_rows(str(tmp_path / "x.json"), str(fresh))

@@ -47,6 +47,8 @@ RSPAR = {
                    "BN re-estimated on all 2048",
     "finetune": "200 steps (SGD momentum 0.9, lr 0.01 cosine, wd 5e-4, batch 128, seed 0)",
 }
+# What a row may carry of its own over the base: where and with what it was measured.
+OWN_KEYS = ("seed", "device", "source", "options", "resolved_options", "pruning_ratio")
 _REFUSED = re.compile(r"^\* (\w+) kept ([0-9.]+): `([^`]+)` - (kept ([0-9.]+) of the MACs.*)$")
 
 
@@ -68,7 +70,10 @@ def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dic
     ``model``, ``method``, ``target_macs_ratio``, ``macs_ratio``, ``refused``) or, for the
     record of 2026-11, those listed in its report. ``base``: what every row names (default:
     the 2026-11 record's dataset, split, device, source, latency runtime, seed, budgets); a
-    row's own ``seed`` overrides the base's."""
+    row's own ``seed``, ``device`` and ``source`` override the base's (rows restored from an
+    earlier run keep where they were measured), and its ``options``, ``resolved_options``
+    (what the method ran with) and ``pruning_ratio`` (Torch-Pruning's bisected ratio) are
+    kept, so a record is enough to rebuild its table or to add seeds to it."""
     base = dict(base or {"dataset": "fashion_mnist", "split": "test", "device": LEGACY_DEVICE,
                          "source": ONESHOT["key"], "latency_runtime": LEGACY_LATENCY, "seed": 0,
                          "budgets": [50, 200, 468]})
@@ -81,10 +86,10 @@ def oneshot_rows(data: list | None = None, root: str = ".", *, refused: list[dic
                      "acc_bn_recalibrated": r["acc_bn_recalibrated"],
                      "acc_by_steps": r.get("acc_by_steps") or {}, "acc_finetuned": r.get("acc_finetuned"),
                      "latency_speedup": r.get("latency_speedup") or {},
-                     **({"seed": r["seed"]} if r.get("seed") is not None else {})})
+                     **{k: r[k] for k in OWN_KEYS if r.get(k) is not None}})
     if refused is not None:
         for r in refused:
-            rows.append({**base, **({"seed": r["seed"]} if r.get("seed") is not None else {}),
+            rows.append({**base, **{k: r[k] for k in OWN_KEYS if r.get(k) is not None},
                          "model": r["model"], "label": r["method"], "method": _method(r["method"]),
                          "framework": r.get("framework") or ("torch-pruning" if r["method"].startswith("tp-")
                                                              else "hobs_jax"),

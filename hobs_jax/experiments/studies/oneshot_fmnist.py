@@ -441,6 +441,46 @@ def cached_rows(workdir: str) -> list[dict]:
     return [{"seed": 0, **json.load(open(f))} for f in files]
 
 
+def restore_rows(record: str, workdir: str) -> int:
+    """Write the rows of a published run record (``docs/results/records/NAME.json``, as
+    :func:`oneshot_report.write_report` saves it) into ``workdir``'s row cache where no row
+    file exists, so a fresh checkout can add seeds or rows to a published table without
+    recomputing the rows it already has. Each restored row keeps the record's measurements,
+    its device, its source (key and entry: the report lists it beside the new run's) and the
+    options it ran with (the cache refuses to reuse a row whose options differ from the
+    method's now), and carries the commands that made it (the source's ``rows_made_by``)
+    as its ``command``. Returns how many rows were written."""
+    with open(record) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise SystemExit(f"--restore {record}: not a run record (a JSON object with 'rows' and 'sources')")
+    sources = data.get("sources") or {}
+    written = 0
+    for r in data["rows"]:
+        try:
+            model, label, target, seed = r["model"], r["label"], float(r["target"]), int(r.get("seed") or 0)
+        except (KeyError, TypeError, ValueError):
+            raise SystemExit(f"--restore {record}: a row without model, label and target: {r}") from None
+        path = row_path(workdir, model, target, label, seed)
+        if os.path.exists(path):
+            continue
+        src = sources.get(r.get("source"), {})
+        rec = {"model": model, "method": label, "framework": r.get("framework"), "target_macs_ratio": target,
+               "macs_ratio": r.get("macs_ratio"), "seed": seed, "restored_from": record,
+               **{k: r[k] for k in ("device", "source", "options", "resolved_options", "pruning_ratio") if k in r},
+               **({"source_entry": src} if src else {}),
+               **({"command": src["rows_made_by"]} if src.get("rows_made_by") else {})}
+        if r.get("refused"):
+            rec["refused"] = r["refused"]
+        else:
+            rec.update({k: r.get(k) for k in ("params_ratio", "acc_dense", "acc_oneshot", "acc_bn_recalibrated",
+                                               "acc_finetuned")},
+                       acc_by_steps=r.get("acc_by_steps") or {}, latency_speedup=r.get("latency_speedup") or {})
+        _write_json(path, rec)
+        written += 1
+    return written
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet56,resnet20")
@@ -465,6 +505,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="output prefix (default docs/results/oneshot_fmnist)")
     p.add_argument("--title", default=None, help="the table's title (default: the one-shot comparison's)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--restore", action="append", default=[], metavar="RECORD",
+                   help="first write the rows of a published run record (docs/results/records/NAME.json) "
+                        "into the workdir's cache where missing, so new seeds or rows join a published table "
+                        "without recomputing it")
     p.add_argument("--refinetune", action="store_true",
                    help="a row fine-tuned on another schedule is fine-tuned again on this one "
                         "(its old curve and fine-tuning checkpoints are discarded)")
@@ -502,6 +546,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--seeds {args.seeds!r}: use comma-separated integers >= 0, e.g. 0,1,2") from None
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds {args.seeds!r}: use distinct comma-separated integers >= 0, e.g. 0,1,2")
+    for record in args.restore:
+        print(f"restored {restore_rows(record, args.workdir)} rows from {record}", flush=True)
     if not args.report_only:
         from hobs_jax.methods import list_methods
         run_rows = []

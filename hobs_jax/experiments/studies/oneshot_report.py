@@ -10,7 +10,7 @@ import os
 
 KEYS = ("model", "method", "framework", "target_macs_ratio", "macs_ratio", "params_ratio",
         "acc_dense", "acc_oneshot", "acc_bn_recalibrated", "acc_finetuned", "acc_by_steps",
-        "latency_speedup", "seed")
+        "latency_speedup", "seed", "device", "source", "options", "resolved_options", "pruning_ratio")
 
 
 def _version(pkg: str) -> str:
@@ -94,16 +94,18 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
     base = {"dataset": "fashion_mnist", "split": "test", "device": src["device"], "source": key,
             "latency_runtime": "Flax jit, wall clock", "seed": 0, "budgets": steps}
     all_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
-    paths = [records.save(os.path.join(folder, "records", f"{name}.json"), all_rows, {key: src})]
+    # Rows restored from a published record (oneshot_fmnist.restore_rows) keep their own source.
+    sources = {**{r["source"]: r["source_entry"] for r in sel if r.get("source_entry")}, key: src}
+    paths = [records.save(os.path.join(folder, "records", f"{name}.json"), all_rows, sources)]
     table_rows = [r for r in all_rows if r.get("seed", 0) == seeds[0]]
     first = [r for r in sel if r.get("seed", 0) == seeds[0]]
-    t = oneshot.build(name, title, table_rows, sources={key: src}, description=description(recipes),
+    t = oneshot.build(name, title, table_rows, sources=sources, description=description(recipes),
                       goal_model=None if set(models) - {"resnet56", "resnet20"} else "resnet56")
     if len(seeds) > 1:
         t.note(f"seed {seeds[0]} of {seeds}; mean and std over the seeds: `{name}_seeds.md`")
         ts = stability.build(f"{name}_seeds", f"{title}: mean and std over seeds {','.join(map(str, seeds))}",
                              [r for r in all_rows if not r.get("refused")], min_seeds=len(seeds),
-                             sources={key: src}, description=description(recipes) + [
+                             sources=sources, description=description(recipes) + [
                                  "Seed s draws the 2048 calibration images (seed 0: the calibrate stage's), "
                                  "seeds the method (R-SPAR's agent) and offsets the fine-tuning seed."])
         oneshot.add_rspar_goals(ts, all_rows, min_seeds=3)
