@@ -58,7 +58,8 @@ def test_seeds_keep_the_old_row_layout_and_report_mean_std_and_the_rspar_goal(tm
     import json
     import os
 
-    from hobs_jax.experiments.studies.oneshot_fmnist import _write_json, cached_rows, row_path
+    from hobs_jax.experiments.common import write_json as _write_json
+    from hobs_jax.experiments.studies.oneshot_cache import cached_rows, row_path
     from hobs_jax.experiments.studies.oneshot_report import write_report
 
     assert row_path("w", "m", 0.5, "hobs") == os.path.join("w", "rows", "m", "0.5", "hobs.json")
@@ -106,7 +107,8 @@ def test_a_published_record_restores_into_a_fresh_workdir_and_rebuilds_its_table
 
     import pytest
 
-    from hobs_jax.experiments.studies.oneshot_fmnist import _write_json, cached_rows, restore_rows, row_path
+    from hobs_jax.experiments.common import write_json as _write_json
+    from hobs_jax.experiments.studies.oneshot_cache import cached_rows, restore_rows, row_path
     from hobs_jax.experiments.studies.oneshot_report import write_report
 
     first = tmp_path / "first"

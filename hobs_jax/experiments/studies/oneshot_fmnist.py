@@ -52,6 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from hobs_jax.experiments import common
+from hobs_jax.experiments.studies.oneshot_cache import cached_rows, restore_rows, row_path
+
 DEFAULT_ROWS = ("magnitude-uniform,magnitude-global,depgraph-uniform,depgraph-global,"
                 "udfc-uniform,udfc-global,hobs,hobs_nohessian,tp-l1-local,tp-l1-global,"
                 "tp-groupnorm-local,tp-groupnorm-global")
@@ -297,7 +300,7 @@ class Bench:
         m, p = self.counts(model, variables)
         rec = {"model": name, "acc_dense": self.accuracy(model, variables, f"{name} dense"),
                "macs": m, "params": p}
-        _write_json(path, rec)
+        common.write_json(path, rec)
         return rec
 
     def prune(self, name: str, target: float, row: str, spec: dict, seed: int = 0):
@@ -353,7 +356,7 @@ class Bench:
                        "resolved_options": spec.get("resolved"), "command": self.args.command,
                        "refused": f"the method refused the model: {e}"}
                 print(f"REFUSED {name} {target} {row}: {rec['refused']}", flush=True)
-                _write_json(path, rec)
+                common.write_json(path, rec)
                 return rec
             m, p = self.counts(model, variables)
             rec = {"model": name, "method": row, "framework": spec["framework"], "seed": seed,
@@ -369,16 +372,16 @@ class Bench:
                 rec["refused"] = (f"kept {rec['macs_ratio']:.4f} of the MACs, target {target}: off "
                                   f"by {miss:.1%} > {TOL:.0%} (iso-MACs rule)")
                 print(f"REFUSED {name} {target} {row}: {rec['refused']}", flush=True)
-                _write_json(path, rec)
+                common.write_json(path, rec)
                 return rec
             rec["acc_oneshot"] = self.accuracy(model, variables, f"{row} one-shot")
             variables = self.recalibrate(model, variables, seed)
             rec["acc_bn_recalibrated"] = self.accuracy(model, variables, f"{row} bn")
             rec["latency_speedup"] = self.latency(name, model, variables)
             rec["acc_by_steps"], rec["acc_finetuned"], rec["schedule_steps"] = {}, None, None
-            export.save(os.path.join(rowdir, "model"), model, jax_host(variables), overwrite=True)
+            export.save(os.path.join(rowdir, "model"), model, common.host(variables), overwrite=True)
             rec["seconds"] = time.time() - t0
-            _write_json(path, rec)
+            common.write_json(path, rec)
             print(f"{name} {target} {row} seed {seed}: macs {rec['macs_ratio']:.4f} one-shot "
                   f"{rec['acc_oneshot']:.4f} bn {rec['acc_bn_recalibrated']:.4f} speedup "
                   f"{rec['latency_speedup']} ({rec['seconds']:.0f} s)", flush=True)
@@ -402,83 +405,14 @@ class Bench:
                        acc_finetuned=curve.get(per_epoch), schedule_steps=max(steps),
                        finetune_command=self.args.command,
                        finetune_seconds=time.time() - t0)
-            _write_json(path, rec)
+            common.write_json(path, rec)
             print(f"{name} {target} {row}: fine-tuned {rec['acc_by_steps']} "
                   f"({rec['finetune_seconds']:.0f} s)", flush=True)
         return rec
 
 
-def jax_host(tree):
-    import jax
-    return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
 def _jsonable(x):
     return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def row_path(workdir: str, model: str, target: float, row: str, seed: int = 0) -> str:
-    """A row's cached record: rows/MODEL/TARGET/ROW.json for seed 0 (the layout before
-    seeds existed, so earlier workdirs keep their rows), rows/MODEL/TARGET/seedS/ROW.json
-    for seed S > 0."""
-    folder = os.path.join(workdir, "rows", model, f"{target:g}")
-    return os.path.join(folder, *([f"seed{seed}"] if seed else []), f"{row}.json")
-
-
-def cached_rows(workdir: str) -> list[dict]:
-    """Every finished row record, each with its ``seed`` (records from before seeds: 0)."""
-    import glob
-    files = sorted(glob.glob(os.path.join(workdir, "rows", "*", "*", "*.json"))
-                   + glob.glob(os.path.join(workdir, "rows", "*", "*", "seed*", "*.json")))
-    return [{"seed": 0, **json.load(open(f))} for f in files]
-
-
-def restore_rows(record: str, workdir: str) -> int:
-    """Write the rows of a published run record (``docs/results/records/NAME.json``, as
-    :func:`oneshot_report.write_report` saves it) into ``workdir``'s row cache where no row
-    file exists, so a fresh checkout can add seeds or rows to a published table without
-    recomputing the rows it already has. Each restored row keeps the record's measurements,
-    its device, its source (key and entry: the report lists it beside the new run's) and the
-    options it ran with (the cache refuses to reuse a row whose options differ from the
-    method's now), and carries the commands that made it (the source's ``rows_made_by``)
-    as its ``command``. Returns how many rows were written."""
-    with open(record) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise SystemExit(f"--restore {record}: not a run record (a JSON object with 'rows' and 'sources')")
-    sources = data.get("sources") or {}
-    written = 0
-    for r in data["rows"]:
-        try:
-            model, label, target, seed = r["model"], r["label"], float(r["target"]), int(r.get("seed") or 0)
-        except (KeyError, TypeError, ValueError):
-            raise SystemExit(f"--restore {record}: a row without model, label and target: {r}") from None
-        path = row_path(workdir, model, target, label, seed)
-        if os.path.exists(path):
-            continue
-        src = sources.get(r.get("source"), {})
-        rec = {"model": model, "method": label, "framework": r.get("framework"), "target_macs_ratio": target,
-               "macs_ratio": r.get("macs_ratio"), "seed": seed, "restored_from": record,
-               **{k: r[k] for k in ("device", "source", "options", "resolved_options", "pruning_ratio") if k in r},
-               **({"source_entry": src} if src else {}),
-               **({"command": src["rows_made_by"]} if src.get("rows_made_by") else {})}
-        if r.get("refused"):
-            rec["refused"] = r["refused"]
-        else:
-            rec.update({k: r.get(k) for k in ("params_ratio", "acc_dense", "acc_oneshot", "acc_bn_recalibrated",
-                                               "acc_finetuned")},
-                       acc_by_steps=r.get("acc_by_steps") or {}, latency_speedup=r.get("latency_speedup") or {})
-        _write_json(path, rec)
-        written += 1
-    return written
 
 
 def main(argv=None) -> None:
