@@ -131,7 +131,7 @@ def test_a_published_record_restores_into_a_fresh_workdir_and_rebuilds_its_table
     data = json.load(open(record))  # an earlier run: its own source key
     (key,) = data["sources"]
     data["sources"] = {"old@abc": data["sources"][key]}
-    data["rows"] = [dict(r, source="old@abc") for r in data["rows"]]
+    data["rows"] = [dict(r, source="old@abc", device="cpu:Old") for r in data["rows"]]
     _write_json(record, data)
 
     fresh = tmp_path / "fresh"
@@ -147,15 +147,20 @@ def test_a_published_record_restores_into_a_fresh_workdir_and_rebuilds_its_table
                  seeds=[0, 1])
     a, b = json.load(open("a/t.json")), json.load(open("b/t.json"))
     def strip(rows):
-        return [{k: v for k, v in r.items() if k != "source"} for r in rows]
+        return [{k: v for k, v in r.items() if k not in ("source", "device")} for r in rows]
     assert strip(a["rows"]) == strip(b["rows"])  # the first seed's table, row for row
     md_a, md_b = (open(f"{d}/t.md").read() for d in "ab")
     for line in md_a.split("## Sources")[0].splitlines():
-        assert line in md_b or "t_seeds" in line
+        assert line in md_b or "t_seeds" in line or line.startswith("Context:")
     rb = json.load(open("b/records/t.json"))
     assert "old@abc" in rb["sources"] and len(rb["sources"]) == 2
     assert {r["source"] for r in rb["rows"] if r.get("seed", 0) == 0} == {"old@abc"}
     assert [r["source"] for r in rb["rows"] if r.get("seed") == 1] == [k for k in rb["sources"] if k != "old@abc"]
+    seeds = json.load(open("b/t_seeds.json"))  # accuracies over seeds run on two machines
+    assert seeds["context_keys"] == ["dataset", "split"]
+    assert "measured on `cpu:Old`: hobs seed 0; tp-l1-global seed 0" in seeds["notes"]
+    assert any(n.startswith("measured on `cpu:") and n.endswith(": hobs seed 1") for n in seeds["notes"])
+    assert json.load(open("b/t.json"))["context"]["device"] == "cpu:Old"  # the first seed's table: one device
     with pytest.raises(SystemExit, match="not a run record"):
         _write_json(str(tmp_path / "x.json"), [1])
         restore_rows(str(tmp_path / "x.json"), str(fresh))

@@ -21,10 +21,24 @@ def build(name: str, title: str, rows: Sequence[Mapping], *, min_seeds: int = 3,
           measure: str = "oneshot", description: Sequence[str] = (),
           sources: Mapping[str, dict] | None = None) -> ResultTable:
     """``measure``: 'oneshot' or 'finetuned': what ranks the methods and what the paired
-    test compares."""
-    t = ResultTable(name, title, COLUMNS, group_by=("model", "target"), iso_tolerance=None,
-                    description=description)
+    test compares. Rows from several devices (seeds added on another machine) make a table
+    whose context is dataset and split only, with a note per device naming its rows: the
+    columns are accuracies and MACs, which depend on the seed, not on the CPU (float
+    rounding aside); latency never goes in this table."""
     fn = oneshot_acc if measure == "oneshot" else final_acc
+    devices = sorted({str(r.get("device")) for r in rows})
+    # Seeds added later on another machine (a restored record plus new seeds): the table
+    # holds accuracies only, so it may span devices, and says which ran where.
+    t = ResultTable(name, title, COLUMNS, group_by=("model", "target"), iso_tolerance=None,
+                    description=description, context=("dataset", "split", *(("device",) if len(devices) == 1 else ())))
+    if len(devices) > 1:
+        for d in devices:
+            ran: dict[str, list] = {}
+            for r in rows:
+                if str(r.get("device")) == d:
+                    ran.setdefault(r["label"], []).append(r["seed"])
+            t.note(f"measured on `{d}`: " + "; ".join(f"{label} seed {','.join(map(str, sorted(s)))}"
+                                                      for label, s in sorted(ran.items())))
     groups: dict[tuple, dict[str, list]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["target"]), {}).setdefault(r["label"], []).append(r)
@@ -40,7 +54,8 @@ def build(name: str, title: str, rows: Sequence[Mapping], *, min_seeds: int = 3,
             if not rs:
                 continue
             seeds = sorted(r["seed"] for r in rs)
-            row = {k: rs[0].get(k) for k in ("model", "target", "dataset", "split", "device", "label", "method")}
+            row = {k: rs[0].get(k) for k in ("model", "target", "dataset", "split", "label", "method")}
+            row["device"] = ", ".join(sorted({str(r.get("device")) for r in rs}))
             row.update(n=len(rs), seeds=seeds, seeds_text=",".join(map(str, seeds)),
                        acc_oneshot_ms=mean_std([r.get("acc_oneshot") for r in rs]),
                        acc_bn_ms=mean_std([oneshot_acc(r) for r in rs]),
