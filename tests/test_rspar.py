@@ -103,6 +103,47 @@ def test_grid_network_equals_the_hobs_pruned_network():
         assert abs(reward(index)[0] - ce) <= 1e-4 * max(1.0, abs(ce))
 
 
+def test_grid_network_of_a_vit_equals_the_hobs_pruned_network():
+    """ViT: the residual stream under LayerNorm (the reward normalizes over the kept
+    channels), attention heads (q/k/v biases shaped [heads, head_dim]), q/k dims masked at
+    their producers, MLP units: the grid network at an allocation is H-OBS's pruned ViT.
+    The output projection reads heads and head dims: pruning both sums two refits (the
+    documented approximation), with every row either group removed exactly zero."""
+    from hobs_jax.models import vit
+    shape = (1, 28, 28, 1)
+    model = models.build("vit_tiny_p4", widths=dict(vit.vit_default_widths(6, 32, 4, 64)))
+    variables = models.random_variables(model, shape, seed=0)
+    rng = np.random.default_rng(0)
+    calib = Calibration(rng.normal(size=(48,) + shape[1:]).astype(np.float32),
+                        rng.integers(0, 10, 48).astype(np.int32))
+    task = make_task("hobs", model, variables, target=0.5, calib=calib,
+                     options=dict(progress=False, min_ratio=0.25, propagate=0))
+    sel = HOBS.select(task)
+    grids = [kept_grid(int(s), int(f), 1, 64) for s, f in zip(task.cost.sizes, sel.floor)]
+    reward = build_grid_reward(sel, grids, calib.images[:16], calib.labels[:16], bn="running")
+    assert set(reward.norms) == {f"encoder/layers/encoder_layer_{i}/ln_{j}" for i in range(6) for j in (1, 2)} | \
+        {"encoder/ln"}  # every LayerNorm over the residual stream
+    kind = [task.graph.group(gid).widths[0].rpartition(".")[2] for gid in task.cost.group_ids]
+    index = np.array([rng.integers(0, len(g) - 1) for g in grids])  # every group pruned
+    exact = np.array([len(g) - 1 if k == "v_dim" else i for g, i, k in zip(grids, index, kind)])
+    keep = np.array([g[i] for g, i in zip(grids, exact)])
+    outcome = HOBS.finish(sel, keep)
+    pruned, pvars = apply_plan(model, outcome.variables, outcome.plan, graph=task.graph)
+    x = jnp.asarray(calib.images[:16])
+    ref = np.asarray(pruned.apply(pvars, x, train=False))
+    got = reward.apply_at(exact, x)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max(), np.abs(got - ref).max()
+    logp = ref - np.log(np.exp(ref - ref.max(1, keepdims=True)).sum(1, keepdims=True)) - ref.max(1, keepdims=True)
+    ce = -logp[np.arange(16), calib.labels[:16]].mean()
+    assert abs(reward(exact)[0] - ce) <= 1e-4 * max(1.0, abs(ce))
+    # Heads and head dims of one layer pruned together: the out projection's removed rows.
+    out = reward.variables_at(index)["params"]["encoder"]["layers"]["encoder_layer_0"]["self_attention"]["out"]
+    h, d = (np.array([g[i] for g, i, k in zip(grids, index, kind) if k == w])[0] for w in ("heads", "v_dim"))
+    rows = np.abs(np.asarray(out["kernel"])).sum(-1)  # [heads, head_dim]
+    assert (rows == 0).sum() == 4 * 8 - h * d and (rows != 0).sum() == h * d
+    assert np.isfinite(reward(index)[0])
+
+
 def test_reward_compiles_once_and_batches():
     _, _, calib, task = _setup()
     sel = _selection()

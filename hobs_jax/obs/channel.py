@@ -173,6 +173,32 @@ def group_grid(group: ChannelGroup, order: np.ndarray, counts: np.ndarray, flat:
         key = "/".join(info.path)
         kernel = deltas[:, :info.d_in].reshape((len(counts),) + tuple(info.kernel_shape))
         out[(key, "kernel")] = kernel.astype(np.float32)
-        if info.use_bias:
-            out[(key, "bias")] = deltas[:, info.d_in].astype(np.float32)
+        if info.use_bias:  # the bias's own shape: (heads, head_dim) for a DenseGeneral q/k/v projection
+            bias_shape = np.shape(flat[("params",) + info.path + ("bias",)])
+            out[(key, "bias")] = deltas[:, info.d_in].reshape((len(counts),) + bias_shape).astype(np.float32)
     return out
+
+
+def group_kept_rows(group: ChannelGroup, order: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """{consumer layer path 'a/b': [K, *kernel shape] float32, 1 where the kernel entry's
+    input row is kept} when this group alone keeps each of ``counts`` (the rows
+    :func:`group_grid` zeroes). Empty for a group without consumers. A layer that reads
+    several groups multiplies their masks, so a row any of them removed stays zero after
+    their grid changes are summed (R-SPAR's grid reward)."""
+    if not group.consumers:
+        return {}
+    counts = np.asarray(counts, np.int64)
+    out = {}
+    for site in group.sites:
+        info = site.layer
+        rows_of = channel_rows(site.channel, group.size, info.name)
+        m = np.ones((len(counts), info.d_in), np.float32)
+        for j, k in enumerate(counts):
+            rem = removed_at(order, group.size, int(k))
+            if len(rem):
+                m[j, np.unique(rows_of[rem].reshape(-1))] = 0.0
+        width = int(np.prod(info.kernel_shape)) // info.d_in
+        out["/".join(info.path)] = np.repeat(m[:, :, None], width, axis=2).reshape(
+            (len(counts),) + tuple(info.kernel_shape))
+    return out
+
