@@ -79,6 +79,7 @@ EXTENDED = {
     # R-SPAR's grid network and re-rank internals (its contract runs stay in make test)
     "tests/test_rspar.py::test_rerank_returns_the_candidate_with_the_best_hessian_split_loss",
     "tests/test_rspar.py::test_grid_network_equals_the_hobs_pruned_network",
+    "tests/test_rspar.py::test_grid_network_of_a_vit_equals_the_hobs_pruned_network",
     # a training-time method through the prune stage (the contract runs of DepGraph,
     # JTP, BilevelPruning and StructAlign through the training callback stay in make test)
     "tests/test_pipeline.py::test_training_time_method_through_the_prune_stage",
@@ -157,6 +158,7 @@ SLOW = {
     "tests/test_block_ell_models.py",
     "tests/test_rspar.py::test_rerank_returns_the_candidate_with_the_best_hessian_split_loss",
     "tests/test_rspar.py::test_grid_network_equals_the_hobs_pruned_network",
+    "tests/test_rspar.py::test_grid_network_of_a_vit_equals_the_hobs_pruned_network",
     "tests/test_export.py::test_pruned_vit_exports_with_its_head_layout",
     "tests/test_streams.py::test_calibration_and_bn_do_not_depend_on_workers",
     "tests/test_train_fit.py",
