@@ -296,6 +296,25 @@ def test_groups_without_a_consumer_to_compensate_are_refused_in_one_line(data, v
         prune_groups(p, graph, [qk], x)
 
 
+def test_grid_changes_have_the_shapes_of_the_parameters_they_change(vit_net):
+    """R-SPAR's per-count changes of q/k (masked at their producers: kernel [d, heads,
+    head_dim], bias [heads, head_dim]) stack on the parameters' own shapes, and the
+    out projection's kept-row masks on its kernel's."""
+    p, graph, _, roles = vit_net
+    flat = obs.flat_variables(p.variables)
+    qk = next(g.id for g in graph.prunable if "encoder_layer_5.qk_dim" in g.widths)
+    heads = next(g.id for g in graph.prunable if "encoder_layer_5.heads" in g.widths)
+    counts = np.array([2, 5, 8])
+    grid = obs.group_grid(roles[qk], np.arange(8), counts, flat, compensate_rows=False)
+    assert {path.rpartition("/")[2] for path, _ in grid} == {"query", "key"}
+    for (path, leaf), arr in grid.items():
+        assert arr.shape == (3,) + np.shape(flat[("params",) + tuple(path.split("/")) + (leaf,)]), (path, leaf)
+    rows = obs.group_kept_rows(roles[heads], np.arange(4), np.array([1, 4]))
+    (path, mask), = rows.items()
+    assert path.endswith("self_attention/out") and mask.shape == (2, 4, 8, 32)
+    assert mask[0, :3].sum() == 0 and mask[0, 3].min() == 1 and mask[1].min() == 1  # keep 1: heads 0-2 go
+
+
 def test_sample_starved_layers_keep_their_obs_compensation(data, efficient):
     """The sequential refit leaves a layer with fewer calibration rows per kept input than
     ``min_rows`` at its compensated weights: the squeeze FC (one pooled row per image)
