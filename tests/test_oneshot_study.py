@@ -164,3 +164,19 @@ def test_a_published_record_restores_into_a_fresh_workdir_and_rebuilds_its_table
     with pytest.raises(SystemExit, match="not a run record"):
         _write_json(str(tmp_path / "x.json"), [1])
         restore_rows(str(tmp_path / "x.json"), str(fresh))
+
+
+def test_the_fine_tuning_goal_is_judged_at_each_step_other_rows_reached():
+    from hobs_jax.experiments.tables import oneshot
+
+    def row(label, method, bn, steps):
+        return {"model": "vit_tiny_p4", "label": label, "method": method, "framework": "hobs_jax", "target": 0.5,
+                "macs_ratio": 0.5, "params_ratio": 0.5, "acc_dense": 0.82, "acc_oneshot": bn, "acc_bn_recalibrated": bn,
+                "acc_by_steps": steps, "dataset": "fashion_mnist", "split": "test", "device": "cpu:x"}
+    t = oneshot.build("t", "t", [row("hobs", "hobs", 0.80, {"50": 0.79, "200": 0.80}),
+                                 row("rspar", "rspar", 0.81, {"50": 0.85}),  # H-OBS's own family: not a rival
+                                 row("tp-l1-global", "torch-pruning", 0.50, {"50": 0.76, "200": 0.81}),
+                                 row("magnitude-global", "magnitude", 0.40, {})], goal_model="vit_tiny_p4")
+    steps = {g.text.split(" after ")[1]: (g.met, g.detail) for g in t.goals if " after " in g.text}
+    assert steps == {"50 fine-tuning steps": (True, "79.00% vs tp-l1-global 76.00%"),
+                     "200 fine-tuning steps": (False, "80.00% vs tp-l1-global 81.00%")}

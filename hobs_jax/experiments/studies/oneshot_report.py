@@ -101,6 +101,8 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
     first = [r for r in sel if r.get("seed", 0) == seeds[0]]
     t = oneshot.build(name, title, table_rows, sources=sources, description=description(recipes),
                       goal_model=None if set(models) - {"resnet56", "resnet20"} else "resnet56")
+    if key not in t.sources:  # every row restored from an earlier record: name what wrote this page
+        t.source(key, **src)
     if len(seeds) > 1:
         t.note(f"seed {seeds[0]} of {seeds}; mean and std over the seeds: `{name}_seeds.md`")
         ts = stability.build(f"{name}_seeds", f"{title}: mean and std over seeds {','.join(map(str, seeds))}",
@@ -108,6 +110,8 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
                              sources=sources, description=description(recipes) + [
                                  "Seed s draws the 2048 calibration images (seed 0: the calibrate stage's), "
                                  "seeds the method (R-SPAR's agent) and offsets the fine-tuning seed."])
+        if key not in ts.sources:
+            ts.source(key, **src)
         oneshot.add_rspar_goals(ts, all_rows, min_seeds=3)
         paths += ts.write(out + "_seeds")
     ours: dict[str, dict] = {}
