@@ -180,3 +180,15 @@ def test_the_fine_tuning_goal_is_judged_at_each_step_other_rows_reached():
     steps = {g.text.split(" after ")[1]: (g.met, g.detail) for g in t.goals if " after " in g.text}
     assert steps == {"50 fine-tuning steps": (True, "79.00% vs tp-l1-global 76.00%"),
                      "200 fine-tuning steps": (False, "80.00% vs tp-l1-global 81.00%")}
+
+
+def test_the_paired_test_skips_a_better_row_run_on_one_seed():
+    from hobs_jax.experiments.tables import stability
+
+    def row(label, seed, acc):
+        return {"model": "m", "target": 0.5, "label": label, "method": label, "seed": seed, "macs_ratio": 0.5,
+                "acc_oneshot": acc, "acc_bn_recalibrated": acc, "dataset": "d", "split": "test", "device": "cpu:x"}
+    rows = [row("a", s, 0.90 + 0.01 * s) for s in range(3)] + [row("b", s, 0.88 + 0.005 * s) for s in range(3)]
+    t = stability.build("s", "s", rows + [row("one", 0, 0.905)])
+    (test,) = t.meta["paired_tests"]
+    assert (test["a"], test["b"], test["seeds"]) == ("a", "b", [0, 1, 2])
