@@ -25,6 +25,7 @@ from hobs_jax.obs.channel import (
     consumers,
     group_grid,
     group_kept_rows,
+    kept_channel_masks,
     removed_at,
     removed_rows,
     select,
@@ -62,7 +63,7 @@ from hobs_jax.stats.hessian import collect_hessians as layer_hessians
 __all__ = ["ChannelGroup", "Consumer", "HessianStats", "PhaseListener", "Site", "SolvedLayers", "Timer",
            "blas_threads", "bn_weights", "channel_rows", "check_images", "column_weights", "compensate",
            "compensate_layers", "consumers", "copy_tree", "dampen", "flat_variables", "greedy_path", "group_grid",
-           "group_kept_rows",
+           "group_kept_rows", "kept_channel_masks",
            "layer_hessians", "layer_weights", "listen", "path_scores", "rank_scores", "reconstruction_error",
            "refit_sequential", "removed_at", "removed_rows", "robust_inverse", "select", "set_leaf",
            "single_removal", "solve_refit", "subtract_product"]

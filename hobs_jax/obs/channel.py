@@ -179,6 +179,16 @@ def group_grid(group: ChannelGroup, order: np.ndarray, counts: np.ndarray, flat:
     return out
 
 
+def kept_channel_masks(order: np.ndarray, size: int, counts: np.ndarray) -> np.ndarray:
+    """[K, size] float32, 1 where a channel is kept when ``counts[j]`` of ``size`` are kept
+    (the first ``size - k`` of the removal ``order`` removed, :func:`removed_at`)."""
+    counts = np.asarray(counts, np.int64)
+    masks = np.ones((len(counts), int(size)), np.float32)
+    for j, k in enumerate(counts):
+        masks[j, removed_at(order, size, int(k))] = 0.0
+    return masks
+
+
 def group_kept_rows(group: ChannelGroup, order: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
     """{consumer layer path 'a/b': [K, *kernel shape] float32, 1 where the kernel entry's
     input row is kept} when this group alone keeps each of ``counts`` (the rows
@@ -187,16 +197,14 @@ def group_kept_rows(group: ChannelGroup, order: np.ndarray, counts: np.ndarray) 
     their grid changes are summed (R-SPAR's grid reward)."""
     if not group.consumers:
         return {}
-    counts = np.asarray(counts, np.int64)
+    kept = kept_channel_masks(order, group.size, counts)  # [K, size]
     out = {}
     for site in group.sites:
         info = site.layer
-        rows_of = channel_rows(site.channel, group.size, info.name)
-        m = np.ones((len(counts), info.d_in), np.float32)
-        for j, k in enumerate(counts):
-            rem = removed_at(order, group.size, int(k))
-            if len(rem):
-                m[j, np.unique(rows_of[rem].reshape(-1))] = 0.0
+        rows_of = channel_rows(site.channel, group.size, info.name)  # [size, q] rows of each channel
+        m = np.ones((len(kept), info.d_in), np.float32)
+        for c in range(group.size):
+            m[:, rows_of[c]] = kept[:, c:c + 1]
         width = int(np.prod(info.kernel_shape)) // info.d_in
         out["/".join(info.path)] = np.repeat(m[:, :, None], width, axis=2).reshape(
             (len(counts),) + tuple(info.kernel_shape))

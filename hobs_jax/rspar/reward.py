@@ -102,7 +102,7 @@ def norm_masks(sel, grids: Sequence[np.ndarray]) -> dict[str, tuple[int, np.ndar
     notes "reduced over by ... at PATH"), at each kept count of its grid (the first
     ``size - k`` channels of the scorer's removal order removed). A group whose channels
     sit in the normalization's last axis other than one to one is refused in one line."""
-    from hobs_jax.obs.channel import removed_at
+    from hobs_jax.obs import kept_channel_masks
 
     graph = sel.task.graph
     out: dict[str, tuple[int, np.ndarray]] = {}
@@ -119,11 +119,7 @@ def norm_masks(sel, grids: Sequence[np.ndarray]) -> dict[str, tuple[int, np.ndar
                     or scale[0].size != group.size:
                 raise ValueError(f"rspar: group {gid} is reduced over at {path} in a layout the reward cannot "
                                  "mask (only a normalization over the group's channels one to one)")
-            order = np.asarray(sel.scores.order[gid])
-            masks = np.ones((len(grids[gi]), group.size), np.float32)
-            for j, k in enumerate(np.asarray(grids[gi], np.int64)):
-                masks[j, removed_at(order, group.size, int(k))] = 0.0
-            out[path] = (gi, masks)
+            out[path] = (gi, kept_channel_masks(np.asarray(sel.scores.order[gid]), group.size, grids[gi]))
     return out
 
 

@@ -10,6 +10,7 @@ import json
 import os
 
 from hobs_jax.experiments import common
+from hobs_jax.experiments.records import OWN_KEYS
 
 
 def row_path(workdir: str, model: str, target: float, row: str, seed: int = 0) -> str:
@@ -53,7 +54,7 @@ def restore_rows(record: str, workdir: str) -> int:
         src = sources.get(r.get("source"), {})
         rec = {"model": model, "method": label, "framework": r.get("framework"), "target_macs_ratio": target,
                "macs_ratio": r.get("macs_ratio"), "seed": seed, "restored_from": record,
-               **{k: r[k] for k in ("device", "source", "options", "resolved_options", "pruning_ratio") if k in r},
+               **{k: r[k] for k in OWN_KEYS if k in r and k != "seed"},
                **({"source_entry": src} if src else {}),
                **({"command": src["rows_made_by"]} if src.get("rows_made_by") else {})}
         if r.get("refused"):

@@ -8,9 +8,11 @@ import importlib.metadata
 import json
 import os
 
+from hobs_jax.experiments.records import OWN_KEYS
+
 KEYS = ("model", "method", "framework", "target_macs_ratio", "macs_ratio", "params_ratio",
         "acc_dense", "acc_oneshot", "acc_bn_recalibrated", "acc_finetuned", "acc_by_steps",
-        "latency_speedup", "seed", "device", "source", "options", "resolved_options", "pruning_ratio")
+        "latency_speedup", *OWN_KEYS)
 
 
 def _version(pkg: str) -> str:
@@ -94,7 +96,7 @@ def write_report(records_: list[dict], workdir: str, out: str, command: str, mod
     base = {"dataset": "fashion_mnist", "split": "test", "device": src["device"], "source": key,
             "latency_runtime": "Flax jit, wall clock", "seed": 0, "budgets": steps}
     all_rows = records.oneshot_rows([{k: r.get(k) for k in KEYS} for r in done], refused=refused, base=base)
-    # Rows restored from a published record (oneshot_fmnist.restore_rows) keep their own source.
+    # Rows restored from a published record (oneshot_cache.restore_rows) keep their own source.
     sources = {**{r["source"]: r["source_entry"] for r in sel if r.get("source_entry")}, key: src}
     paths = [records.save(os.path.join(folder, "records", f"{name}.json"), all_rows, sources)]
     table_rows = [r for r in all_rows if r.get("seed", 0) == seeds[0]]
