@@ -242,3 +242,51 @@ def test_pipeline_reads_a_latency_table_for_a_latency_ranked_macs_target(tmp_pat
     c.prune.hobs.rank = "latency"
     table, info = latency_table_for(c, task.prunable, SHAPE, ("xla",))
     assert table is not None and info["source"] == str(path) and table["model"] == task.name
+
+
+def test_a_measured_latency_budget_corrects_the_table_until_the_measurement_is_on_target():
+    """run_measured: a 'runtime' that runs every network at 0.15 of dense plus 0.85 of the
+    table's prediction (a fixed cost the table cannot see) misses 2x by >10% on the table
+    alone; closed by measurement it lands within the tolerance, the result is checked
+    against the fraction asked of the table, and a MACs task is refused in one line."""
+    from hobs_jax.methods.measured import run_measured
+
+    variables, calib, task = _setup()
+    table = _synthetic_table(task, heavy="layer3", factor=5.0)
+    budget = L.LatencyBudget.for_task(table, task)
+    lat = make_task("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency", latency=table,
+                    options=dict(allocation="global"))
+
+    def measure(outcome):
+        return 0.15 + 0.85 * budget.ratio(task.cost.keep_vector({g: len(i) for g, i in outcome.plan.keep}))
+    open_loop = measure(prune("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency",
+                              latency=table, options=dict(allocation="global")).outcome)
+    assert open_loop / 0.5 - 1 > 0.1
+    result, loop = run_measured("magnitude", lat, measure, tol=0.03, rounds=5)
+    assert loop.met and abs(loop.best.measured / 0.5 - 1) <= 0.03 and len(loop.rounds) >= 2
+    assert loop.best.asked < 0.5 and loop.to_dict()["rounds"][0]["asked"] == 0.5
+    got = budget.ratio(task.cost.keep_vector(_kept(result)))
+    assert abs(got / loop.best.asked - 1) <= allocation.TOLERANCE
+    with pytest.raises(ValueError, match="needs metric='latency'"):
+        run_measured("magnitude", task, measure)
+
+
+def test_bench_measure_times_an_exported_candidate_against_dense(tmp_path):
+    """The pipeline's measure: the candidate is exported and timed against the saved dense
+    network in one bench run; the fraction is pruned / dense time (a half-width ResNet-20
+    is faster than dense, whatever the machine's load)."""
+    from hobs_jax import export
+    from hobs_jax.graph import apply_plan
+    from hobs_jax.methods.measured import bench_measure
+
+    variables, calib, task = _setup()
+    export.save(str(tmp_path / "dense"), task.model, variables, overwrite=True)
+    result = _prune("magnitude", NAME, variables, target=0.25, options=dict(allocation="uniform"))
+
+    def save(path, outcome):
+        net = apply_plan(task.prunable, outcome.variables, outcome.plan, graph=task.graph)
+        export.save(path, net.module, net.variables, plan=outcome.plan, overwrite=True)
+    measure = bench_measure(str(tmp_path / "dense"), runtime="xla", batch=16, scratch=str(tmp_path / "fb"),
+                            export=save, input_shape=SHAPE[1:], rounds=1, iters=6)
+    frac = measure(result.outcome)
+    assert 0.0 < frac < 1.0 and (tmp_path / "fb" / "round_1").is_dir()

@@ -23,7 +23,8 @@ RESULTS = os.path.join(REPO, "docs", "results")
 
 # Studies whose Markdown was written by hand before (#22): each is now a ResultTable rebuilt
 # from its stored run record without measuring anything.
-CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56", "alignment",
+CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56",
+             "aligned_allocation_r56_measured", "alignment",
              "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56", "ast_fmnist",
              "rspar_fmnist_v2", "rspar_fmnist_lbound0.1", "rspar_fmnist_choice_imitate",
              "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist", "hobs_blocks", "hobs_blocks_refit"]

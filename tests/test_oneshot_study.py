@@ -192,3 +192,22 @@ def test_the_paired_test_skips_a_better_row_run_on_one_seed():
     t = stability.build("s", "s", rows + [row("one", 0, 0.905)])
     (test,) = t.meta["paired_tests"]
     assert (test["a"], test["b"], test["seeds"]) == ("a", "b", [0, 1, 2])
+
+
+def test_rows_timed_on_two_cpus_share_a_table_that_names_each_rows_device():
+    from hobs_jax.experiments.tables import oneshot
+
+    def row(label, bn, device, b64):
+        return {"model": "efficientnet_b0_small", "label": label, "method": label, "framework": "hobs_jax",
+                "target": 0.5, "macs_ratio": 0.5, "params_ratio": 0.6, "acc_dense": 0.76, "acc_oneshot": bn,
+                "acc_bn_recalibrated": bn, "latency_speedup": {"batch1": 1.5, "batch64": b64},
+                "dataset": "fashion_mnist", "split": "test", "device": device}
+    one = oneshot.build("t", "t", [row("hobs", 0.75, "cpu:Intel Xeon:avx512f", 1.6)], goal_model=None)
+    assert one.context["device"] == "cpu:Intel Xeon:avx512f" and "timed_on" not in [c.key for c in one.columns]
+    t = oneshot.build("t", "t", [row("hobs", 0.75, "cpu:Intel Xeon:avx512f", 1.6),
+                                 row("depgraph", 0.40, "cpu:AMD EPYC:avx512f", 1.8)], goal_model=None)
+    assert "device" not in t.context and [r["timed_on"] for r in t.rows] == ["Intel Xeon", "AMD EPYC"]
+    md = t.to_markdown()
+    assert "| hobs | Intel Xeon |" in md and "| depgraph | AMD EPYC |" in md and "`AMD EPYC` and `Intel Xeon`" in md
+    # Accuracy goals judge rows across devices (accuracy does not depend on the CPU).
+    assert any("beats every other" in g.text and g.met for g in t.goals)

@@ -44,6 +44,8 @@ def _tiny(stages="train,calibrate,prune,finetune,evaluate,benchmark,export"):
     ("prune.align", "0", r"prune.align='0': a quantum must be >= 1"),
     ("prune.metric", "flops", r"prune.metric='flops': use one of \('macs', 'params', 'latency'\)"),
     ("prune.latency.runtime", "tensorrt", r"prune.latency.runtime='tensorrt': latency tables are measured in xla"),
+    ("prune.latency.measure", 3, r"prune.latency.measure=3 closes a latency target by measurement; prune.metric"),
+    ("prune.latency.measure_tol", 1.5, r"prune.latency: measure=0 \(>= 0 allocations\) and measure_tol=1.5"),
 ])
 def test_invalid_values_fail_before_compute(key, value, match):
     c = _tiny()
@@ -236,3 +238,32 @@ def test_runs_of_one_process_evaluate_each_network_once(tmp_path):
     assert eval_memo.stats()["misses"] == 2
     other = models.build("resnet20", num_classes=10, in_channels=1, widths={"conv1": 8})
     assert eval_memo.key(other, variables, "d") != eval_memo.key(model, variables, "d")
+
+
+def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
+    """prune.latency.measure=N: the prune stage times each candidate against the trained
+    dense network in the table's runtime and batch and records every round (asked of the
+    table, measured) in its stage record; the kept network is the round measured closest.
+    The table is synthetic (layer time = MACs, tests/test_aligned_allocation.py), so only
+    the timings are real."""
+    from hobs_jax.methods import make_task
+    from hobs_jax.pipeline.context import Context
+    from tests.test_aligned_allocation import _synthetic_table
+
+    wd = str(tmp_path / "wd")
+    run(_tiny("train,calibrate"), wd)
+    c = _tiny("train,calibrate,prune")
+    ctx = Context(c, Workdir(wd))
+    _, variables, _ = ctx.load_model("train")
+    task = make_task("magnitude", ctx.prunable(variables), target=0.5, input_shape=ctx.input_shape)
+    (tmp_path / "table.json").write_text(json.dumps(_synthetic_table(task)))
+    with c.unlocked():
+        c.prune.metric, c.prune.target, c.prune.align = "latency", 0.6, "off"  # 16-wide: 8s are too coarse
+        c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), 2
+    run(c, wd)
+    rec = json.loads((tmp_path / "wd" / "prune" / "stage.json").read_text())
+    fb = rec["outputs"]["latency_feedback"]
+    assert fb["target"] == 0.6 and fb["rounds"][0]["asked"] == 0.6
+    measured = [r["measured"] for r in fb["rounds"] if r["measured"] is not None]  # at most 2 timings
+    assert 1 <= len(measured) <= 2 and fb["measured"] == min(measured, key=lambda m: abs(m / 0.6 - 1))
+    assert abs(rec["outputs"]["latency_ratio"] / fb["asked"] - 1) <= 0.01

@@ -69,7 +69,10 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
         evaluate_oneshot (test accuracy right after pruning), latency (runtime: '' = the
         first benchmark runtime; batch: 0 = the largest benchmark batch size; table: a
         table file, '' = the cached one, measured when missing; points, rounds, iters:
-        the measurement's grid and timing), and one sub-section per registered method
+        the measurement's grid and timing; measure: 0 = trust the table, N = close the
+        latency target by measurement, at most N allocations, each pruned network timed
+        against dense in the table's runtime and batch until within measure_tol of the
+        target, hobs_jax.methods.measured), and one sub-section per registered method
         (its options).
       finetune: a train section for fine-tuning the pruned model (epochs 0 skips it).
       benchmark: dense vs pruned latency with hobs_jax.bench: runtimes (comma-separated
@@ -98,7 +101,7 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
                                              align="auto", bn_recalibrate=True,
                                              evaluate_oneshot=True))
     c.prune.latency = ml_collections.ConfigDict(dict(runtime="", batch=0, table="", points=4, rounds=3,
-                                                     iters=5))
+                                                     iters=5, measure=0, measure_tol=0.04))
     for name, section in config_sections().items():
         c.prune[name] = section
     c.finetune = get_train_config()
@@ -241,6 +244,12 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
     if lat.batch < 0 or lat.points < 2 or lat.rounds < 1 or lat.iters < 1:
         raise ValueError(f"prune.latency: batch={lat.batch} (>= 0), points={lat.points} (>= 2), "
                          f"rounds={lat.rounds} (>= 1), iters={lat.iters} (>= 1)")
+    if lat.measure < 0 or not 0 < lat.measure_tol < 1:
+        raise ValueError(f"prune.latency: measure={lat.measure} (>= 0 allocations) and measure_tol="
+                         f"{lat.measure_tol} (in (0, 1))")
+    if lat.measure and p.metric != "latency":
+        raise ValueError(f"prune.latency.measure={lat.measure} closes a latency target by measurement; "
+                         f"prune.metric is {p.metric!r} (set prune.metric=latency)")
     if c.calibrate.num_images < 1 or c.calibrate.batch_size < 1:
         raise ValueError(f"calibrate.num_images/batch_size={c.calibrate.num_images}/"
                          f"{c.calibrate.batch_size}: must be >= 1")

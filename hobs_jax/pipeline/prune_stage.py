@@ -127,6 +127,31 @@ def latency_table_for(c, prunable, input_shape, runtimes) -> tuple[dict | None, 
                    "dense_ms": 1e3 * float(table.get("dense_seconds", 0.0))}
 
 
+def _run_measured(ctx: Context, task, table_info: dict):
+    """``prune.latency.measure`` > 0: the method with its latency target closed by measurement
+    (:func:`hobs_jax.methods.measured.run_measured`), each candidate timed against the
+    trained dense network in the table's runtime and batch; candidates are exported to a
+    temporary directory that is removed afterwards."""
+    import tempfile
+
+    import jax
+
+    from hobs_jax.graph import apply_plan
+    from hobs_jax.methods.measured import bench_measure, run_measured
+
+    c = ctx.config
+
+    def save(path, outcome):
+        net = apply_plan(task.prunable, outcome.variables, outcome.plan, graph=task.graph)
+        ctx.export(path, net.module, jax.device_get(net.variables), outcome.plan)
+
+    with tempfile.TemporaryDirectory(prefix="hobs_latency_feedback_") as scratch:
+        measure = bench_measure(ctx.model_dir("train"), runtime=table_info["runtime"], batch=int(table_info["batch"]),
+                                scratch=scratch, export=save, input_shape=ctx.input_shape[1:4])
+        return run_measured(c.prune.method, task, measure, tol=float(c.prune.latency.measure_tol),
+                            rounds=int(c.prune.latency.measure), log=log.info)
+
+
 def run(ctx: Context) -> dict:
     import dataclasses
 
@@ -149,7 +174,11 @@ def run(ctx: Context) -> dict:
                      finetune=finetune_fn(ctx), latency=table)
     # Parts that search or train keep resumable state here: it resumes with the stage.
     task = dataclasses.replace(task, workdir=os.path.join(stage, "method_state"))
-    result = run_method(c.prune.method, task)
+    loop = None
+    if table_info is not None and c.prune.metric == "latency" and int(c.prune.latency.measure) > 0:
+        result, loop = _run_measured(ctx, task, table_info)
+    else:
+        result = run_method(c.prune.method, task)
     pruned, pvars, outcome = result.model, result.variables, result.outcome
     out = {"method": c.prune.method, "macs_ratio": result.macs_ratio,
            "params_ratio": result.params_ratio, "align": str(c.prune.align), "quantum": int(task.round_to),
@@ -161,6 +190,8 @@ def run(ctx: Context) -> dict:
         keep = task.cost.keep_vector({g: len(idx) for g, idx in outcome.plan.keep})
         out["latency_table"] = table_info
         out["latency_ratio"] = float(task.latency.ratio(keep))
+    if loop is not None:  # measured: what the table was asked and what each round measured
+        out["latency_feedback"] = loop.to_dict()
     if c.prune.evaluate_oneshot:
         out["acc_oneshot"] = _accuracy(ctx, pruned, pvars)
     if c.prune.bn_recalibrate and "batch_stats" in pvars and calib is not None:  # calib exists then

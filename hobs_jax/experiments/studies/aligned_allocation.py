@@ -11,7 +11,12 @@ same MACs budget, channels ranked by saliency per second saved in RUNTIME's late
 the global allocator's ``rank='latency'``) or ``LABEL=latency:RUNTIME:TARGET:QUANTUM``
 (the latency table of RUNTIME at ``--table-batch``, measured on one core by CPU time and
 cached, ``hobs_jax.methods.latency_table.cached_table``), with ``--allocation`` global
-(default) or uniform.
+(default) or uniform. ``LABEL=latency:RUNTIME:TARGET:QUANTUM:measured`` closes the same
+budget by measurement (:mod:`hobs_jax.allocation.feedback`): each candidate allocation is
+timed against dense in RUNTIME at ``--table-batch`` (``hobs_jax.bench``, one thread, CPU
+time, ``--feedback-rounds`` x ``--feedback-iters`` calls) and the fraction asked of the
+table corrected until the measured one is within ``--feedback-tol`` of TARGET (at most
+``--feedback-max`` allocations); the row records every round.
 
     python benchmarks/aligned_allocation.py --config configs/quickstart.py \\
         --workdir runs/aligned_r20 --rows hobs=macs:0.5:1,hobs_q8=macs:0.5:8 --out docs/results/aligned_r20
@@ -44,12 +49,12 @@ def parse_rows(text: str) -> list[dict]:
         if parts[0] == "macs" and len(parts) in (3, 4):
             rows.append({"label": label, "metric": "macs", "runtime": parts[3] if len(parts) == 4 else None,
                          "target": float(parts[1]), "quantum": int(parts[2])})
-        elif parts[0] == "latency" and len(parts) == 4:
+        elif parts[0] == "latency" and (len(parts) == 4 or (len(parts) == 5 and parts[4] == "measured")):
             rows.append({"label": label, "metric": "latency", "runtime": parts[1], "target": float(parts[2]),
-                         "quantum": int(parts[3])})
+                         "quantum": int(parts[3]), "measured": len(parts) == 5})
         else:
             raise ValueError(f"row {item!r}: use LABEL=macs:TARGET:QUANTUM[:RUNTIME] or "
-                             "LABEL=latency:RUNTIME:TARGET:QUANTUM")
+                             "LABEL=latency:RUNTIME:TARGET:QUANTUM[:measured]")
     return rows
 
 
@@ -75,6 +80,11 @@ def main(argv=None):
     p.add_argument("--batch-sizes", default="1,64")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=60)
+    p.add_argument("--feedback-tol", type=float, default=0.04,
+                   help="measured rows: stop when the measured time fraction is this close (relative)")
+    p.add_argument("--feedback-max", type=int, default=4, help="measured rows: at most this many allocations")
+    p.add_argument("--feedback-rounds", type=int, default=3)
+    p.add_argument("--feedback-iters", type=int, default=24)
     p.add_argument("--out", required=True)
     p.add_argument("--render-only", action="store_true",
                    help="rebuild OUT's table from its stored run record (OUT's folder/records/NAME.json)")
@@ -135,13 +145,22 @@ def main(argv=None):
             ranked = dataclasses.replace(s.options.allocator, rank="latency")
             s.options = dataclasses.replace(s.options, allocators={**s.options.allocators,
                                                                    s.options.allocation: ranked})
+        feedback = None
         try:
-            allocated = spec.allocate(s)
+            if r.get("measured"):
+                timing = Options(batch_sizes=(args.table_batch,), warmup=2, iters=args.feedback_iters,
+                                 rounds=args.feedback_rounds, threads=1, clock="cpu", devices=("cpu",))
+                res = closed_loop(spec, s, task, ctx, models[0], r, timing,
+                                  os.path.join(args.workdir, "feedback", r["label"]),
+                                  tol=args.feedback_tol, max_rounds=args.feedback_max)
+                (allocated, out), feedback = res.candidate, res.to_dict()
+            else:
+                allocated = spec.allocate(s)
+                out = spec.finish(s, allocated.keep, allocated)
         except ValueError as e:  # an unreachable latency target: recorded, the other rows go on
             results.append(dict(r, error=str(e).split(";")[0]))
             print(f"{r['label']}: {results[-1]['error']}", flush=True)
             continue
-        out = spec.finish(s, allocated.keep, allocated)
         pruned = apply_plan(task.prunable, out.variables, out.plan, graph=task.graph)
         keep = task.cost.keep_vector({g: len(i) for g, i in out.plan.keep})
         acc1 = float(evaluate(pruned.module, pruned.variables, ctx.eval_loader(), desc=r["label"])["top1"])
@@ -155,7 +174,7 @@ def main(argv=None):
         rec = dict(r, macs_ratio=m.macs / dense_macs.macs, acc_oneshot=acc1, acc_bn=acc2,
                    predicted={rt: b.ratio(keep) for rt, b in budgets.items()},
                    keep={str(g): int(k) for g, k in zip(task.cost.group_ids, keep)},
-                   sizes={str(g): s for g, s in sizes.items()})
+                   sizes={str(g): s for g, s in sizes.items()}, **({"feedback": feedback} if feedback else {}))
         results.append(rec)
         print(json.dumps({k: rec[k] for k in ("label", "macs_ratio", "acc_oneshot", "acc_bn", "predicted")}),
               flush=True)
@@ -186,6 +205,41 @@ def main(argv=None):
         print(path)
 
 
+def closed_loop(spec, sel, task, ctx, dense, row: dict, timing, scratch: str, *, tol: float, max_rounds: int):
+    """A latency row closed by measurement (:func:`hobs_jax.allocation.feedback.meet_measured`):
+    each candidate (``(allocation, method output)`` at a fraction asked of the table) is
+    exported to ``scratch/round_K`` and timed against ``dense`` (a bench ModelSpec) in the
+    row's runtime with ``timing`` (bench Options); its measured fraction is pruned p50 /
+    dense p50 of that interleaved run."""
+    from hobs_jax.allocation.feedback import meet_measured
+    from hobs_jax.bench import ModelSpec, run_suite, speedups
+    from hobs_jax.graph import apply_plan
+
+    count = [0]
+
+    def allocate(asked):
+        s = sel.with_task(target=asked)
+        allocated = spec.allocate(s)
+        return allocated, spec.finish(s, allocated.keep, allocated)
+
+    def measure(cand):
+        count[0] += 1
+        _, out = cand
+        pruned = apply_plan(task.prunable, out.variables, out.plan, graph=task.graph)
+        path = os.path.join(scratch, f"round_{count[0]}")
+        ctx.export(path, pruned.module, pruned.variables, out.plan)
+        model = ModelSpec.from_saved(path, label="candidate", input_shape=dense.input_shape)
+        suite = run_suite([dense, model], [row["runtime"]], timing, baseline="dense", log=None)
+        got = speedups(suite.rows, "dense", "candidate")
+        if len(got) != 1 or not got[0]["speedup"]:
+            raise RuntimeError(f"{row['label']}: timing round {count[0]} gave no speedup in {row['runtime']} "
+                               f"(suite rows: {len(suite.rows)})")
+        return 1.0 / got[0]["speedup"]
+
+    return meet_measured(allocate, measure, row["target"], tol=tol, rounds=max_rounds,
+                         log=lambda m: print(f"{row['label']}: {m}", flush=True))
+
+
 NAME = "aligned_allocation_r20"
 SPEEDUPS = (("xla@1", "XLA b1"), ("xla@64", "XLA b64"), ("onnxruntime@1", "ORT b1"), ("onnxruntime@64", "ORT b64"))
 
@@ -206,6 +260,10 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
              "budget": rec["metric"] + (("" if not rec["runtime"] else f" ({rec['runtime']})")
                                         if rec["metric"] == "latency" or not rec["runtime"]
                                         else f", ranked in {rec['runtime']}")}
+        fb = rec.get("feedback")
+        if fb:  # closed by measurement: the fraction finally asked of the table, and how many allocations
+            r["budget"] = (f"latency ({rec['runtime']}), measured: {len(fb['rounds'])} allocations, table asked "
+                           f"{fb['asked']:.3f}")
         r["target" if rec["metric"] == "macs" else "latency_target"] = rec["target"]
         if rec["runtime"]:
             r["runtime"], r["table_batch"] = rec["runtime"], (doc["tables"].get(rec["runtime"]) or {}).get("batch")

@@ -130,7 +130,8 @@ def _studies() -> list[Entry]:
                   "Fashion-MNIST, run record"),
             study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
-                    "run record", table_kwargs={"name": f"aligned_allocation_{n}"}) for n in ("r20", "r20b", "r56")],
+                    "run record", table_kwargs={"name": f"aligned_allocation_{n}"})
+              for n in ("r20", "r20b", "r56", "r56_measured")],
             study("alignment", alignment_staircase, "width staircases per runtime, run record"),
             study("ast_controller", ast_controller, "AST controller closed-loop simulation, run record"),
             study("fmnist_baselines", fmnist_baselines, "dense baselines trained on the H100, run record"),

@@ -26,22 +26,45 @@ RSPAR_GOALS = {"mobilenet_v2_small": (0.5,), "vit_tiny_p4": (0.5,)}
 
 def build(name: str, title: str, rows: Sequence[Mapping], *, description: Sequence[str] = (),
           sources: Mapping[str, dict] | None = None, goal_model: str | None = "resnet56") -> ResultTable:
-    """The table; goals for ``goal_model`` (None: every model of MODEL_GOALS with rows here)."""
+    """The table; goals for ``goal_model`` (None: every model of MODEL_GOALS with rows here).
+
+    Rows from one device make a table whose context names it. Rows from several devices (rows
+    added to a published table on another machine) share one table: accuracy and MACs do not
+    depend on the CPU (rows recomputed on a second CPU agree to the last digit:
+    docs/results/table2_mobilenet_v2_finetune.md, notes), and each row's
+    speedup is its own dense/pruned ratio timed in one process, so a ``timed on`` column
+    names the device of each row's speedups and the context keeps dataset and split only."""
     steps = steps_of(rows)
-    cols = [Column("label", "row"), Column("framework", "framework"),
+    mixed = len({str(r.get("device")) for r in rows}) > 1
+    cols = [Column("label", "row"), *((Column("timed_on", "timed on"),) if mixed else ()),
+            Column("framework", "framework"),
             Column("macs_ratio", "MACs kept", kind="ratio", digits=4),
             Column("params_ratio", "params kept", kind="ratio", digits=4),
             Column("acc_oneshot", "one-shot", **ACC, best="max"),
             Column("acc_bn_recalibrated", "BN re-est.", **ACC, best="max"), *curve_columns(steps),
             Column("speedup_b1", "speedup b1", kind="speedup"), Column("speedup_b64", "speedup b64", kind="speedup")]
-    t = ResultTable(name, title, cols, group_by=("model", "target"), description=description)
+    context = ("dataset", "split") if mixed else ("dataset", "split", "device")
+    t = ResultTable(name, title, cols, context=context, group_by=("model", "target"), description=description)
     for r in rows:
-        t.add(dict(with_curve(r, steps), speedup_b1=speedup(r, 1), speedup_b64=speedup(r, 64)))
+        t.add(dict(with_curve(r, steps), speedup_b1=speedup(r, 1), speedup_b64=speedup(r, 64),
+                   **({"timed_on": device_name(r.get("device"))} if mixed else {})))
+    if mixed:
+        names = sorted({device_name(r.get("device")) for r in rows})
+        t.note("Rows from " + " and ".join(f"`{n}`" for n in names) + ": each row's speedups were timed on the "
+               "device in its `timed on` column (against dense timed in the same process), so compare speedups "
+               "only between rows of one device; accuracy and MACs do not depend on the CPU.")
     t.add_sources(sources)
     models = [goal_model] if goal_model else [m for m in MODEL_GOALS if any(r["model"] == m for r in t.rows)]
     for m in models:
         add_goals(t, m)
     return t
+
+
+def device_name(device: str | None) -> str:
+    """A device key of :mod:`hobs_jax.experiments.machine` (``cpu:AMD EPYC:avx512f``) in a
+    table cell: the processor name (``AMD EPYC``); the key itself when it has no such part."""
+    parts = str(device).split(":")
+    return parts[1] if len(parts) == 3 and parts[1] else str(device)
 
 
 def add_goals(t: ResultTable, model: str) -> None:
