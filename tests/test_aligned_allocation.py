@@ -244,25 +244,28 @@ def test_pipeline_reads_a_latency_table_for_a_latency_ranked_macs_target(tmp_pat
     assert table is not None and info["source"] == str(path) and table["model"] == task.name
 
 
-def test_a_measured_latency_budget_corrects_the_table_until_the_measurement_is_on_target():
+@pytest.mark.parametrize("alloc", ["global", "uniform"])
+def test_a_measured_latency_budget_corrects_the_table_until_the_measurement_is_on_target(alloc):
     """run_measured: a 'runtime' that runs every network at 0.15 of dense plus 0.85 of the
     table's prediction (a fixed cost the table cannot see) misses 2x by >10% on the table
-    alone; closed by measurement it lands within the tolerance, the result is checked
-    against the fraction asked of the table, and a MACs task is refused in one line."""
+    alone; closed by measurement it lands within the tolerance (uniform: whose floor is its
+    answer, so every lower ask selects again), the result is checked against the fraction
+    asked of the table, and a MACs task is refused in one line."""
     from hobs_jax.methods.measured import run_measured
 
     variables, calib, task = _setup()
     table = _synthetic_table(task, heavy="layer3", factor=5.0)
     budget = L.LatencyBudget.for_task(table, task)
     lat = make_task("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency", latency=table,
-                    options=dict(allocation="global"))
+                    options=dict(allocation=alloc))
 
     def measure(outcome):
         return 0.15 + 0.85 * budget.ratio(task.cost.keep_vector({g: len(i) for g, i in outcome.plan.keep}))
     open_loop = measure(prune("magnitude", NAME, variables, target=0.5, input_shape=SHAPE, metric="latency",
-                              latency=table, options=dict(allocation="global")).outcome)
+                              latency=table, options=dict(allocation=alloc)).outcome)
     assert open_loop / 0.5 - 1 > 0.1
     result, loop = run_measured("magnitude", lat, measure, tol=0.03, rounds=5)
+    assert not any(r.error for r in loop.rounds)
     assert loop.met and abs(loop.best.measured / 0.5 - 1) <= 0.03 and len(loop.rounds) >= 2
     assert loop.best.asked < 0.5 and loop.to_dict()["rounds"][0]["asked"] == 0.5
     got = budget.ratio(task.cost.keep_vector(_kept(result)))

@@ -259,11 +259,13 @@ def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
     (tmp_path / "table.json").write_text(json.dumps(_synthetic_table(task)))
     with c.unlocked():
         c.prune.metric, c.prune.target, c.prune.align = "latency", 0.6, "off"  # 16-wide: 8s are too coarse
+        c.prune.magnitude.allocation = "uniform"  # its floor is its answer: lower asks select again
         c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), 2
     run(c, wd)
     rec = json.loads((tmp_path / "wd" / "prune" / "stage.json").read_text())
     fb = rec["outputs"]["latency_feedback"]
     assert fb["target"] == 0.6 and fb["rounds"][0]["asked"] == 0.6
+    assert not any(r["error"] for r in fb["rounds"])  # asks below the uniform floor selected again
     measured = [r["measured"] for r in fb["rounds"] if r["measured"] is not None]  # at most 2 timings
     assert 1 <= len(measured) <= 2 and fb["measured"] == min(measured, key=lambda m: abs(m / 0.6 - 1))
     assert abs(rec["outputs"]["latency_ratio"] / fb["asked"] - 1) <= 0.01

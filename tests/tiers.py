@@ -133,7 +133,8 @@ EXTENDED = {
 }
 
 SLOW = {
-    "tests/test_aligned_allocation.py::test_a_measured_latency_budget_corrects_the_table_until_the_measurement_is_on_target",
+    *(f"tests/test_aligned_allocation.py::test_a_measured_latency_budget_corrects_the_table_until_the_measurement_"
+      f"is_on_target[{a}]" for a in ("global", "uniform")),
     # the zoo's mobile CNNs through the fast depthwise path, eval and train mode (25-40 s)
     "tests/test_depthwise.py::test_zoo_mobile_cnn_through_the_fast_path_equals_its_apply",
     # H-OBS on depthwise / SE / attention blocks (5-13 s each under load, 2026-12-06)

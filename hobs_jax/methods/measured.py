@@ -14,26 +14,38 @@ uses it when ``prune.latency.measure`` > 0.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from hobs_jax.allocation import feedback
 
 
 def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float, *, tol: float = 0.04,
                       rounds: int = 4, log: Callable[[str], None] | None = None) -> feedback.Result:
-    """The loop on an existing selection ``sel`` (``spec.select(task)``; one selection serves
-    every round): each round allocates at the asked fraction and finishes the network; the
+    """The loop on an existing selection ``sel`` (``spec.select(task)``), which serves every
+    round whose allocation stays above its floor (a lower budget selects again): each round
+    allocates at the asked fraction and finishes the network; the
     result's candidate is ``(allocation, outcome)`` of the round measured closest to
     ``target``."""
     if sel.task.metric != "latency" or sel.task.latency is None:
         raise ValueError(f"{spec.name}: a measured latency budget needs metric='latency' and a latency table "
                          f"(got metric={sel.task.metric!r})")
+    current = [sel]
 
     def allocate(asked: float):
-        s = sel.with_task(target=asked)
+        s = current[0].with_task(target=asked)
         allocated = spec.allocate(s)
+        if np.any(np.asarray(allocated.keep) < s.floor):
+            # An allocator whose floor is its own answer (uniform) or a removal path that
+            # stopped above this budget: select again at it (scores of one selection serve
+            # only the budgets its floor reaches).
+            current[0] = spec.select(dataclasses.replace(sel.task, target=asked))
+            s = current[0]
+            allocated = spec.allocate(s)
         return allocated, spec.finish(s, allocated.keep, allocated)
 
     return feedback.meet_measured(allocate, lambda cand: measure(cand[1]), target, tol=tol, rounds=rounds,
@@ -56,6 +68,21 @@ def run_measured(method: str, task, measure: Callable[[Any], float], *, tol: flo
     loop = allocate_measured(spec, spec.select(task), measure, float(task.target), tol=tol, rounds=rounds, log=log)
     _, outcome = loop.candidate
     return checked_result(method, task, outcome, target=loop.best.asked), loop
+
+
+def cut_and_save(task, save: Callable[..., Any]) -> Callable[[str, Any], None]:
+    """``export(path, outcome)`` for :func:`bench_measure`: cuts ``task``'s network by the
+    outcome's plan and calls ``save(path, module, host variables, plan)`` (e.g. the pipeline
+    context's ``export``)."""
+    import jax
+
+    from hobs_jax.graph import apply_plan
+
+    def export(path: str, outcome) -> None:
+        net = apply_plan(task.prunable, outcome.variables, outcome.plan, graph=task.graph)
+        save(path, net.module, jax.device_get(net.variables), outcome.plan)
+
+    return export
 
 
 def bench_measure(dense_dir: str, *, runtime: str, batch: int, scratch: str,
@@ -86,4 +113,4 @@ def bench_measure(dense_dir: str, *, runtime: str, batch: int, scratch: str,
     return measure
 
 
-__all__ = ["allocate_measured", "bench_measure", "run_measured"]
+__all__ = ["allocate_measured", "bench_measure", "cut_and_save", "run_measured"]

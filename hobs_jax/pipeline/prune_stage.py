@@ -134,20 +134,13 @@ def _run_measured(ctx: Context, task, table_info: dict):
     temporary directory that is removed afterwards."""
     import tempfile
 
-    import jax
-
-    from hobs_jax.graph import apply_plan
-    from hobs_jax.methods.measured import bench_measure, run_measured
+    from hobs_jax.methods.measured import bench_measure, cut_and_save, run_measured
 
     c = ctx.config
-
-    def save(path, outcome):
-        net = apply_plan(task.prunable, outcome.variables, outcome.plan, graph=task.graph)
-        ctx.export(path, net.module, jax.device_get(net.variables), outcome.plan)
-
     with tempfile.TemporaryDirectory(prefix="hobs_latency_feedback_") as scratch:
         measure = bench_measure(ctx.model_dir("train"), runtime=table_info["runtime"], batch=int(table_info["batch"]),
-                                scratch=scratch, export=save, input_shape=ctx.input_shape[1:4])
+                                scratch=scratch, export=cut_and_save(task, ctx.export),
+                                input_shape=ctx.input_shape[1:4])
         return run_measured(c.prune.method, task, measure, tol=float(c.prune.latency.measure_tol),
                             rounds=int(c.prune.latency.measure), log=log.info)
 

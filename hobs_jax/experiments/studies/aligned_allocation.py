@@ -148,11 +148,7 @@ def main(argv=None):
         feedback = None
         try:
             if r.get("measured"):
-                timing = Options(batch_sizes=(args.table_batch,), warmup=2, iters=args.feedback_iters,
-                                 rounds=args.feedback_rounds, threads=1, clock="cpu", devices=("cpu",))
-                res = closed_loop(spec, s, task, ctx, models[0], r, timing,
-                                  os.path.join(args.workdir, "feedback", r["label"]),
-                                  tol=args.feedback_tol, max_rounds=args.feedback_max)
+                res = closed_loop(spec, s, task, ctx, r, args, shape)
                 (allocated, out), feedback = res.candidate, res.to_dict()
             else:
                 allocated = spec.allocate(s)
@@ -205,39 +201,18 @@ def main(argv=None):
         print(path)
 
 
-def closed_loop(spec, sel, task, ctx, dense, row: dict, timing, scratch: str, *, tol: float, max_rounds: int):
-    """A latency row closed by measurement (:func:`hobs_jax.allocation.feedback.meet_measured`):
-    each candidate (``(allocation, method output)`` at a fraction asked of the table) is
-    exported to ``scratch/round_K`` and timed against ``dense`` (a bench ModelSpec) in the
-    row's runtime with ``timing`` (bench Options); its measured fraction is pruned p50 /
-    dense p50 of that interleaved run."""
-    from hobs_jax.allocation.feedback import meet_measured
-    from hobs_jax.bench import ModelSpec, run_suite, speedups
-    from hobs_jax.graph import apply_plan
+def closed_loop(spec, sel, task, ctx, row: dict, args, shape):
+    """A latency row closed by measurement (:func:`hobs_jax.methods.measured.allocate_measured`
+    on the shared selection): each candidate is exported under ``WORKDIR/feedback/LABEL`` and
+    timed against the trained dense network in the row's runtime at ``--table-batch``."""
+    from hobs_jax.methods.measured import allocate_measured, bench_measure, cut_and_save
 
-    count = [0]
-
-    def allocate(asked):
-        s = sel.with_task(target=asked)
-        allocated = spec.allocate(s)
-        return allocated, spec.finish(s, allocated.keep, allocated)
-
-    def measure(cand):
-        count[0] += 1
-        _, out = cand
-        pruned = apply_plan(task.prunable, out.variables, out.plan, graph=task.graph)
-        path = os.path.join(scratch, f"round_{count[0]}")
-        ctx.export(path, pruned.module, pruned.variables, out.plan)
-        model = ModelSpec.from_saved(path, label="candidate", input_shape=dense.input_shape)
-        suite = run_suite([dense, model], [row["runtime"]], timing, baseline="dense", log=None)
-        got = speedups(suite.rows, "dense", "candidate")
-        if len(got) != 1 or not got[0]["speedup"]:
-            raise RuntimeError(f"{row['label']}: timing round {count[0]} gave no speedup in {row['runtime']} "
-                               f"(suite rows: {len(suite.rows)})")
-        return 1.0 / got[0]["speedup"]
-
-    return meet_measured(allocate, measure, row["target"], tol=tol, rounds=max_rounds,
-                         log=lambda m: print(f"{row['label']}: {m}", flush=True))
+    measure = bench_measure(ctx.model_dir("train"), runtime=row["runtime"], batch=args.table_batch,
+                            scratch=os.path.join(args.workdir, "feedback", row["label"]),
+                            export=cut_and_save(task, ctx.export), input_shape=tuple(shape[1:]),
+                            rounds=args.feedback_rounds, iters=args.feedback_iters)
+    return allocate_measured(spec, sel, measure, row["target"], tol=args.feedback_tol, rounds=args.feedback_max,
+                             log=lambda m: print(f"{row['label']}: {m}", flush=True))
 
 
 NAME = "aligned_allocation_r20"
