@@ -269,3 +269,4 @@ def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
     measured = [r["measured"] for r in fb["rounds"] if r["measured"] is not None]  # at most 2 timings
     assert 1 <= len(measured) <= 2 and fb["measured"] == min(measured, key=lambda m: abs(m / 0.6 - 1))
     assert abs(rec["outputs"]["latency_ratio"] / fb["asked"] - 1) <= 0.01
+    assert "closed by measurement (asked 0.600 -> measured" in (tmp_path / "wd" / "report.md").read_text()

@@ -41,6 +41,7 @@ def summarize(ctx: Context) -> dict:
         "quantum": prune.get("quantum"),
         "quantum_runtimes": prune.get("quantum_runtimes"),
         "latency_ratio": prune.get("latency_ratio"),
+        "latency_feedback": prune.get("latency_feedback"),
         "macs_dense": _get(ev, "dense", "macs"),
         "macs_pruned": _get(ev, "pruned", "macs"),
         "params_dense": _get(ev, "dense", "params"),
@@ -142,6 +143,13 @@ def render(s: dict) -> str:
         lines.append(f"Pruned widths are multiples of {s['quantum']} channels (the width quantum for {rt}).")
     if s.get("latency_ratio") is not None:
         lines.append(f"Predicted by the latency table: {s['latency_ratio']:.4f} of the dense time.")
+    fb = s.get("latency_feedback")
+    if fb:
+        steps = "; ".join(f"asked {r['asked']:.3f} -> " + (f"measured {r['measured']:.3f}" if r["measured"] is not None
+                                                           else "unreachable") for r in fb["rounds"])
+        verdict = "within" if fb["met"] else "**not within**"
+        lines.append(f"Latency target {fb['target']:g} of the dense time closed by measurement ({steps}): kept the "
+                     f"network measured at {fb['measured']:.3f}, {verdict} {fb['tol']:.0%} of the target.")
     if s["latency"]:
         lines += latency_lines(s)
     for stage, a in (s.get("ast") or {}).items():
