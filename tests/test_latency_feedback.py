@@ -59,6 +59,8 @@ def test_secant_slope_is_clipped_and_bad_input_is_one_line():
     rounds = [Round(0.5, 0.60), Round(0.4, 0.599)]  # nearly flat: slope clipped to 0.25
     asked = next_asked(0.5, rounds, 0.02, 1.0)
     assert asked == pytest.approx(0.4 * math.exp(math.log(0.5 / 0.599) / 0.25))
+    noisy = [Round(0.5, 0.60), Round(0.4, 0.62)]  # asked less, measured more: noise, not a slope
+    assert next_asked(0.5, noisy, 0.02, 1.0) == pytest.approx(0.4 * 0.5 / 0.62)
     with pytest.raises(ValueError, match="kept time fraction"):
         meet_measured(lambda a: a, lambda c: c, 1.5)
     with pytest.raises(ValueError, match="must be > 0"):

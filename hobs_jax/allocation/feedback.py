@@ -15,7 +15,8 @@ is given, the kept time fraction ``asked``:
     asked_1    = target
     asked_2    = asked_1 * target / measured_1                  (the table's error, as a ratio)
     asked_k+1  = the secant through the last two (log asked, log measured) points,
-                 its slope clipped to [0.25, 4]
+                 its slope clipped to [0.25, 4] (a non-positive slope, timing noise,
+                 falls back to the ratio correction)
 
 stopping when ``|measured / target - 1| <= tol`` or after ``rounds`` measurements; the
 result is the round whose measurement is closest to the target (in log ratio). Each round
@@ -69,8 +70,8 @@ class Result:
 
 def next_asked(target: float, rounds: list[Round], lo: float, hi: float) -> float:
     """The next fraction to ask (module doc): a ratio correction after one measurement, the
-    secant in log-log space (slope clipped to SLOPE_RANGE) after two with distinct asks;
-    clipped to [lo, hi]."""
+    secant in log-log space (slope clipped to SLOPE_RANGE; the ratio correction again when
+    it is not positive) after two with distinct asks; clipped to [lo, hi]."""
     done = [(r.asked, r.measured) for r in rounds if r.measured is not None]
     if not done:
         raise ValueError("next_asked: no measured round to correct from")
@@ -79,7 +80,10 @@ def next_asked(target: float, rounds: list[Round], lo: float, hi: float) -> floa
     slope = 1.0
     if prev is not None:
         a0, m0 = prev
-        slope = min(max(math.log(m1 / m0) / math.log(a1 / a0), SLOPE_RANGE[0]), SLOPE_RANGE[1])
+        raw = math.log(m1 / m0) / math.log(a1 / a0)
+        # A non-positive slope is timing noise (asking less never makes a network slower):
+        # fall back to the ratio correction rather than step by the clipped extreme.
+        slope = min(max(raw, SLOPE_RANGE[0]), SLOPE_RANGE[1]) if raw > 0 else 1.0
     asked = a1 * math.exp(math.log(target / m1) / slope)
     return min(max(asked, lo), hi)
 
