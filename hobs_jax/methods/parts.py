@@ -129,7 +129,10 @@ class Selection:
 
     def with_task(self, **changes) -> Selection:
         """A copy sharing this run's state and scores whose task has ``changes`` (another
-        ``target``: one selection serves every target, the orders do not depend on it)."""
+        ``target``: the orders do not depend on it, so one selection serves every target whose
+        allocation stays above ``floor``; the uniform allocator's floor is its own answer at
+        the selection's target, so a lower target needs a new selection, as
+        :func:`hobs_jax.methods.measured.allocate_measured` does)."""
         new = copy.copy(self)
         new.task = dataclasses.replace(self.task, **changes)
         return new
