@@ -28,9 +28,8 @@ def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float,
                       rounds: int = 4, log: Callable[[str], None] | None = None) -> feedback.Result:
     """The loop on an existing selection ``sel`` (``spec.select(task)``), which serves every
     round whose allocation stays above its floor (a lower budget selects again): each round
-    allocates at the asked fraction and finishes the network; the
-    result's candidate is ``(allocation, outcome)`` of the round measured closest to
-    ``target``."""
+    allocates at the asked fraction and finishes the network. The result's candidate is
+    ``(allocation, outcome)`` of the round measured closest to ``target``."""
     if sel.task.metric != "latency" or sel.task.latency is None:
         raise ValueError(f"{spec.name}: a measured latency budget needs metric='latency' and a latency table "
                          f"(got metric={sel.task.metric!r})")
@@ -87,16 +86,18 @@ def cut_and_save(task, save: Callable[..., Any]) -> Callable[[str, Any], None]:
 
 def bench_measure(dense_dir: str, *, runtime: str, batch: int, scratch: str,
                   export: Callable[[str, Any], Any], input_shape: tuple[int, int, int] | None = None,
-                  rounds: int = 3, iters: int = 24) -> Callable[[Any], float]:
+                  rounds: int = 3, iters: int = 24, threads: int = 1, clock: str = "cpu") -> Callable[[Any], float]:
     """``outcome -> pruned p50 / dense p50`` in ``runtime`` at ``batch``: ``export(path,
     outcome)`` saves the pruned network (``hobs_jax.export.save``) under ``scratch/round_K``
     and one interleaved ``hobs_jax.bench`` run times it against the saved dense network at
-    ``dense_dir`` (one thread, CPU time per call, ``rounds`` x ``iters`` calls each)."""
+    ``dense_dir`` (``rounds`` x ``iters`` calls each). Default: one thread, CPU time per call
+    on the CPU (robust on a shared machine); ``clock='wall'`` times wall clock on the
+    suite's default device (a GPU when one is visible), as the table was measured."""
     from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
 
     dense = ModelSpec.from_saved(dense_dir, label="dense", input_shape=input_shape)
-    timing = Options(batch_sizes=(int(batch),), warmup=2, iters=int(iters), rounds=int(rounds), threads=1,
-                     clock="cpu", devices=("cpu",))
+    timing = Options(batch_sizes=(int(batch),), warmup=2, iters=int(iters), rounds=int(rounds), threads=int(threads),
+                     clock=clock, devices=("cpu",) if clock == "cpu" else None)
     count = [0]
 
     def measure(outcome) -> float:

@@ -130,7 +130,8 @@ def latency_table_for(c, prunable, input_shape, runtimes) -> tuple[dict | None, 
 def _run_measured(ctx: Context, task, table_info: dict):
     """``prune.latency.measure`` > 0: the method with its latency target closed by measurement
     (:func:`hobs_jax.methods.measured.run_measured`), each candidate timed against the
-    trained dense network in the table's runtime and batch; candidates are exported to a
+    trained dense network in the table's runtime and batch, with the benchmark section's
+    threads and clock (those the table was measured with); candidates are exported to a
     temporary directory that is removed afterwards."""
     import tempfile
 
@@ -140,7 +141,8 @@ def _run_measured(ctx: Context, task, table_info: dict):
     with tempfile.TemporaryDirectory(prefix="hobs_latency_feedback_") as scratch:
         measure = bench_measure(ctx.model_dir("train"), runtime=table_info["runtime"], batch=int(table_info["batch"]),
                                 scratch=scratch, export=cut_and_save(task, ctx.export),
-                                input_shape=ctx.input_shape[1:4])
+                                input_shape=ctx.input_shape[1:4], threads=int(c.benchmark.threads),
+                                clock=str(c.benchmark.clock))
         return run_measured(c.prune.method, task, measure, tol=float(c.prune.latency.measure_tol),
                             rounds=int(c.prune.latency.measure), log=log.info)
 
