@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 SLOPE_RANGE = (0.25, 4.0)
+TOLERANCE = 0.04  # relative distance to the target at which the loop stops (every caller's default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Result:
     candidate: Any
     best: Round
     rounds: list[Round]
-    tol: float = 0.05
+    tol: float = TOLERANCE
 
     @property
     def met(self) -> bool:
@@ -89,7 +90,7 @@ def next_asked(target: float, rounds: list[Round], lo: float, hi: float) -> floa
 
 
 def meet_measured(allocate: Callable[[float], Any], measure: Callable[[Any], float], target: float, *,
-                  tol: float = 0.05, rounds: int = 4, lo: float = 0.02, hi: float = 1.0,
+                  tol: float = TOLERANCE, rounds: int = 4, lo: float = 0.02, hi: float = 1.0,
                   log: Callable[[str], None] | None = None) -> Result:
     """Allocate at a kept time fraction ``target`` in (0, 1] and correct the fraction asked
     of the table until the measured one is within ``tol`` (relative) of it (module doc).
@@ -147,4 +148,4 @@ def meet_measured(allocate: Callable[[float], Any], measure: Callable[[Any], flo
     return Result(target, best[2], best[1], history, tol=tol)
 
 
-__all__ = ["Result", "Round", "meet_measured", "next_asked"]
+__all__ = ["TOLERANCE", "Result", "Round", "meet_measured", "next_asked"]

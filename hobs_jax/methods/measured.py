@@ -24,7 +24,7 @@ import numpy as np
 from hobs_jax.allocation import feedback
 
 
-def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float, *, tol: float = 0.04,
+def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float, *, tol: float = feedback.TOLERANCE,
                       rounds: int = 4, log: Callable[[str], None] | None = None) -> feedback.Result:
     """The loop on an existing selection ``sel`` (``spec.select(task)``), which serves every
     round whose allocation stays above its floor (a lower budget selects again): each round
@@ -51,8 +51,8 @@ def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float,
                                   log=log)
 
 
-def run_measured(method: str, task, measure: Callable[[Any], float], *, tol: float = 0.04, rounds: int = 4,
-                 log: Callable[[str], None] | None = None):
+def run_measured(method: str, task, measure: Callable[[Any], float], *, tol: float = feedback.TOLERANCE,
+                 rounds: int = 4, log: Callable[[str], None] | None = None):
     """``(PruneResult, feedback.Result)``: :func:`hobs_jax.methods.api.run` with the task's
     latency target met by measurement. The result is checked like ``run``'s, against the
     fraction finally asked of the table (the allocator's own target); ``task.target`` is the

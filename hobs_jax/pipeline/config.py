@@ -95,13 +95,14 @@ def base_config(model: str = "resnet20") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict(dict(kind="scratch", path="", train=False))
     c.train = get_train_config()
     c.calibrate = ml_collections.ConfigDict(dict(num_images=2048, batch_size=256, split="train"))
+    from hobs_jax.allocation import feedback
     from hobs_jax.methods import config_sections
 
     c.prune = ml_collections.ConfigDict(dict(method="magnitude", target=0.5, metric="macs",
                                              align="auto", bn_recalibrate=True,
                                              evaluate_oneshot=True))
     c.prune.latency = ml_collections.ConfigDict(dict(runtime="", batch=0, table="", points=4, rounds=3,
-                                                     iters=5, measure=0, measure_tol=0.04))
+                                                     iters=5, measure=0, measure_tol=feedback.TOLERANCE))
     for name, section in config_sections().items():
         c.prune[name] = section
     c.finetune = get_train_config()

@@ -70,6 +70,8 @@ def load_config(path: str, init: str):
 
 
 def main(argv=None):
+    from hobs_jax.allocation.feedback import TOLERANCE
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="configs/quickstart.py")
     p.add_argument("--init", default="", help="checkpoint directory (default: the config's)")
@@ -80,7 +82,7 @@ def main(argv=None):
     p.add_argument("--batch-sizes", default="1,64")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=60)
-    p.add_argument("--feedback-tol", type=float, default=0.04,
+    p.add_argument("--feedback-tol", type=float, default=TOLERANCE,
                    help="measured rows: stop when the measured time fraction is this close (relative)")
     p.add_argument("--feedback-max", type=int, default=4, help="measured rows: at most this many allocations")
     p.add_argument("--feedback-rounds", type=int, default=3)
