@@ -20,7 +20,8 @@ Points (see docs/reliability.md for where each sits):
   ``finetune.step`` (after each step's train record, n = step); ``checkpoint.save``
   (a training checkpoint's asynchronous write started, n = step); ``hessians.batch``
   (calibration statistics, after batch n, 0-based); ``rspar.episode`` (before
-  episode n); ``record.write`` (a stage record's temporary file written, not yet
+  episode n); ``latency_feedback.round`` (a measured latency round timed and journaled,
+  n = round; :mod:`hobs_jax.methods.measured`); ``record.write`` (a stage record's temporary file written, not yet
   renamed into place).
 """
 

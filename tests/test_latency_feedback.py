@@ -1,11 +1,16 @@
 """The measured latency loop (hobs_jax.allocation.feedback) on synthetic networks whose
 measured time differs from the table's prediction the way real runtimes do."""
 
+import json
 import math
+import os
+import signal
 
 import pytest
 
+from hobs_jax import interrupt
 from hobs_jax.allocation.feedback import Round, meet_measured, next_asked
+from hobs_jax.methods.measured import MeasureJournal, journaled
 
 
 def _runtime(offset, power):
@@ -67,3 +72,80 @@ def test_secant_slope_is_clipped_and_bad_input_is_one_line():
         meet_measured(lambda a: a, lambda c: 0.0, 0.5)
     with pytest.raises(ValueError, match="no allocation reached"):
         meet_measured(lambda a: (_ for _ in ()).throw(ValueError("never")), lambda c: c, 0.5, rounds=2)
+
+
+class _Plan:
+    def __init__(self, widths):
+        self.widths = widths
+
+    def to_json(self):
+        return json.dumps(self.widths)
+
+
+class _Outcome:
+    def __init__(self, widths):
+        self.plan = _Plan(widths)
+
+
+def _journaled_runtime(fail_at=None, signal_at=None):
+    """A network of 64 channels whose allocation at ``asked`` keeps round(64 * asked)
+    (the candidate's plan) and whose measured fraction is 0.15 + 0.85 * kept**0.8; the
+    timing raises at round ``fail_at`` (a crash mid-timing) or sends this process
+    SIGTERM during round ``signal_at``. ``timed`` lists the widths actually timed."""
+    timed = []
+
+    def allocate(asked):
+        return _Outcome([round(64 * asked)])
+
+    def measure(outcome):
+        timed.append(outcome.plan.widths[0])
+        if fail_at == len(timed):
+            raise RuntimeError("the timing process died")
+        if signal_at == len(timed):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return 0.15 + 0.85 * (outcome.plan.widths[0] / 64) ** 0.8
+    return allocate, measure, timed
+
+
+def _loop(allocate, measure, path, setting=None):
+    book = MeasureJournal(str(path), setting or {"runtime": "onnxruntime", "batch": 64})
+    return meet_measured(allocate, journaled(measure, book), 0.5, tol=0.005, rounds=5)
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "crash"])
+def test_an_interrupted_measured_loop_resumes_from_its_journal_and_ends_as_an_uninterrupted_one(tmp_path, stop):
+    """SIGTERM during round 2: the round's timing finishes, is journaled, and the loop stops
+    there (Interrupted); a crash during round 3 loses only that round. The rerun times none
+    of the journaled rounds again and returns exactly the uninterrupted run's rounds."""
+    allocate, measure, timed = _journaled_runtime()
+    ref = _loop(allocate, measure, tmp_path / "ref.json")
+    assert len(ref.rounds) >= 3 and len(set(timed)) == len(timed)  # three or more distinct candidates
+    path = tmp_path / "journal.json"
+    if stop == "sigterm":
+        allocate, measure, timed = _journaled_runtime(signal_at=2)
+        with interrupt.stop_signals(), pytest.raises(interrupt.Interrupted, match="after round 2 .* resumes"):
+            _loop(allocate, measure, path)
+        kept = 2
+    else:
+        allocate, measure, timed = _journaled_runtime(fail_at=3)
+        with pytest.raises(RuntimeError, match="died"):
+            _loop(allocate, measure, path)
+        kept = 2
+    assert len(json.loads(path.read_text())["measured"]) == kept
+    allocate, measure, timed = _journaled_runtime()
+    res = _loop(allocate, measure, path)
+    assert res.rounds == ref.rounds and res.best == ref.best  # the same asks, measurements and choice
+    assert len(timed) == len(ref.rounds) - kept  # the journaled rounds were replayed, not timed
+
+
+def test_a_journal_from_other_timing_settings_is_set_aside_not_replayed(tmp_path):
+    allocate, measure, timed = _journaled_runtime()
+    path = tmp_path / "journal.json"
+    first = _loop(allocate, measure, path)
+    n = len(timed)
+    _loop(allocate, measure, path, setting={"runtime": "xla", "batch": 64})
+    assert len(timed) == 2 * n and (tmp_path / "journal.json.stale").exists()
+    path.write_text("{not json")  # unreadable: timed again, then rewritten whole
+    again = _loop(allocate, measure, path)
+    assert len(timed) == 3 * n and again.rounds == first.rounds
+    assert len(json.loads(path.read_text())["measured"]) == n

@@ -270,3 +270,36 @@ def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
     assert 1 <= len(measured) <= 2 and fb["measured"] == min(measured, key=lambda m: abs(m / 0.6 - 1))
     assert abs(rec["outputs"]["latency_ratio"] / fb["asked"] - 1) <= 0.01
     assert "closed by measurement (asked 0.600 -> measured" in (tmp_path / "wd" / "report.md").read_text()
+
+
+def test_a_measured_prune_stage_stopped_by_sigterm_resumes_from_its_journal(tmp_path, monkeypatch):
+    """SIGTERM while the first candidate is timed (fault point latency_feedback.round@1):
+    the round is journaled, the stage stops unrecorded; the rerun replays that round's
+    measurement (not timed again) as its first round and finishes the stage."""
+    from hobs_jax import interrupt
+    from hobs_jax.methods import make_task
+    from hobs_jax.pipeline.context import Context
+    from tests.test_aligned_allocation import _synthetic_table
+
+    wd = str(tmp_path / "wd")
+    run(_tiny("train,calibrate"), wd)
+    c = _tiny("train,calibrate,prune")
+    ctx = Context(c, Workdir(wd))
+    _, variables, _ = ctx.load_model("train")
+    task = make_task("magnitude", ctx.prunable(variables), target=0.5, input_shape=ctx.input_shape)
+    (tmp_path / "table.json").write_text(json.dumps(_synthetic_table(task)))
+    with c.unlocked():
+        c.prune.metric, c.prune.target, c.prune.align = "latency", 0.6, "off"
+        c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), 3
+        c.prune.latency.measure_tol = 0.001  # more than one round unless the first lands exactly
+    monkeypatch.setenv("HOBS_JAX_FAULT", "latency_feedback.round@1=term")
+    with interrupt.stop_signals(), pytest.raises(interrupt.Interrupted, match="after round 1"):
+        run(c, wd)
+    journal = tmp_path / "wd" / "prune" / "method_state" / "latency_feedback.json"
+    first = list(json.loads(journal.read_text())["measured"].values())
+    assert len(first) == 1 and not (tmp_path / "wd" / "prune" / "stage.json").exists()
+    monkeypatch.delenv("HOBS_JAX_FAULT")
+    run(c, wd)
+    fb = json.loads((tmp_path / "wd" / "prune" / "stage.json").read_text())["outputs"]["latency_feedback"]
+    assert fb["rounds"][0]["measured"] == first[0]  # replayed, bit for bit
+    assert len(json.loads(journal.read_text())["measured"]) == sum(r["measured"] is not None for r in fb["rounds"])

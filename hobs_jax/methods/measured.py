@@ -10,18 +10,31 @@ latency table corrected until the pruned network's *measured* time is on target
 times the two networks in one interleaved ``hobs_jax.bench`` run (one thread, CPU time per
 call, so other jobs on a shared machine do not move the ratio). The pipeline's prune stage
 uses it when ``prune.latency.measure`` > 0.
+
+Timings are the loop's only non-deterministic input, so :func:`bench_measure` can keep
+them in a journal (``journal=PATH``): each candidate's measured fraction is written, keyed
+by its pruning plan, before the next round starts, and a rerun after an interruption
+(SIGTERM, kill -9) replays the recorded rounds instead of timing them again. The
+selection and the allocations are deterministic, so the rerun asks the same fractions,
+finds the same plans and ends where the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hobs_jax import faults, interrupt
 from hobs_jax.allocation import feedback
+
+log = logging.getLogger(__name__)
 
 
 def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float, *, tol: float = feedback.TOLERANCE,
@@ -84,15 +97,69 @@ def cut_and_save(task, save: Callable[..., Any]) -> Callable[[str, Any], None]:
     return export
 
 
+class MeasureJournal:
+    """Measured time fractions of candidate networks, kept in a JSON file so that an
+    interrupted measured loop resumes without timing its finished rounds again.
+
+    An entry is keyed by the sha256 of the candidate's pruning plan (its kept channels:
+    the network's structure; the weights follow deterministically from the selection);
+    the file also holds the timing ``setting`` (runtime, batch, threads, clock, ...), and a
+    journal written under another setting is set aside (renamed ``.stale``), not reused.
+    Every write is atomic (temporary file, fsync, rename).
+    """
+
+    def __init__(self, path: str, setting: dict):
+        self.path = path
+        self.setting = json.loads(json.dumps(setting, sort_keys=True, default=str))
+        self.entries: dict[str, float] = {}
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            data = None
+            log.warning("latency feedback: journal %s is unreadable (%s); timing every round again", path, e)
+        if isinstance(data, dict) and data.get("setting") == self.setting:
+            self.entries = {str(k): float(v) for k, v in data.get("measured", {}).items()}
+        elif data is not None:
+            log.warning("latency feedback: journal %s was written with other timing settings; set aside as %s.stale",
+                        path, path)
+            os.replace(path, path + ".stale")
+
+    @staticmethod
+    def key(outcome) -> str:
+        """The candidate's identity: the sha256 of its plan's JSON."""
+        return hashlib.sha256(outcome.plan.to_json().encode()).hexdigest()
+
+    def get(self, outcome) -> float | None:
+        return self.entries.get(self.key(outcome))
+
+    def put(self, outcome, fraction: float) -> None:
+        self.entries[self.key(outcome)] = float(fraction)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"setting": self.setting, "measured": self.entries}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
 def bench_measure(dense_dir: str, *, runtime: str, batch: int, scratch: str,
                   export: Callable[[str, Any], Any], input_shape: tuple[int, int, int] | None = None,
-                  rounds: int = 3, iters: int = 24, threads: int = 1, clock: str = "cpu") -> Callable[[Any], float]:
+                  rounds: int = 3, iters: int = 24, threads: int = 1, clock: str = "cpu",
+                  journal: str | None = None) -> Callable[[Any], float]:
     """``outcome -> pruned p50 / dense p50`` in ``runtime`` at ``batch``: ``export(path,
     outcome)`` saves the pruned network (``hobs_jax.export.save``) under ``scratch/round_K``
     and one interleaved ``hobs_jax.bench`` run times it against the saved dense network at
     ``dense_dir`` (``rounds`` x ``iters`` calls each). Default: one thread, CPU time per call
     on the CPU (robust on a shared machine); ``clock='wall'`` times wall clock on the
-    suite's default device (a GPU when one is visible), as the table was measured."""
+    suite's default device (a GPU when one is visible), as the table was measured.
+
+    ``journal``: a :class:`MeasureJournal` file; a candidate already in it is not timed
+    again (module doc), and after each new timing is recorded a stop signal
+    (:mod:`hobs_jax.interrupt`) ends the loop there, to resume on the next run."""
     from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
 
     dense = ModelSpec.from_saved(dense_dir, label="dense", input_shape=input_shape)
@@ -111,7 +178,34 @@ def bench_measure(dense_dir: str, *, runtime: str, batch: int, scratch: str,
             raise RuntimeError(f"timing round {count[0]} in {runtime} at batch {batch} gave no speedup")
         return 1.0 / float(got[0]["speedup"])
 
-    return measure
+    if journal is None:
+        return measure
+    return journaled(measure, MeasureJournal(journal, {
+        "dense": os.path.abspath(dense_dir), "runtime": runtime, "batch": int(batch),
+        "input_shape": input_shape, "rounds": int(rounds), "iters": int(iters), "threads": int(threads),
+        "clock": clock}))
 
 
-__all__ = ["allocate_measured", "bench_measure", "cut_and_save", "run_measured"]
+def journaled(measure: Callable[[Any], float], book: MeasureJournal) -> Callable[[Any], float]:
+    """``measure`` with its results kept in ``book``: a candidate already recorded returns
+    its recorded fraction untimed; a new one is timed, recorded, and then a stop signal
+    (:mod:`hobs_jax.interrupt`) raises there, so the loop stops at a round boundary with
+    that round kept."""
+    count = [0]
+
+    def wrapped(outcome) -> float:
+        count[0] += 1
+        kept = book.get(outcome)
+        if kept is not None:
+            log.info("latency feedback: round %d replayed from %s (measured %.4f)", count[0], book.path, kept)
+            return kept
+        fraction = float(measure(outcome))
+        book.put(outcome, fraction)
+        faults.point("latency_feedback.round", count[0])
+        interrupt.check(f"in the measured latency loop after round {count[0]} (its timing is kept in {book.path}; "
+                        "a rerun resumes from it)")
+        return fraction
+
+    return wrapped
+
+__all__ = ["MeasureJournal", "allocate_measured", "bench_measure", "cut_and_save", "journaled", "run_measured"]

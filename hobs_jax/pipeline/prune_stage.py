@@ -132,7 +132,10 @@ def _run_measured(ctx: Context, task, table_info: dict):
     (:func:`hobs_jax.methods.measured.run_measured`), each candidate timed against the
     trained dense network in the table's runtime and batch, with the benchmark section's
     threads and clock (those the table was measured with); candidates are exported to a
-    temporary directory that is removed afterwards."""
+    temporary directory that is removed afterwards. The timings are journaled in
+    ``prune/method_state/latency_feedback.json``: a stage stopped by SIGTERM (after the
+    round being timed) or killed resumes from the recorded rounds and ends where an
+    uninterrupted run would (:class:`hobs_jax.methods.measured.MeasureJournal`)."""
     import tempfile
 
     from hobs_jax.methods.measured import bench_measure, cut_and_save, run_measured
@@ -142,7 +145,8 @@ def _run_measured(ctx: Context, task, table_info: dict):
         measure = bench_measure(ctx.model_dir("train"), runtime=table_info["runtime"], batch=int(table_info["batch"]),
                                 scratch=scratch, export=cut_and_save(task, ctx.export),
                                 input_shape=ctx.input_shape[1:4], threads=int(c.benchmark.threads),
-                                clock=str(c.benchmark.clock))
+                                clock=str(c.benchmark.clock),
+                                journal=os.path.join(task.workdir, "latency_feedback.json") if task.workdir else None)
         return run_measured(c.prune.method, task, measure, tol=float(c.prune.latency.measure_tol),
                             rounds=int(c.prune.latency.measure), log=log.info)
 

@@ -206,13 +206,16 @@ def main(argv=None):
 def closed_loop(spec, sel, task, ctx, row: dict, args, shape):
     """A latency row closed by measurement (:func:`hobs_jax.methods.measured.allocate_measured`
     on the shared selection): each candidate is exported under ``WORKDIR/feedback/LABEL`` and
-    timed against the trained dense network in the row's runtime at ``--table-batch``."""
+    timed against the trained dense network in the row's runtime at ``--table-batch``; the
+    timings are journaled there, so an interrupted row resumes without timing its finished
+    rounds again."""
     from hobs_jax.methods.measured import allocate_measured, bench_measure, cut_and_save
 
+    scratch = os.path.join(args.workdir, "feedback", row["label"])
     measure = bench_measure(ctx.model_dir("train"), runtime=row["runtime"], batch=args.table_batch,
-                            scratch=os.path.join(args.workdir, "feedback", row["label"]),
-                            export=cut_and_save(task, ctx.export), input_shape=tuple(shape[1:]),
-                            rounds=args.feedback_rounds, iters=args.feedback_iters)
+                            scratch=scratch, export=cut_and_save(task, ctx.export), input_shape=tuple(shape[1:]),
+                            rounds=args.feedback_rounds, iters=args.feedback_iters,
+                            journal=os.path.join(scratch, "journal.json"))
     return allocate_measured(spec, sel, measure, row["target"], tol=args.feedback_tol, rounds=args.feedback_max,
                              log=lambda m: print(f"{row['label']}: {m}", flush=True))
 
