@@ -412,3 +412,34 @@ def test_reward_runs_on_a_network_with_dropout():
     index = np.zeros(len(grids), np.int64)
     first = reward(index)
     assert np.isfinite(first[0]) and reward(index) == first  # deterministic: no dropout draw
+
+
+def test_a_search_resumes_only_its_own_checkpoints(tmp_path):
+    """The search's checkpoints live in a folder keyed by what defines it: the same task
+    resumes its finished search (same allocation, no new episodes), another target gets a
+    fresh search (the measured latency loop runs one per fraction it asks) rather than
+    the first target's finished one."""
+    import dataclasses
+
+    _, variables, calib, _ = _setup()
+    small = dict(episodes=3, warmup=1, reward_images=8, grid=8, rerank=0, progress=False)
+    spec = get_method("rspar")
+
+    def run_at(target):
+        task = make_task("rspar", NAME, variables, target=target, calib=calib, options=small)
+        return spec.finish(*_alloc(spec, dataclasses.replace(task, workdir=str(tmp_path))))
+
+    def _alloc(spec, task):
+        sel = spec.select(task)
+        a = spec.allocate(sel)
+        return sel, a.keep, a
+
+    first = run_at(0.5)
+    folders = sorted(os.listdir(tmp_path / "rspar"))
+    assert len(folders) == 1 and folders[0].startswith("search-")
+    again = run_at(0.5)  # resumed: the finished search returns the same allocation
+    assert sorted(os.listdir(tmp_path / "rspar")) == folders
+    assert first.plan.to_json() == again.plan.to_json()
+    other = run_at(0.35)
+    assert len(os.listdir(tmp_path / "rspar")) == 2
+    assert other.plan.to_json() != first.plan.to_json()

@@ -15,7 +15,8 @@ compensation). The composition
    the fast reward is built on the held-out images from the compensator's per-count
    weight changes (:meth:`Selection.grid`, :mod:`hobs_jax.rspar.reward`), the environment
    from the budget and the groups' features, and the search runs (resumably under
-   ``workdir``, default ``<task.workdir>/rspar``); the ``rerank`` best distinct
+   ``workdir``, default ``<task.workdir>/rspar``, in a subfolder named by what defines
+   the search: :func:`search_key`); the ``rerank`` best distinct
    allocations and the uniform and global references are re-ranked on the non-held-out
    images (:mod:`hobs_jax.rspar.rerank`);
 4. prunes and compensates at the winner's counts as usual.
@@ -181,7 +182,8 @@ class RsparAllocator:
     def allocate(self, sel, o: RsparOptions):
         task = sel.task
         budget = self._budget(sel, o)
-        workdir = o.workdir or (os.path.join(task.workdir, "rspar") if task.workdir else "")
+        base = o.workdir or (os.path.join(task.workdir, "rspar") if task.workdir else "")
+        workdir = os.path.join(base, search_key(sel, o, budget.kind)) if base else ""
         with blas_threads(int(o.blas_threads) or None):
             keep, info = search_allocation(sel, task.target, budget=budget,
                                            options=dataclasses.replace(o, workdir=workdir),
@@ -190,6 +192,25 @@ class RsparAllocator:
         r = info["rspar"]
         declared = None if budget.kind == task.metric else (budget.kind, float(r["budget_ratio"]))
         return allocation.Allocation(keep, r, budget=declared, artifacts=artifacts(r, task.target))
+
+
+def search_key(sel, o: RsparOptions, budget_kind: str) -> str:
+    """The folder name of a search's checkpoints: a digest of what the search depends on
+    (target, budget, seed, alignment, group sizes and floors, every option but where and
+    how verbosely it runs). A search resumes only its own checkpoints: the measured latency
+    loop (:mod:`hobs_jax.methods.measured`) runs one search per fraction it asks, and a
+    rerun with another target must not resume a finished search made for the first."""
+    import hashlib
+    import json
+
+    task = sel.task
+    opts = {k: v for k, v in dataclasses.asdict(o).items()
+            if k not in ("workdir", "progress", "blas_threads", "checkpoint_every")}
+    tag = json.dumps({"target": round(float(task.target), 9), "budget": budget_kind, "seed": int(task.seed),
+                      "round_to": int(task.round_to), "sizes": [int(x) for x in sel.cost.sizes],
+                      "floor": [int(x) for x in np.asarray(sel.floor)], "options": opts},
+                     sort_keys=True, default=repr)
+    return "search-" + hashlib.sha256(tag.encode()).hexdigest()[:12]
 
 
 def artifacts(r: dict, target: float) -> dict:
