@@ -85,6 +85,26 @@ def test_workdir_refuses_a_different_config(tmp_path):
         wd.check_compatible(c, ("train", "prune"))
 
 
+def test_a_stage_stopped_with_one_config_is_not_resumed_with_another(tmp_path):
+    """A stage stopped before it finished leaves checkpoints (training, R-SPAR's search,
+    measured timings) that the next run resumes; with another config they would silently
+    continue the wrong run, so the workdir refuses in one line, naming the fix."""
+    c = _tiny()
+    wd = Workdir(str(tmp_path))
+    wd.start("prune", c)
+    wd.check_compatible(c, ("prune",))  # same config: resumes
+    with c.unlocked():
+        c.benchmark.iters = 3  # not a key prune depends on: irrelevant
+    wd.check_compatible(c, ("prune",))
+    with c.unlocked():
+        c.prune.target = 0.3
+    with pytest.raises(ValueError, match=r"stage 'prune' stopped before it finished, started with another config "
+                                         r"\(prune.target: 0.5 -> 0.3\).*remove .*prune to start the stage over"):
+        wd.check_compatible(c, ("prune",))
+    wd.finish("prune", c, {"ok": 1}, 1.0)  # finished: its record decides, as before
+    wd.check_compatible(c, ("prune",))
+
+
 def test_options_of_a_disabled_ast_section_do_not_block_a_resume(tmp_path):
     """With train.ast.enabled False, an AST option (one added later, or changed) cannot
     change the result: a workdir made without it resumes; enabling AST still refuses."""

@@ -103,12 +103,21 @@ def _run_stages(ctx: Context, stages: tuple[str, ...]) -> dict:
             continue
         log.info("stage %s: running", stage)
         t0 = time.time()
+        if jax.process_index() == 0:
+            wd.start(stage, config)  # what it leaves if stopped belongs to this config
         try:
             faults.point(f"{stage}.start")
             outputs = _stage_fn(stage)(ctx)
         except interrupt.Interrupted as e:
             e.where = f"during stage {stage}" + (f" {e.where}" if e.where else "")
             raise  # not recorded: the next run resumes the stage
+        except Exception:
+            # Failed (bad input found late, a refused result): the user fixes the config and
+            # reruns, so the start mark must not hold the stage to the failed config. A
+            # crash or kill -9 never gets here and keeps it.
+            if jax.process_index() == 0:
+                wd.unstart(stage)
+            raise
         seconds = time.time() - t0
         faults.point(f"{stage}.end")
         # The stage function returned: its work is complete, even if a stop signal is

@@ -170,18 +170,54 @@ class Workdir:
             return None
         return rec if isinstance(rec, dict) and "outputs" in rec else None
 
+    def started_path(self, stage: str) -> str:
+        return os.path.join(self.root, stage, "started.json")
+
+    def start(self, stage: str, config: ml_collections.ConfigDict) -> None:
+        """Mark ``stage`` as started with ``config``: the checkpoints and search state it
+        leaves if stopped belong to this config (:meth:`check_compatible`)."""
+        self.stage_dir(stage)
+        _write_json(self.started_path(stage), {"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "fingerprint": fingerprint(config, stage)})
+
+    def unstart(self, stage: str) -> None:
+        """Drop ``stage``'s start mark (the stage failed with an error rather than stopping),
+        and its folder when nothing else is in it: a stage that failed before writing
+        anything leaves nothing behind."""
+        try:
+            os.remove(self.started_path(stage))
+            os.rmdir(os.path.join(self.root, stage))  # only when empty
+        except OSError:
+            pass
+
     def check_compatible(self, config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
-        """Raise if a finished stage was made with different values of its config keys."""
+        """Raise if a finished stage was made with different values of its config keys, or
+        if a stage that was stopped before it finished (its training checkpoints, search
+        checkpoints, measured timings would be resumed) was started with different ones."""
         for stage in stages:
             rec = self.done(stage)
+            partial = False
             if rec is None:
-                continue
+                path = self.started_path(stage)
+                if not os.path.exists(path):
+                    continue
+                try:
+                    with open(path) as f:
+                        rec = json.load(f)
+                except (OSError, ValueError):
+                    continue  # atomic writes never leave half a file; a hand-damaged one is not evidence
+                partial = True
             now = fingerprint(config, stage)
             then = effective(rec.get("fingerprint", {}))
             diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
             if diff:
                 shown = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
                 more = f" (+{len(diff) - 4} more)" if len(diff) > 4 else ""
+                if partial:
+                    raise ValueError(f"workdir {self.root} holds stage '{stage}' stopped before it finished, started "
+                                     f"with another config ({shown}{more}); its saved state would be resumed: "
+                                     f"restore those values, use a fresh --workdir, or remove "
+                                     f"{os.path.join(self.root, stage)} to start the stage over")
                 raise ValueError(f"workdir {self.root} holds stage '{stage}' made with another config "
                                  f"({shown}{more}); use a fresh --workdir or restore those values")
 
