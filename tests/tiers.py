@@ -198,6 +198,7 @@ SLOW = {
     "tests/test_parity.py::test_torch_flax_torch_round_trip_is_bit_exact",
     "tests/test_pipeline.py::test_end_to_end_then_rerun_skips_every_stage",
     "tests/test_rspar.py::test_reward_compiles_once_and_batches",
+    "tests/test_rspar.py::test_a_search_resumes_only_its_own_checkpoints",
     # the setup validator: 16x16 networks, but graph building and orbax saves take seconds
     "tests/test_validate.py::test_a_method_that_accepts_the_model_passes",
     "tests/test_validate.py::test_a_method_that_refuses_the_model_fails",
