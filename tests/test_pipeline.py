@@ -260,12 +260,11 @@ def test_runs_of_one_process_evaluate_each_network_once(tmp_path):
     assert eval_memo.key(other, variables, "d") != eval_memo.key(model, variables, "d")
 
 
-def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
-    """prune.latency.measure=N: the prune stage times each candidate against the trained
-    dense network in the table's runtime and batch and records every round (asked of the
-    table, measured) in its stage record; the kept network is the round measured closest.
-    The table is synthetic (layer time = MACs, tests/test_aligned_allocation.py), so only
-    the timings are real."""
+def _measured_latency_run(tmp_path, measure):
+    """(config, workdir) of a prune stage with a latency target of 0.6 closed by measurement
+    in at most ``measure`` timed rounds, after the train and calibrate stages have run. The
+    table is synthetic (layer time = MACs, tests/test_aligned_allocation.py), so only the
+    timings are real."""
     from hobs_jax.methods import make_task
     from hobs_jax.pipeline.context import Context
     from tests.test_aligned_allocation import _synthetic_table
@@ -280,7 +279,15 @@ def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
     with c.unlocked():
         c.prune.metric, c.prune.target, c.prune.align = "latency", 0.6, "off"  # 16-wide: 8s are too coarse
         c.prune.magnitude.allocation = "uniform"  # its floor is its answer: lower asks select again
-        c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), 2
+        c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), measure
+    return c, wd
+
+
+def test_prune_stage_closes_a_latency_target_by_measurement(tmp_path):
+    """prune.latency.measure=N: the prune stage times each candidate against the trained
+    dense network in the table's runtime and batch and records every round (asked of the
+    table, measured) in its stage record; the kept network is the round measured closest."""
+    c, wd = _measured_latency_run(tmp_path, 2)
     run(c, wd)
     rec = json.loads((tmp_path / "wd" / "prune" / "stage.json").read_text())
     fb = rec["outputs"]["latency_feedback"]
@@ -297,20 +304,9 @@ def test_a_measured_prune_stage_stopped_by_sigterm_resumes_from_its_journal(tmp_
     the round is journaled, the stage stops unrecorded; the rerun replays that round's
     measurement (not timed again) as its first round and finishes the stage."""
     from hobs_jax import interrupt
-    from hobs_jax.methods import make_task
-    from hobs_jax.pipeline.context import Context
-    from tests.test_aligned_allocation import _synthetic_table
 
-    wd = str(tmp_path / "wd")
-    run(_tiny("train,calibrate"), wd)
-    c = _tiny("train,calibrate,prune")
-    ctx = Context(c, Workdir(wd))
-    _, variables, _ = ctx.load_model("train")
-    task = make_task("magnitude", ctx.prunable(variables), target=0.5, input_shape=ctx.input_shape)
-    (tmp_path / "table.json").write_text(json.dumps(_synthetic_table(task)))
+    c, wd = _measured_latency_run(tmp_path, 3)
     with c.unlocked():
-        c.prune.metric, c.prune.target, c.prune.align = "latency", 0.6, "off"
-        c.prune.latency.table, c.prune.latency.measure = str(tmp_path / "table.json"), 3
         c.prune.latency.measure_tol = 0.001  # more than one round unless the first lands exactly
     monkeypatch.setenv("HOBS_JAX_FAULT", "latency_feedback.round@1=term")
     with interrupt.stop_signals(), pytest.raises(interrupt.Interrupted, match="after round 1"):
