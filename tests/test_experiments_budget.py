@@ -52,3 +52,26 @@ def test_the_equal_budget_table_goes_through_result_table_and_refuses_an_off_tar
     (tmp_path / "t1.md").unlink()
     studies.render_prefix(equal_budget, str(tmp_path / "t1"))  # rebuilt from the record alone
     assert "93.10 ± 0.10" in (tmp_path / "t1.md").read_text()
+
+
+def test_a_distilling_recipe_distils_the_methods_own_training_too(tmp_path):
+    """Every training step of a row follows the one recipe: with distillation on, the
+    training-time methods' own rounds (TrainingCallback) distil from the dense network
+    instead of failing for want of a teacher; without dense variables it says so."""
+    import jax
+
+    from hobs_jax import models
+    from hobs_jax.experiments import common
+    from hobs_jax.experiments.equal_budget import TrainingCallback
+    from hobs_jax.experiments.recovery import parse_recipe
+
+    model = models.build("resnet20", num_classes=10, in_channels=1, widths={"conv1": 4})
+    dense = models.random_variables(model, (1, 28, 28, 1), seed=0)
+    overrides = dict(parse_recipe("kd+lr1e-3+warmup"), batch_size=8)
+    cb = TrainingCallback("resnet20", model, common.source(), overrides, seed=0, workdir=str(tmp_path),
+                          dense_vars=dense)
+    out = cb(dense, 2)
+    assert cb.steps == 2 and jax.tree.structure(out) == jax.tree.structure(dense)
+    bare = TrainingCallback("resnet20", model, common.source(), overrides, seed=0, workdir=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="no dense variables to distil from"):
+        bare(dense, 1)

@@ -208,12 +208,14 @@ def test_main_prints_one_line_error_for_bad_override(tmp_path):
 @pytest.mark.slow
 def test_training_time_method_through_the_prune_stage(tmp_path):
     """A training-time method (StructAlign, smoke options) runs its rounds through the
-    stage's callback (one checkpoint dir per round) and its decisions land as JSON."""
+    stage's callback (one checkpoint dir per round; with ``finetune.kd`` on, distilling
+    from the trained dense network) and its decisions land as JSON."""
     from hobs_jax.methods import get_method
 
     c = _tiny("train,calibrate,prune")
     with c.unlocked():
         c.prune.method, c.prune.evaluate_oneshot, c.prune.bn_recalibrate = "structalign", False, False
+        c.finetune.kd.enabled = True
         c.train.steps = 1
         for key, value in get_method("structalign").smoke_config().items():
             if key in c.prune.structalign:

@@ -69,23 +69,31 @@ def finetune_steps(budget_epochs: float, method_steps: int, method: str = "metho
 class TrainingCallback:
     """``task.finetune`` for the methods: the recipe (``common.recipe``) for ``steps``
     steps on the training split, each call its own data seed and workdir (what the
-    pipeline's prune stage does), steps and seconds counted."""
+    pipeline's prune stage does), steps and seconds counted. A recipe with distillation
+    distils from the dense checkpoint (``dense_vars``) here too: every step of the budget
+    is trained the same way."""
 
-    def __init__(self, model_name: str, model, src, overrides: Mapping, *, seed: int, workdir: str):
+    def __init__(self, model_name: str, model, src, overrides: Mapping, *, seed: int, workdir: str,
+                 dense_vars: Mapping | None = None):
         self.model_name, self.model, self.src = model_name, model, src
+        self.dense_vars = dense_vars
         self.overrides, self.seed, self.workdir = dict(overrides), seed, workdir
         self.calls, self.steps, self.seconds = itertools.count(), 0, 0.0
 
     def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
         from hobs_jax.data import TrainLoader
-        from hobs_jax.train import fit
+        from hobs_jax.train import Teacher, fit
 
         n = next(self.calls)
         c = common.recipe(self.model_name, self.overrides, steps=int(steps), seed=self.seed + 1000 + n)
+        if c.kd.enabled and self.dense_vars is None:
+            raise ValueError("the recipe distils (kd.enabled) but the method's training callback has no dense "
+                             "variables to distil from")
+        teacher = Teacher(self.model.apply, self.dense_vars) if c.kd.enabled else None
         t0 = time.time()
         out = fit(self.model, dict(variables), TrainLoader(self.src, "train", c.batch_size, seed=c.seed), c,
                   os.path.join(self.workdir, f"method_training_{n}"), extra_loss=extra_loss,
-                  extra_transform=extra_transform)
+                  extra_transform=extra_transform, teacher=teacher)
         self.steps += int(steps)
         self.seconds += time.time() - t0
         return common.host(out.variables)
@@ -99,7 +107,7 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
 
     overrides = common_overrides(args)
     row_dir = os.path.join(args.workdir, args.model, f"{method}_{target:g}_s{seed}")
-    cb = TrainingCallback(args.model, dense, src, overrides, seed=seed, workdir=row_dir)
+    cb = TrainingCallback(args.model, dense, src, overrides, seed=seed, workdir=row_dir, dense_vars=dvars)
     options = dict(get_method(method).smoke_config()) if args.smoke else None
     t0 = time.time()
     r = prune(method, args.model, dvars, target=target, calib=calib, seed=seed, finetune=cb, options=options)

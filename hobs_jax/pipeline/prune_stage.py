@@ -55,12 +55,13 @@ def finetune_fn(ctx: Context):
     transformation, resumably under ``prune/method_training`` (call i > 0 of one stage
     run under ``prune/method_training_<i>``, with data seed ``finetune.seed + i``: every
     round keeps its own checkpoints, so a restarted stage resumes each finished round from
-    them, and sees its own batches)."""
+    them, and sees its own batches). With ``finetune.kd.enabled`` it distils from the
+    trained dense network, as the finetune stage does."""
     calls = itertools.count()
 
     def train(variables, steps, extra_loss=None, extra_transform=None):
         from hobs_jax.pipeline.train_stage import stop_if_preempted
-        from hobs_jax.train import fit
+        from hobs_jax.train import Teacher, fit
 
         c = ctx.config
         section = c.finetune.copy_and_resolve_references()
@@ -69,9 +70,13 @@ def finetune_fn(ctx: Context):
             # Each call its own data order (a round must not see the first batches again).
             section.steps, section.epochs, section.seed = int(steps), 0.0, int(section.seed) + n
         model = ctx.dense_model()
+        teacher = None
+        if section.kd.enabled:
+            _, dense_vars, _ = ctx.load_model("train")
+            teacher = Teacher(model.apply, dense_vars)
         result = fit(model, variables, ctx.train_loader(section), section,
                      os.path.join(ctx.workdir.stage_dir("prune"), "method_training" + (f"_{n}" if n else "")),
-                     extra_loss=extra_loss, extra_transform=extra_transform)
+                     extra_loss=extra_loss, extra_transform=extra_transform, teacher=teacher)
         stop_if_preempted(result.metrics)
         return result.variables
     return train
