@@ -34,7 +34,7 @@ import numpy as np
 from hobs_jax import faults, interrupt
 from hobs_jax.allocation import feedback
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float, *, tol: float = feedback.TOLERANCE,
@@ -119,11 +119,11 @@ class MeasureJournal:
                 data = json.load(f)
         except (OSError, ValueError) as e:
             data = None
-            log.warning("latency feedback: journal %s is unreadable (%s); timing every round again", path, e)
+            logger.warning("latency feedback: journal %s is unreadable (%s); timing every round again", path, e)
         if isinstance(data, dict) and data.get("setting") == self.setting:
             self.entries = {str(k): float(v) for k, v in data.get("measured", {}).items()}
         elif data is not None:
-            log.warning("latency feedback: journal %s was written with other timing settings; set aside as %s.stale",
+            logger.warning("latency feedback: journal %s was written with other timing settings; set aside as %s.stale",
                         path, path)
             os.replace(path, path + ".stale")
 
@@ -197,7 +197,7 @@ def journaled(measure: Callable[[Any], float], book: MeasureJournal) -> Callable
         count[0] += 1
         kept = book.get(outcome)
         if kept is not None:
-            log.info("latency feedback: round %d replayed from %s (measured %.4f)", count[0], book.path, kept)
+            logger.info("latency feedback: round %d replayed from %s (measured %.4f)", count[0], book.path, kept)
             return kept
         fraction = float(measure(outcome))
         book.put(outcome, fraction)
@@ -207,5 +207,6 @@ def journaled(measure: Callable[[Any], float], book: MeasureJournal) -> Callable
         return fraction
 
     return wrapped
+
 
 __all__ = ["MeasureJournal", "allocate_measured", "bench_measure", "cut_and_save", "journaled", "run_measured"]
