@@ -75,3 +75,19 @@ def test_a_distilling_recipe_distils_the_methods_own_training_too(tmp_path):
     bare = TrainingCallback("resnet20", model, common.source(), overrides, seed=0, workdir=str(tmp_path / "b"))
     with pytest.raises(ValueError, match="no dense variables to distil from"):
         bare(dense, 1)
+
+
+def test_the_table_checks_issue_20s_goals_and_shows_one_seed_without_a_std(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    def row(method, final, curve, bn=0.94):
+        return dict(model="resnet56", method=method, target_macs_ratio=0.5, seed=0, budget_epochs=1.0,
+                    acc_dense=0.9471, acc_oneshot=0.93, acc_bn_recalibrated=bn, acc_final=final, macs_ratio=0.5,
+                    params_ratio=0.5, method_training_steps=0, seconds={"prune": 1.0}, acc_by_steps=curve)
+    rows = [row("hobs", 0.9460, {"50": 0.9380, "200": 0.9450}), row("jtp", 0.9300, {"50": 0.92, "200": 0.925})]
+    equal_budget.write_report(str(tmp_path / "t1"), "cmd", rows, summarize(rows, min_seeds=1), 1)
+    md = (tmp_path / "t1.md").read_text()
+    assert "± nan" not in md and "| 93.80 | 94.50 | **94.60** |" in md
+    assert "H-OBS or R-SPAR has the best mean final top-1: **met**" in md
+    assert "hobs: the fine-tuning curve never drops below the one-shot point: **NOT met** (94.00 -> 93.80" in md
+    assert "hobs: final within 0.2 points of dense: **met**" in md
