@@ -105,6 +105,29 @@ def test_a_stage_stopped_with_one_config_is_not_resumed_with_another(tmp_path):
     wd.check_compatible(c, ("prune",))
 
 
+def test_a_prune_stage_whose_method_trained_depends_on_the_finetune_section(tmp_path):
+    """A training-time method trains through the finetune recipe, so its prune stage's
+    result depends on that section: recorded (``also``), and another value is refused,
+    for a stopped stage and a finished one alike; a stage that did not train is free."""
+    c = _tiny()
+    wd = Workdir(str(tmp_path))
+    wd.finish("prune", c, {"ok": 1}, 1.0)
+    with c.unlocked():
+        c.finetune.lr = 0.123
+    wd.check_compatible(c, ("prune",))  # no method training recorded: finetune is not a key of prune
+    wd.finish("prune", c, {"ok": 1}, 1.0, also=("finetune",))
+    with c.unlocked():
+        c.finetune.lr = 0.01
+    with pytest.raises(ValueError, match=r"stage 'prune' made with another config \(finetune.lr: 0.123 -> 0.01\)"):
+        wd.check_compatible(c, ("prune",))
+    os.remove(wd.record_path("prune"))
+    wd.start("prune", c, also=("finetune",))  # stopped while the method trained
+    with c.unlocked():
+        c.finetune.steps = 7
+    with pytest.raises(ValueError, match=r"stopped before it finished, started with another config \(finetune.steps"):
+        wd.check_compatible(c, ("prune",))
+
+
 def test_options_of_a_disabled_ast_section_do_not_block_a_resume(tmp_path):
     """With train.ast.enabled False, an AST option (one added later, or changed) cannot
     change the result: a workdir made without it resumes; enabling AST still refuses."""
@@ -222,7 +245,9 @@ def test_training_time_method_through_the_prune_stage(tmp_path):
                 c.prune.structalign[key] = value
     run(c, str(tmp_path))
     with open(tmp_path / "prune" / "stage.json") as f:
-        assert abs(json.load(f)["outputs"]["macs_ratio"] / 0.5 - 1) <= 0.01
+        rec = json.load(f)
+    assert abs(rec["outputs"]["macs_ratio"] / 0.5 - 1) <= 0.01
+    assert rec["also"] == ["finetune"] and rec["fingerprint"]["finetune.kd.enabled"] is True
     rounds = c.prune.structalign.rounds
     assert sorted(d for d in os.listdir(tmp_path / "prune") if d.startswith("method_training")) == (
         ["method_training"] + [f"method_training_{i}" for i in range(1, rounds)])

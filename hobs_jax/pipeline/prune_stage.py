@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 
+import jax
 import numpy as np
 
 from hobs_jax.pipeline.context import Context, log
@@ -48,7 +49,7 @@ def _accuracy(ctx: Context, model, variables) -> float:
     return float(ctx.evaluate(model, variables, desc="one-shot eval")["top1"])
 
 
-def finetune_fn(ctx: Context):
+class MethodTraining:
     """The narrow training callback methods may use (DepGraph's sparse-learning phase, the
     rounds of JTP, BilevelPruning and StructAlign): trains the unpruned network with the
     ``finetune`` recipe for ``steps`` steps, with an extra loss or gradient
@@ -56,16 +57,26 @@ def finetune_fn(ctx: Context):
     run under ``prune/method_training_<i>``, with data seed ``finetune.seed + i``: every
     round keeps its own checkpoints, so a restarted stage resumes each finished round from
     them, and sees its own batches). With ``finetune.kd.enabled`` it distils from the
-    trained dense network, as the finetune stage does."""
-    calls = itertools.count()
+    trained dense network, as the finetune stage does.
 
-    def train(variables, steps, extra_loss=None, extra_transform=None):
+    The stage's result then depends on the ``finetune`` section too: the first call marks
+    the stage's start with it (a stopped stage resumes only with the same values), and
+    ``used`` tells the stage to record it (``depends_on``)."""
+
+    def __init__(self, ctx: Context):
+        self.ctx, self.calls, self.used = ctx, itertools.count(), False
+
+    def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
         from hobs_jax.pipeline.train_stage import stop_if_preempted
         from hobs_jax.train import Teacher, fit
 
+        ctx = self.ctx
         c = ctx.config
         section = c.finetune.copy_and_resolve_references()
-        n = next(calls)
+        n = next(self.calls)
+        if not self.used and jax.process_index() == 0:
+            ctx.workdir.start("prune", c, also=("finetune",))
+        self.used = True
         with section.unlocked():
             # Each call its own data order (a round must not see the first batches again).
             section.steps, section.epochs, section.seed = int(steps), 0.0, int(section.seed) + n
@@ -79,7 +90,6 @@ def finetune_fn(ctx: Context):
                      extra_loss=extra_loss, extra_transform=extra_transform, teacher=teacher)
         stop_if_preempted(result.metrics)
         return result.variables
-    return train
 
 
 def _runtimes(c) -> tuple[str, ...]:
@@ -175,7 +185,7 @@ def run(ctx: Context) -> dict:
     task = make_task(c.prune.method, prunable, target=c.prune.target,
                      metric=c.prune.metric, align=c.prune.align, runtimes=runtimes, input_shape=ctx.input_shape,
                      calib=calib, options=c.prune[c.prune.method], seed=c.seed,
-                     finetune=finetune_fn(ctx), latency=table)
+                     finetune=(training := MethodTraining(ctx)), latency=table)
     # Parts that search or train keep resumable state here: it resumes with the stage.
     task = dataclasses.replace(task, workdir=os.path.join(stage, "method_state"))
     loop = None
@@ -190,6 +200,8 @@ def run(ctx: Context) -> dict:
            "groups_pruned": sum(1 for g, idx in outcome.plan.keep
                                 if len(idx) < task.graph.group(g).size),
            "info": outcome.info}
+    if training.used:  # the method trained through the finetune section: the result depends on it
+        out["depends_on"] = ["finetune"]
     if task.latency is not None:
         keep = task.cost.keep_vector({g: len(idx) for g, idx in outcome.plan.keep})
         out["latency_table"] = table_info

@@ -123,7 +123,7 @@ def _run_stages(ctx: Context, stages: tuple[str, ...]) -> dict:
         # The stage function returned: its work is complete, even if a stop signal is
         # pending (it is honoured at the next check, after the record).
         if jax.process_index() == 0:
-            wd.finish(stage, config, outputs, seconds)
+            wd.finish(stage, config, outputs, seconds, also=tuple(outputs.get("depends_on", ())))
         ctx.results[stage] = outputs
         log.info("stage %s: done in %.1f s", stage, seconds)
         faults.point(f"{stage}.recorded")

@@ -39,11 +39,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def fingerprint(config: ml_collections.ConfigDict, stage: str) -> dict[str, Any]:
-    """The flattened config keys ``stage``'s result depends on."""
+def fingerprint(config: ml_collections.ConfigDict, stage: str, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flattened config keys ``stage``'s result depends on: its sections and its
+    upstream stages', plus ``also`` (sections a run of the stage turned out to use, e.g.
+    ``finetune`` for a prune stage whose method trained through it)."""
     full = fingerprint_view(json.loads(config.to_json()))
     out = {}
-    for section in stage_sections(stage):
+    for section in (*stage_sections(stage), *also):
         out.update(_flatten({section: full[section]}))
     # Cosmetic switches never change a result; fast_depthwise changes how depthwise convs
     # are computed, not what (float rounding only), so workdirs made before it existed resume.
@@ -173,12 +175,13 @@ class Workdir:
     def started_path(self, stage: str) -> str:
         return os.path.join(self.root, stage, "started.json")
 
-    def start(self, stage: str, config: ml_collections.ConfigDict) -> None:
+    def start(self, stage: str, config: ml_collections.ConfigDict, also: tuple[str, ...] = ()) -> None:
         """Mark ``stage`` as started with ``config``: the checkpoints and search state it
-        leaves if stopped belong to this config (:meth:`check_compatible`)."""
+        leaves if stopped belong to this config (:meth:`check_compatible`); ``also``: the
+        sections it was found to depend on beyond its own (marked again when found)."""
         self.stage_dir(stage)
         _write_json(self.started_path(stage), {"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "fingerprint": fingerprint(config, stage)})
+                                               "fingerprint": fingerprint(config, stage, also), "also": list(also)})
 
     def unstart(self, stage: str) -> None:
         """Drop ``stage``'s start mark (the stage failed with an error rather than stopping),
@@ -207,7 +210,7 @@ class Workdir:
                 except (OSError, ValueError):
                     continue  # atomic writes never leave half a file; a hand-damaged one is not evidence
                 partial = True
-            now = fingerprint(config, stage)
+            now = fingerprint(config, stage, tuple(rec.get("also", ())))
             then = effective(rec.get("fingerprint", {}))
             diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
             if diff:
@@ -222,9 +225,11 @@ class Workdir:
                                  f"({shown}{more}); use a fresh --workdir or restore those values")
 
     def finish(self, stage: str, config: ml_collections.ConfigDict, outputs: dict,
-               seconds: float) -> dict:
+               seconds: float, also: tuple[str, ...] = ()) -> dict:
         rec = {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
-               "fingerprint": fingerprint(config, stage), "outputs": outputs}
+               "fingerprint": fingerprint(config, stage, also), "outputs": outputs}
+        if also:
+            rec["also"] = list(also)
         self.stage_dir(stage)
         _write_json(self.record_path(stage), rec, fault_point="record.write")
         return rec
