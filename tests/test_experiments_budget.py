@@ -2,6 +2,8 @@
 is the budget minus its method's own training, and a table refuses rows with different
 budgets or too few seeds, in one line."""
 
+import json
+
 import pytest
 
 from hobs_jax.experiments.equal_budget import budget_steps, finetune_steps, summarize
@@ -91,3 +93,20 @@ def test_the_table_checks_issue_20s_goals_and_shows_one_seed_without_a_std(tmp_p
     assert "H-OBS or R-SPAR has the best mean final top-1: **met**" in md
     assert "hobs: the fine-tuning curve never drops below the one-shot point: **NOT met** (94.00 -> 93.80" in md
     assert "hobs: final within 0.2 points of dense: **met**" in md
+
+
+def test_a_published_record_restores_its_rows_into_a_fresh_workdir(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    rows = [dict(model="resnet56", method="hobs", target_macs_ratio=0.5, seed=s, budget_epochs=1.0, acc_dense=0.947,
+                 acc_bn_recalibrated=0.94, acc_final=0.945, macs_ratio=0.5, params_ratio=0.5,
+                 method_training_steps=0, seconds={"prune": 1.0}) for s in (0, 1)]
+    equal_budget.write_report(str(tmp_path / "t1"), "cmd", rows, summarize(rows, min_seeds=1), 1)
+    record = str(tmp_path / "records" / "t1.json")
+    assert equal_budget.restore(record, str(tmp_path / "wd")) == 2
+    assert equal_budget.restore(record, str(tmp_path / "wd")) == 0  # present rows are kept, not rewritten
+    path = equal_budget.row_path(str(tmp_path / "wd"), "resnet56", "hobs", 0.5, 1, 1.0)
+    assert json.loads(open(path).read())["seed"] == 1
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="not an equal-budget run record"):
+        equal_budget.restore(str(tmp_path / "bad.json"), str(tmp_path / "wd"))

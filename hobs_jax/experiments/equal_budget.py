@@ -151,6 +151,28 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
     return rec
 
 
+def row_path(workdir: str, model: str, method: str, target: float, seed: int, budget_epochs: float) -> str:
+    """Where one row's record is cached (a rerun skips the rows it finds)."""
+    return os.path.join(workdir, "rows", f"{model}_{method}_{target:g}_s{seed}_b{budget_epochs:g}.json")
+
+
+def restore(record: str, workdir: str) -> int:
+    """Write the rows of a published run record into ``workdir``'s row cache where missing;
+    returns how many were written."""
+    with open(record) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise ValueError(f"{record}: not an equal-budget run record (no 'rows' list)")
+    n = 0
+    for r in doc["rows"]:
+        path = row_path(workdir, r["model"], r["method"], float(r["target_macs_ratio"]), int(r["seed"]),
+                        float(r["budget_epochs"]))
+        if not os.path.exists(path):
+            common.write_json(path, r)
+            n += 1
+    return n
+
+
 def common_overrides(args) -> dict:
     from hobs_jax.experiments.recovery import parse_recipe
 
@@ -306,6 +328,10 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default="runs/table1")
     p.add_argument("--out", required=True)
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
+    p.add_argument("--restore", metavar="RECORD", default="",
+                   help="first write the rows of a published run record (docs/results/records/NAME.json) into "
+                        "the workdir's row cache where missing, so new seeds or methods join a published table "
+                        "without recomputing it")
     args = p.parse_args(argv)
     if args.render_only:
         from hobs_jax.experiments import studies
@@ -332,10 +358,11 @@ def main(argv=None) -> None:
     calib = common.calibration(src, args.calib_images, 0)
     dense, dvars, _ = hobs_jax.load(args.checkpoint)
     acc_dense = common.accuracy(dense, dvars, src)
+    if args.restore:
+        print(f"restored {restore(args.restore, args.workdir)} rows from {args.restore}")
     rows = []
     for method, target, seed in itertools.product(methods, targets, seeds):
-        name = f"{args.model}_{method}_{target:g}_s{seed}_b{args.budget_epochs:g}.json"
-        path = os.path.join(args.workdir, "rows", name)
+        path = row_path(args.workdir, args.model, method, target, seed, args.budget_epochs)
         if os.path.exists(path):
             rows.append(json.load(open(path)))
             continue
