@@ -110,3 +110,35 @@ def test_a_published_record_restores_its_rows_into_a_fresh_workdir(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="not an equal-budget run record"):
         equal_budget.restore(str(tmp_path / "bad.json"), str(tmp_path / "wd"))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--methods", "jtp"], r"jtp: its own training \(470 steps\) exceeds the budget of 1 epochs \(468 steps\)"),
+    (["--methods", "jtp", "--set", "hobs.rounds=5"], r"'hobs' is not one of --methods"),
+    (["--methods", "jtp", "--set", "jtp.roundz=5"], r"jtp has no option 'roundz'"),
+    (["--methods", "jtp", "--set", "jtp.rounds"], r"use METHOD.KEY=VALUE"),
+])
+def test_bad_method_options_and_budgets_fail_before_any_compute(tmp_path, argv, message):
+    from hobs_jax.experiments import equal_budget
+
+    with pytest.raises(SystemExit, match=message):
+        equal_budget.main([*argv, "--seeds", "0", "--min-seeds", "1", "--workdir", str(tmp_path),
+                           "--out", str(tmp_path / "t")])
+    assert not any(tmp_path.iterdir())  # nothing computed, nothing written
+
+
+def test_the_planned_own_training_of_each_method():
+    from hobs_jax.experiments.equal_budget import planned_steps
+
+    assert planned_steps("jtp", {}) == 470 and planned_steps("structalign", {"rounds": 5}) == 235
+    assert planned_steps("depgraph", {"sparse_steps": 100}) == 100 and planned_steps("hobs", {}) == 0
+
+
+def test_a_cached_row_made_with_other_options_is_refused_not_reused(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    path = equal_budget.row_path(str(tmp_path), "resnet56", "jtp", 0.5, 0, 1.0)
+    equal_budget.common.write_json(path, {"method": "jtp", "options": {"rounds": 5}})
+    with pytest.raises(SystemExit, match=r"made with jtp options \{'rounds': 5\}, asked \{'rounds': 4\}"):
+        equal_budget.main(["--methods", "jtp", "--targets", "0.5", "--set", "jtp.rounds=4", "--seeds", "0",
+                           "--min-seeds", "1", "--workdir", str(tmp_path), "--out", str(tmp_path / "t")])

@@ -96,3 +96,21 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     os.replace(tmp, path)
+
+
+def parse_method_sets(items) -> dict[str, dict]:
+    """``['METHOD.KEY=VALUE', ...]`` (a study's repeated ``--set``) -> {method: {key: value}},
+    values read as JSON where they parse (``5``, ``true``, ``0.1``), else kept as text;
+    one-line ``ValueError`` for a malformed item."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, opt = key.partition(".")
+        if not (eq and dot and method and opt):
+            raise ValueError(f"--set {item!r}: use METHOD.KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(method, {})[opt] = parsed
+    return out

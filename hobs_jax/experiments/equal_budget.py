@@ -103,13 +103,13 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
     """One (method, target, seed) row (module doc)."""
     from hobs_jax import export
     from hobs_jax.data import EvalLoader, TrainLoader
-    from hobs_jax.methods import get_method, prune
+    from hobs_jax.methods import prune
     from hobs_jax.train import Teacher, fit
 
     overrides = common_overrides(args)
     row_dir = os.path.join(args.workdir, args.model, f"{method}_{target:g}_s{seed}")
     cb = TrainingCallback(args.model, dense, src, overrides, seed=seed, workdir=row_dir, dense_vars=dvars)
-    options = dict(get_method(method).smoke_config()) if args.smoke else None
+    options = row_options(args, method) or None
     t0 = time.time()
     r = prune(method, args.model, dvars, target=target, calib=calib, seed=seed, finetune=cb, options=options)
     prune_s = time.time() - t0
@@ -122,7 +122,8 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
            "acc_oneshot": common.accuracy(r.model, r.variables, src),
            "acc_bn_recalibrated": common.accuracy(r.model, variables, src),
            "seed": seed, "budget_epochs": float(args.budget_epochs), "method_training_steps": msteps,
-           "finetune_steps": left, "latency_speedup": None}
+           "finetune_steps": left, "latency_speedup": None,
+           "options": dict(getattr(args, "options", {}).get(method, {}))}
     if method in ("bilevel",):
         rec["dynamic"] = r.outcome.info.get("bilevel_dynamic")
     evals: dict[int, float] = {}
@@ -149,6 +150,30 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
     rec["seconds"] = {"prune": round(prune_s, 1), "method_training": round(cb.seconds, 1),
                       "finetune": round(time.time() - t1, 1)}
     return rec
+
+
+def row_options(args, method: str) -> dict:
+    """The options a row runs ``method`` with: its smoke options under ``--smoke``, then
+    the ``--set`` values for it."""
+    from hobs_jax.methods import get_method
+
+    out = dict(get_method(method).smoke_config()) if args.smoke else {}
+    out.update(getattr(args, "options", {}).get(method, {}))
+    return out
+
+
+def planned_steps(method: str, options: Mapping) -> int:
+    """How many steps ``method`` will train the unpruned network inside itself with
+    ``options`` (over its defaults): ``rounds x round_steps`` for the training-time methods,
+    ``sparse_steps`` for DepGraph, 0 for the others (checked against the budget before any
+    compute; the row records what was actually trained)."""
+    from hobs_jax.methods import get_method
+
+    o = dict(get_method(method).default_config())
+    o.update(options)
+    if "rounds" in o and "round_steps" in o:
+        return int(o["rounds"]) * int(o["round_steps"])
+    return int(o.get("sparse_steps", 0))
 
 
 def row_path(workdir: str, model: str, method: str, target: float, seed: int, budget_epochs: float) -> str:
@@ -325,6 +350,8 @@ def main(argv=None) -> None:
     p.add_argument("--calib-images", type=int, default=2048)
     p.add_argument("--min-seeds", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="each method's smoke options (tests, not results)")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="a method option for its rows, e.g. jtp.rounds=5 (JSON value; recorded in each row)")
     p.add_argument("--workdir", default="runs/table1")
     p.add_argument("--out", required=True)
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
@@ -345,14 +372,37 @@ def main(argv=None) -> None:
     command = "python -m hobs_jax.experiments.equal_budget " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     methods = [m for m in args.methods.split(",") if m]
+    try:
+        args.options = common.parse_method_sets(args.set)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     for m in methods:
         get_method(m)  # an unknown name fails before any compute
+    for m, opts in args.options.items():
+        if m not in methods:
+            raise SystemExit(f"--set {m}.*: {m!r} is not one of --methods")
+        unknown = sorted(set(opts) - set(get_method(m).default_config()))
+        if unknown:
+            raise SystemExit(f"--set {m}.{unknown[0]}: {m} has no option {unknown[0]!r}")
     targets = [float(t) for t in args.targets.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if len(seeds) < args.min_seeds:
         raise SystemExit(f"--seeds {args.seeds}: {len(seeds)} seed(s); the table reports a std over at least "
                          f"--min-seeds={args.min_seeds}")
     budget_steps(args.budget_epochs)
+    for m in methods:  # a method whose own training alone exceeds the budget fails before any compute
+        try:
+            finetune_steps(args.budget_epochs, planned_steps(m, row_options(args, m)), m)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    for method, target, seed in itertools.product(methods, targets, seeds):  # cached rows: the same options
+        path = row_path(args.workdir, args.model, method, target, seed, args.budget_epochs)
+        if os.path.exists(path):
+            with open(path) as f:
+                made = json.load(f).get("options", {})
+            if made != args.options.get(method, {}):
+                raise SystemExit(f"{path}: made with {method} options {made}, asked {args.options.get(method, {})}; "
+                                 "use another --workdir or the same --set")
     common_overrides(args)
     src = common.source()
     calib = common.calibration(src, args.calib_images, 0)

@@ -455,13 +455,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.command = "python benchmarks/oneshot_fmnist.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    args.overrides = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        method, dot, opt = key.partition(".")
-        if not (eq and dot and method and opt):
-            raise SystemExit(f"--set {item!r}: use METHOD.KEY=VALUE")
-        args.overrides.setdefault(method, {})[opt] = _value(value)
+    try:
+        args.overrides = common.parse_method_sets(args.set)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.quick:
         args.calib_images, args.latency_iters = 256, 5
     if args.steps is None:
