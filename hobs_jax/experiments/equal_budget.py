@@ -20,8 +20,16 @@ each part (``seconds``). The summary (:func:`summarize`) refuses rows of one tab
 different budgets and fewer than 3 seeds per row (it reports a std).
 
     python -m hobs_jax.experiments.equal_budget --model resnet56 --targets 0.5,0.333 \\
-        --methods magnitude,depgraph,udfc,jtp,bilevel,structalign,hobs,rspar --seeds 0,1,2 \\
-        --budget-epochs 1 --workdir runs/table1 --out docs/results/table1_resnet56_rows
+        --methods hobs,jtp,bilevel,structalign,magnitude,depgraph,udfc,rspar --seeds 0,1,2 \\
+        --set jtp.round_steps=23 --set bilevel.round_steps=23 --set structalign.round_steps=23 \\
+        --recipe kd+lr1e-3+warmup --budget-epochs 1 --workdir runs/table1 --out docs/results/table1_resnet56
+
+``--set METHOD.KEY=VALUE`` sets a method option for its rows (recorded in each row; a
+cached row made with other options is refused). The training-time methods' defaults
+(10 rounds of 47 steps) fill a whole epoch by themselves, so at a 1-epoch budget they run
+10 rounds of 23 steps and fine-tune the other 238; a method whose own training exceeds the
+budget is refused before any compute. ``--restore RECORD`` seeds the row cache from a
+published record (more seeds or methods later, without recomputing).
 
 The run record (command, device, rows, summary) goes to ``OUT's folder/records/NAME.json``
 and the table, built from it through :class:`~hobs_jax.experiments.table.ResultTable`
