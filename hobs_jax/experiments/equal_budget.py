@@ -249,15 +249,17 @@ def summarize(rows: Sequence[Mapping], *, min_seeds: int = 3) -> list[dict]:
     return out
 
 
-def write_report(out: str, command: str, rows: list[dict], summary: list[dict], min_seeds: int) -> list[str]:
-    """Save the run record (``OUT's folder/records/NAME.json``: command, device, the rows and
-    their summary) and write the table built from it through ResultTable (``OUT.{json,md,tex}``)."""
+def write_report(out: str, command: str, rows: list[dict], summary: list[dict], min_seeds: int,
+                 notes: Sequence[str] = ()) -> list[str]:
+    """Save the run record (``OUT's folder/records/NAME.json``: command, device, the rows,
+    their summary and ``notes``) and write the table built from it through ResultTable
+    (``OUT.{json,md,tex}``)."""
     from hobs_jax.bench import sysinfo
     from hobs_jax.experiments import studies
 
     return studies.publish_record(sys.modules[__name__], out, {
         "command": command, "device": sysinfo.describe(sysinfo.machine()), "rows": rows, "summary": summary,
-        "min_seeds": min_seeds})
+        "min_seeds": min_seeds, "notes": list(notes)})
 
 
 NAME = "table1_equal_budget"
@@ -283,7 +285,7 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
                          at200_ms=ms(curve["200"]["mean"], curve["200"]["std"]) if "200" in curve else None,
                          final_ms=ms(s["acc_final_mean"], s["acc_final_std"]),
                          final_minus_dense=s["acc_final_mean"] - s["acc_dense"]))
-    return rows, {key: {"command": doc["command"]}}
+    return rows, {key: {"command": doc["command"], "notes": doc.get("notes", [])}}
 
 
 GOALS = {0.5: 0.002, 0.333: 0.006}  # issue 20: H-OBS at the full budget within 0.2 / 0.6 points of dense
@@ -341,7 +343,10 @@ def table(rows, sources, name: str = NAME):
                                  "per row (prune incl. the method's own training + fine-tuning) measured on that "
                                  "device."])
     t.extend(rows)
-    t.add_sources(sources)
+    t.add_sources({k: {f: v for f, v in info.items() if f != "notes"} for k, info in sources.items()})
+    for info in sources.values():
+        for n in info.get("notes", []):
+            t.note(n)
     goals(t)
     return t
 
@@ -363,6 +368,7 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default="runs/table1")
     p.add_argument("--out", required=True)
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
+    p.add_argument("--note", action="append", default=[], help="a note for the table (repeatable; kept in the record)")
     p.add_argument("--restore", metavar="RECORD", default="",
                    help="first write the rows of a published run record (docs/results/records/NAME.json) into "
                         "the workdir's row cache where missing, so new seeds or methods join a published table "
@@ -431,7 +437,7 @@ def main(argv=None) -> None:
               flush=True)
         rows.append(rec)
     summary = summarize(rows, min_seeds=args.min_seeds)
-    write_report(args.out, command, rows, summary, args.min_seeds)
+    write_report(args.out, command, rows, summary, args.min_seeds, args.note)
 
 
 if __name__ == "__main__":
