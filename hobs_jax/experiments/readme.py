@@ -63,6 +63,16 @@ def say_table1(t: ResultTable) -> str:
     return "; ".join(parts)
 
 
+def say_equal_budget(t: ResultTable) -> str:
+    """Per target (most kept MACs first): every method's mean final top-1, best first."""
+    parts = []
+    for target in sorted({r["target"] for r in t.rows}, reverse=True):
+        rows = sorted((r for r in t.rows if r["target"] == target), key=lambda r: -r["acc_final_mean"])
+        parts.append(f"{round(1 / target, 1):g}x: " + ", ".join(f"{r['method']} {_pct(r['acc_final_mean'])}"
+                                                               for r in rows))
+    return "; ".join(parts)
+
+
 def say_hobs_cost(t: ResultTable) -> str:
     def fastest(case):
         return min(_rows(t, case=case), key=lambda r: r["total_s"])
@@ -126,6 +136,9 @@ def say_mobile(t: ResultTable) -> str:
 FIGURES = (
     Figure("Table 1, Fashion-MNIST, half the MACs (top-1 dense → one-shot → fine-tuned)", "table1_fmnist",
            say_table1, "python -m hobs_jax.experiments.tables table1_fmnist"),
+    Figure("Table 1 at equal training budgets, ResNet-56, one epoch after the dense checkpoint (final top-1)",
+           "table1_resnet56", say_equal_budget, "python -m hobs_jax.experiments.equal_budget ... (full command "
+           "under the table's Sources)"),
     Figure("module ablation, ResNet-56, half the MACs (run records of 2026-11)", "ablation_fmnist",
            say_ablation, "python -m hobs_jax.experiments.tables ablation_fmnist"),
     Figure("module ablation, ResNet-20, half the MACs, mean of 3 seeds (gain ± its per-seed std)",

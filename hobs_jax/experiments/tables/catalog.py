@@ -105,7 +105,7 @@ def study(name: str, module, summary: str, compute=None, table_kwargs: dict | No
 def _studies() -> list[Entry]:
     """The benchmark studies whose tables are rebuilt from their run records (each study's
     ``benchmarks/*.py`` script measures them afresh on this machine)."""
-    from hobs_jax.experiments import recovery
+    from hobs_jax.experiments import equal_budget, recovery
     from hobs_jax.experiments.studies import (
         aligned_allocation,
         alignment_staircase,
@@ -129,6 +129,8 @@ def _studies() -> list[Entry]:
     return [study("anymodel_fmnist", anymodel_fmnist, "a network outside the zoo trained and pruned on "
                   "Fashion-MNIST, run record"),
             study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+            study("table1_resnet56", equal_budget, "Table 1: every method at equal training budgets on ResNet-56, "
+                  "run record", table_kwargs={"name": "table1_resnet56"}),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
                     "run record", table_kwargs={"name": f"aligned_allocation_{n}"})
               for n in ("r20", "r20b", "r56", "r56_measured")],
