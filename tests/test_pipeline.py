@@ -122,6 +122,7 @@ def test_a_prune_stage_whose_method_trained_depends_on_the_finetune_section(tmp_
         wd.check_compatible(c, ("prune",))
     os.remove(wd.record_path("prune"))
     wd.start("prune", c, also=("finetune",))  # stopped while the method trained
+    wd.start("prune", c)  # resumed, stopped again before the method trains: the dependency stays
     with c.unlocked():
         c.finetune.steps = 7
     with pytest.raises(ValueError, match=r"stopped before it finished, started with another config \(finetune.steps"):

@@ -178,8 +178,16 @@ class Workdir:
     def start(self, stage: str, config: ml_collections.ConfigDict, also: tuple[str, ...] = ()) -> None:
         """Mark ``stage`` as started with ``config``: the checkpoints and search state it
         leaves if stopped belong to this config (:meth:`check_compatible`); ``also``: the
-        sections it was found to depend on beyond its own (marked again when found)."""
+        sections it was found to depend on beyond its own (marked again when found). A
+        resumed stage keeps the sections an earlier run of it found (its saved state still
+        depends on them; :meth:`check_compatible` has already matched them)."""
         self.stage_dir(stage)
+        try:
+            with open(self.started_path(stage)) as f:
+                earlier = json.load(f).get("also", [])
+        except (OSError, ValueError, AttributeError):
+            earlier = []
+        also = tuple(dict.fromkeys((*earlier, *also)))
         _write_json(self.started_path(stage), {"stage": stage, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                "fingerprint": fingerprint(config, stage, also), "also": list(also)})
 
