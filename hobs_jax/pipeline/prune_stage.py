@@ -65,6 +65,7 @@ class MethodTraining:
 
     def __init__(self, ctx: Context):
         self.ctx, self.calls, self.used = ctx, itertools.count(), False
+        self._teacher = None  # the dense network, loaded once for every distilling round
 
     def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
         from hobs_jax.pipeline.train_stage import stop_if_preempted
@@ -81,10 +82,10 @@ class MethodTraining:
             # Each call its own data order (a round must not see the first batches again).
             section.steps, section.epochs, section.seed = int(steps), 0.0, int(section.seed) + n
         model = ctx.dense_model()
-        teacher = None
-        if section.kd.enabled:
+        if section.kd.enabled and self._teacher is None:
             _, dense_vars, _ = ctx.load_model("train")
-            teacher = Teacher(model.apply, dense_vars)
+            self._teacher = Teacher(model.apply, dense_vars)
+        teacher = self._teacher if section.kd.enabled else None
         result = fit(model, variables, ctx.train_loader(section), section,
                      os.path.join(ctx.workdir.stage_dir("prune"), "method_training" + (f"_{n}" if n else "")),
                      extra_loss=extra_loss, extra_transform=extra_transform, teacher=teacher)
