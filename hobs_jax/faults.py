@@ -17,7 +17,8 @@ kills it).
 Points (see docs/reliability.md for where each sits):
   ``<stage>.start``, ``<stage>.end`` (the stage function returned, its record not yet
   written), ``<stage>.recorded`` for every pipeline stage; ``train.step`` and
-  ``finetune.step`` (after each step's train record, n = step); ``checkpoint.save``
+  ``finetune.step`` (after each step's train record, n = step; the equal-budget study
+  fires ``finetune.step`` and ``method_training.step`` for its rows' two trainings); ``checkpoint.save``
   (a training checkpoint's asynchronous write started, n = step); ``hessians.batch``
   (calibration statistics, after batch n, 0-based); ``rspar.episode`` (before
   episode n); ``latency_feedback.round`` (a measured latency round timed and journaled,

@@ -13,7 +13,7 @@ def _row(method="jtp", seed=0, budget=1.0, final=0.9, target=0.5):
     return {"model": "resnet56", "method": method, "target_macs_ratio": target, "seed": seed,
             "budget_epochs": budget, "acc_dense": 0.95, "acc_bn_recalibrated": 0.8, "acc_final": final,
             "macs_ratio": 0.5, "params_ratio": 0.5, "method_training_steps": 470,
-            "seconds": {"prune": 1.0, "method_training": 2.0, "finetune": 3.0}}
+            "seconds": {"prune": 3.0, "method_training": 2.0, "finetune": 3.0}}  # prune includes its training
 
 
 def test_budget_counts_the_methods_own_training():
@@ -117,6 +117,7 @@ def test_a_published_record_restores_its_rows_into_a_fresh_workdir(tmp_path):
     (["--methods", "jtp", "--set", "hobs.rounds=5"], r"'hobs' is not one of --methods"),
     (["--methods", "jtp", "--set", "jtp.roundz=5"], r"jtp has no option 'roundz'"),
     (["--methods", "jtp", "--set", "jtp.rounds"], r"use METHOD.KEY=VALUE"),
+    (["--methods", "hobs", "--latency", "xla,tvm"], r"--latency xla,tvm: unknown runtime 'tvm'; known: xla"),
 ])
 def test_bad_method_options_and_budgets_fail_before_any_compute(tmp_path, argv, message):
     from hobs_jax.experiments import equal_budget
@@ -142,3 +143,52 @@ def test_a_cached_row_made_with_other_options_is_refused_not_reused(tmp_path):
     with pytest.raises(SystemExit, match=r"made with jtp options \{'rounds': 5\}, asked \{'rounds': 4\}"):
         equal_budget.main(["--methods", "jtp", "--targets", "0.5", "--set", "jtp.rounds=4", "--seeds", "0",
                            "--min-seeds", "1", "--workdir", str(tmp_path), "--out", str(tmp_path / "t")])
+
+
+def test_a_row_stopped_in_its_methods_training_is_not_written_and_resumes(tmp_path, monkeypatch):
+    """SIGTERM during a training-time method's own round: the round saves its step and the
+    row raises Interrupted instead of pruning a half-trained network into a finished row;
+    the same call again resumes the round from its checkpoint."""
+    from hobs_jax import models
+    from hobs_jax.experiments import common
+    from hobs_jax.experiments.equal_budget import TrainingCallback
+    from hobs_jax.interrupt import Interrupted
+    from hobs_jax.train import read_metrics
+
+    model = models.build("resnet20", num_classes=10, in_channels=1, widths={"conv1": 4})
+    dense = models.random_variables(model, (1, 28, 28, 1), seed=0)
+    overrides = {"batch_size": 8, "log_every": 1}
+    monkeypatch.setenv("HOBS_JAX_FAULT", "method_training.step@1=term")
+    cb = TrainingCallback("resnet20", model, common.source(), overrides, seed=0, workdir=str(tmp_path))
+    with pytest.raises(Interrupted, match=r"at step 1 of 3 \(checkpoint saved\)"):
+        cb(dense, 3)
+    monkeypatch.delenv("HOBS_JAX_FAULT")
+    again = TrainingCallback("resnet20", model, common.source(), overrides, seed=0, workdir=str(tmp_path))
+    again(dense, 3)
+    (resume,) = read_metrics(str(tmp_path / "method_training_0"), "resume")
+    assert resume["from_step"] == 1 and again.rounds == 1
+
+
+def test_row_seconds_count_the_methods_training_once():
+    from hobs_jax.experiments.equal_budget import row_seconds
+
+    assert row_seconds({"seconds": {"prune": 928.8, "method_training": 582.6, "finetune": 490.6}}) == \
+        pytest.approx(1419.4)
+
+
+def test_latency_columns_are_the_mean_speedup_over_seeds_and_a_dash_when_not_timed(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    def row(method, seed, lat):
+        return dict(model="resnet56", method=method, target_macs_ratio=0.5, seed=seed, budget_epochs=1.0,
+                    acc_dense=0.947, acc_bn_recalibrated=0.94, acc_final=0.945, macs_ratio=0.5, params_ratio=0.5,
+                    method_training_steps=0, seconds={"prune": 1.0}, latency_speedup=lat)
+    rows = [row("hobs", 0, {"xla@1": 1.2, "xla@64": 1.5, "onnxruntime@64": 1.25}),
+            row("hobs", 1, {"xla@1": 1.4, "xla@64": 1.7, "onnxruntime@64": 1.35}), row("magnitude", 0, None)]
+    assert equal_budget.time_rows([dict(r) for r in rows], "unused", [], str(tmp_path)) == 0
+    equal_budget.write_report(str(tmp_path / "t1"), "cmd", rows, summarize(rows, min_seeds=1), 1)
+    md = (tmp_path / "t1.md").read_text()
+    assert "| XLA b1 | XLA b64 | ORT b1 | ORT b64 |" in md
+    lines = {ln.split("|")[2].strip(): ln for ln in md.splitlines() if ln.startswith("| resnet56")}
+    assert lines["hobs"].rstrip().endswith("| 1.30x | 1.60x | - | 1.30x |")
+    assert lines["magnitude"].rstrip().endswith("| - | - | - | - |")

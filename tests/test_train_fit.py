@@ -125,3 +125,40 @@ def test_bad_fit_arguments_fail_before_compute(tmp_path):
     with pytest.raises(ValueError, match=r"train.lr=0.0: must be > 0"):
         fit(model, {}, train, config(lr=0), str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_stopped_run_is_not_completed_and_its_resumed_curve_keeps_every_point(tmp_path):
+    """SIGTERM mid-run: fit saves and returns, ``completed()`` refuses the truncated result
+    (Interrupted, naming the step), and after the same call resumes, ``eval_curve`` has the
+    points of both calls, equal to an uninterrupted run's; ``fit_seconds`` counts both calls."""
+    import signal
+
+    from hobs_jax.interrupt import Interrupted
+    from hobs_jax.train import eval_curve, fit_seconds
+
+    model = TinyCNN(num_classes=8)
+    c = config(steps=30, log_every=5, eval_every=100, eval_steps="5,15", **{"checkpoint.every_steps": 10})
+
+    def run(workdir, callbacks=()):
+        train, test = loaders()
+        return fit(model, init_tiny(model, (8, 8, 1)), train, c, str(workdir), eval_data=test, callbacks=callbacks)
+
+    whole = run(tmp_path / "whole").completed()
+
+    def stop_at_20(kind, step, record):
+        if kind == "train" and step == 20:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = run(tmp_path / "cut", [stop_at_20])
+    assert stopped.metrics["stopped"] == "preempted" and stopped.metrics["steps"] < 30
+    with pytest.raises(Interrupted, match=r"by SIGTERM at step \d+ of 30 \(checkpoint saved\)"):
+        stopped.completed()
+    assert eval_curve(str(tmp_path / "cut")).keys() == {5, 15}
+    resumed = run(tmp_path / "cut").completed()
+    assert resumed.metrics["resumed_from"] is not None
+    assert eval_curve(str(tmp_path / "cut")) == eval_curve(str(tmp_path / "whole"))
+    assert sorted(eval_curve(str(tmp_path / "whole"))) == [5, 15, 30]
+    assert len(read_metrics(str(tmp_path / "cut"), "summary")) == 2
+    assert fit_seconds(str(tmp_path / "cut")) == pytest.approx(
+        stopped.metrics["seconds"] + resumed.metrics["seconds"])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(whole.variables), jax.device_get(resumed.variables))

@@ -34,9 +34,20 @@ published record (more seeds or methods later, without recomputing).
 The run record (command, device, rows, summary) goes to ``OUT's folder/records/NAME.json``
 and the table, built from it through :class:`~hobs_jax.experiments.table.ResultTable`
 (iso-MACs enforced), to ``OUT.{json,md,tex}``; ``--render-only`` rebuilds the table from
-the record without computing. Latency
-speedups are not measured here (the benchmark suite, :mod:`hobs_jax.bench`, times a
-saved row's model).
+the record without computing.
+
+Latency (``--latency xla,onnxruntime``, the default): every row saves its final network,
+and after the rows are made the dense checkpoint and all of them are timed in one
+interleaved run of the benchmark suite (:func:`hobs_jax.bench.run_suite`: batch 1 and 64,
+one thread, CPU time per call); each row gets ``latency_speedup`` = dense p50 / its p50
+per runtime and batch. The timing is of this table's run (all rows against one dense
+timing), so it is redone on every run that asks for it and not kept in the row cache.
+
+Resuming: a row stopped by SIGTERM (the method's own training or the fine-tuning) is not
+written; the same command resumes it from its checkpoints, and its fine-tuning curve and
+wall times are read back from the runs' ``metrics.jsonl`` (:func:`hobs_jax.train.eval_curve`,
+:func:`hobs_jax.train.fit_seconds`), so the evaluations and seconds of the earlier call
+count.
 """
 
 from __future__ import annotations
@@ -86,13 +97,15 @@ class TrainingCallback:
         self.model_name, self.model, self.src = model_name, model, src
         self.dense_vars = dense_vars
         self.overrides, self.seed, self.workdir = dict(overrides), seed, workdir
-        self.calls, self.steps, self.seconds = itertools.count(), 0, 0.0
+        self.calls, self.steps, self.seconds, self.rounds = itertools.count(), 0, 0.0, 0
 
     def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
+        from hobs_jax import faults
         from hobs_jax.data import TrainLoader
         from hobs_jax.train import Teacher, fit
 
         n = next(self.calls)
+        self.rounds = n + 1
         c = common.recipe(self.model_name, self.overrides, steps=int(steps), seed=self.seed + 1000 + n)
         if c.kd.enabled and self.dense_vars is None:
             raise ValueError("the recipe distils (kd.enabled) but the method's training callback has no dense "
@@ -101,7 +114,8 @@ class TrainingCallback:
         t0 = time.time()
         out = fit(self.model, dict(variables), TrainLoader(self.src, "train", c.batch_size, seed=c.seed), c,
                   os.path.join(self.workdir, f"method_training_{n}"), extra_loss=extra_loss,
-                  extra_transform=extra_transform, teacher=teacher)
+                  extra_transform=extra_transform, teacher=teacher,
+                  callbacks=[faults.step_callback("method_training")]).completed()
         self.steps += int(steps)
         self.seconds += time.time() - t0
         return common.host(out.variables)
@@ -109,10 +123,10 @@ class TrainingCallback:
 
 def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvars, acc_dense: float) -> dict:
     """One (method, target, seed) row (module doc)."""
-    from hobs_jax import export
+    from hobs_jax import export, faults
     from hobs_jax.data import EvalLoader, TrainLoader
     from hobs_jax.methods import prune
-    from hobs_jax.train import Teacher, fit
+    from hobs_jax.train import Teacher, eval_curve, fit, fit_seconds
 
     overrides = common_overrides(args)
     row_dir = os.path.join(args.workdir, args.model, f"{method}_{target:g}_s{seed}")
@@ -135,29 +149,77 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
     if method in ("bilevel",):
         rec["dynamic"] = r.outcome.info.get("bilevel_dynamic")
     evals: dict[int, float] = {}
+    ft_dir = os.path.join(row_dir, "finetune")
     if left > 0:
         c = common.recipe(args.model, overrides, steps=left, seed=seed)
         with c.unlocked():
             c.eval_steps = ",".join(str(s) for s in (50, 200, STEPS_PER_EPOCH) if s < left)
             c.eval_every = left
-
-        def on(kind, step, record):
-            if kind == "eval":
-                evals[int(step)] = float(record["top1"])
-
         teacher = Teacher(dense.apply, dvars) if c.kd.enabled else None
-        variables = fit(r.model, variables, TrainLoader(src, "train", c.batch_size, seed=c.seed), c,
-                        os.path.join(row_dir, "finetune"), eval_data=EvalLoader(src, "test", 500), teacher=teacher,
-                        callbacks=[on]).variables
+        variables = fit(r.model, variables, TrainLoader(src, "train", c.batch_size, seed=c.seed), c, ft_dir,
+                        eval_data=EvalLoader(src, "test", 500), teacher=teacher,
+                        callbacks=[faults.step_callback("finetune")]).completed().variables
+        evals = {k: v for k, v in eval_curve(ft_dir).items() if k <= left}  # earlier calls' points too
     # The final network, for the benchmark suite's latency columns (python -m hobs_jax.bench).
     rec["model_dir"] = export.save(os.path.join(row_dir, "model"), r.model, common.host(variables),
                                    plan=r.outcome.plan, overwrite=True)
     rec["acc_by_steps"] = {str(k): evals[k] for k in sorted(evals)}
     rec["acc_finetuned"] = evals.get(left) if left > 0 else rec["acc_bn_recalibrated"]
     rec["acc_final"] = rec["acc_finetuned"]
-    rec["seconds"] = {"prune": round(prune_s, 1), "method_training": round(cb.seconds, 1),
-                      "finetune": round(time.time() - t1, 1)}
+    # Across resumes: the method's training and the fine-tuning as every call of them ran
+    # (metrics.jsonl); the rest of pruning as this call ran it.
+    method_s = sum(fit_seconds(os.path.join(row_dir, f"method_training_{n}")) for n in range(cb.rounds))
+    rec["seconds"] = {"prune": round(prune_s - cb.seconds + method_s, 1), "method_training": round(method_s, 1),
+                      "finetune": round(fit_seconds(ft_dir) if left > 0 else time.time() - t1, 1)}
     return rec
+
+
+def row_seconds(rec: Mapping) -> float:
+    """A row's wall seconds: pruning (which includes the method's own training,
+    ``seconds['method_training']``, shown apart) plus fine-tuning."""
+    s = rec["seconds"]
+    return float(s.get("prune", 0.0) + s.get("finetune", 0.0))
+
+
+LATENCY_BATCHES = (1, 64)
+LATENCY_COLUMNS = (("xla", "XLA"), ("onnxruntime", "ORT"))
+
+
+def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_dir: str, *,
+              input_shape: tuple[int, int, int] = (28, 28, 1), rounds: int = 4, iters: int = 24) -> int:
+    """Times the dense checkpoint and every row's saved network (``model_dir``) in one
+    interleaved run of the benchmark suite (``runtimes``, batch 1 and 64, one thread, CPU
+    time per call: the suite's mode for a shared machine) and sets each row's
+    ``latency_speedup`` to ``{"RUNTIME@BATCH": dense p50 / row p50}``. Rows without a
+    saved network get ``None``. Returns how many rows were timed."""
+    from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
+
+    timed = [r for r in rows if r.get("model_dir") and os.path.isdir(r["model_dir"])]
+    for r in rows:
+        r["latency_speedup"] = None
+    if not timed or not runtimes:
+        return 0
+    label = {id(r): f"{r['method']}_{float(r['target_macs_ratio']):g}_s{r['seed']}" for r in timed}
+    models = [ModelSpec.from_saved(checkpoint, label="dense", input_shape=input_shape)] + [
+        ModelSpec.from_saved(r["model_dir"], label=label[id(r)], input_shape=input_shape) for r in timed]
+    opts = Options(batch_sizes=LATENCY_BATCHES, warmup=3, iters=iters, rounds=rounds, threads=1, clock="cpu",
+                   devices=("cpu",))
+    suite = run_suite(models, list(runtimes), opts, out_dir=out_dir, baseline="dense")
+    for r in timed:
+        r["latency_speedup"] = {f"{s['runtime']}@{s['batch']}": float(s["speedup"])
+                                for s in speedups(suite.rows, "dense", label[id(r)])} or None
+        r["latency_timing"] = {"runtimes": list(runtimes), "batches": list(LATENCY_BATCHES), "threads": 1,
+                               "clock": "cpu", "rounds": rounds, "iters": iters, "out_dir": out_dir}
+    return len(timed)
+
+
+def latency_mean(rows: Sequence[Mapping]) -> dict[str, float] | None:
+    """Mean ``latency_speedup`` per ``RUNTIME@BATCH`` over the rows (seeds) that have it."""
+    keys = sorted({k for r in rows for k in (r.get("latency_speedup") or {})})
+    if not keys:
+        return None
+    return {k: float(np.mean([r["latency_speedup"][k] for r in rows if k in (r.get("latency_speedup") or {})]))
+            for k in keys}
 
 
 def row_options(args, method: str) -> dict:
@@ -245,7 +307,8 @@ def summarize(rows: Sequence[Mapping], *, min_seeds: int = 3) -> list[dict]:
                     "macs_ratio": float(np.mean([r["macs_ratio"] for r in rs])),
                     "params_ratio": float(np.mean([r["params_ratio"] for r in rs])),
                     "method_training_steps": int(rs[0]["method_training_steps"]),
-                    "seconds_mean": float(np.mean([sum(r["seconds"].values()) for r in rs]))})
+                    "seconds_mean": float(np.mean([row_seconds(r) for r in rs])),
+                    "latency_speedup": latency_mean(rs)})
     return out
 
 
@@ -284,7 +347,9 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
                          at50_ms=ms(curve["50"]["mean"], curve["50"]["std"]) if "50" in curve else None,
                          at200_ms=ms(curve["200"]["mean"], curve["200"]["std"]) if "200" in curve else None,
                          final_ms=ms(s["acc_final_mean"], s["acc_final_std"]),
-                         final_minus_dense=s["acc_final_mean"] - s["acc_dense"]))
+                         final_minus_dense=s["acc_final_mean"] - s["acc_dense"],
+                         **{f"speedup_{rt}_b{b}": (s.get("latency_speedup") or {}).get(f"{rt}@{b}")
+                            for rt, _ in LATENCY_COLUMNS for b in LATENCY_BATCHES}))
     return rows, {key: {"command": doc["command"], "notes": doc.get("notes", [])}}
 
 
@@ -336,12 +401,16 @@ def table(rows, sources, name: str = NAME):
                      Column("at50_ms", "+50", "pm"), Column("at200_ms", "+200", "pm"),
                      Column("final_ms", "final", "pm", best="max"),
                      Column("final_minus_dense", "final - dense", "points"),
-                     Column("seconds_mean", "wall s", "float", 0)],
+                     Column("seconds_mean", "wall s", "float", 0)] + [
+                        Column(f"speedup_{rt}_b{b}", f"{short} b{b}", "speedup")
+                        for rt, short in LATENCY_COLUMNS for b in LATENCY_BATCHES],
                     description=[(f"Mean and std over {n_min}+ seeds" if n_min > 1 else
                                   "One seed per row (no std)") + "; accuracies in %; +50 / +200: the fine-tuning "
                                  "curve after that many of its steps; final: after the whole budget; wall seconds "
                                  "per row (prune incl. the method's own training + fine-tuning) measured on that "
-                                 "device."])
+                                 "device; XLA / ORT b1, b64: dense p50 / the row's p50 in XLA and ONNX Runtime at "
+                                 "batch 1 and 64, one thread, CPU time, dense and every row timed in one "
+                                 "interleaved run of the benchmark suite (mean over seeds)."])
     t.extend(rows)
     t.add_sources({k: {f: v for f, v in info.items() if f != "notes"} for k, info in sources.items()})
     for info in sources.values():
@@ -367,6 +436,11 @@ def main(argv=None) -> None:
                    help="a method option for its rows, e.g. jtp.rounds=5 (JSON value; recorded in each row)")
     p.add_argument("--workdir", default="runs/table1")
     p.add_argument("--out", required=True)
+    p.add_argument("--latency", default="xla,onnxruntime",
+                   help="runtimes to time dense and every row's network in, interleaved, batch 1 and 64 "
+                        "('' skips timing)")
+    p.add_argument("--latency-rounds", type=int, default=4)
+    p.add_argument("--latency-iters", type=int, default=24)
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
     p.add_argument("--note", action="append", default=[], help="a note for the table (repeatable; kept in the record)")
     p.add_argument("--restore", metavar="RECORD", default="",
@@ -404,6 +478,14 @@ def main(argv=None) -> None:
         raise SystemExit(f"--seeds {args.seeds}: {len(seeds)} seed(s); the table reports a std over at least "
                          f"--min-seeds={args.min_seeds}")
     budget_steps(args.budget_epochs)
+    try:  # an unknown or missing runtime fails before any compute
+        from hobs_jax.bench.runtimes import get_runtime, parse_list
+
+        runtimes = parse_list(args.latency, "runtime")
+        for rt in runtimes:
+            get_runtime(rt).check_installed()
+    except ValueError as e:
+        raise SystemExit(f"--latency {args.latency}: {e}") from None
     for m in methods:  # a method whose own training alone exceeds the budget fails before any compute
         try:
             finetune_steps(args.budget_epochs, planned_steps(m, row_options(args, m)), m)
@@ -433,12 +515,19 @@ def main(argv=None) -> None:
         rec = run_row(args, method, target, seed, src, calib, dense, dvars, acc_dense)
         rec["command"] = command
         common.write_json(path, rec)
-        print(f"{method} {target:g} seed {seed}: final {rec['acc_final']} ({sum(rec['seconds'].values()):.0f} s)",
+        print(f"{method} {target:g} seed {seed}: final {rec['acc_final']} ({row_seconds(rec):.0f} s)",
               flush=True)
         rows.append(rec)
+    rows = [dict(r) for r in rows]  # the timing belongs to this run's record, not to the row cache
+    if runtimes:
+        n = time_rows(rows, args.checkpoint, runtimes, os.path.join(args.workdir, "latency"),
+                      input_shape=src.image_shape, rounds=args.latency_rounds, iters=args.latency_iters)
+        print(f"timed dense and {n} of {len(rows)} rows in {', '.join(runtimes)}", flush=True)
     summary = summarize(rows, min_seeds=args.min_seeds)
     write_report(args.out, command, rows, summary, args.min_seeds, args.note)
 
 
 if __name__ == "__main__":
-    main()
+    from hobs_jax import cli
+
+    cli.run_job(main)

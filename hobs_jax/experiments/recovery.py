@@ -91,7 +91,7 @@ def prune_once(args, src, calib):
 
 def curve(args, name, overrides, dense, dvars, model, variables, src, total, shorter) -> dict:
     from hobs_jax.data import EvalLoader, TrainLoader
-    from hobs_jax.train import Teacher, fit
+    from hobs_jax.train import Teacher, eval_curve, fit, fit_seconds
 
     frozen = bool(overrides.get("@frozen_bn"))
     cfg = {k: v for k, v in overrides.items() if not k.startswith("@")}
@@ -99,20 +99,15 @@ def curve(args, name, overrides, dense, dvars, model, variables, src, total, sho
     with c.unlocked():
         c.eval_steps = ",".join(str(s) for s in shorter)
         c.eval_every = total
-    evals: dict[int, float] = {}
-
-    def on(kind, step, record):
-        if kind == "eval":
-            evals[int(step)] = float(record["top1"])
-
-    t0 = time.time()
     teacher = Teacher(dense.apply, dvars) if c.kd.enabled else None
+    workdir = os.path.join(args.workdir, "runs", f"{args.model}_{args.method}_{args.target:g}", name)
     fit(common.FrozenBatchNorm(model) if frozen else model, variables,
-        TrainLoader(src, "train", c.batch_size, seed=c.seed), c,
-        os.path.join(args.workdir, "runs", f"{args.model}_{args.method}_{args.target:g}", name),
-        eval_data=EvalLoader(src, "test", 500), teacher=teacher, callbacks=[on])
+        TrainLoader(src, "train", c.batch_size, seed=c.seed), c, workdir,
+        eval_data=EvalLoader(src, "test", 500), teacher=teacher).completed()
+    # From metrics.jsonl: a recipe stopped and resumed keeps the points and seconds of its first call.
+    evals = {k: v for k, v in eval_curve(workdir).items() if k <= total}
     return {"recipe": name, "overrides": overrides, "acc_by_steps": {str(k): evals[k] for k in sorted(evals)},
-            "seconds": time.time() - t0,
+            "seconds": fit_seconds(workdir),
             "resolved": {k: (c[k] if "." not in k else c[k.split(".")[0]][k.split(".")[1]]) for k in cfg}}
 
 
@@ -226,4 +221,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hobs_jax import cli
+
+    cli.run_job(main)

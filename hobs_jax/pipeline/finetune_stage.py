@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from hobs_jax import faults
 from hobs_jax.pipeline.context import Context, log
-from hobs_jax.pipeline.train_stage import stop_if_preempted
 
 
 def run(ctx: Context) -> dict:
@@ -19,9 +18,8 @@ def run(ctx: Context) -> dict:
         teacher = Teacher(dense.apply, dense_vars)
     result = fit(model, variables, ctx.train_loader(c.finetune), c.finetune,
                  ctx.workdir.stage_dir("finetune"), eval_data=ctx.eval_loader(), teacher=teacher,
-                 callbacks=[faults.step_callback("finetune")])
+                 callbacks=[faults.step_callback("finetune")]).completed()
     m = result.metrics
-    stop_if_preempted(m)
     log.info("finetune: %d steps, val top-1 %.4f", m["steps"], m.get("val_top1", float("nan")))
     out = {k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1", "val_top1",
                                  "stability_score", "stopped")}

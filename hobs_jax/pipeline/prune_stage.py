@@ -68,7 +68,6 @@ class MethodTraining:
         self._teacher = None  # the dense network, loaded once for every distilling round
 
     def __call__(self, variables, steps, extra_loss=None, extra_transform=None):
-        from hobs_jax.pipeline.train_stage import stop_if_preempted
         from hobs_jax.train import Teacher, fit
 
         ctx = self.ctx
@@ -88,8 +87,7 @@ class MethodTraining:
         teacher = self._teacher if section.kd.enabled else None
         result = fit(model, variables, ctx.train_loader(section), section,
                      os.path.join(ctx.workdir.stage_dir("prune"), "method_training" + (f"_{n}" if n else "")),
-                     extra_loss=extra_loss, extra_transform=extra_transform, teacher=teacher)
-        stop_if_preempted(result.metrics)
+                     extra_loss=extra_loss, extra_transform=extra_transform, teacher=teacher).completed()
         return result.variables
 
 

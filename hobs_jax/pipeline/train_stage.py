@@ -3,21 +3,10 @@ checkpoint or a torch state_dict (optionally trained further)."""
 
 from __future__ import annotations
 
-import signal
-
 import jax
 
-from hobs_jax import faults, interrupt, models
+from hobs_jax import faults, models
 from hobs_jax.pipeline.context import Context, log
-
-
-def stop_if_preempted(metrics: dict) -> None:
-    """After :func:`hobs_jax.train.fit`: a run that a stop signal cut short saved its
-    step; the stage must not go on as if training had finished."""
-    if metrics.get("stopped") == "preempted":
-        raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM,
-                                    f"at step {metrics['steps']} of {metrics['total_steps']} "
-                                    f"(checkpoint saved)")
 
 
 def initial_variables(ctx: Context) -> dict:
@@ -62,10 +51,9 @@ def run(ctx: Context) -> dict:
     if c.init.kind == "scratch" or c.init.train:
         result = fit(model, variables, ctx.train_loader(c.train), c.train,
                      ctx.workdir.stage_dir("train"), eval_data=ctx.eval_loader(),
-                     callbacks=[faults.step_callback("train")])
+                     callbacks=[faults.step_callback("train")]).completed()
         variables = result.variables
         m = result.metrics
-        stop_if_preempted(m)
         out.update({k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1",
                                           "val_top1", "stability_score", "stopped")})
         if "ast" in m:  # train.ast: the sample-selection record (summary.json's 'ast')

@@ -25,7 +25,7 @@ from hobs_jax.train.mesh import (
     replicated,
     state_shardings,
 )
-from hobs_jax.train.metrics import MetricsWriter, progress, read_metrics
+from hobs_jax.train.metrics import MetricsWriter, eval_curve, fit_seconds, progress, read_metrics
 from hobs_jax.train.optim import decay_mask, make_optimizer, make_schedule
 from hobs_jax.train.preemption import Preemption
 from hobs_jax.train.stability import StabilityConfig, StabilityError, StabilityState, observe, summary
@@ -47,6 +47,6 @@ __all__ = [
     "state_shardings", "Teacher", "cross_entropy", "distillation_loss", "make_eval_step",
     "make_train_step", "resolve_compute_dtype", "Checkpointer", "abstract_like",
     "StabilityConfig", "StabilityError", "StabilityState", "observe", "summary",
-    "MetricsWriter", "progress", "read_metrics", "Preemption", "Evaluator", "evaluate",
+    "MetricsWriter", "eval_curve", "fit_seconds", "progress", "read_metrics", "Preemption", "Evaluator", "evaluate",
     "FitResult", "fit",
 ]

@@ -16,7 +16,10 @@ With ``train.ast.enabled`` the batches come from an AST :class:`~hobs_jax.train.
 Resuming: if ``workdir/checkpoints`` has a checkpoint, everything continues from it
 (state, data position, monitor, early-stopping counters) and the result is the same as
 an uninterrupted run. SIGTERM saves a checkpoint and returns with
-``metrics['stopped'] == 'preempted'``.
+``metrics['stopped'] == 'preempted'``; a caller that goes on to use the result as a
+finished run calls ``fit(...).completed()``, which raises
+:class:`~hobs_jax.interrupt.Interrupted` for a stopped run instead of handing on a
+truncated network.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -57,6 +61,21 @@ class FitResult:
 
     variables: dict
     metrics: dict
+
+    def completed(self) -> FitResult:
+        """This result, if training ran to its last step (or stopped early on purpose:
+        early stopping); raises :class:`~hobs_jax.interrupt.Interrupted` if a stop
+        signal cut it short. The step is saved either way, so the same call resumes.
+
+        Everything that records a trained network (pipeline stages, studies' rows) goes
+        through this: a SIGTERM mid-run must not become a finished, truncated result."""
+        if self.metrics.get("stopped") == "preempted":
+            from hobs_jax import interrupt
+
+            raise interrupt.Interrupted(interrupt.received() or signal.SIGTERM,
+                                        f"at step {self.metrics['steps']} of {self.metrics['total_steps']} "
+                                        "(checkpoint saved)")
+        return self
 
 
 def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.ConfigDict,

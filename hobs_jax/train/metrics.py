@@ -89,6 +89,22 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
+def eval_curve(workdir: str, key: str = "top1") -> dict[int, float]:
+    """``{step: record[key]}`` of every evaluation a run in ``workdir`` wrote, across its
+    resumes: a run stopped after its step-50 evaluation and resumed keeps that point
+    (callbacks see only the evaluations of their own call). A step evaluated twice (a
+    resume from an earlier checkpoint re-runs it) keeps the later record."""
+    return {int(r["step"]): float(r[key]) for r in read_metrics(workdir, "eval") if key in r}
+
+
+def fit_seconds(workdir: str) -> float:
+    """Wall seconds of every :func:`~hobs_jax.train.fit` call that ran in ``workdir``
+    (the sum of their ``summary`` records): the training time of a run that was stopped
+    and resumed, not just of its last call. A call killed with no chance to write its
+    summary (SIGKILL) is not counted."""
+    return float(sum(r.get("seconds", 0.0) for r in read_metrics(workdir, "summary")))
+
+
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
              initial: int = 0, enabled: bool = True, unit: str = "step") -> tqdm:
     """A tqdm bar (rate and ETA), shown only on host 0 and when stderr is a terminal."""

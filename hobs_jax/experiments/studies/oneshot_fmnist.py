@@ -212,7 +212,7 @@ class Bench:
             model, _ = self.dense(name)
             c = self.recipe_for(name, steps, 0, seed)
             return fit(model, variables, self.train_loader(name, seed), c, workdir, extra_loss=extra_loss,
-                       extra_transform=extra_transform).variables
+                       extra_transform=extra_transform).completed().variables
         return train
 
     def method_training_dir(self, name: str, spec: dict, seed: int = 0) -> str:
@@ -249,7 +249,7 @@ class Bench:
         shorter = [s for s in steps if s < total]
         every = math.gcd(*shorter) if shorter else 0
         c = self.recipe_for(name, total, every, seed)
-        result = fit(model, variables, self.train_loader(name, seed), c, workdir)
+        result = fit(model, variables, self.train_loader(name, seed), c, workdir).completed()
         out = {total: self.accuracy(model, result.variables, f"ft@{total}")}
         if shorter:
             mesh = make_mesh()
@@ -502,4 +502,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hobs_jax import cli
+
+    cli.run_job(main)

@@ -174,7 +174,7 @@ class Bench:
             c.checkpoint.every_steps = 50
             c.checkpoint.async_save = False
         loader = TrainLoader(self.source, "train", c.batch_size, seed=c.seed)
-        return fit(model, variables, loader, c, workdir).variables
+        return fit(model, variables, loader, c, workdir).completed().variables
 
     def reuse(self, key: str, alloc: str, target: float, rowdir: str, path: str) -> dict | None:
         """The ``--reuse_from`` copy of a uniform/global row, verified by a rebuild (module
@@ -374,4 +374,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from hobs_jax import cli
+
+    cli.run_job(main)
