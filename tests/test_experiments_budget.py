@@ -117,6 +117,8 @@ def test_a_published_record_restores_its_rows_into_a_fresh_workdir(tmp_path):
     (["--methods", "jtp", "--set", "hobs.rounds=5"], r"'hobs' is not one of --methods"),
     (["--methods", "jtp", "--set", "jtp.roundz=5"], r"jtp has no option 'roundz'"),
     (["--methods", "jtp", "--set", "jtp.rounds"], r"use METHOD.KEY=VALUE"),
+    (["--methods", "tp-l1-everywhere"], r"--methods: row 'tp-l1-everywhere': use tp-CRITERION-local or"),
+    (["--methods", "tp-l1-local", "--set", "tp-l1-local.x=1"], r"Torch-Pruning rows take no options"),
     (["--methods", "hobs", "--latency", "xla,tvm"], r"--latency xla,tvm: unknown runtime 'tvm'; known: xla"),
 ])
 def test_bad_method_options_and_budgets_fail_before_any_compute(tmp_path, argv, message):
@@ -192,3 +194,25 @@ def test_latency_columns_are_the_mean_speedup_over_seeds_and_a_dash_when_not_tim
     lines = {ln.split("|")[2].strip(): ln for ln in md.splitlines() if ln.startswith("| resnet56")}
     assert lines["hobs"].rstrip().endswith("| 1.30x | 1.60x | - | 1.30x |")
     assert lines["magnitude"].rstrip().endswith("| - | - | - | - |")
+
+
+def test_a_torch_pruning_row_is_cut_by_the_peers_code_and_measured_by_ours():
+    """``tp-CRITERION-SCOPE`` rows: Torch-Pruning's own pruner (in a spawned process) on the
+    torch-converted network, back as a Flax model whose MACs ratio our counter gives; no
+    own training, no options."""
+    pytest.importorskip("torch_pruning")
+    import argparse
+
+    from hobs_jax import macs, models
+    from hobs_jax.experiments import common
+    from hobs_jax.experiments.equal_budget import planned_steps, prune_row, row_options
+
+    model = models.build("resnet20", num_classes=10, in_channels=1)
+    dense = models.random_variables(model, (1, 28, 28, 1), seed=0)
+    calib = common.calibration(common.source(), 64, 0)
+    args = argparse.Namespace(model="resnet20", smoke=False, options={})
+    cut = prune_row(args, "tp-l1-local", 0.5, 0, model, dense, calib, cb=None)
+    assert cut.framework == "torch-pruning" and cut.plan is None and abs(cut.macs_ratio - 0.5) <= 0.01 * 0.5
+    ours = macs.count(cut.model, cut.variables, (1, 28, 28, 1)).macs / macs.count(model, dense, (1, 28, 28, 1)).macs
+    assert cut.macs_ratio == pytest.approx(ours) and set(cut.info) == {"pruning_ratio", "attempts", "within_tol"}
+    assert planned_steps("tp-l1-local", {}) == 0 and row_options(args, "tp-l1-local") == {}

@@ -53,6 +53,7 @@ count.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -60,6 +61,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -121,33 +123,76 @@ class TrainingCallback:
         return common.host(out.variables)
 
 
+def is_torch_pruning(method: str) -> bool:
+    """``tp-CRITERION-local|global``: Torch-Pruning's own pruner, not a registered method."""
+    return method.startswith("tp-")
+
+
+@dataclasses.dataclass
+class Cut:
+    """One row's pruned network before fine-tuning, whichever framework cut it."""
+
+    model: Any
+    variables: dict
+    macs_ratio: float
+    params_ratio: float
+    framework: str
+    plan: Any = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def prune_row(args, method: str, target: float, seed: int, dense, dvars, calib, cb) -> Cut:
+    """The cut of one row: a registered method through :func:`hobs_jax.methods.prune`
+    (its own training, if any, through ``cb``), or Torch-Pruning's pruner
+    (``tp-CRITERION-local|global``: the peer's own code on the torch-converted network,
+    bisected to the MACs target by our counter; :mod:`~hobs_jax.experiments.studies.oneshot_tp`)."""
+    if not is_torch_pruning(method):
+        from hobs_jax.methods import prune
+
+        r = prune(method, args.model, dvars, target=target, calib=calib, seed=seed, finetune=cb,
+                  options=row_options(args, method) or None)
+        return Cut(r.model, dict(r.variables), r.macs_ratio, r.params_ratio, "hobs_jax", r.outcome.plan,
+                   dict(r.outcome.info))
+    from hobs_jax import macs
+    from hobs_jax.experiments.studies import oneshot_fmnist, oneshot_tp
+
+    spec = oneshot_fmnist.parse_row(method)
+    shape = (1, *calib.images.shape[1:])
+    model, variables, info = oneshot_tp.prune_in_subprocess(
+        args.model, common.host(dvars), target, spec["kind"], spec["global"], shape, calib.images, calib.labels,
+        oneshot_fmnist.TOL)
+    before, after = macs.count(dense, dvars, shape), macs.count(model, variables, shape)
+    return Cut(model, dict(variables), after.macs / before.macs, after.params / before.params, "torch-pruning",
+               info=info)
+
+
 def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvars, acc_dense: float) -> dict:
     """One (method, target, seed) row (module doc)."""
     from hobs_jax import export, faults
     from hobs_jax.data import EvalLoader, TrainLoader
-    from hobs_jax.methods import prune
     from hobs_jax.train import Teacher, eval_curve, fit, fit_seconds
 
     overrides = common_overrides(args)
     row_dir = os.path.join(args.workdir, args.model, f"{method}_{target:g}_s{seed}")
     cb = TrainingCallback(args.model, dense, src, overrides, seed=seed, workdir=row_dir, dense_vars=dvars)
-    options = row_options(args, method) or None
     t0 = time.time()
-    r = prune(method, args.model, dvars, target=target, calib=calib, seed=seed, finetune=cb, options=options)
+    cut = prune_row(args, method, target, seed, dense, dvars, calib, cb)
     prune_s = time.time() - t0
     msteps = cb.steps  # every step the method trained the unpruned network, whatever the method
     left = finetune_steps(args.budget_epochs, msteps, method)
     t1 = time.time()
-    variables = common.recalibrate(r.model, r.variables, calib)
-    rec = {"model": args.model, "method": method, "framework": "hobs_jax", "target_macs_ratio": target,
-           "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "acc_dense": acc_dense,
-           "acc_oneshot": common.accuracy(r.model, r.variables, src),
-           "acc_bn_recalibrated": common.accuracy(r.model, variables, src),
+    variables = common.recalibrate(cut.model, cut.variables, calib)
+    rec = {"model": args.model, "method": method, "framework": cut.framework, "target_macs_ratio": target,
+           "macs_ratio": cut.macs_ratio, "params_ratio": cut.params_ratio, "acc_dense": acc_dense,
+           "acc_oneshot": common.accuracy(cut.model, cut.variables, src),
+           "acc_bn_recalibrated": common.accuracy(cut.model, variables, src),
            "seed": seed, "budget_epochs": float(args.budget_epochs), "method_training_steps": msteps,
            "finetune_steps": left, "latency_speedup": None,
            "options": dict(getattr(args, "options", {}).get(method, {}))}
     if method in ("bilevel",):
-        rec["dynamic"] = r.outcome.info.get("bilevel_dynamic")
+        rec["dynamic"] = cut.info.get("bilevel_dynamic")
+    if cut.framework == "torch-pruning":
+        rec["torch_pruning"] = cut.info
     evals: dict[int, float] = {}
     ft_dir = os.path.join(row_dir, "finetune")
     if left > 0:
@@ -156,13 +201,13 @@ def run_row(args, method: str, target: float, seed: int, src, calib, dense, dvar
             c.eval_steps = ",".join(str(s) for s in (50, 200, STEPS_PER_EPOCH) if s < left)
             c.eval_every = left
         teacher = Teacher(dense.apply, dvars) if c.kd.enabled else None
-        variables = fit(r.model, variables, TrainLoader(src, "train", c.batch_size, seed=c.seed), c, ft_dir,
+        variables = fit(cut.model, variables, TrainLoader(src, "train", c.batch_size, seed=c.seed), c, ft_dir,
                         eval_data=EvalLoader(src, "test", 500), teacher=teacher,
                         callbacks=[faults.step_callback("finetune")]).completed().variables
         evals = {k: v for k, v in eval_curve(ft_dir).items() if k <= left}  # earlier calls' points too
     # The final network, for the benchmark suite's latency columns (python -m hobs_jax.bench).
-    rec["model_dir"] = export.save(os.path.join(row_dir, "model"), r.model, common.host(variables),
-                                   plan=r.outcome.plan, overwrite=True)
+    rec["model_dir"] = export.save(os.path.join(row_dir, "model"), cut.model, common.host(variables),
+                                   plan=cut.plan, overwrite=True)
     rec["acc_by_steps"] = {str(k): evals[k] for k in sorted(evals)}
     rec["acc_finetuned"] = evals.get(left) if left > 0 else rec["acc_bn_recalibrated"]
     rec["acc_final"] = rec["acc_finetuned"]
@@ -227,6 +272,8 @@ def row_options(args, method: str) -> dict:
     the ``--set`` values for it."""
     from hobs_jax.methods import get_method
 
+    if is_torch_pruning(method):
+        return {}
     out = dict(get_method(method).smoke_config()) if args.smoke else {}
     out.update(getattr(args, "options", {}).get(method, {}))
     return out
@@ -239,6 +286,8 @@ def planned_steps(method: str, options: Mapping) -> int:
     compute; the row records what was actually trained)."""
     from hobs_jax.methods import get_method
 
+    if is_torch_pruning(method):
+        return 0
     o = dict(get_method(method).default_config())
     o.update(options)
     if "rounds" in o and "round_steps" in o:
@@ -454,6 +503,7 @@ def main(argv=None) -> None:
         print(studies.render_prefix(sys.modules[__name__], args.out))
         return
     import hobs_jax
+    from hobs_jax.experiments.studies import oneshot_fmnist
     from hobs_jax.methods import get_method
 
     args.checkpoint = args.checkpoint or os.path.join("checkpoints", f"{args.model}_fmnist")
@@ -464,11 +514,16 @@ def main(argv=None) -> None:
         args.options = common.parse_method_sets(args.set)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    for m in methods:
-        get_method(m)  # an unknown name fails before any compute
+    for m in methods:  # an unknown name fails before any compute
+        try:
+            oneshot_fmnist.parse_row(m) if is_torch_pruning(m) else get_method(m)
+        except ValueError as e:
+            raise SystemExit(f"--methods: {e}") from None
     for m, opts in args.options.items():
         if m not in methods:
             raise SystemExit(f"--set {m}.*: {m!r} is not one of --methods")
+        if is_torch_pruning(m):
+            raise SystemExit(f"--set {m}.*: Torch-Pruning rows take no options")
         unknown = sorted(set(opts) - set(get_method(m).default_config()))
         if unknown:
             raise SystemExit(f"--set {m}.{unknown[0]}: {m} has no option {unknown[0]!r}")

@@ -41,13 +41,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import shlex
 import statistics
 import sys
 import time
-from concurrent import futures
 from typing import Any
 
 import numpy as np
@@ -313,17 +311,8 @@ class Bench:
                       finetune=self.finetune_cb(name, self.method_training_dir(name, spec, seed), seed))
             return r.model, r.variables, {"info": _jsonable(r.outcome.info)}
         from hobs_jax.experiments.studies import oneshot_tp
-        ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-            out = pool.submit(oneshot_tp.prune, name, variables, target, spec["kind"], spec["global"],
-                              SHAPE, calib.images, calib.labels, TOL).result()
-        from hobs_jax import models
-        widths, nc, ic = models.infer_widths(name, out["variables"])
-        # A ViT keeps the softmax temperature torch_to_flax read off the pruned torch model.
-        kw = {} if out.get("scale_dim") is None else {"scale_dim": out["scale_dim"]}
-        pruned = models.build(name, widths=widths, num_classes=nc, in_channels=ic, **kw)
-        extra = {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol")}
-        return pruned, out["variables"], extra
+        return oneshot_tp.prune_in_subprocess(name, variables, target, spec["kind"], spec["global"], SHAPE,
+                                              calib.images, calib.labels, TOL)
 
     def row(self, name: str, target: float, row: str, seed: int = 0) -> dict:
         """One row of one seed: pruned, measured and (if ``--steps``) fine-tuned; cached in

@@ -217,3 +217,24 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
             "attempts": [(float(a), None if b is None else float(b)) for a, b in attempts],
             "within_tol": bool(abs(mr / target - 1) <= tol),
             "scale_dim": None if sd is None else int(sd)}
+
+
+def prune_in_subprocess(model_name: str, variables: Mapping, target: float, kind: str, global_pruning: bool,
+                        input_shape: tuple[int, ...], calib_images: np.ndarray | None = None,
+                        calib_labels: np.ndarray | None = None, tol: float = 0.01) -> tuple[Any, dict, dict]:
+    """:func:`prune` in a spawned process (the caller never imports torch, so its JAX
+    timings are not disturbed), the result rebuilt as a Flax module:
+    ``(model, variables, {'pruning_ratio', 'attempts', 'within_tol'})``."""
+    import multiprocessing
+    from concurrent import futures
+
+    from hobs_jax import models
+
+    with futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        out = pool.submit(prune, model_name, variables, target, kind, global_pruning, input_shape,
+                          calib_images, calib_labels, tol).result()
+    widths, nc, ic = models.infer_widths(model_name, out["variables"])
+    # A ViT keeps the softmax temperature torch_to_flax read off the pruned torch model.
+    kw = {} if out.get("scale_dim") is None else {"scale_dim": out["scale_dim"]}
+    pruned = models.build(model_name, widths=widths, num_classes=nc, in_channels=ic, **kw)
+    return pruned, out["variables"], {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol")}
