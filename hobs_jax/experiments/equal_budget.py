@@ -10,7 +10,10 @@ weight training, through the same recipe) and fine-tunes for the rest:
 
     finetune_steps = budget_epochs * 468 - method_training_steps     (refused if < 0)
 
-DepGraph's sparse-learning steps count against its budget the same way. One row is one
+DepGraph's sparse-learning steps count against its budget the same way. A
+``tp-CRITERION-local|global`` method is Torch-Pruning's own pruner (the peer's code on
+the torch-converted network, :mod:`~hobs_jax.experiments.studies.oneshot_tp`), fine-tuned
+like every post-training row. One row is one
 (model, method, target, seed): prune (BN re-estimated on the calibration images: the
 one-shot point), fine-tune with one recipe for every row, evaluate on the test set at
 50 and 200 steps, one epoch and the end of the budget (``acc_final``). Records carry the
@@ -20,7 +23,8 @@ each part (``seconds``). The summary (:func:`summarize`) refuses rows of one tab
 different budgets and fewer than 3 seeds per row (it reports a std).
 
     python -m hobs_jax.experiments.equal_budget --model resnet56 --targets 0.5,0.333 \\
-        --methods hobs,jtp,bilevel,structalign,magnitude,depgraph,udfc,rspar --seeds 0,1,2 \\
+        --methods hobs,jtp,bilevel,structalign,magnitude,depgraph,udfc,rspar,tp-groupnorm-local \\
+        --seeds 0,1,2 \\
         --set jtp.round_steps=23 --set bilevel.round_steps=23 --set structalign.round_steps=23 \\
         --recipe kd+lr1e-3+warmup --budget-epochs 1 --workdir runs/table1 --out docs/results/table1_resnet56
 
