@@ -57,7 +57,7 @@ NOT_HERE = {
     "block_ell*, block_ell_e2e_*, block_ell_tiles": ("GPU rows (H100)", "python benchmarks/block_ell.py"),
     "jax_vs_torch, the bench suite folders, alignment, aligned_allocation_*": (
         "hours of single-thread timing per runtime", "python benchmarks/jax_vs_torch.py --threads 1 --clock cpu"),
-    "ast_fmnist*, anymodel_fmnist, rspar_latency, recovery_fmnist_resnet56": (
+    "ast_fmnist*, anymodel_fmnist, rspar_latency, recovery_fmnist_resnet56*": (
         "training or R-SPAR searches of tens of minutes to hours",
         "python -m hobs_jax.experiments.ast_fmnist; python benchmarks/anymodel_fmnist.py; python "
         "benchmarks/rspar_latency.py; python -m hobs_jax.experiments.recovery ..."),

@@ -129,6 +129,8 @@ def _studies() -> list[Entry]:
     return [study("anymodel_fmnist", anymodel_fmnist, "a network outside the zoo trained and pruned on "
                   "Fashion-MNIST, run record"),
             study("recovery_fmnist_resnet56", recovery, "recovery recipes after H-OBS on ResNet-56, run record"),
+            study("recovery_fmnist_resnet56_epoch", recovery, "one-epoch recovery recipes after H-OBS on ResNet-56, "
+                  "run record", table_kwargs={"name": "recovery_fmnist_resnet56_epoch"}),
             study("table1_resnet56", equal_budget, "Table 1: every method at equal training budgets on ResNet-56, "
                   "run record", table_kwargs={"name": "table1_resnet56"}),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
