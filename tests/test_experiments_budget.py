@@ -216,3 +216,20 @@ def test_a_torch_pruning_row_is_cut_by_the_peers_code_and_measured_by_ours():
     ours = macs.count(cut.model, cut.variables, (1, 28, 28, 1)).macs / macs.count(model, dense, (1, 28, 28, 1)).macs
     assert cut.macs_ratio == pytest.approx(ours) and set(cut.info) == {"pruning_ratio", "attempts", "within_tol"}
     assert planned_steps("tp-l1-local", {}) == 0 and row_options(args, "tp-l1-local") == {}
+
+
+def test_cached_only_tabulates_the_rows_made_so_far_and_lists_the_rest(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    row = dict(model="resnet56", method="hobs", target_macs_ratio=0.5, seed=0, budget_epochs=1.0, acc_dense=0.947,
+               acc_bn_recalibrated=0.94, acc_final=0.945, macs_ratio=0.5, params_ratio=0.5,
+               method_training_steps=0, seconds={"prune": 1.0}, options={})
+    equal_budget.common.write_json(equal_budget.row_path(str(tmp_path), "resnet56", "hobs", 0.5, 0, 1.0), row)
+    argv = ["--methods", "hobs,magnitude", "--targets", "0.5", "--seeds", "0", "--min-seeds", "1", "--latency", "",
+            "--cached-only", "--workdir", str(tmp_path), "--out", str(tmp_path / "t")]
+    equal_budget.main(argv)
+    md = (tmp_path / "t.md").read_text()
+    assert "| resnet56 | hobs |" in md and "| resnet56 | magnitude |" not in md
+    assert "Rows of this command's grid not made yet (1): magnitude at 0.5 seed 0." in md
+    with pytest.raises(SystemExit, match="none of the grid's rows is in the row cache"):
+        equal_budget.main(["--methods", "magnitude", *argv[2:]])

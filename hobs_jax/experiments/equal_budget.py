@@ -494,6 +494,9 @@ def main(argv=None) -> None:
                         "('' skips timing)")
     p.add_argument("--latency-rounds", type=int, default=4)
     p.add_argument("--latency-iters", type=int, default=24)
+    p.add_argument("--cached-only", action="store_true",
+                   help="tabulate the grid's rows already in the row cache (and time them) without computing "
+                        "the missing ones, which a note lists")
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
     p.add_argument("--note", action="append", default=[], help="a note for the table (repeatable; kept in the record)")
     p.add_argument("--restore", metavar="RECORD", default="",
@@ -565,11 +568,14 @@ def main(argv=None) -> None:
     acc_dense = common.accuracy(dense, dvars, src)
     if args.restore:
         print(f"restored {restore(args.restore, args.workdir)} rows from {args.restore}")
-    rows = []
+    rows, missing = [], []
     for method, target, seed in itertools.product(methods, targets, seeds):
         path = row_path(args.workdir, args.model, method, target, seed, args.budget_epochs)
         if os.path.exists(path):
             rows.append(json.load(open(path)))
+            continue
+        if args.cached_only:
+            missing.append(f"{method} at {target:g} seed {seed}")
             continue
         rec = run_row(args, method, target, seed, src, calib, dense, dvars, acc_dense)
         rec["command"] = command
@@ -582,8 +588,14 @@ def main(argv=None) -> None:
         n = time_rows(rows, args.checkpoint, runtimes, os.path.join(args.workdir, "latency"),
                       input_shape=src.image_shape, rounds=args.latency_rounds, iters=args.latency_iters)
         print(f"timed dense and {n} of {len(rows)} rows in {', '.join(runtimes)}", flush=True)
+    notes = list(args.note)
+    if missing:  # a partial grid says which of its rows it lacks
+        notes.append(f"Rows of this command's grid not made yet ({len(missing)}): {', '.join(missing)}.")
+        print(notes[-1], flush=True)
+    if not rows:
+        raise SystemExit("--cached-only: none of the grid's rows is in the row cache of --workdir")
     summary = summarize(rows, min_seeds=args.min_seeds)
-    write_report(args.out, command, rows, summary, args.min_seeds, args.note)
+    write_report(args.out, command, rows, summary, args.min_seeds, notes)
 
 
 if __name__ == "__main__":
