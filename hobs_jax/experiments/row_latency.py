@@ -1,0 +1,51 @@
+"""Latency columns for tables of saved pruned networks: dense and every row's network timed
+in one interleaved run of the benchmark suite (:func:`hobs_jax.bench.run_suite`), each row
+getting ``latency_speedup = {"RUNTIME@BATCH": dense p50 / its p50}``. Used by Table 1
+(:mod:`hobs_jax.experiments.equal_budget`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+LATENCY_BATCHES = (1, 64)
+LATENCY_COLUMNS = (("xla", "XLA"), ("onnxruntime", "ORT"))
+
+
+def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_dir: str, *,
+              input_shape: tuple[int, int, int] = (28, 28, 1), rounds: int = 4, iters: int = 24) -> int:
+    """Times the dense checkpoint and every row's saved network (``model_dir``) in one
+    interleaved run of the benchmark suite (``runtimes``, batch 1 and 64, one thread, CPU
+    time per call: the suite's mode for a shared machine) and sets each row's
+    ``latency_speedup`` to ``{"RUNTIME@BATCH": dense p50 / row p50}``. Rows without a
+    saved network get ``None``. Returns how many rows were timed."""
+    from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
+
+    timed = [r for r in rows if r.get("model_dir") and os.path.isdir(r["model_dir"])]
+    for r in rows:
+        r["latency_speedup"] = None
+    if not timed or not runtimes:
+        return 0
+    label = {id(r): f"{r['method']}_{float(r['target_macs_ratio']):g}_s{r['seed']}" for r in timed}
+    models = [ModelSpec.from_saved(checkpoint, label="dense", input_shape=input_shape)] + [
+        ModelSpec.from_saved(r["model_dir"], label=label[id(r)], input_shape=input_shape) for r in timed]
+    opts = Options(batch_sizes=LATENCY_BATCHES, warmup=3, iters=iters, rounds=rounds, threads=1, clock="cpu",
+                   devices=("cpu",))
+    suite = run_suite(models, list(runtimes), opts, out_dir=out_dir, baseline="dense")
+    for r in timed:
+        r["latency_speedup"] = {f"{s['runtime']}@{s['batch']}": float(s["speedup"])
+                                for s in speedups(suite.rows, "dense", label[id(r)])} or None
+        r["latency_timing"] = {"runtimes": list(runtimes), "batches": list(LATENCY_BATCHES), "threads": 1,
+                               "clock": "cpu", "rounds": rounds, "iters": iters, "out_dir": out_dir}
+    return len(timed)
+
+
+def latency_mean(rows: Sequence[Mapping]) -> dict[str, float] | None:
+    """Mean ``latency_speedup`` per ``RUNTIME@BATCH`` over the rows (seeds) that have it."""
+    keys = sorted({k for r in rows for k in (r.get("latency_speedup") or {})})
+    if not keys:
+        return None
+    return {k: float(np.mean([r["latency_speedup"][k] for r in rows if k in (r.get("latency_speedup") or {})]))
+            for k in keys}
