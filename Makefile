@@ -35,7 +35,9 @@ venv: $(STAMP)
 # Reinstall only when the dependency declaration or the lock changes.
 $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[parity,test]'
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt 8 ]; then echo "warning: $$free GiB free here; the pinned venv (torch's CUDA build from PyPI) needs about 7 GiB"; fi
+	$(PY) -m pip install -q --no-cache-dir -c requirements/constraints.txt -e '.[parity,test]'
 	@touch $(STAMP)
 
 data: $(FMNIST)
