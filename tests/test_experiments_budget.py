@@ -147,6 +147,32 @@ def test_a_cached_row_made_with_other_options_is_refused_not_reused(tmp_path):
                            "--min-seeds", "1", "--workdir", str(tmp_path), "--out", str(tmp_path / "t")])
 
 
+@pytest.mark.parametrize("cached, asked", [
+    ({"command": "python -m hobs_jax.experiments.equal_budget --methods hobs --recipe kd+lr1e-3+warmup"},
+     "kd+lr3e-3+warmup"),  # a row cached before rows stored their recipe: read from its command
+    ({"recipe": {"lr": 0.003}}, "lr=0.001"),
+    ({"recipe": {}}, "kd"),
+])
+def test_a_cached_row_made_with_another_recipe_is_refused_not_reused(tmp_path, cached, asked):
+    from hobs_jax.experiments import equal_budget
+
+    path = equal_budget.row_path(str(tmp_path), "resnet56", "hobs", 0.5, 0, 1.0)
+    equal_budget.common.write_json(path, dict({"method": "hobs", "options": {}}, **cached))
+    with pytest.raises(SystemExit, match=r"made with the fine-tuning recipe .*, asked .*--recipe"):
+        equal_budget.main(["--methods", "hobs", "--targets", "0.5", "--recipe", asked, "--seeds", "0",
+                           "--min-seeds", "1", "--workdir", str(tmp_path), "--out", str(tmp_path / "t"),
+                           "--latency", ""])
+
+
+def test_the_recipe_of_a_cached_row():
+    from hobs_jax.experiments.equal_budget import row_recipe
+
+    assert row_recipe({"recipe": {"lr": 0.003}}) == {"lr": 0.003}
+    assert row_recipe({"command": "x --recipe=kd+lr1e-3+warmup"}) == {"kd.enabled": True, "lr": 0.001,
+                                                                      "warmup_fraction": 0.1}
+    assert row_recipe({"command": "x --methods hobs"}) == {} == row_recipe({})
+
+
 def test_a_row_stopped_in_its_methods_training_is_not_written_and_resumes(tmp_path, monkeypatch):
     """SIGTERM during a training-time method's own round: the round saves its step and the
     row raises Interrupted instead of pruning a half-trained network into a finished row;

@@ -287,6 +287,23 @@ def common_overrides(args) -> dict:
     return parse_recipe(args.recipe) if args.recipe else {}
 
 
+def row_recipe(rec: Mapping) -> dict:
+    """The fine-tuning overrides a cached row was made with: its ``recipe`` field, or for
+    rows cached before that field existed, the ``--recipe`` of the command that made it."""
+    from hobs_jax.experiments.recovery import parse_recipe
+
+    if "recipe" in rec:
+        return dict(rec["recipe"])
+    words = shlex.split(str(rec.get("command", "")))
+    for i, w in enumerate(words):
+        if w == "--recipe" and i + 1 < len(words):
+            return parse_recipe(words[i + 1]) if words[i + 1] else {}
+        if w.startswith("--recipe="):
+            text = w.split("=", 1)[1]
+            return parse_recipe(text) if text else {}
+    return {}
+
+
 def summarize(rows: Sequence[Mapping], *, min_seeds: int = 3) -> list[dict]:
     """Mean and std per (model, method, target) of ``acc_final`` and the one-shot point;
     refuses (one line) rows with different budgets and rows with fewer than
@@ -513,15 +530,19 @@ def main(argv=None) -> None:
             finetune_steps(args.budget_epochs, planned_steps(m, row_options(args, m)), m)
         except ValueError as e:
             raise SystemExit(str(e)) from None
+    recipe = common_overrides(args)
     for method, target, seed in itertools.product(methods, targets, seeds):  # cached rows: the same options
         path = row_path(args.workdir, args.model, method, target, seed, args.budget_epochs)
         if os.path.exists(path):
             with open(path) as f:
-                made = json.load(f).get("options", {})
+                cached = json.load(f)
+            made = cached.get("options", {})
             if made != args.options.get(method, {}):
                 raise SystemExit(f"{path}: made with {method} options {made}, asked {args.options.get(method, {})}; "
                                  "use another --workdir or the same --set")
-    common_overrides(args)
+            if row_recipe(cached) != recipe:
+                raise SystemExit(f"{path}: made with the fine-tuning recipe {row_recipe(cached)}, asked {recipe}; "
+                                 "use another --workdir or the same --recipe")
     src = common.source()
     calib = common.calibration(src, args.calib_images, 0)
     dense, dvars, _ = hobs_jax.load(args.checkpoint)
@@ -538,7 +559,7 @@ def main(argv=None) -> None:
             missing.append(f"{method} at {target:g} seed {seed}")
             continue
         rec = run_row(args, method, target, seed, src, calib, dense, dvars, acc_dense)
-        rec["command"] = command
+        rec["command"], rec["recipe"] = command, recipe
         common.write_json(path, rec)
         print(f"{method} {target:g} seed {seed}: final {rec['acc_final']} ({row_seconds(rec):.0f} s)",
               flush=True)
