@@ -29,7 +29,8 @@ different budgets and fewer than 3 seeds per row (it reports a std).
         --recipe kd+lr1e-3+warmup --budget-epochs 1 --workdir runs/table1 --out docs/results/table1_resnet56
 
 ``--set METHOD.KEY=VALUE`` sets a method option for its rows (recorded in each row; a
-cached row made with other options is refused). The training-time methods' defaults
+cached row made with other options is refused, and so is one made with another
+``--recipe``: a workdir holds one recipe's rows). The training-time methods' defaults
 (10 rounds of 47 steps) fill a whole epoch by themselves, so at a 1-epoch budget they run
 10 rounds of 23 steps and fine-tune the other 238; a method whose own training exceeds the
 budget is refused before any compute. ``--restore RECORD`` seeds the row cache from a
