@@ -17,7 +17,8 @@ The same methods on a linen module outside the zoo (``_UserNet``: hard-coded wid
 width fields), one run each at half the MACs: target, a physically smaller module, full-size
 outcome variables, finite logits, a deterministic plan.
 
-Methods that train (DepGraph's sparse phase) get a real, minimal training callback:
+Methods that train (DepGraph's sparse phase) get a real, minimal training callback
+(`hobs_jax.methods.training_time.sgd_callback`):
 2 SGD steps on the calibration images with the method's gradient transformation. The
 model's gradient is jitted once per module (and kept in the persistent compile cache);
 the transformation runs eagerly, so a new transformation per run costs no compile.
@@ -31,46 +32,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from hobs_jax import models
 from hobs_jax.methods import Calibration, get_method, list_methods, make_task, run
-from hobs_jax.train import cross_entropy
+from hobs_jax.methods.training_time import sgd_callback
 from tests._tiny import enable_compile_cache
 
 enable_compile_cache()
 
 NAME, SHAPE = "resnet20", (1, 16, 16, 1)
 TOL = 0.01
-
-
-def _finetune_fn(model, calib: Calibration):
-    """The minimal training callback (see module doc) for ``model`` on ``calib``."""
-
-    @jax.jit
-    def grads(params, batch_stats, x, y):
-        def loss(p):
-            logits, state = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                        mutable=["batch_stats"])
-            return cross_entropy(logits, y).mean(), state["batch_stats"]
-        (_, new_stats), g = jax.value_and_grad(loss, has_aux=True)(params)
-        return new_stats, g
-
-    def finetune(variables, steps, extra_loss=None, extra_transform=None):
-        """Trains the dense model ``steps`` SGD steps (batch 16) on the calibration set."""
-        params, stats = variables["params"], variables["batch_stats"]
-        tx = optax.chain(extra_transform or optax.identity(), optax.sgd(0.01, momentum=0.9))
-        opt_state = tx.init(params)
-        for i in range(steps):
-            sl = slice(16 * (i % 2), 16 * (i % 2) + 16)
-            stats, g = grads(params, stats, calib.images[sl], calib.labels[sl])
-            if extra_loss is not None:
-                g = jax.tree.map(jnp.add, g, jax.grad(extra_loss)(params))
-            updates, opt_state = tx.update(g, opt_state, params)
-            params = optax.apply_updates(params, updates)
-        return {"params": params, "batch_stats": stats}
-    return finetune
 
 
 @functools.cache
@@ -81,7 +53,7 @@ def _setup():
     calib = Calibration(rng.normal(size=(32,) + SHAPE[1:]).astype(np.float32),
                         rng.integers(0, 10, 32).astype(np.int32))
 
-    finetune = _finetune_fn(model, calib)
+    finetune = sgd_callback(model, calib, batch=16)
 
     # One graph and cost model for every run (tracing ResNet-20 dominates a run's time).
     base = make_task("magnitude", NAME, variables, target=0.5, calib=calib, finetune=finetune)
@@ -173,7 +145,7 @@ def _user_setup():
     variables = random_linen(model, SHAPE, seed=0)
     _, calib, _ = _setup()
     base = make_task("magnitude", model, variables, target=0.5, calib=calib,
-                     finetune=_finetune_fn(model, calib))
+                     finetune=sgd_callback(model, calib, batch=16))
     return model, variables, calib, base
 
 
@@ -192,3 +164,10 @@ def test_method_contract_outside_the_zoo(method):
     logits = np.asarray(r.model.apply(r.variables, jnp.asarray(calib.images[:8]), train=False))
     assert logits.shape == (8, 10) and np.isfinite(logits).all()
     assert run(method, task).outcome.plan.to_json() == r.outcome.plan.to_json()
+
+
+def test_the_minimal_training_callback_refuses_a_batch_larger_than_the_calibration_set():
+    _, calib, _ = _setup()
+    model = models.build(NAME, num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="batch 64 is larger than the 32 calibration examples"):
+        sgd_callback(model, calib, batch=64)

@@ -74,3 +74,45 @@ class Rounds:
         self.steps += int(steps)
         self.seconds += time.time() - t0
         return host_like(out, variables)
+
+
+def sgd_callback(model, calib: Calibration, *, batch: int, lr: float = 0.01, momentum: float = 0.9) -> Callable:
+    """A minimal, deterministic ``task.finetune`` for studies and tests that run a method
+    without the pipeline: ``finetune(variables, steps, extra_loss=None, extra_transform=None)``
+    takes ``steps`` SGD steps (momentum ``momentum``) of cross-entropy on the calibration
+    set, step ``i`` on examples ``[batch * (i % (N // batch)), ...)`` in order, with the
+    method's loss term added to the gradient and its gradient transformation (DepGraph's
+    sparse phase) chained before SGD. The model's gradient is jitted once per callback;
+    the method's term and transformation run eagerly, so a new one costs no compile."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from hobs_jax.train import cross_entropy
+
+    n_batches = len(calib.images) // int(batch)
+    if n_batches < 1:
+        raise ValueError(f"sgd_callback: batch {batch} is larger than the {len(calib.images)} calibration examples")
+
+    @jax.jit
+    def grads(params, batch_stats, x, y):
+        def loss(p):
+            logits, state = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                        mutable=["batch_stats"])
+            return cross_entropy(logits, y).mean(), state["batch_stats"]
+        (_, new_stats), g = jax.value_and_grad(loss, has_aux=True)(params)
+        return new_stats, g
+
+    def finetune(variables, steps, extra_loss=None, extra_transform=None):
+        params, stats = variables["params"], variables["batch_stats"]
+        tx = optax.chain(extra_transform or optax.identity(), optax.sgd(lr, momentum=momentum))
+        opt_state = tx.init(params)
+        for i in range(int(steps)):
+            sl = slice(batch * (i % n_batches), batch * (i % n_batches) + batch)
+            stats, g = grads(params, stats, calib.images[sl], calib.labels[sl])
+            if extra_loss is not None:
+                g = jax.tree.map(jnp.add, g, jax.grad(extra_loss)(params))
+            updates, opt_state = tx.update(g, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return {"params": params, "batch_stats": stats}
+    return finetune

@@ -114,44 +114,12 @@ def _cases():
     return out
 
 
-def _finetune(model, calib):
-    """Deterministic training callback: ``steps`` SGD steps (batch 32) on the calibration
-    images with the method's gradient transformation (DepGraph's sparse phase)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from hobs_jax.train import cross_entropy
-
-    @jax.jit
-    def grads(params, batch_stats, x, y):
-        def loss(p):
-            logits, state = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                        mutable=["batch_stats"])
-            return cross_entropy(logits, y).mean(), state["batch_stats"]
-        (_, new_stats), g = jax.value_and_grad(loss, has_aux=True)(params)
-        return new_stats, g
-
-    def finetune(variables, steps, extra_loss=None, extra_transform=None):
-        params, stats = variables["params"], variables["batch_stats"]
-        tx = optax.chain(extra_transform or optax.identity(), optax.sgd(0.01, momentum=0.9))
-        opt_state = tx.init(params)
-        for i in range(steps):
-            sl = slice(32 * i, 32 * i + 32)
-            stats, g = grads(params, stats, calib.images[sl], calib.labels[sl])
-            if extra_loss is not None:
-                g = jax.tree.map(jnp.add, g, jax.grad(extra_loss)(params))
-            updates, opt_state = tx.update(g, opt_state, params)
-            params = optax.apply_updates(params, updates)
-        return {"params": params, "batch_stats": stats}
-    return finetune
-
-
 def run_all(only: str = "", on_result=None) -> dict:
     """{case: {method: (plan json, outcome vars flat, pruned vars flat, seconds)}};
     ``on_result(case, name, result)`` is called as each finishes."""
     from hobs_jax import models
     from hobs_jax.methods import Calibration, make_task, run
+    from hobs_jax.methods.training_time import sgd_callback
 
     out: dict[str, dict[str, tuple]] = {}
     for case, (zoo, variables, size, ch) in _cases().items():
@@ -167,7 +135,7 @@ def run_all(only: str = "", on_result=None) -> dict:
                 continue
             t0 = time.perf_counter()
             task = make_task(method, zoo, variables, target=TARGET, calib=calib, options=dict(opts),
-                             seed=0, finetune=_finetune(model, calib))
+                             seed=0, finetune=sgd_callback(model, calib, batch=32))
             r = run(method, task)
             sec = time.perf_counter() - t0
             out[case][name] = (r.outcome.plan.to_json(), _flat(r.outcome.variables), _flat(r.variables), sec)
