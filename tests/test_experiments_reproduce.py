@@ -28,7 +28,7 @@ CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_alloc
              "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56", "ast_fmnist",
              "rspar_fmnist_v2", "rspar_fmnist_lbound0.1", "rspar_fmnist_choice_imitate",
              "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist", "hobs_blocks", "hobs_blocks_refit",
-             "table1_resnet56", "recovery_fmnist_resnet56_epoch"]
+             "table1_resnet56", "table1_resnet56_lr3e-3", "recovery_fmnist_resnet56_epoch"]
 
 
 @pytest.mark.parametrize("name", ["table1_fmnist", "ablation_fmnist", "ablation_resnet20", "hobs_cost", "graph",

@@ -133,6 +133,8 @@ def _studies() -> list[Entry]:
                   "run record", table_kwargs={"name": "recovery_fmnist_resnet56_epoch"}),
             study("table1_resnet56", equal_budget, "Table 1: every method at equal training budgets on ResNet-56, "
                   "run record", table_kwargs={"name": "table1_resnet56"}),
+            study("table1_resnet56_lr3e-3", equal_budget, "Table 1's H-OBS rows with the lr 3e-3 recipe (the "
+                  "recipe check), run record", table_kwargs={"name": "table1_resnet56_lr3e-3"}),
             *[study(f"aligned_allocation_{n}", aligned_allocation, f"aligned/latency-budgeted allocation ({n}), "
                     "run record", table_kwargs={"name": f"aligned_allocation_{n}"})
               for n in ("r20", "r20b", "r56", "r56_measured")],
