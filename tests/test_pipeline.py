@@ -193,6 +193,18 @@ def test_zoo_models_keep_their_stage_fingerprints():
     assert fp["model.import_path"] == "hobs_jax.testing.nets:ResNeXtTiny" and fp["model.kwargs"] == '{"stem": 8}'
 
 
+def test_an_option_added_later_at_its_default_keeps_old_workdirs_resuming():
+    """train.stability.spike_sigmas came after workdirs were made: at its default it is not
+    in the fingerprint (a stored one without it still matches); set otherwise, it is."""
+    from hobs_jax.pipeline.workdir import fingerprint
+
+    c = _tiny()
+    assert "train.stability.spike_sigmas" not in fingerprint(c, "train")
+    with c.unlocked():
+        c.train.stability.spike_sigmas = 4.0
+    assert fingerprint(c, "train")["train.stability.spike_sigmas"] == 4.0
+
+
 @pytest.mark.slow
 def test_end_to_end_on_an_imported_module(tmp_path):
     """The pipeline on a linen module of one's own (--config.model.import_path): trained,

@@ -1,5 +1,6 @@
 """Stability monitor: NaN skips, spike rollback + lr halving, score formula, give-up."""
 
+import dataclasses
 import json
 import math
 
@@ -129,3 +130,21 @@ def test_fit_gives_up_after_m_consecutive_events(tmp_path):
     data = Inject(TrainLoader(SRC, "train", 16, 0), at=range(6, 100), value=np.nan)
     with pytest.raises(StabilityError, match=r"3 consecutive events.*step 8"):
         fit(model, init_tiny(model, (8, 8, 1)), data, small_config(30), str(tmp_path))
+
+
+def test_minibatch_noise_at_a_low_loss_is_not_a_spike_but_a_divergence_is():
+    """Batch losses of a fine-tuned network near 0.07 spread by about 0.4 in log space; a
+    batch at 5x the median is noise there (the rule before spike_sigmas rolled DepGraph's
+    sparse phase back on such batches), while a jump to chance-level loss is a spike."""
+    cfg = StabilityConfig(spike_factor=3.0, window=50, max_consecutive_events=5, lr_decay=0.5)
+    rng = np.random.default_rng(0)
+    window = list(0.07 * np.exp(0.4 * rng.standard_normal(50)))
+    state, events = run(window, cfg)
+    assert events.count("ok") == 50
+    state, ev = observe(state, 51, 0.07 * 5, True, cfg)
+    assert ev == "ok" and state.lr_scale == 1.0
+    state, ev = observe(state, 52, 2.3, True, cfg)  # log(2.3 / 0.07) = 3.5 > 6 x ~0.4
+    assert ev == "spike" and state.lr_scale == 0.5
+    # the old rule alone (spike_sigmas=0) took the noisy batch for a spike
+    state, _ = run(window, dataclasses.replace(cfg, spike_sigmas=0.0))
+    assert observe(state, 51, 0.07 * 5, True, dataclasses.replace(cfg, spike_sigmas=0.0))[1] == "spike"

@@ -53,14 +53,21 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str, also: tuple[str, 
                       if not k.endswith((".progress", ".tensorboard", ".log_every", ".fast_depthwise"))})
 
 
+# Options added after workdirs were made, with their defaults: at its default such a key is
+# left out of fingerprints, so a workdir whose stored fingerprint predates it still resumes.
+ADDED_DEFAULTS = {".stability.spike_sigmas": 6.0}
+
+
 def effective(fp: dict[str, Any]) -> dict[str, Any]:
-    """A flat fingerprint without the options of a disabled section: with ``S.ast.enabled``
-    False, no other ``S.ast.*`` key can change a result, so an AST option added later (or
-    changed) does not stop a workdir of a run without AST from resuming. Applied to stored
-    fingerprints too, which may predate this rule."""
+    """A flat fingerprint without the options of a disabled section (with ``S.ast.enabled``
+    False, no other ``S.ast.*`` key can change a result, so an AST option added later, or
+    changed, does not stop a workdir of a run without AST from resuming) and without the
+    :data:`ADDED_DEFAULTS` keys at their defaults. Applied to stored fingerprints too,
+    which may predate these rules."""
     off = [k[:-len("enabled")] for k, v in fp.items() if k.endswith(".ast.enabled") and v is False]
     return {k: v for k, v in fp.items()
-            if not any(k.startswith(p) and k != p + "enabled" for p in off)}
+            if not any(k.startswith(p) and k != p + "enabled" for p in off)
+            and not any(k.endswith(suffix) and v == d for suffix, d in ADDED_DEFAULTS.items())}
 
 
 def _write_json(path: str, obj: Any, fault_point: str | None = None) -> None:

@@ -51,7 +51,9 @@ def get_train_config() -> ml_collections.ConfigDict:
         return the variables of the best evaluation (kept in ``workdir/best``), not the
         last step's.
       stability: spike_factor k, window W, max_consecutive_events M, lr_decay (factor
-        applied to the lr scale at every loss spike), see hobs_jax.train.stability.
+        applied to the lr scale at every loss spike), spike_sigmas (a spike must also stand
+        that many robust standard deviations of the window's log-losses above their
+        median), see hobs_jax.train.stability.
       mesh.fsdp: shard parameters and optimizer state over the 'data' axis;
         mesh.fsdp_min_size: arrays with fewer elements stay replicated.
       progress: tqdm bars (only on host 0 and on a terminal anyway).
@@ -88,7 +90,8 @@ def get_train_config() -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict({"patience": 0, "min_delta": 0.0,
                                                  "restore_best": True})
     c.stability = ml_collections.ConfigDict({"spike_factor": 3.0, "window": 50,
-                                             "max_consecutive_events": 5, "lr_decay": 0.5})
+                                             "max_consecutive_events": 5, "lr_decay": 0.5,
+                                             "spike_sigmas": 6.0})
     c.seed = 0
     c.mesh = ml_collections.ConfigDict({"fsdp": False, "fsdp_min_size": 2 ** 14})
     c.progress = True
@@ -290,6 +293,8 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
            c.stability.max_consecutive_events, "must be an int >= 1")
     _check(0 < c.stability.lr_decay <= 1, "stability.lr_decay", c.stability.lr_decay,
            "must be in (0, 1]")
+    _check(c.stability.get("spike_sigmas", 6.0) >= 0, "stability.spike_sigmas", c.stability.get("spike_sigmas"),
+           "must be >= 0")
     _check(isinstance(c.seed, int), "seed", c.seed, "must be an int")
     _check(isinstance(c.mesh.fsdp_min_size, int) and c.mesh.fsdp_min_size >= 1,
            "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be an int >= 1")
