@@ -66,16 +66,28 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
     Unless tracebacks were asked for, nothing is printed after that line: the libraries'
     late complaints while the interpreter shuts down (orbax's background writes that
     failed, asyncio's "exception was never retrieved") are dropped; the line said it.
+    A failed save also leaves orbax's abandoned write coroutines in reference cycles;
+    collected at the interpreter's last clean-up, where warning filters no longer apply,
+    each would print "coroutine ... was never awaited", so they are collected here, with
+    warnings off.
     """
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     if not verbose(sys.argv):
+        import gc
         import logging
         import threading
+        import warnings
 
         logging.disable(logging.CRITICAL)
         sys.unraisablehook = lambda *_: None
         threading.excepthook = lambda *_: None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gc.collect()
+        # the same coroutines freed later, as the exception that holds them unwinds
+        warnings.filterwarnings("ignore", r"coroutine 'async_serialize\w*\.<locals>\.\w+' was never "
+                                r"awaited", RuntimeWarning)
     sys.exit(code)
 
 
