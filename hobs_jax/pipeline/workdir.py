@@ -26,6 +26,7 @@ from hobs_jax import faults
 from hobs_jax.errors import WriteError, write_failure
 from hobs_jax.pipeline.config import fingerprint_view, stage_sections
 from hobs_jax.pipeline.lock import WorkdirLock
+from hobs_jax.train.stability import StabilityConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str, also: tuple[str, 
 
 # Options added after workdirs were made, with their defaults: at its default such a key is
 # left out of fingerprints, so a workdir whose stored fingerprint predates it still resumes.
-ADDED_DEFAULTS = {".stability.spike_sigmas": 6.0}
+ADDED_DEFAULTS = {".stability.spike_sigmas": StabilityConfig.spike_sigmas}
 
 
 def effective(fp: dict[str, Any]) -> dict[str, Any]:

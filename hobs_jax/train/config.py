@@ -13,6 +13,8 @@ import math
 
 import ml_collections
 
+from hobs_jax.train.stability import StabilityConfig
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 MIXED_PRECISION = ("auto", "off", "bf16")
@@ -91,7 +93,7 @@ def get_train_config() -> ml_collections.ConfigDict:
                                                  "restore_best": True})
     c.stability = ml_collections.ConfigDict({"spike_factor": 3.0, "window": 50,
                                              "max_consecutive_events": 5, "lr_decay": 0.5,
-                                             "spike_sigmas": 6.0})
+                                             "spike_sigmas": StabilityConfig.spike_sigmas})
     c.seed = 0
     c.mesh = ml_collections.ConfigDict({"fsdp": False, "fsdp_min_size": 2 ** 14})
     c.progress = True
@@ -293,8 +295,8 @@ def validate_train_config(c: ml_collections.ConfigDict, *, num_devices: int | No
            c.stability.max_consecutive_events, "must be an int >= 1")
     _check(0 < c.stability.lr_decay <= 1, "stability.lr_decay", c.stability.lr_decay,
            "must be in (0, 1]")
-    _check(c.stability.get("spike_sigmas", 6.0) >= 0, "stability.spike_sigmas", c.stability.get("spike_sigmas"),
-           "must be >= 0")
+    sigmas = c.stability.get("spike_sigmas", StabilityConfig.spike_sigmas)
+    _check(sigmas >= 0, "stability.spike_sigmas", sigmas, "must be >= 0")
     _check(isinstance(c.seed, int), "seed", c.seed, "must be an int")
     _check(isinstance(c.mesh.fsdp_min_size, int) and c.mesh.fsdp_min_size >= 1,
            "mesh.fsdp_min_size", c.mesh.fsdp_min_size, "must be an int >= 1")
