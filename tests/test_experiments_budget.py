@@ -93,6 +93,15 @@ def test_the_table_checks_issue_20s_goals_and_shows_one_seed_without_a_std(tmp_p
     assert "H-OBS or R-SPAR has the best mean final top-1: **met**" in md
     assert "hobs: the fine-tuning curve never drops below the one-shot point: **NOT met** (94.00 -> 93.80" in md
     assert "hobs: final within 0.2 points of dense: **met**" in md
+    assert md.startswith("# Table 1: every method at equal training budgets (1 epoch after")
+
+    # A page of the same study that is not Table 1 (a recipe check) keeps its own heading,
+    # from the record, when rebuilt from it.
+    equal_budget.write_report(str(tmp_path / "check"), "cmd", rows, summarize(rows, min_seeds=1), 1,
+                              title="A recipe check")
+    (tmp_path / "check.md").unlink()
+    equal_budget.main(["--out", str(tmp_path / "check"), "--render-only"])
+    assert (tmp_path / "check.md").read_text().startswith("# A recipe check (1 epoch after the dense checkpoint)")
 
 
 def test_a_published_record_restores_its_rows_into_a_fresh_workdir(tmp_path):

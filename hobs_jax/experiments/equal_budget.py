@@ -344,16 +344,18 @@ def summarize(rows: Sequence[Mapping], *, min_seeds: int = 3) -> list[dict]:
 
 
 def write_report(out: str, command: str, rows: list[dict], summary: list[dict], min_seeds: int,
-                 notes: Sequence[str] = ()) -> list[str]:
+                 notes: Sequence[str] = (), title: str = "") -> list[str]:
     """Save the run record (``OUT's folder/records/NAME.json``: command, device, the rows,
-    their summary and ``notes``) and write the table built from it through ResultTable
-    (``OUT.{json,md,tex}``)."""
+    their summary, ``notes`` and ``title``, the page's heading when not Table 1's) and write
+    the table built from it through ResultTable (``OUT.{json,md,tex}``)."""
     from hobs_jax.bench import sysinfo
     from hobs_jax.experiments import studies
 
-    return studies.publish_record(sys.modules[__name__], out, {
-        "command": command, "device": sysinfo.describe(sysinfo.machine()), "rows": rows, "summary": summary,
-        "min_seeds": min_seeds, "notes": list(notes)})
+    raw = {"command": command, "device": sysinfo.describe(sysinfo.machine()), "rows": rows, "summary": summary,
+           "min_seeds": min_seeds, "notes": list(notes)}
+    if title:
+        raw["title"] = title
+    return studies.publish_record(sys.modules[__name__], out, raw)
 
 
 NAME = "table1_equal_budget"
@@ -381,7 +383,10 @@ def from_legacy(doc: dict) -> tuple[list[dict], dict]:
                          final_minus_dense=s["acc_final_mean"] - s["acc_dense"],
                          **{f"speedup_{rt}_b{b}": (s.get("latency_speedup") or {}).get(f"{rt}@{b}")
                             for rt, _ in LATENCY_COLUMNS for b in LATENCY_BATCHES}))
-    return rows, {key: {"command": doc["command"], "notes": doc.get("notes", [])}}
+    info = {"command": doc["command"], "notes": doc.get("notes", [])}
+    if doc.get("title"):
+        info["title"] = doc["title"]
+    return rows, {key: info}
 
 
 GOALS = {0.5: 0.002, 0.333: 0.006}  # issue 20: H-OBS at the full budget within 0.2 / 0.6 points of dense
@@ -420,7 +425,8 @@ def table(rows, sources, name: str = NAME):
 
     budget = rows[0]["budget_epochs"] if rows else None
     n_min = min((int(r["n_seeds"]) for r in rows), default=0)
-    t = ResultTable(name, "Table 1: every method at equal training budgets" + (
+    titles = [info["title"] for info in sources.values() if info.get("title")]
+    t = ResultTable(name, (titles[0] if titles else "Table 1: every method at equal training budgets") + (
         f" ({budget:g} epoch{'s' if budget != 1 else ''} after the dense checkpoint)" if budget is not None else ""),
                     [Column("model", "model"), Column("method", "method"), Column("target", "target"),
                      Column("n_seeds", "seeds", "int"), Column("macs_ratio", "MACs kept", "ratio", 4),
@@ -443,7 +449,7 @@ def table(rows, sources, name: str = NAME):
                                  "batch 1 and 64, one thread, CPU time, dense and every row timed in one "
                                  "interleaved run of the benchmark suite (mean over seeds)."])
     t.extend(rows)
-    t.add_sources({k: {f: v for f, v in info.items() if f != "notes"} for k, info in sources.items()})
+    t.add_sources({k: {f: v for f, v in info.items() if f not in ("notes", "title")} for k, info in sources.items()})
     for info in sources.values():
         for n in info.get("notes", []):
             t.note(n)
@@ -477,6 +483,7 @@ def main(argv=None) -> None:
                         "the missing ones, which a note lists")
     p.add_argument("--render-only", action="store_true", help="rebuild OUT's table from its stored run record")
     p.add_argument("--note", action="append", default=[], help="a note for the table (repeatable; kept in the record)")
+    p.add_argument("--title", default="", help="the page's heading (default: Table 1's; kept in the record)")
     p.add_argument("--restore", metavar="RECORD", default="",
                    help="first write the rows of a published run record (docs/results/records/NAME.json) into "
                         "the workdir's row cache where missing, so new seeds or methods join a published table "
@@ -577,7 +584,7 @@ def main(argv=None) -> None:
     if not rows:
         raise SystemExit("--cached-only: none of the grid's rows is in the row cache of --workdir")
     summary = summarize(rows, min_seeds=args.min_seeds)
-    write_report(args.out, command, rows, summary, args.min_seeds, notes)
+    write_report(args.out, command, rows, summary, args.min_seeds, notes, args.title)
 
 
 if __name__ == "__main__":
