@@ -69,6 +69,20 @@ def test_fit_learns_and_writes_records(tmp_path):
                  jax.device_get(r2.variables))
 
 
+def test_the_last_partial_log_window_is_recorded_and_is_the_summarys_train_loss(tmp_path):
+    """A fit shorter than log_every, or ending between two logs, still reports the loss of
+    its last steps (a 23-step round of a training-time method reported NaN)."""
+    model = TinyCNN(num_classes=8)
+    for steps in (5, 15):
+        train, _ = loaders()
+        seen: list = []
+        r = fit(model, init_tiny(model, (8, 8, 1)), train, config(steps=steps, eval_every=0),
+                str(tmp_path / str(steps)), callbacks=[lambda *rec, seen=seen: seen.append(rec)])
+        logged = [(s, rec) for k, s, rec in seen if k == "train"]
+        assert [s for s, _ in logged] == ([5] if steps == 5 else [10, 15])
+        assert np.isfinite(r.metrics["train_loss"]) and r.metrics["train_loss"] == logged[-1][1]["loss"]
+
+
 def test_eval_steps_give_a_curve_from_one_run(tmp_path):
     """``eval_steps`` adds evaluations at those steps of one schedule; a bad list is refused."""
     model = TinyCNN(num_classes=8)

@@ -324,6 +324,8 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
                         if selector:
                             record("ast", step, selector.log_record())
                         bar.set_postfix(loss=f"{last_train['loss']:.4f}", refresh=False)
+                    elif step == total and window["n"]:
+                        write_train_record()  # the last partial window: the summary's train_loss
                     if due_eval:
                         run_eval()
                     if due_ckpt or step == total:
