@@ -66,10 +66,11 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
     Unless tracebacks were asked for, nothing is printed after that line: the libraries'
     late complaints while the interpreter shuts down (orbax's background writes that
     failed, asyncio's "exception was never retrieved") are dropped; the line said it.
-    A failed save also leaves orbax's abandoned write coroutines in reference cycles;
-    collected at the interpreter's last clean-up, where warning filters no longer apply,
-    each would print "coroutine ... was never awaited", so they are collected here, with
-    warnings off.
+    A failed save also leaves write coroutines that orbax created and never started, held
+    by the frames of the exception being handled (which ``SystemExit`` keeps as its
+    context until exit) or by reference cycles. Freed at the interpreter's last clean-up,
+    where warning filters no longer apply, each printed "coroutine ... was never awaited";
+    so those frames are cleared and the cycles collected here, with warnings off.
     """
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
@@ -84,11 +85,22 @@ def fail(message: str, code: int = USAGE_EXIT) -> None:
         threading.excepthook = lambda *_: None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            _clear_frames(sys.exc_info()[1])
             gc.collect()
-        # the same coroutines freed later, as the exception that holds them unwinds
-        warnings.filterwarnings("ignore", r"coroutine 'async_serialize\w*\.<locals>\.\w+' was never "
-                                r"awaited", RuntimeWarning)
     sys.exit(code)
+
+
+def _clear_frames(exc: BaseException | None) -> None:
+    """``traceback.clear_frames`` on every traceback of ``exc``'s cause/context chain: their
+    finished frames drop their locals (the frames still running are left alone)."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
 
 
 # --- the config file and its overrides -------------------------------------------------

@@ -370,11 +370,11 @@ def test_a_failed_checkpoint_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_a_failed_checkpoint_save_ends_the_process_on_its_one_line_error(tmp_path):
-    """When one write fails, orbax abandons the write coroutines of the other fragments in
-    reference cycles; collected at interpreter exit, past the reach of warning filters,
-    each printed "coroutine ... was never awaited" after the error line (a flaky
-    test_faults run). Which fragments are abandoned depends on timing, so the job leaves
-    one such coroutine in a cycle itself, as orbax does."""
+    """When one write fails, orbax abandons write coroutines it never started, held by the
+    frames of the error's traceback or by reference cycles; freed at interpreter exit, past
+    the reach of warning filters, each printed "coroutine ... was never awaited" after the
+    error line (a flaky test_faults run). Which fragments are abandoned depends on timing,
+    so the job leaves one such coroutine in each place itself."""
     code = f"""
 import gc, resource
 import numpy as np, jax.numpy as jnp
@@ -400,6 +400,7 @@ def job():
     task = Task()
     task.me, task.coro = task, async_serialize_from_host()
     del task
+    write_coros = [async_serialize_from_host()]  # held by this frame, in the error's traceback
     ckpt.save(2, big, {{"step": 2}})
     ckpt.wait()
 
