@@ -65,6 +65,7 @@ def test_fit_learns_and_writes_records(tmp_path):
     r2 = fit(model, init_tiny(model, (8, 8, 1)), TrainLoader(SRC, "train", 32, seed=0),
              config(), str(tmp_path), eval_data=test)
     assert r2.metrics["resumed_from"] == 40 and r2.metrics["steps_run"] == 0
+    assert r2.metrics["train_loss"] == m["train_loss"]  # the finished run's last logged loss, not NaN
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(r.variables),
                  jax.device_get(r2.variables))
 

@@ -44,7 +44,7 @@ from hobs_jax.train import stability as stab
 from hobs_jax.train.checkpoint import Checkpointer, abstract_like
 from hobs_jax.train.config import eval_at, total_steps, validate_train_config
 from hobs_jax.train.evaluate import Evaluator
-from hobs_jax.train.metrics import MetricsWriter, progress
+from hobs_jax.train.metrics import MetricsWriter, progress, read_metrics
 from hobs_jax.train.optim import make_optimizer, make_schedule
 from hobs_jax.train.preemption import Preemption
 from hobs_jax.train.state import TrainState
@@ -219,7 +219,10 @@ def fit(model: Any, variables: dict, train_data: Any, config: ml_collections.Con
     step = int(mesh_lib.host_value(state.step))
     start_step = step
     window = {"loss": 0.0, "accuracy": 0.0, "n": 0, "t": time.time(), "steps": 0, "lr": 0.0}
-    last_train: dict = {}
+    # A resumed run's summary starts from the last train record it wrote at or before the
+    # step it resumed from: a rerun of a finished fit (0 steps) still reports its loss.
+    last_train: dict = next((r for r in reversed(read_metrics(workdir, "train")) if r["step"] <= step), {}) \
+        if step > 0 else {}
     last_eval: dict = {}
     last_eval_step = -1
     pending = None
