@@ -86,6 +86,57 @@ def test_resnet_channel_pruning_meets_the_target_and_keeps_the_classes():
     assert any(widths[k] < dense_w[k] for k in dense_w)
 
 
+def test_split_bisects_the_number_of_layers_that_take_the_higher_ratio():
+    """Pure: kept MACs fall by 0.01 per layer moved to the higher ratio; the bisection
+    finds the k that lands within tolerance, and treats an emptied attempt as too many."""
+    def attempt(k):
+        return (None, None, None) if k > 40 else (0.40 - 0.01 * k, f"v{k}", None)
+
+    k, r, v, sd, tried = oneshot_tp._split(attempt, 50, 0.333, 0.01)
+    assert k == 7 and v == "v7" and abs(r / 0.333 - 1) <= 0.01 and sd is None
+    assert tried[0] == (25, pytest.approx(0.15)) and len(tried) <= 6
+    assert oneshot_tp._split(lambda k: (None, None, None), 50, 0.333, 0.01) is None
+
+
+def test_layer_ratios_reach_torch_prunings_own_per_layer_ratios():
+    """``tp_prune(..., layer_ratios=)`` hands those layers another ratio through TP's
+    ``pruning_ratio_dict``: the named stage-3 convs lose more channels than the others."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch_pruning")
+    from parity.convert import flax_to_torch, torch_to_flax
+
+    model = models.build("resnet20", num_classes=10, in_channels=1)
+    dense_t = flax_to_torch("resnet20", models.random_variables(model, (1, 16, 16, 1), seed=0)).float().eval()
+    names = ["layer3.0.conv1", "layer3.1.conv1"]
+    pruned = oneshot_tp.tp_prune(dense_t, "l1", 0.25, False, torch.zeros(1, 1, 16, 16),
+                                 layer_ratios=dict.fromkeys(names, 0.5))
+    widths = models.infer_widths("resnet20", torch_to_flax("resnet20", pruned)[1])[0]
+    assert widths["layer3.0.conv1"] == widths["layer3.1.conv1"] == 32
+    assert widths["layer3.2.conv1"] == 48 and widths["layer2.0.conv1"] == 24
+    assert oneshot_tp._prunable_layers(dense_t)[:2] == ["conv1", "layer1.0.conv1"]
+    assert "fc" not in oneshot_tp._prunable_layers(dense_t)
+
+
+@pytest.mark.slow
+def test_local_pruning_splits_the_ratio_where_every_layer_steps_at_once():
+    """ResNet-20's 16/32/64 channels all step at ratio 13/32 (0.340 -> 0.323 of the MACs):
+    no single ratio lands within 1% of 1/3, so the first layers take the ratio above the
+    jump; every layer is still cut by one ratio up to a channel."""
+    pytest.importorskip("torch_pruning")
+    shape = (1, 16, 16, 1)
+    model = models.build("resnet20", num_classes=10, in_channels=1)
+    variables = models.random_variables(model, shape, seed=0)
+    out = oneshot_tp.prune("resnet20", variables, 0.333, "l1", False, shape)
+    assert out["within_tol"] and out["split"] is not None, out["attempts"]
+    assert all(abs(r / 0.333 - 1) > 0.01 for _, r in out["attempts"] if r is not None)
+    assert out["split"]["ratio"] > out["pruning_ratio"] and out["split"]["layers"][0] == "conv1"
+    widths = models.infer_widths("resnet20", out["variables"])[0]
+    dense = models.infer_widths("resnet20", variables)[0]
+    for size in (16, 32, 64):  # layers of one dense width differ by at most one channel
+        kept = [widths[k] for k in dense if dense[k] == size]
+        assert max(kept) - min(kept) <= 1, (size, kept)
+
+
 def test_qkv_layout_computes_what_torchvision_attention_computes():
     torch = pytest.importorskip("torch")
     from parity.qkv_attention import QKVAttention, to_head_attention, to_qkv_attention

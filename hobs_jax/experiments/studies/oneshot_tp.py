@@ -105,10 +105,13 @@ def _classifier(model):
 
 
 def tp_prune(model, kind: str, ratio: float, global_pruning: bool, example,
-             calib_images: np.ndarray | None = None, calib_labels: np.ndarray | None = None):
+             calib_images: np.ndarray | None = None, calib_labels: np.ndarray | None = None,
+             layer_ratios: Mapping[str, float] | None = None):
     """Prune a copy of torch ``model`` (a zoo model's torch reference) with Torch-Pruning at
     channel ratio ``ratio``; returns the pruned copy (module docstring). A ViT comes back
     with :class:`parity.qkv_attention.QKVAttention` attention at its pruned head counts.
+    ``layer_ratios``: module path -> ratio for those layers instead (TP's own
+    ``pruning_ratio_dict``; the ratio of a group is its root layer's).
 
     ``calib_images`` [N, H, W, C] float32 and ``calib_labels`` [N] feed the Taylor
     criterion's loss gradients. Deterministic: the same inputs give the same network.
@@ -123,6 +126,8 @@ def tp_prune(model, kind: str, ratio: float, global_pruning: bool, example,
     if attentions and kind == "bnscale":
         raise ValueError("Torch-Pruning criterion 'bnscale' ranks BatchNorm scales; a ViT has none")
     opts = _vit_options(m, attentions, ratio) if attentions else dict(ignored_layers=[_classifier(m)])
+    if layer_ratios:
+        opts["pruning_ratio_dict"] = {m.get_submodule(path): float(r) for path, r in layer_ratios.items()}
     pruner = cls(m, example, importance=imp, pruning_ratio=ratio, global_pruning=global_pruning, **opts)
     if kind == "taylor":
         if calib_images is None or calib_labels is None:
@@ -159,10 +164,19 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
           calib_labels: np.ndarray | None = None, tol: float = 0.01, max_iters: int = 40) -> dict:
     """Bisection on TP's ``pruning_ratio`` for ``target`` kept MACs (our counter).
 
+    Local (per-layer) pruning of a network whose widths share a factor jumps where every
+    layer's channel count steps at once: ResNet-56's 16/32/64 channels all step at ratio
+    13/32, from 0.340 to 0.323 of the MACs, so no single ratio lands within 1% of 1/3.
+    Then the two ratios around the jump are split (:func:`_split`): the first ``k``
+    prunable layers in network order take the higher one through TP's own
+    ``pruning_ratio_dict``, with ``k`` bisected to the target, so the network is still cut
+    by one ratio up to a single channel per layer.
+
     Returns {'variables': Flax numpy variables of the pruned model, 'pruning_ratio',
     'macs_ratio', 'attempts': [(ratio, macs_ratio or None if it emptied a layer), ...],
     'within_tol': bool, 'scale_dim': the softmax head dim to build a ViT with (None
-    otherwise)}.
+    otherwise), 'split': None or {'ratio': the higher ratio, 'layers': the k layer
+    paths that took it, 'attempts': [(k, macs_ratio), ...]}}.
     """
     if kind == "taylor" and (calib_images is None or calib_labels is None):
         raise ValueError("the Taylor criterion needs calib_images and calib_labels")
@@ -187,8 +201,8 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
     base = macs.count(dense_f, variables, shape).macs
     example = torch.zeros(1, shape[3], shape[1], shape[2])
 
-    def attempt(ratio: float):
-        m = tp_prune(dense_t, kind, ratio, global_pruning, example, calib_images, calib_labels)
+    def attempt(ratio: float, layer_ratios: Mapping[str, float] | None = None):
+        m = tp_prune(dense_t, kind, ratio, global_pruning, example, calib_images, calib_labels, layer_ratios)
         if _emptied(m) is not None:
             return None, None, None
         fm, fv = torch_to_flax(model_name, to_head_attention(m))
@@ -213,10 +227,47 @@ def prune(model_name: str, variables: Mapping, target: float, kind: str, global_
         raise ValueError(f"{model_name}: no Torch-Pruning ratio in {len(attempts)} attempt(s) left every "
                          f"layer a head and a unit (max_iters={max_iters})")
     ratio, mr, fv, sd = best
+    split = None
+    if abs(mr / target - 1) > tol and not global_pruning and not vit and hi - lo < 1e-3:
+        layers = _prunable_layers(dense_t)
+        found = _split(lambda k: attempt(lo, dict.fromkeys(layers[:k], hi)), len(layers), target, tol)
+        if found is not None and abs(found[1] / target - 1) < abs(mr / target - 1):
+            k, mr, fv, sd, tried = found
+            ratio, split = lo, {"ratio": float(hi), "layers": layers[:k], "attempts": tried}
     return {"variables": fv, "pruning_ratio": float(ratio), "macs_ratio": float(mr),
             "attempts": [(float(a), None if b is None else float(b)) for a, b in attempts],
             "within_tol": bool(abs(mr / target - 1) <= tol),
-            "scale_dim": None if sd is None else int(sd)}
+            "scale_dim": None if sd is None else int(sd), "split": split}
+
+
+def _prunable_layers(model) -> list[str]:
+    """Paths of the convolutions and linear layers of a torch CNN in network order, the
+    classifier excluded: the layers a split ratio is handed out to."""
+    from torch import nn
+
+    head = _classifier(model)
+    return [path for path, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not head]
+
+
+def _split(attempt, n: int, target: float, tol: float):
+    """Bisection on ``k`` in [0, n] for ``attempt(k)`` -> (macs_ratio, variables, scale_dim)
+    within ``tol`` of ``target`` (kept MACs fall as ``k`` grows). Returns (k, macs_ratio,
+    variables, scale_dim, [(k, macs_ratio), ...]) of the closest attempt, or None when
+    every attempt emptied a layer."""
+    lo, hi, tried, best = 0, n, [], None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        r, v, sd = attempt(k)
+        tried.append((k, None if r is None else float(r)))
+        if r is None:
+            hi = k - 1
+            continue
+        if best is None or abs(r / target - 1) < abs(best[1] / target - 1):
+            best = (k, float(r), v, sd)
+        if abs(r / target - 1) <= tol / 2:
+            break
+        lo, hi = (k + 1, hi) if r > target else (lo, k - 1)
+    return None if best is None else (*best, tried)
 
 
 def prune_in_subprocess(model_name: str, variables: Mapping, target: float, kind: str, global_pruning: bool,
@@ -224,7 +275,7 @@ def prune_in_subprocess(model_name: str, variables: Mapping, target: float, kind
                         calib_labels: np.ndarray | None = None, tol: float = 0.01) -> tuple[Any, dict, dict]:
     """:func:`prune` in a spawned process (the caller never imports torch, so its JAX
     timings are not disturbed), the result rebuilt as a Flax module:
-    ``(model, variables, {'pruning_ratio', 'attempts', 'within_tol'})``."""
+    ``(model, variables, {'pruning_ratio', 'attempts', 'within_tol', 'split'})``."""
     import multiprocessing
     from concurrent import futures
 
@@ -237,4 +288,4 @@ def prune_in_subprocess(model_name: str, variables: Mapping, target: float, kind
     # A ViT keeps the softmax temperature torch_to_flax read off the pruned torch model.
     kw = {} if out.get("scale_dim") is None else {"scale_dim": out["scale_dim"]}
     pruned = models.build(model_name, widths=widths, num_classes=nc, in_channels=ic, **kw)
-    return pruned, out["variables"], {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol")}
+    return pruned, out["variables"], {k: out[k] for k in ("pruning_ratio", "attempts", "within_tol", "split")}
