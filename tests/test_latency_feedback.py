@@ -6,6 +6,7 @@ import math
 import os
 import signal
 
+import numpy as np
 import pytest
 
 from hobs_jax import interrupt
@@ -149,3 +150,19 @@ def test_a_journal_from_other_timing_settings_is_set_aside_not_replayed(tmp_path
     again = _loop(allocate, measure, path)
     assert len(timed) == 3 * n and again.rounds == first.rounds
     assert len(json.loads(path.read_text())["measured"]) == n
+
+
+def test_a_candidate_that_misses_the_asked_fraction_of_the_table_is_refused_before_timing():
+    """Each round's allocation must keep the fraction it was asked of the table (within the
+    allocators' 1%): otherwise the loop would time it and correct an ask that steers nothing."""
+    from hobs_jax.methods.measured import check_table_met
+
+    class Table:  # time fraction = mean kept fraction of two 10-channel groups
+        def ratio(self, keep):
+            return float(np.mean(np.asarray(keep) / 10))
+
+    check_table_met("rspar", Table(), [5, 5], 0.5)
+    check_table_met("rspar", Table(), [5, 5], 0.504)
+    with pytest.raises(ValueError, match=r"^rspar: its allocation keeps 0.7000 of the latency table where "
+                                         r"0.5000 was asked"):
+        check_table_met("rspar", Table(), [5, 9], 0.5)

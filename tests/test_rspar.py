@@ -305,6 +305,34 @@ def test_latency_budget_from_a_table_and_mismatch_errors(tmp_path):
                            latency_lut=str(path)))
 
 
+def test_every_candidate_meets_a_latency_budget_that_is_not_the_macs(tmp_path):
+    """Under a latency table whose times do not follow the MACs (here the stage-3 layers
+    cost 20x their MACs), the uniform and global references and the allocation returned
+    all keep the asked fraction of the table, not of the MACs: the global reference was met
+    in MACs, and a re-rank that chose it returned a network 60% over its latency budget."""
+    import json
+
+    from hobs_jax.rspar.latency import LatencyBudget
+
+    _, variables, calib, task = _setup()
+    table = _fake_lut(task)
+    for e in table["layers"]:
+        if e["path"].startswith("layer3"):
+            e["seconds"] = [[20 * t for t in row] for row in e["seconds"]]
+    path = tmp_path / "lut.json"
+    path.write_text(json.dumps(table))
+    budget = LatencyBudget.for_task(table, task)
+    r = prune("rspar", NAME, variables, target=0.4, calib=calib,
+              options=dict(episodes=3, warmup=2, reward_images=8, rerank=4, progress=False, budget="latency",
+                           latency_lut=str(path)))
+    info = r.outcome.info["rspar"]
+    for name in ("uniform", "global", "rspar"):
+        keep = np.asarray(info["allocations"][name], np.float64)
+        assert abs(budget.ratio(keep) / 0.4 - 1) <= 0.01, (name, budget.ratio(keep))
+    glob = np.asarray(info["allocations"]["global"], np.float64)
+    assert abs(task.cost.ratio(glob, "macs") / 0.4 - 1) > 0.05  # the table's ranking, not the MACs'
+
+
 def test_imitation_starts_the_agent_at_the_best_allocation():
     env = _env(0.5)
     fn = _toy_reward(env)

@@ -58,10 +58,25 @@ def allocate_measured(spec, sel, measure: Callable[[Any], float], target: float,
             current[0] = spec.select(dataclasses.replace(sel.task, target=asked))
             s = current[0]
             allocated = spec.allocate(s)
+        check_table_met(spec.name, s.task.latency, allocated.keep, asked)
         return allocated, spec.finish(s, allocated.keep, allocated)
 
     return feedback.meet_measured(allocate, lambda cand: measure(cand[1]), target, tol=tol, rounds=rounds,
                                   log=log)
+
+
+def check_table_met(name: str, table, keep, asked: float) -> None:
+    """One-line ``ValueError`` unless ``keep`` [G] (cost-model group order) keeps ``asked``
+    of ``table``'s time within the allocators' tolerance: a candidate that missed the
+    fraction it was asked would be timed, and the loop's correction of the ask would then
+    steer nothing (the final check would refuse the network only after every round)."""
+    from hobs_jax.allocation import TOLERANCE
+
+    got = float(table.ratio(np.asarray(keep, np.float64)))
+    if abs(got / asked - 1) > TOLERANCE:
+        raise ValueError(f"{name}: its allocation keeps {got:.4f} of the latency table where {asked:.4f} was "
+                         f"asked (tolerance {TOLERANCE:.0%}); a measured budget needs an allocator that meets "
+                         "the table")
 
 
 def run_measured(method: str, task, measure: Callable[[Any], float], *, tol: float = feedback.TOLERANCE,

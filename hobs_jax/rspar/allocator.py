@@ -251,8 +251,9 @@ def search_allocation(sel, target: float, *, budget, options: RsparOptions, seed
     if o.references:  # met in the search's own budget (MACs, params or the latency table)
         as_cost = AsCost(budget).cost_model()
         refs["uniform"] = allocation.uniform(as_cost, target, budget.kind, round_to=task.round_to)
-        refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target,
-                                                "macs" if task.metric == "latency" else task.metric,
+        # met in the search's budget too (a latency table: ``budget.kind`` 'latency' meets the
+        # threshold in ``as_cost``); the saliencies are still normalized per MAC
+        refs["global"] = allocation.global_keep(cost, sel.scores.threshold, target, budget.kind,
                                                 normalize=o.normalize, min_ratio=lbound, round_to=task.round_to,
                                                 budget=as_cost)
     t1 = time.perf_counter()
