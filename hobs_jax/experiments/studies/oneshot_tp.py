@@ -15,8 +15,10 @@ pruned by Torch-Pruning 1.6.1 with one of
 (``global_pruning`` True/False), and converted back with ``parity.convert.torch_to_flax``.
 TP's ``pruning_ratio`` is a channel ratio, not a MACs ratio, so it is found by bisection
 until OUR analytic MACs count (``hobs_jax.macs.count``, attention's two matmuls included
-for a ViT) of the converted model is within ``tol`` of the target (a step function: when
-no ratio lands inside, the closest attempt is returned and the caller refuses the row).
+for a ViT) of the converted model is within ``tol`` of the target (a step function: where
+local pruning steps past the target at once, the two ratios around the step are split
+between layers, :func:`prune`; when still no attempt lands inside, the closest is
+returned and the caller refuses the row).
 
 **ResNets**: channel pruning with ``ignored_layers=[fc]`` (the classifier keeps its classes).
 
