@@ -203,6 +203,12 @@ def test_an_option_added_later_at_its_default_keeps_old_workdirs_resuming():
     with c.unlocked():
         c.train.stability.spike_sigmas = 4.0
     assert fingerprint(c, "train")["train.stability.spike_sigmas"] == 4.0
+    with c.unlocked():  # train.ast.reference (score 'reducible') came later too
+        c.train.ast.enabled = True
+    assert "train.ast.reference" not in fingerprint(c, "train")
+    with c.unlocked():
+        c.train.ast.reference = "ref.npy"
+    assert fingerprint(c, "train")["train.ast.reference"] == "ref.npy"
 
 
 @pytest.mark.slow

@@ -114,6 +114,7 @@ def _config(**ast):
     ("selection", "topk", r"train\.ast\.selection='topk': unknown"),
     ("sample_floor", 0.0, r"train\.ast\.sample_floor=0\.0: must be in \(0, 1\)"),
     ("bn_reestimate", -1, r"train\.ast\.bn_reestimate=-1: must be an int >= 0"),
+    ("score", "reducible", r"train\.ast\.reference='': score 'reducible' needs the reference"),
 ])
 def test_bad_ast_values_raise_one_line_errors(key, value, match):
     with pytest.raises(ValueError, match=match) as e:
@@ -342,3 +343,79 @@ def test_fit_with_soft_selection_holds_the_rate_and_weights_the_loss(tmp_path):
     assert 0.18 <= a["achieved_rate"] <= 0.32
     trace = np.loadtxt(tmp_path / "ast_trace.csv", delimiter=",", skiprows=1)
     assert np.isfinite(trace[trace[:, 4] == 0, 5]).all()  # tau logged after warm-up
+
+
+# ------------------------------------------------------------ reducible loss (RHO-LOSS)
+def test_reference_losses_are_the_frozen_models_cross_entropy_and_files_are_checked(tmp_path):
+    from hobs_jax.train import ast_reference
+
+    model = TinyCNN(num_classes=8)
+    v = init_tiny(model, (8, 8, 1))
+    ref = ast_reference.reference_losses(model.apply, v, SRC, "train", batch_size=200)
+    assert ref.shape == (512,) and ref.dtype == np.float32  # 512 = 2 full batches + a padded one
+    x, y = SRC.batch("train", np.arange(500, 512), train=False)
+    logp = jax.nn.log_softmax(model.apply(v, x, train=False))
+    np.testing.assert_allclose(ref[500:], -np.asarray(logp)[np.arange(12), y], rtol=1e-5)
+    path = str(tmp_path / "ref.npy")
+    assert ast_reference.ensure(path, model.apply, v, SRC, "train") > 0
+    assert ast_reference.ensure(path, model.apply, v, SRC, "train") == 0.0  # reused
+    np.testing.assert_array_equal(ast_reference.load(path, 512), ref)
+    np.save(tmp_path / "short.npy", ref[:100])
+    bad = ref.copy()
+    bad[3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    for name, match in [("missing.npy", "no such file"),
+                        ("short.npy", r"holds shape \(100,\), the training split has 512"),
+                        ("nan.npy", "non-finite")]:
+        with pytest.raises(ValueError, match=match) as e:
+            ast_reference.load(str(tmp_path / name), 512)
+        assert "\n" not in str(e.value)
+    np.testing.assert_array_equal(ast_reference.reducible(np.array([2.0, 1.0, 0.5]),
+                                                          np.array([0.5, 1.0, 2.0])), [1.5, 0, 0])
+
+
+class _RecordingLoader(TrainLoader):
+    """Records the example indices of every batch the selector assembles for training:
+    full-batch reads outside the loader's own candidate batches (the stale scores' re-scored
+    parts are smaller)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, prefetch=0, **kw)
+        self.trained: list[np.ndarray] = []
+        self._candidate = False
+
+    def make_batch(self, pos):
+        self._candidate = True
+        try:
+            return super().make_batch(pos)
+        finally:
+            self._candidate = False
+
+    def read(self, indices, noise):
+        if not self._candidate and len(indices) == self.batch_size:
+            self.trained.append(np.asarray(indices))
+        return super().read(indices, noise)
+
+
+@pytest.mark.parametrize("refresh", [0.0, 0.5])
+def test_reducible_score_never_trains_on_what_the_reference_cannot_learn(tmp_path, refresh):
+    """Examples 0-255 get a reference loss no model reaches (reducible loss 0), the others
+    0: after warm-up every back-propagated sample is one of 256-511 (with fresh and with
+    stale scores), while the plain loss score takes both halves."""
+    model = TinyCNN(num_classes=8)
+    v = init_tiny(model, (8, 8, 1))
+    ref = np.where(np.arange(512) < 256, 1e3, 0.0).astype(np.float32)
+    np.save(tmp_path / "ref.npy", ref)
+    picked = {}
+    for score in ("reducible", "loss"):
+        loader = _RecordingLoader(SRC, "train", 32, seed=0)
+        c = _fit_config(score=score, reference=str(tmp_path / "ref.npy"), score_refresh=refresh,
+                        bn_reestimate=0)
+        r = fit(model, v, loader, c, str(tmp_path / f"{score}{refresh}"))
+        a = r.metrics["ast"]
+        assert len(loader.trained) == a["planned_steps"] == r.metrics["steps"]
+        assert 0.2 <= a["achieved_rate"] <= 0.3
+        assert a["reference"] == (str(tmp_path / "ref.npy") if score == "reducible" else None)
+        picked[score] = np.concatenate(loader.trained[4:])  # after the 4 warm-up steps
+    assert picked["reducible"].min() >= 256
+    assert (picked["loss"] < 256).mean() > 0.25

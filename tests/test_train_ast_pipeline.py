@@ -37,3 +37,37 @@ def test_pipeline_train_stage_with_ast_writes_the_summary_record(tmp_path):
     assert "AST in train: rule ast, target rate 0.5" in open(tmp_path / "report.md").read()
     assert os.path.getsize(a["trace_png"]) > 1000
     assert os.path.dirname(a["trace_png"]) == str(tmp_path / "train")
+
+
+@pytest.mark.slow
+def test_finetune_with_the_reducible_score_takes_its_reference_from_the_dense_network(tmp_path):
+    """finetune.ast.score='reducible' with no reference: the finetune stage computes the
+    dense (train stage) network's per-example losses once, into the stage directory, and
+    selects by the pruned network's loss minus them."""
+    import numpy as np
+
+    from hobs_jax import export
+    from hobs_jax.pipeline.context import Context
+    from hobs_jax.train import ast_reference
+
+    c = base_config("resnet20")
+    c.data.source, c.data.image_size, c.data.eval_batch_size = "synthetic", 16, 64
+    c.data.synthetic_examples = 256
+    c.train.steps, c.train.epochs, c.train.batch_size = 6, 0.0, 32
+    c.calibrate.num_images, c.calibrate.batch_size = 64, 32
+    f = c.finetune
+    f.steps, f.epochs, f.batch_size, f.log_every = 12, 0.0, 32, 4
+    for s in (c.train, f):
+        s.checkpoint.every_steps, s.progress, s.tensorboard = 0, False, False
+    f.ast.enabled, f.ast.target_rate, f.ast.warmup_steps = True, 0.5, 0
+    f.ast.score = "reducible"
+    c.stages = "train,calibrate,prune,finetune"
+    c.lock()
+    summary = run(c, str(tmp_path))
+    a = summary["ast"]["finetune"]
+    path = str(tmp_path / "finetune" / "reference_losses.npy")
+    assert a["score"] == "reducible" and a["reference"] == path and a["reference_seconds"] > 0
+    assert 0.35 <= a["achieved_rate"] <= 0.65
+    dense, v, _ = export.load(str(tmp_path / "train" / "model"))
+    want = ast_reference.reference_losses(dense.apply, v, Context(c, None).source, "train")
+    np.testing.assert_allclose(ast_reference.load(path, 256), want, rtol=1e-5)

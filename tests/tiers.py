@@ -181,6 +181,7 @@ SLOW = {
     "tests/test_train_ast.py::test_random_and_infobatch_rules",
     "tests/test_train_ast.py::test_fit_with_ast_compiles_once_and_trains_only_full_batches_of_selected",
     "tests/test_train_ast.py::test_grad_proxy_is_the_exact_norm_of_the_head_weight_gradient",
+    "tests/test_train_ast.py::test_reducible_score_never_trains_on_what_the_reference_cannot_learn",
     # > ~15 s each while the machine ran other jobs (load 13), 2026-12-06
     "tests/test_block_ell_ops.py::test_check_grads_float64",
     "tests/test_errors.py::test_main_ends_a_mistake_in_one_line_and_writes_nothing",

@@ -51,7 +51,10 @@ from typing import Any
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCORES = ("loss", "loss_intensity", "loss_grad", "loss_entropy")
+SCORES = ("loss", "loss_intensity", "loss_grad", "loss_entropy", "reducible")
+# score 'reducible' (RHO-LOSS) needs a reference model per task; only the fine-tuning task
+# has one here: the dense ResNet-56 the pruned network was cut from (--reference_model)
+REDUCIBLE_TASKS = ("finetune",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,9 +247,31 @@ def score_variants(score: str) -> tuple[str, set[str]]:
     return name, variants
 
 
+def reference_file(task: str, s: Schedule, workroot: str, reference_model: str) -> tuple[str, float]:
+    """The reference losses of score 'reducible' for ``task``'s training subset: computed
+    once from ``reference_model`` (an exported model directory) into ``workroot`` and
+    reused by every row, rate and seed of the schedule (RHO-LOSS computes its irreducible
+    losses once, too). Returns (path, seconds spent now; 0 when reused)."""
+    from hobs_jax import export
+    from hobs_jax.train import ast_reference
+
+    if task not in REDUCIBLE_TASKS:
+        raise ValueError(f"score 'reducible' has no reference model for task {task!r} "
+                         f"(only {', '.join(REDUCIBLE_TASKS)}: the dense network)")
+    os.makedirs(workroot, exist_ok=True)
+    path = os.path.join(workroot, f"reference_{task}_{s.key()}.npy")
+    model, variables, _ = export.load(reference_model)
+    src = subset_source(s.train_examples, s.data_seed)
+    seconds = ast_reference.ensure(path, model.apply, variables, src, "train",
+                                   log=lambda m: print(m, flush=True))
+    return path, seconds
+
+
 def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedule,
-            workroot: str, pruned: str, budget: float | None = None) -> dict:
-    """Trains and evaluates one row; returns its record."""
+            workroot: str, pruned: str, budget: float | None = None,
+            reference: str = "") -> dict:
+    """Trains and evaluates one row; returns its record (``reference``: the reference
+    losses of score 'reducible')."""
     import jax
 
     from hobs_jax import export, models
@@ -262,6 +287,8 @@ def run_row(task: str, mode: str, score: str, rate: float, seed: int, s: Schedul
         model_name = "resnet56_hobs3x"
         model, variables, _ = export.load(pruned)
     c = train_config(task, mode, score, rate, seed, s, budget)
+    if mode == "ast" and score_variants(score)[0] == "reducible":
+        c.ast.reference = reference
     wd = os.path.join(workroot, f"{task}_{mode}_{score}_{rate:g}_s{seed}")
     shutil.rmtree(wd, ignore_errors=True)  # a row is timed from scratch, never resumed
     t0, cpu0 = time.time(), time.process_time()
@@ -309,9 +336,19 @@ def plan_rows(args) -> list[tuple[str, str, str, float]]:
                 out.append((task, "infobatch", "loss", rate))
         if "ast" in args.modes and args.ablation_scores:
             for score in args.ablation_scores:
+                if score_variants(score)[0] == "reducible" and task not in REDUCIBLE_TASKS:
+                    continue  # no reference model for this task
                 if score != args.score or args.ablation_rate not in args.rates:
                     out.append((task, "ast", score, args.ablation_rate))
     return out
+
+
+def _reference_seconds(store: Store, task: str) -> float | None:
+    """The one-time reference computation's seconds recorded by an earlier row of ``task``."""
+    for r in store.rows():
+        if r["task"] == task and r.get("reference_seconds_once"):
+            return float(r["reference_seconds_once"])
+    return None
 
 
 def _without_out(args: list[str]) -> list[str]:
@@ -341,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ablation_scores", type=csv(str), default=list(SCORES) + ["loss:cb"])
     p.add_argument("--ablation_rate", type=float, default=0.1)
     p.add_argument("--pruned", default=os.path.join(REPO, "runs", "r56_hobs3x", "prune", "model"))
+    p.add_argument("--reference_model", default=os.path.join(REPO, "checkpoints", "resnet56_fmnist"),
+                   help="score 'reducible': the model whose per-example losses are subtracted")
     for f in dataclasses.fields(Schedule):
         p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
     p.add_argument("--report_only", action="store_true")
@@ -349,6 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     s = Schedule(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Schedule)})
     for score in [args.score, *args.ablation_scores]:
         score_variants(score)
+    if score_variants(args.score)[0] == "reducible" and "ast" in args.modes:
+        for task in set(args.tasks) - set(REDUCIBLE_TASKS):
+            raise ValueError(f"--score={args.score}: no reference model for task {task!r}; "
+                             f"use --tasks={','.join(REDUCIBLE_TASKS)}")
     command = "python -m hobs_jax.experiments.ast_fmnist " + " ".join(_without_out(
         list(argv if argv is not None else sys.argv[1:])))
     store = Store(args.out, s, "" if args.report_only else command.strip())
@@ -381,8 +424,15 @@ def main(argv: list[str] | None = None) -> None:
                     budget = min(1.0, ast["wall_seconds"] / full["wall_seconds"])
                 print(f"[{datetime.datetime.now():%H:%M:%S}] {task} {mode} {score} {rate:g} "
                       f"seed {seed}" + (f" budget {budget:.3f}" if budget else ""), flush=True)
+                reference, ref_seconds = "", 0.0
+                if mode == "ast" and score_variants(score)[0] == "reducible":
+                    reference, ref_seconds = reference_file(task, s, args.workroot,
+                                                            args.reference_model)
                 row = run_row(task, mode, score, rate, seed, s, args.workroot, args.pruned,
-                              budget)
+                              budget, reference)
+                if reference:  # one-time, shared by every reducible row: not in wall_seconds
+                    row["reference_seconds_once"] = ref_seconds or _reference_seconds(store, task)
+                    row["reference_model"] = os.path.relpath(args.reference_model, REPO)
                 row["command"] = command.strip()
                 store.add(row)
                 print(f"  top-1 {row['acc_top1']:.4f}  wall {row['wall_seconds']:.0f} s  "

@@ -7,6 +7,7 @@ compute and raises a one-line ``ValueError`` naming the key.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import ml_collections
@@ -221,8 +222,12 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int | None = None) ->
     if "train" in stages:
         validate_train_config(c.train, num_devices=num_devices)
     if "finetune" in stages:
+        ft = c.finetune
+        if ft.ast.enabled and ft.ast.score == "reducible" and not ft.ast.reference:
+            ft = copy.deepcopy(ft)  # the finetune stage computes them from the dense network
+            ft.ast.reference = "<the dense network's losses>"
         try:
-            validate_train_config(c.finetune, num_devices=num_devices)
+            validate_train_config(ft, num_devices=num_devices)
         except ValueError as e:
             raise ValueError(str(e).replace("train.", "finetune.", 1)) from None
     p = c.prune

@@ -16,7 +16,8 @@ def run(ctx: Context) -> dict:
     if c.finetune.kd.enabled:
         dense, dense_vars, _ = ctx.load_model("train")
         teacher = Teacher(dense.apply, dense_vars)
-    result = fit(model, variables, ctx.train_loader(c.finetune), c.finetune,
+    section, reference_seconds = reducible_reference(ctx, c.finetune)
+    result = fit(model, variables, ctx.train_loader(section), section,
                  ctx.workdir.stage_dir("finetune"), eval_data=ctx.eval_loader(), teacher=teacher,
                  callbacks=[faults.step_callback("finetune")]).completed()
     m = result.metrics
@@ -24,6 +25,30 @@ def run(ctx: Context) -> dict:
     out = {k: m.get(k) for k in ("steps", "seconds", "images_per_s", "best_val_top1", "val_top1",
                                  "stability_score", "stopped")}
     if "ast" in m:  # finetune.ast: the sample-selection record (summary.json's 'ast')
-        out["ast"] = m["ast"]
+        out["ast"] = dict(m["ast"], reference_seconds=reference_seconds)
     out["model_dir"] = ctx.save_model("finetune", model, result.variables, plan=meta.get("plan"))
     return out
+
+
+def reducible_reference(ctx: Context, section):
+    """``(section, seconds)``: with ``ast.score='reducible'`` and no ``ast.reference``, a copy
+    of ``section`` whose reference is the dense network's per-example losses on the
+    training split (``finetune/reference_losses.npy``, computed once: a resumed stage
+    reuses it; ``seconds`` is 0 then) -- the network the pruned one was cut from is what
+    its fine-tuning can at best recover (RHO-LOSS's irreducible loss,
+    hobs_jax.train.ast_reference). Otherwise ``(section, 0.0)``."""
+    a = section.ast
+    if not (a.enabled and a.rule == "ast" and a.score == "reducible" and not a.reference):
+        return section, 0.0
+    import copy
+    import os
+
+    from hobs_jax.train import ast_reference
+
+    dense, dense_vars, _ = ctx.load_model("train")
+    path = os.path.join(ctx.workdir.stage_dir("finetune"), "reference_losses.npy")
+    seconds = ast_reference.ensure(path, dense.apply, dense_vars, ctx.source, "train",
+                                   log=log.info)
+    section = copy.deepcopy(section)
+    section.ast.reference = path
+    return section, seconds

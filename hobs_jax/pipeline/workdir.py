@@ -56,7 +56,7 @@ def fingerprint(config: ml_collections.ConfigDict, stage: str, also: tuple[str, 
 
 # Options added after workdirs were made, with their defaults: at its default such a key is
 # left out of fingerprints, so a workdir whose stored fingerprint predates it still resumes.
-ADDED_DEFAULTS = {".stability.spike_sigmas": StabilityConfig.spike_sigmas}
+ADDED_DEFAULTS = {".stability.spike_sigmas": StabilityConfig.spike_sigmas, ".ast.reference": ""}
 
 
 def effective(fp: dict[str, Any]) -> dict[str, Any]:

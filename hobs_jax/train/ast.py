@@ -57,7 +57,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hobs_jax.train import ast_control as ctl
-from hobs_jax.train import ast_scores
+from hobs_jax.train import ast_reference, ast_scores
 from hobs_jax.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,10 @@ class Selector:
         self.scorer = (ast_scores.make_scorer(apply_fn, self.score, mesh=mesh, compute_dtype=dtype)
                        if self.use_scorer else None)
         self.normalizer = ast_scores.Normalizer(self.score, num_classes, bool(a.class_balanced))
+        # score 'reducible': a frozen reference model's loss per example [n], subtracted
+        # from the model's on the host (hobs_jax.train.ast_reference)
+        self.reference_losses = (ast_reference.load(str(a.reference), n)
+                                 if self.use_scorer and self.score == "reducible" else None)
         self.ctrl_cfg = ctl.ControllerConfig(self.target, float(a.kp), float(a.ki), float(a.ema))
         self.ctrl: ctl.ControllerState | None = None
         self.reference = ctl.Reference()
@@ -306,6 +310,7 @@ class Selector:
                 comps, labels, waited = self._stale_components(state, local, idx, noise)
             else:
                 comps, labels, waited = self._run_scorer(state, local)
+                comps = self._reduce(comps, idx)
                 self.normalizer.observe(comps, labels)
             scores = self.normalizer.combine(comps, labels)
             if self.ctrl is None:
@@ -354,16 +359,25 @@ class Selector:
             comps, labels, waited = self._run_scorer(state, local)  # whole batch, fresh
             self.table[idx] = comps
             self.table_label[idx] = labels
-            self.normalizer.observe(comps, labels)
+            self.normalizer.observe(self._reduce(comps, idx), labels)
         else:
             r = self.refresh
             sub = self.loader.read(idx[:r], None if noise is None else noise[:r])
             comps, labels, waited = self._run_scorer(state, sub)
             self.table[idx[:r]] = comps
             self.table_label[idx[:r]] = labels
-            self.normalizer.observe(comps, labels)
-        return (self.table[idx].astype(np.float64), self.table_label[idx].astype(np.int64),
-                waited)
+            self.normalizer.observe(self._reduce(comps, idx[:r]), labels)
+        return (self._reduce(self.table[idx].astype(np.float64), idx),
+                self.table_label[idx].astype(np.int64), waited)
+
+    def _reduce(self, comps: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Score 'reducible': component 0 (the model's loss) minus the reference's loss on
+        the same examples, clipped at 0; other scores unchanged. comps [n, 2], idx [n]."""
+        if self.reference_losses is None:
+            return comps
+        out = np.array(comps, np.float64)
+        out[:, 0] = ast_reference.reducible(out[:, 0], self.reference_losses[idx])
+        return out
 
     def _infobatch(self, pos, idx) -> tuple[np.ndarray, np.ndarray]:
         a = self.a
@@ -513,6 +527,7 @@ class Selector:
             "ema": float(a.ema), "warmup_steps": self.warmup,
             "class_balanced": bool(a.class_balanced), "score_refresh": float(a.score_refresh),
             "selection": str(a.selection) if self.rule == "ast" else None,
+            "reference": str(a.reference) if self.reference_losses is not None else None,
             "achieved_rate": finite(self.achieved_rate()),
             "rate_windows": len(self.windows), "window_batches": WINDOW,
             "max_window_deviation": max(devs) if devs else None,

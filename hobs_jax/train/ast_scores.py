@@ -14,7 +14,13 @@ A score is computed in two parts:
   ``loss_intensity``    CE(z, y)                           mean |x| (input intensity)
   ``loss_grad``         CE(z, y)                           ||softmax(z) - onehot(y)|| * ||h||
   ``entropy``           H(softmax(z)) (needs no label)     -
+  ``reducible``         CE(z, y), then minus a reference   -
   ====================  =================================  ==================================
+
+  ``reducible`` is RHO-LOSS's reducible loss (Mindermann et al., ICML 2022): the device
+  computes CE as for ``loss``; the selector subtracts a frozen reference model's loss on
+  the same example (``train.ast.reference``, ``hobs_jax.train.ast_reference``) and clips
+  at 0 before the normalization below.
 
   The gradient proxy is the exact norm of the last layer's weight gradient: for softmax
   cross entropy with logits z = W h + b, dL/dW = (p - onehot(y)) h^T, a rank-one matrix
@@ -48,10 +54,10 @@ from jax.sharding import Mesh
 
 from hobs_jax.train import mesh as mesh_lib
 
-SCORES = ("loss", "loss_entropy", "loss_intensity", "loss_grad", "entropy")
+SCORES = ("loss", "loss_entropy", "loss_intensity", "loss_grad", "entropy", "reducible")
 LABEL_FREE = ("entropy",)
 WEIGHTS = {"loss": (1.0,), "entropy": (1.0,), "loss_entropy": (0.7, 0.3),
-           "loss_intensity": (0.7, 0.3), "loss_grad": (0.7, 0.3)}
+           "loss_intensity": (0.7, 0.3), "loss_grad": (0.7, 0.3), "reducible": (1.0,)}
 HEAD_NORM_KEY = "ast_head_input_norm"  # where the wrapped apply puts ||h|| [B]
 
 
@@ -111,7 +117,7 @@ def components(score: str, logits: jax.Array, labels: jax.Array | None, images: 
         return jnp.stack([entropy, zeros], axis=-1)
     onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=jnp.float32)
     ce = -jnp.sum(onehot * logp, axis=-1)
-    if score == "loss":
+    if score in ("loss", "reducible"):  # reducible: the reference is subtracted on the host
         aux = zeros
     elif score == "loss_entropy":
         aux = entropy

@@ -122,7 +122,12 @@ def get_ast_config() -> ml_collections.ConfigDict:
         optimizer steps, where T = the steps that ``epochs``/``steps`` give without AST, so
         the data seen stays that of T full steps when the rate is on target.
       score: 'loss' | 'loss_entropy' | 'loss_intensity' | 'loss_grad' | 'entropy' (the
-        only one needing no labels), see hobs_jax.train.ast_scores.
+        only one needing no labels) | 'reducible' (RHO-LOSS: the loss minus a reference
+        model's, clipped at 0; needs ``reference``), see hobs_jax.train.ast_scores.
+      reference: for score 'reducible', a .npy of per-example losses [n] of a frozen
+        reference model on the training split, in its index order
+        (hobs_jax.train.ast_reference; the pipeline's finetune stage fills it from the
+        dense network when empty).
       kp, ki, ema: PI gains and the EMA weight of the newest batch's rate
         (hobs_jax.train.ast_control; tuned in simulation, benchmarks/ast_controller.py;
         the original AST's Kp 0.0015 / Ki 0.00005 are for raw score units, docs/ast.md).
@@ -152,7 +157,7 @@ def get_ast_config() -> ml_collections.ConfigDict:
         enabled=False, rule="ast", target_rate=0.2, score="loss", kp=0.1, ki=0.05, ema=0.3,
         warmup_steps=100, class_balanced=False, score_refresh=0.0, infobatch_prune=0.5,
         infobatch_anneal=0.125, selection="threshold", sample_floor=0.1,
-        bn_reestimate=2048))
+        bn_reestimate=2048, reference=""))
 
 
 def validate_ast_config(a: ml_collections.ConfigDict, *, batch_size: int,
@@ -185,6 +190,10 @@ def validate_ast_config(a: ml_collections.ConfigDict, *, batch_size: int,
 
     _check(a.score in ast_scores.SCORES, "ast.score", a.score,
            f"unknown; use one of {ast_scores.SCORES}")
+    _check(isinstance(a.reference, str), "ast.reference", a.reference, "must be a path (str)")
+    _check(a.rule != "ast" or a.score != "reducible" or bool(a.reference), "ast.reference",
+           a.reference, "score 'reducible' needs the reference losses (a .npy path; "
+           "hobs_jax.train.ast_reference)")
     needs = a.rule == "infobatch" or (a.rule == "ast" and ast_scores.needs_labels(a.score))
     _check(labeled or not needs, "ast.score" if a.rule == "ast" else "ast.rule",
            a.score if a.rule == "ast" else a.rule,
