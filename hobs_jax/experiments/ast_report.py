@@ -58,6 +58,18 @@ def _loss_based(score: str) -> bool:
     return score in ("loss", "loss:soft")
 
 
+def _goal_scores(rows: list[dict], task: str) -> set[str]:
+    """The AST scores the goals are about for ``task``: those run at more than one rate
+    (a grid's ``--score``; the ablation runs its scores at one rate), else the loss-based
+    ones (:func:`_loss_based`)."""
+    rates: dict[str, set] = {}
+    for r in rows:
+        if r["task"] == task and r["mode"] == "ast":
+            rates.setdefault(r["score"], set()).add(r["target_rate"])
+    swept = {score for score, rs in rates.items() if len(rs) > 1}
+    return swept or {score for score in rates if _loss_based(score)}
+
+
 def _ast_name(score: str) -> str:
     return "AST" if score == "loss" else f"AST ({score})"
 
@@ -69,8 +81,9 @@ def _goals(rows: list[dict]) -> tuple[list[tuple[str, bool | None, str]], list[s
     notes: list[str] = []
     g = groups(rows)
     for task in ("train", "finetune"):
+        main = _goal_scores(rows, task)
         for (t, mode, score, rate), rs in g.items():
-            if t != task or mode != "ast" or not 0.1 <= rate <= 0.2 or not _loss_based(score):
+            if t != task or mode != "ast" or not 0.1 <= rate <= 0.2 or score not in main:
                 continue
             sp = [r["speedup"] for r in rs if r["speedup"]]
             spc = [r["speedup_cpu"] for r in rs if r.get("speedup_cpu")]
@@ -85,7 +98,7 @@ def _goals(rows: list[dict]) -> tuple[list[tuple[str, bool | None, str]], list[s
                           f"{need_dl:+.1f} points vs full", bool(ok),
                           f"speedup {np.mean(sp):.2f}x wall{cpu_txt}, top-1 {np.mean(dl):+.2f} points vs full"))
         for (t, mode, score, rate), rs in g.items():
-            if t != task or mode != "ast" or not _loss_based(score):
+            if t != task or mode != "ast" or score not in main:
                 continue
             for other in ("random", "infobatch"):
                 o = g.get((task, other, "", rate))
@@ -213,6 +226,12 @@ def tables(data: dict, schedule_key: str | None = None, name: str = NAME) -> lis
         main.goal(text, met, detail)
     for n in notes:
         main.note(n)
+    once = sorted({(r["task"], r.get("reference_model"), round(r["reference_seconds_once"]))
+                   for r in rows if r.get("reference_seconds_once")})
+    for task, model, sec in once:
+        main.note(f"{task}, score reducible: the reference losses ({model}'s cross entropy on every training "
+                  f"example, computed once and shared by every reducible row, rate and seed) took {sec} s, "
+                  f"not counted in the rows' wall times")
     main.note(f"Per-class top-1 against full training: `{name}_per_class.md`; the controller of every AST run: "
               f"`{name}_controller.md`.")
     main.note(f"![top-1 against the activation rate]({name}.png)")
