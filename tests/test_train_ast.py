@@ -356,6 +356,10 @@ def test_reference_losses_are_the_frozen_models_cross_entropy_and_files_are_chec
     x, y = SRC.batch("train", np.arange(500, 512), train=False)
     logp = jax.nn.log_softmax(model.apply(v, x, train=False))
     np.testing.assert_allclose(ref[500:], -np.asarray(logp)[np.arange(12), y], rtol=1e-5)
+    parts = [ast_reference.partial_losses(model.apply, v, SRC, "train", batch_size=200,
+                                          process_index=p, process_count=2) for p in (0, 1)]
+    assert np.count_nonzero(parts[0]) == 200 + 112 and np.count_nonzero(parts[1]) == 200
+    np.testing.assert_array_equal(parts[0] + parts[1], ref)  # two processes: the same vector
     path = str(tmp_path / "ref.npy")
     assert ast_reference.ensure(path, model.apply, v, SRC, "train") > 0
     assert ast_reference.ensure(path, model.apply, v, SRC, "train") == 0.0  # reused

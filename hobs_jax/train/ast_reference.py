@@ -33,12 +33,35 @@ from hobs_jax.data import DataSource
 
 def reference_losses(apply_fn: Callable[..., Any], variables: Any, source: DataSource,
                      split: str = "train", *, batch_size: int = 500,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                     progress: Callable[[int, int], None] | None = None,
+                     process_index: int | None = None, process_count: int | None = None,
+                     ) -> np.ndarray:
     """Cross entropy of a frozen model on every example of ``split``: float32 [n].
 
     Eval mode (BatchNorm running statistics), no augmentation, one compiled batch shape
-    (the last batch is padded). ``progress(done, n)`` is called after every batch.
+    (the last batch is padded). With several processes each computes every P-th batch
+    and the parts are gathered (``jax.experimental.multihost_utils.process_allgather``),
+    so a pod reads the split once in all; every process returns the whole vector.
+    ``progress(done, n)`` is called after every batch this process computes.
     """
+    import jax
+
+    p = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    part = partial_losses(apply_fn, variables, source, split, batch_size=batch_size,
+                          progress=progress, process_index=p, process_count=count)
+    if count == 1:
+        return part
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(part), np.float32).sum(axis=0)
+
+
+def partial_losses(apply_fn: Callable[..., Any], variables: Any, source: DataSource,
+                   split: str, *, batch_size: int, process_index: int, process_count: int,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """This process's part of :func:`reference_losses`: float32 [n], the losses of batches
+    b with b % process_count == process_index, zeros elsewhere (the parts sum to the whole)."""
     import jax
     import jax.numpy as jnp
 
@@ -50,8 +73,10 @@ def reference_losses(apply_fn: Callable[..., Any], variables: Any, source: DataS
     variables = jax.device_get(variables)
     n = source.size(split)
     batch_size = min(batch_size, n)
-    out = np.empty(n, np.float32)
-    for start in range(0, n, batch_size):
+    out = np.zeros(n, np.float32)
+    for b, start in enumerate(range(0, n, batch_size)):
+        if b % process_count != process_index:
+            continue
         idx = np.arange(start, min(start + batch_size, n))
         x, y = source.batch(split, idx, train=False)
         pad = batch_size - len(idx)
@@ -112,7 +137,15 @@ def ensure(path: str, apply_fn: Callable[..., Any], variables: Any, source: Data
             last[0] = time.perf_counter()
             log(f"AST reference losses: {done}/{total} examples")
 
-    save(path, reference_losses(apply_fn, variables, source, split, progress=progress))
+    import jax
+
+    losses = reference_losses(apply_fn, variables, source, split, progress=progress)
+    if jax.process_index() == 0:  # the workdir is shared by the processes of a run
+        save(path, losses)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ast_reference.ensure")
     return time.perf_counter() - t
 
 
@@ -124,4 +157,4 @@ def reducible(losses: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.maximum(r, 0.0)
 
 
-__all__ = ["reference_losses", "save", "load", "ensure", "reducible"]
+__all__ = ["reference_losses", "partial_losses", "save", "load", "ensure", "reducible"]
