@@ -12,15 +12,26 @@ from tests._tiny import enable_compile_cache
 enable_compile_cache()
 
 
-@pytest.mark.slow
-def test_pipeline_train_stage_with_ast_writes_the_summary_record(tmp_path):
+def _config(section: str, steps: int, warmup_steps: int):
+    """ResNet-20 on 256 synthetic 16x16 images, ``section`` ('train' or 'finetune') training
+    ``steps`` steps with AST at rate 0.5 after ``warmup_steps``; the train stage 6 steps."""
     c = base_config("resnet20")
     c.data.source, c.data.image_size, c.data.eval_batch_size = "synthetic", 16, 64
     c.data.synthetic_examples = 256
+    c.train.steps, c.train.epochs, c.train.batch_size = 6, 0.0, 32
+    c.calibrate.num_images, c.calibrate.batch_size = 64, 32
+    for s in (c.train, c.finetune):
+        s.checkpoint.every_steps, s.progress, s.tensorboard = 0, False, False
+    t = c[section]
+    t.steps, t.epochs, t.batch_size, t.log_every = steps, 0.0, 32, 4
+    t.ast.enabled, t.ast.target_rate, t.ast.warmup_steps = True, 0.5, warmup_steps
+    return c
+
+
+@pytest.mark.slow
+def test_pipeline_train_stage_with_ast_writes_the_summary_record(tmp_path):
+    c = _config("train", 24, 2)
     t = c.train
-    t.steps, t.epochs, t.batch_size, t.log_every = 24, 0.0, 32, 4
-    t.checkpoint.every_steps, t.progress, t.tensorboard = 0, False, False
-    t.ast.enabled, t.ast.target_rate, t.ast.warmup_steps = True, 0.5, 2
     t.ast.score = "loss_entropy"
     c.stages = "train"
     c.lock()
@@ -50,17 +61,8 @@ def test_finetune_with_the_reducible_score_takes_its_reference_from_the_dense_ne
     from hobs_jax.pipeline.context import Context
     from hobs_jax.train import ast_reference
 
-    c = base_config("resnet20")
-    c.data.source, c.data.image_size, c.data.eval_batch_size = "synthetic", 16, 64
-    c.data.synthetic_examples = 256
-    c.train.steps, c.train.epochs, c.train.batch_size = 6, 0.0, 32
-    c.calibrate.num_images, c.calibrate.batch_size = 64, 32
-    f = c.finetune
-    f.steps, f.epochs, f.batch_size, f.log_every = 12, 0.0, 32, 4
-    for s in (c.train, f):
-        s.checkpoint.every_steps, s.progress, s.tensorboard = 0, False, False
-    f.ast.enabled, f.ast.target_rate, f.ast.warmup_steps = True, 0.5, 0
-    f.ast.score = "reducible"
+    c = _config("finetune", 12, 0)
+    c.finetune.ast.score = "reducible"
     c.stages = "train,calibrate,prune,finetune"
     c.lock()
     summary = run(c, str(tmp_path))
