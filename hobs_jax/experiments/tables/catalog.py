@@ -160,17 +160,15 @@ def _studies() -> list[Entry]:
             study("workdir_lock", workdir_lock, "workdir lock cost, run record")]
 
 
-def _ast_build(rows, sources, run: Run) -> list[str]:
-    from hobs_jax.experiments import ast_report
+def _ast_entry(name: str = "ast_fmnist", summary: str = "adaptive sparse training grid, row cache") -> Entry:
+    """An AST sweep's three tables, rebuilt from its row cache ``records/NAME.json``."""
+    def build(rows, sources, run: Run) -> list[str]:
+        from hobs_jax.experiments import ast_report
 
-    (data,) = rows  # the sweep's row cache, whole (its schedule and commands with it)
-    return [p for t in ast_report.tables(data) for p in t.write(run.path(t.name))]
+        (data,) = rows  # the sweep's row cache, whole (its schedule and commands with it)
+        return [p for t in ast_report.tables(data, name=name) for p in t.write(run.path(t.name))]
 
-
-def _ast_entry() -> Entry:
-    """The AST sweep's three tables, rebuilt from its row cache ``records/ast_fmnist.json``."""
-    return Entry("ast_fmnist", "adaptive sparse training grid, row cache", _ast_build,
-                 legacy=lambda data: ([data], {}))
+    return Entry(name, summary, build, legacy=lambda data: ([data], {}))
 
 
 def _rspar_variant(name: str, summary: str) -> Entry:
@@ -403,6 +401,9 @@ for _e in [
     _sweep_entry("table1_resnet20", "Table 1 with fine-tuning and latency, fresh", build_table1, table1_sweeps),
     *_studies(),
     _ast_entry(),
+    _ast_entry("ast_fmnist_bn", "AST grid slice with BN re-estimation (Intel Xeon), row cache"),
+    _ast_entry("ast_fmnist_soft", "AST grid slice with soft selection (Intel Xeon), row cache"),
+    _ast_entry("ast_fmnist_finetune", "AST on the fine-tuning task, 3 seeds, reducible score (AMD EPYC), row cache"),
     Entry("bench_runs", "hobs_jax.bench suite runs and the JAX-vs-PyTorch page, from their results.json",
           _bench_build, legacy=lambda data: ([data], {})),
     Entry("block_ell", "Block-ELL SpMM and ResNet-50 end to end, per device, run records", _block_ell_build,
