@@ -139,17 +139,22 @@ def plot(rows: list[dict], path: str) -> None:
             m, s = _mean_std([r["acc_top1"] for r in full])
             ax.axhline(100 * m, color="k", lw=1, ls="--", label="full data")
             ax.axhspan(100 * m - 1, 100 * m, color="k", alpha=0.06)
-        for mode, (color, marker) in styles.items():
-            pts = [(q, rs) for (t, mo, sc, q), rs in g.items()
-                   if mo == mode and (mode != "ast" or sc == "loss")]
+        # AST: the scores the goals are about (the grid's swept score), one line each
+        lines = [("ast", score, ("tab:blue", "tab:purple", "tab:orange")[i % 3], "o")
+                 for i, score in enumerate(sorted(_goal_scores(rows, task)))]
+        lines += [(mode, None, color, marker) for mode, (color, marker) in styles.items() if mode != "ast"]
+        for mode, score, color, marker in lines:
+            pts = sorted((q, rs) for (t, mo, sc, q), rs in g.items()
+                         if mo == mode and (score is None or sc == score))
             if not pts:
                 continue
             # InfoBatch rows are placed at the AST rate whose wall time they match
             xs = [q for q, _ in pts]
             ys = [100 * _mean_std([r["acc_top1"] for r in rs])[0] for _, rs in pts]
             es = [100 * _mean_std([r["acc_top1"] for r in rs])[1] for _, rs in pts]
-            ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, capsize=3,
-                        label=mode if mode != "infobatch" else "InfoBatch (same wall time)")
+            label = ("InfoBatch (same wall time)" if mode == "infobatch" else
+                     _ast_name(score) if mode == "ast" else mode)
+            ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, capsize=3, label=label)
         ax.set_xlabel("activation rate (fraction of samples back-propagated)")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title({"train": "ResNet-20 from scratch",
