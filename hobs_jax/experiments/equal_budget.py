@@ -425,6 +425,7 @@ def table(rows, sources, name: str = NAME):
 
     budget = rows[0]["budget_epochs"] if rows else None
     n_min = min((int(r["n_seeds"]) for r in rows), default=0)
+    n_max = max((int(r["n_seeds"]) for r in rows), default=0)
     titles = [info["title"] for info in sources.values() if info.get("title")]
     t = ResultTable(name, (titles[0] if titles else "Table 1: every method at equal training budgets") + (
         f" ({budget:g} epoch{'s' if budget != 1 else ''} after the dense checkpoint)" if budget is not None else ""),
@@ -442,7 +443,9 @@ def table(rows, sources, name: str = NAME):
                         Column(f"speedup_{rt}_b{b}", f"{short} b{b}", "speedup")
                         for rt, short in LATENCY_COLUMNS for b in LATENCY_BATCHES],
                     description=[(f"Mean and std over {n_min}+ seeds" if n_min > 1 else
-                                  "One seed per row (no std)") + "; accuracies in %; +50 / +200: the fine-tuning "
+                                  "One seed per row (no std)" if n_max <= 1 else
+                                  f"Mean and std over the seeds column's seeds ({n_max} at most; one seed: "
+                                  "no std)") + "; accuracies in %; +50 / +200: the fine-tuning "
                                  "curve after that many of its steps; final: after the whole budget; wall seconds "
                                  "per row (prune incl. the method's own training + fine-tuning) measured on that "
                                  "device; XLA / ORT b1, b64: dense p50 / the row's p50 in XLA and ONNX Runtime at "
