@@ -64,13 +64,16 @@ def say_table1(t: ResultTable) -> str:
 
 
 def say_equal_budget(t: ResultTable) -> str:
-    """Per target (most kept MACs first): every method's mean final top-1, best first."""
+    """Per target (most kept MACs first): every method's mean final top-1, best first; when
+    the rows have different seed counts, each figure names its count (``n=2``)."""
     parts = []
+    mixed = len({int(r["n_seeds"]) for r in t.rows}) > 1
     for target in sorted({r["target"] for r in t.rows}, reverse=True):
         rows = sorted((r for r in t.rows if r["target"] == target), key=lambda r: -r["acc_final_mean"])
-        parts.append(f"{round(1 / target, 1):g}x: " + ", ".join(f"{r['method']} {_pct(r['acc_final_mean'])}"
-                                                               for r in rows))
-    return "; ".join(parts)
+        parts.append(f"{round(1 / target, 1):g}x: " + ", ".join(
+            f"{r['method']} {_pct(r['acc_final_mean'])}" + (f" (n={int(r['n_seeds'])})" if mixed else "")
+            for r in rows))
+    return "; ".join(parts) + ("; n: seeds averaged" if mixed else "")
 
 
 def say_hobs_cost(t: ResultTable) -> str:
