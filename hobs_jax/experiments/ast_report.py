@@ -140,8 +140,9 @@ def plot(rows: list[dict], path: str) -> None:
             ax.axhline(100 * m, color="k", lw=1, ls="--", label="full data")
             ax.axhspan(100 * m - 1, 100 * m, color="k", alpha=0.06)
         # AST: the scores the goals are about (the grid's swept score), one line each
-        lines = [("ast", score, ("tab:blue", "tab:purple", "tab:orange")[i % 3], "o")
-                 for i, score in enumerate(sorted(_goal_scores(rows, task)))]
+        lines: list[tuple[str, str | None, str, str]] = [
+            ("ast", score, ("tab:blue", "tab:purple", "tab:orange")[i % 3], "o")
+            for i, score in enumerate(sorted(_goal_scores(rows, task)))]
         lines += [(mode, None, color, marker) for mode, (color, marker) in styles.items() if mode != "ast"]
         for mode, score, color, marker in lines:
             pts = sorted((q, rs) for (t, mo, sc, q), rs in g.items()
