@@ -154,7 +154,7 @@ def plot(rows: list[dict], path: str) -> None:
             ys = [100 * _mean_std([r["acc_top1"] for r in rs])[0] for _, rs in pts]
             es = [100 * _mean_std([r["acc_top1"] for r in rs])[1] for _, rs in pts]
             label = ("InfoBatch (same wall time)" if mode == "infobatch" else
-                     _ast_name(score) if mode == "ast" else mode)
+                     _ast_name(score) if mode == "ast" and score else mode)
             ax.errorbar(xs, ys, yerr=es, color=color, marker=marker, capsize=3, label=label)
         ax.set_xlabel("activation rate (fraction of samples back-propagated)")
         ax.set_ylabel("test top-1 (%)")
