@@ -12,11 +12,13 @@ def run(ctx: Context) -> dict:
 
     c = ctx.config
     model, variables, meta = ctx.load_model("prune")
-    teacher = None
-    if c.finetune.kd.enabled:
+    teacher, dense = None, None
+    if c.finetune.kd.enabled or needs_reference(c.finetune):
         dense, dense_vars, _ = ctx.load_model("train")
-        teacher = Teacher(dense.apply, dense_vars)
-    section, reference_seconds = reducible_reference(ctx, c.finetune)
+        dense = Teacher(dense.apply, dense_vars)  # the frozen dense network
+    if c.finetune.kd.enabled:
+        teacher = dense
+    section, reference_seconds = reducible_reference(ctx, c.finetune, dense)
     result = fit(model, variables, ctx.train_loader(section), section,
                  ctx.workdir.stage_dir("finetune"), eval_data=ctx.eval_loader(), teacher=teacher,
                  callbacks=[faults.step_callback("finetune")]).completed()
@@ -30,24 +32,28 @@ def run(ctx: Context) -> dict:
     return out
 
 
-def reducible_reference(ctx: Context, section):
-    """``(section, seconds)``: with ``ast.score='reducible'`` and no ``ast.reference``, a copy
-    of ``section`` whose reference is the dense network's per-example losses on the
+def needs_reference(section) -> bool:
+    """Score 'reducible' with no ``ast.reference``: the stage supplies the dense network's."""
+    a = section.ast
+    return bool(a.enabled and a.rule == "ast" and a.score == "reducible" and not a.reference)
+
+
+def reducible_reference(ctx: Context, section, dense):
+    """``(section, seconds)``: when :func:`needs_reference`, a copy of ``section`` whose
+    reference is the dense network's (``dense``: a Teacher) per-example losses on the
     training split (``finetune/reference_losses.npy``, computed once: a resumed stage
     reuses it; ``seconds`` is 0 then) -- the network the pruned one was cut from is what
     its fine-tuning can at best recover (RHO-LOSS's irreducible loss,
     hobs_jax.train.ast_reference). Otherwise ``(section, 0.0)``."""
-    a = section.ast
-    if not (a.enabled and a.rule == "ast" and a.score == "reducible" and not a.reference):
+    if not needs_reference(section):
         return section, 0.0
     import copy
     import os
 
     from hobs_jax.train import ast_reference
 
-    dense, dense_vars, _ = ctx.load_model("train")
     path = os.path.join(ctx.workdir.stage_dir("finetune"), "reference_losses.npy")
-    seconds = ast_reference.ensure(path, dense.apply, dense_vars, ctx.source, "train",
+    seconds = ast_reference.ensure(path, dense.apply_fn, dense.variables, ctx.source, "train",
                                    log=log.info)
     section = copy.deepcopy(section)
     section.ast.reference = path
