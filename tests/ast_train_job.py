@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--step_sleep", type=float, default=0.0, help="seconds slept per step")
     p.add_argument("--num_cpu_devices", type=int, default=0)
     p.add_argument("--selection", default="threshold", help="train.ast.selection")
+    p.add_argument("--score", default="loss_grad", help="train.ast.score ('reducible': the "
+                   "reference is the initial network's losses, WORKDIR/reference.npy)")
     args = p.parse_args()
 
     if args.num_cpu_devices:
@@ -46,9 +48,15 @@ def main() -> None:
     c.checkpoint.every_steps = args.ckpt_every
     c.progress, c.tensorboard = False, False
     c.ast.enabled, c.ast.target_rate, c.ast.warmup_steps = True, 0.25, 4
-    c.ast.score, c.ast.score_refresh, c.ast.class_balanced = "loss_grad", 0.5, True
+    c.ast.score, c.ast.score_refresh, c.ast.class_balanced = args.score, 0.5, True
     c.ast.selection = args.selection
     model = TinyCNN(num_classes=8, width=8, dropout=0.1)
+    if args.score == "reducible":  # computed once, reused by a rerun (ast_reference.ensure)
+        from hobs_jax.train import ast_reference
+
+        os.makedirs(args.workdir, exist_ok=True)
+        c.ast.reference = os.path.join(args.workdir, "reference.npy")
+        ast_reference.ensure(c.ast.reference, model.apply, init_tiny(model, (8, 8, 1)), src)
 
     def slow_down(kind, step, record):
         del step, record

@@ -42,16 +42,18 @@ def _approx(v, rel):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selection", ["threshold", "sample"])
+@pytest.mark.parametrize("selection", ["threshold", "sample", "threshold:reducible"])
 def test_kill_9_then_rerun_matches_an_uninterrupted_ast_run(tmp_path, selection):
+    selection, _, score = selection.partition(":")
+    extra = [f"--selection={selection}"] + ([f"--score={score}"] if score else [])
     base = str(tmp_path / "uninterrupted")
-    subprocess.run(_job(base, f"--selection={selection}"), check=True, cwd=REPO_ROOT, env=subprocess_env(),
+    subprocess.run(_job(base, *extra), check=True, cwd=REPO_ROOT, env=subprocess_env(),
                    capture_output=True, timeout=300)
     ref_params, ref = _load(base)
     assert ref["steps"] == 43 and ref["ast"]["planned_steps"] == 43
 
     workdir = str(tmp_path / "killed")
-    cmd = _job(workdir, "--step_sleep=0.05", f"--selection={selection}")
+    cmd = _job(workdir, "--step_sleep=0.05", *extra)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(proc, workdir, 2 * EVERY)
