@@ -270,3 +270,20 @@ def test_cached_only_tabulates_the_rows_made_so_far_and_lists_the_rest(tmp_path)
     assert "Rows of this command's grid not made yet (1): magnitude at 0.5 seed 0." in md
     with pytest.raises(SystemExit, match="none of the grid's rows is in the row cache"):
         equal_budget.main(["--methods", "magnitude", *argv[2:]])
+
+
+def test_restored_rows_without_a_network_keep_their_earlier_latency_and_are_listed(tmp_path):
+    """A fresh checkout restores rows (with their speedups) but not their networks: a
+    republish keeps those speedups, marked as carried over, instead of blanking them."""
+    from hobs_jax.experiments import row_latency
+
+    earlier = {"runtimes": ["xla"], "out_dir": "runs/table1/latency", "date": "2026-12-07"}
+    carried = dict(method="hobs", target_macs_ratio=0.5, seed=0, model_dir=str(tmp_path / "gone"),
+                   latency_speedup={"xla@1": 1.3}, latency_timing=earlier)
+    untimed = dict(method="udfc", target_macs_ratio=0.5, seed=0, model_dir="", latency_speedup={"xla@1": 9.9})
+    rows = [carried, untimed]
+    assert row_latency.time_rows(rows, "unused", ["xla"], str(tmp_path / "lat")) == 0
+    assert carried["latency_speedup"] == {"xla@1": 1.3} and carried["latency_timing"]["carried_over"]
+    assert untimed["latency_speedup"] is None  # a speedup with no timing record is not trusted
+    assert row_latency.carried_rows(rows) == [carried]
+    assert "carried_over" not in earlier  # the cached row's own timing record is not changed

@@ -47,6 +47,8 @@ interleaved run of the benchmark suite (:func:`hobs_jax.bench.run_suite`: batch 
 one thread, CPU time per call); each row gets ``latency_speedup`` = dense p50 / its p50
 per runtime and batch. The timing is of this table's run (all rows against one dense
 timing), so it is redone on every run that asks for it and not kept in the row cache.
+Rows restored into a fresh checkout have no network on disk: they keep the speedups of
+the run that timed them, and the page lists them in a note.
 
 Resuming: a row stopped by SIGTERM (the method's own training or the fine-tuning) is not
 written; the same command resumes it from its checkpoints, and its fine-tuning curve and
@@ -71,7 +73,7 @@ from typing import Any
 import numpy as np
 
 from hobs_jax.experiments import common
-from hobs_jax.experiments.row_latency import LATENCY_BATCHES, LATENCY_COLUMNS, latency_mean, time_rows
+from hobs_jax.experiments.row_latency import LATENCY_BATCHES, LATENCY_COLUMNS, carried_rows, latency_mean, time_rows
 
 STEPS_PER_EPOCH = 468  # Fashion-MNIST: 60,000 // 128
 
@@ -581,6 +583,12 @@ def main(argv=None) -> None:
                       input_shape=src.image_shape, rounds=args.latency_rounds, iters=args.latency_iters)
         print(f"timed dense and {n} of {len(rows)} rows in {', '.join(runtimes)}", flush=True)
     notes = list(args.note)
+    carried = carried_rows(rows)
+    if runtimes and carried:  # restored rows whose networks this workdir lacks keep their earlier timing
+        notes.append(f"Latency of {len(carried)} rows carried over from the run that timed them (their networks "
+                     "are not in this workdir; dense was timed in that run too): " + ", ".join(
+                         f"{r['method']} at {float(r['target_macs_ratio']):g} seed {r['seed']}"
+                         f" ({r['latency_timing'].get('date', 'an earlier run')})" for r in carried) + ".")
     if missing:  # a partial grid says which of its rows it lacks
         notes.append(f"Rows of this command's grid not made yet ({len(missing)}): {', '.join(missing)}.")
         print(notes[-1], flush=True)

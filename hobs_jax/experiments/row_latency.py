@@ -6,6 +6,7 @@ getting ``latency_speedup = {"RUNTIME@BATCH": dense p50 / its p50}``. Used by Ta
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -19,13 +20,20 @@ def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_di
     """Times the dense checkpoint and every row's saved network (``model_dir``) in one
     interleaved run of the benchmark suite (``runtimes``, batch 1 and 64, one thread, CPU
     time per call: the suite's mode for a shared machine) and sets each row's
-    ``latency_speedup`` to ``{"RUNTIME@BATCH": dense p50 / row p50}``. Rows without a
-    saved network get ``None``. Returns how many rows were timed."""
+    ``latency_speedup`` to ``{"RUNTIME@BATCH": dense p50 / row p50}``. A row whose network
+    is not on disk (restored from a published record into a fresh checkout) keeps the
+    speedups and ``latency_timing`` it carries from the run that timed it, or ``None``:
+    :func:`carried_rows` lists them so a report can say so. Returns how many rows were
+    timed in this run."""
     from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
 
     timed = [r for r in rows if r.get("model_dir") and os.path.isdir(r["model_dir"])]
+    timed_ids = {id(r) for r in timed}
     for r in rows:
-        r["latency_speedup"] = None
+        if id(r) in timed_ids or not r.get("latency_speedup") or not r.get("latency_timing"):
+            r["latency_speedup"] = None
+        else:
+            r["latency_timing"] = {**r["latency_timing"], "carried_over": True}
     if not timed or not runtimes:
         return 0
     label = {id(r): f"{r['method']}_{float(r['target_macs_ratio']):g}_s{r['seed']}" for r in timed}
@@ -38,8 +46,15 @@ def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_di
         r["latency_speedup"] = {f"{s['runtime']}@{s['batch']}": float(s["speedup"])
                                 for s in speedups(suite.rows, "dense", label[id(r)])} or None
         r["latency_timing"] = {"runtimes": list(runtimes), "batches": list(LATENCY_BATCHES), "threads": 1,
-                               "clock": "cpu", "rounds": rounds, "iters": iters, "out_dir": out_dir}
+                               "clock": "cpu", "rounds": rounds, "iters": iters, "out_dir": out_dir,
+                               "date": time.strftime("%Y-%m-%d", time.gmtime())}
     return len(timed)
+
+
+def carried_rows(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The rows whose ``latency_speedup`` was carried over from an earlier timing run rather
+    than measured in the last :func:`time_rows` call."""
+    return [r for r in rows if r.get("latency_speedup") and (r.get("latency_timing") or {}).get("carried_over")]
 
 
 def latency_mean(rows: Sequence[Mapping]) -> dict[str, float] | None:
