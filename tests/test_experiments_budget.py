@@ -287,3 +287,20 @@ def test_restored_rows_without_a_network_keep_their_earlier_latency_and_are_list
     assert untimed["latency_speedup"] is None  # a speedup with no timing record is not trusted
     assert row_latency.carried_rows(rows) == [carried]
     assert "carried_over" not in earlier  # the cached row's own timing record is not changed
+    assert "the run of 2026-12-07 on an unrecorded device: hobs at 0.5 seed 0" in row_latency.carried_note(rows)
+    # a cell with a seed timed in this run averages this run's timings only
+    fresh = dict(carried, seed=1, latency_speedup={"xla@1": 1.5}, latency_timing={"out_dir": "now"})
+    assert row_latency.latency_mean([carried, fresh]) == {"xla@1": 1.5}
+    assert row_latency.latency_mean([carried]) == {"xla@1": 1.3}
+
+
+def test_restore_stamps_the_records_device_on_the_rows_timing(tmp_path):
+    from hobs_jax.experiments import equal_budget
+
+    row = dict(model="resnet56", method="hobs", target_macs_ratio=0.5, seed=0, budget_epochs=1.0,
+               latency_speedup={"xla@1": 1.3}, latency_timing={"date": "2026-12-07"})
+    rec = tmp_path / "rec.json"
+    rec.write_text(json.dumps({"device": "CPU X (avx512f)", "rows": [row]}))
+    assert equal_budget.restore(str(rec), str(tmp_path / "w")) == 1
+    path = equal_budget.row_path(str(tmp_path / "w"), "resnet56", "hobs", 0.5, 0, 1.0)
+    assert json.load(open(path))["latency_timing"]["device"] == "CPU X (avx512f)"

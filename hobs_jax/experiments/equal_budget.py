@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 
 from hobs_jax.experiments import common
-from hobs_jax.experiments.row_latency import LATENCY_BATCHES, LATENCY_COLUMNS, carried_rows, latency_mean, time_rows
+from hobs_jax.experiments.row_latency import LATENCY_BATCHES, LATENCY_COLUMNS, carried_note, latency_mean, time_rows
 
 STEPS_PER_EPOCH = 468  # Fashion-MNIST: 60,000 // 128
 
@@ -279,6 +279,9 @@ def restore(record: str, workdir: str) -> int:
         path = row_path(workdir, r["model"], r["method"], float(r["target_macs_ratio"]), int(r["seed"]),
                         float(r["budget_epochs"]))
         if not os.path.exists(path):
+            timing = r.get("latency_timing")
+            if timing and "device" not in timing:  # timed in the record's run, on its machine
+                r = {**r, "latency_timing": {**timing, "device": doc.get("device", "an unrecorded device")}}
             common.write_json(path, r)
             n += 1
     return n
@@ -578,17 +581,13 @@ def main(argv=None) -> None:
               flush=True)
         rows.append(rec)
     rows = [dict(r) for r in rows]  # the timing belongs to this run's record, not to the row cache
+    n = time_rows(rows, args.checkpoint, runtimes, os.path.join(args.workdir, "latency"),
+                  input_shape=src.image_shape, rounds=args.latency_rounds, iters=args.latency_iters)
     if runtimes:
-        n = time_rows(rows, args.checkpoint, runtimes, os.path.join(args.workdir, "latency"),
-                      input_shape=src.image_shape, rounds=args.latency_rounds, iters=args.latency_iters)
         print(f"timed dense and {n} of {len(rows)} rows in {', '.join(runtimes)}", flush=True)
     notes = list(args.note)
-    carried = carried_rows(rows)
-    if runtimes and carried:  # restored rows whose networks this workdir lacks keep their earlier timing
-        notes.append(f"Latency of {len(carried)} rows carried over from the run that timed them (their networks "
-                     "are not in this workdir; dense was timed in that run too): " + ", ".join(
-                         f"{r['method']} at {float(r['target_macs_ratio']):g} seed {r['seed']}"
-                         f" ({r['latency_timing'].get('date', 'an earlier run')})" for r in carried) + ".")
+    if carried_note(rows):  # restored rows whose networks this workdir lacks keep their earlier timing
+        notes.append(carried_note(rows))
     if missing:  # a partial grid says which of its rows it lacks
         notes.append(f"Rows of this command's grid not made yet ({len(missing)}): {', '.join(missing)}.")
         print(notes[-1], flush=True)

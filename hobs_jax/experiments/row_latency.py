@@ -25,7 +25,7 @@ def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_di
     speedups and ``latency_timing`` it carries from the run that timed it, or ``None``:
     :func:`carried_rows` lists them so a report can say so. Returns how many rows were
     timed in this run."""
-    from hobs_jax.bench import ModelSpec, Options, run_suite, speedups
+    from hobs_jax.bench import ModelSpec, Options, run_suite, speedups, sysinfo
 
     timed = [r for r in rows if r.get("model_dir") and os.path.isdir(r["model_dir"])]
     timed_ids = {id(r) for r in timed}
@@ -47,7 +47,8 @@ def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_di
                                 for s in speedups(suite.rows, "dense", label[id(r)])} or None
         r["latency_timing"] = {"runtimes": list(runtimes), "batches": list(LATENCY_BATCHES), "threads": 1,
                                "clock": "cpu", "rounds": rounds, "iters": iters, "out_dir": out_dir,
-                               "date": time.strftime("%Y-%m-%d", time.gmtime())}
+                               "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                               "device": sysinfo.describe(sysinfo.machine())}
     return len(timed)
 
 
@@ -57,8 +58,28 @@ def carried_rows(rows: Sequence[Mapping]) -> list[Mapping]:
     return [r for r in rows if r.get("latency_speedup") and (r.get("latency_timing") or {}).get("carried_over")]
 
 
+def carried_note(rows: Sequence[Mapping]) -> str:
+    """One sentence naming the rows whose latency comes from an earlier timing run, grouped
+    by that run's date and device; empty when there are none."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for r in carried_rows(rows):
+        t = r["latency_timing"]
+        runs.setdefault((t.get("date", "an unrecorded date"), t.get("device", "an unrecorded device")), []).append(
+            f"{r['method']} at {float(r['target_macs_ratio']):g} seed {r['seed']}")
+    if not runs:
+        return ""
+    return ("Latency carried over from an earlier timing run (these rows' networks are not in this workdir; "
+            "each speedup is against dense timed in that run): " + "; ".join(
+                f"the run of {date} on {device}: {', '.join(names)}" for (date, device), names in runs.items())
+            + ". A table cell with seeds timed in this run shows only those.")
+
+
 def latency_mean(rows: Sequence[Mapping]) -> dict[str, float] | None:
-    """Mean ``latency_speedup`` per ``RUNTIME@BATCH`` over the rows (seeds) that have it."""
+    """Mean ``latency_speedup`` per ``RUNTIME@BATCH`` over the rows (seeds) that have it;
+    where some were timed in this run and others carried over from an earlier one, over this
+    run's only (one cell never mixes two timing runs)."""
+    fresh = [r for r in rows if r.get("latency_speedup") and not (r.get("latency_timing") or {}).get("carried_over")]
+    rows = fresh or rows
     keys = sorted({k for r in rows for k in (r.get("latency_speedup") or {})})
     if not keys:
         return None
