@@ -22,3 +22,23 @@ def test_goals_are_about_the_score_swept_over_rates_and_fall_back_to_the_loss_sc
     assert not any("AST 90.00%" in n for n in notes)  # the ablation is compared in its own table
     one_rate = [r for r in rows if r["target_rate"] != 0.2]
     assert ast_report._goal_scores(one_rate, "finetune") == {"loss"}  # older pages: unchanged
+
+
+def test_a_record_from_another_machine_is_refused_before_any_row_is_computed(tmp_path):
+    """A row made here could never be tabulated beside rows timed on another CPU (the
+    table refuses the mix), so adding one is refused up front instead of after the run."""
+    import json
+
+    import pytest
+
+    from hobs_jax.experiments import ast_fmnist
+
+    sched = ast_fmnist.Schedule()
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "page.json").write_text(json.dumps(
+        {"rows": [{"schedule_key": sched.key(), "device": "CPU A, AVX-512"}]}))
+    store = ast_fmnist.Store(str(tmp_path / "page"), sched, "cmd")
+    store.check_device("CPU A, AVX-512", "page")
+    with pytest.raises(ValueError, match=r"^--out=page: its record holds rows measured on 'CPU A, AVX-512', not on "
+                                         r"this machine \('CPU B, AVX2'\)"):
+        store.check_device("CPU B, AVX2", "page")

@@ -175,6 +175,15 @@ class Store:
                 return r
         return None
 
+    def check_device(self, device: str, out: str) -> None:
+        """Refuses, before any compute, to add rows of ``device`` to a record whose rows
+        (of this schedule) were measured on another machine: its tables never mix devices
+        (wall times and speedups are per machine), so a row made here could not be shown."""
+        other = sorted({str(r.get("device")) for r in self.rows()} - {device})
+        if other:
+            raise ValueError(f"--out={out}: its record holds rows measured on {other[0]!r}, not on this "
+                             f"machine ({device!r}); a table never mixes devices, so write to another --out")
+
     def add(self, row: dict) -> None:
         self.data["rows"] = [r for r in self.data["rows"]
                              if not (_row_id(r) == _row_id(row)
@@ -403,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     from hobs_jax.experiments import ast_report
 
     if not args.report_only:
+        store.check_device(device_name(), args.out)
         from hobs_jax import compile_cache
 
         compile_cache.enable(compile_cache.default_dir() if args.compile_cache is None
