@@ -26,7 +26,7 @@ RESULTS = os.path.join(REPO, "docs", "results")
 CONVERTED = ["aligned_allocation_r20", "aligned_allocation_r20b", "aligned_allocation_r56",
              "aligned_allocation_r56_measured", "alignment",
              "ast_controller", "fmnist_baselines", "rspar_latency", "recovery_fmnist_resnet56", "ast_fmnist",
-             "ast_fmnist_bn", "ast_fmnist_soft", "ast_fmnist_finetune",
+             "ast_fmnist_bn", "ast_fmnist_soft", "ast_fmnist_finetune", "ast_fmnist_finetune_intensity",
              "rspar_fmnist_v2", "rspar_fmnist_lbound0.1", "rspar_fmnist_choice_imitate",
              "rspar_fmnist_choice_noimitate", "block_ell", "anymodel_fmnist", "hobs_blocks", "hobs_blocks_refit",
              "table1_resnet56", "table1_resnet56_lr3e-3", "recovery_fmnist_resnet56_epoch"]

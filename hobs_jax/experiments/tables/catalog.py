@@ -404,6 +404,8 @@ for _e in [
     _ast_entry("ast_fmnist_bn", "AST grid slice with BN re-estimation (Intel Xeon), row cache"),
     _ast_entry("ast_fmnist_soft", "AST grid slice with soft selection (Intel Xeon), row cache"),
     _ast_entry("ast_fmnist_finetune", "AST on the fine-tuning task, 3 seeds, reducible score (AMD EPYC), row cache"),
+    _ast_entry("ast_fmnist_finetune_intensity",
+               "AST on the fine-tuning task, 3 seeds, loss + intensity score (AMD EPYC, AVX2), row cache"),
     Entry("bench_runs", "hobs_jax.bench suite runs and the JAX-vs-PyTorch page, from their results.json",
           _bench_build, legacy=lambda data: ([data], {})),
     Entry("block_ell", "Block-ELL SpMM and ResNet-50 end to end, per device, run records", _block_ell_build,
