@@ -288,6 +288,8 @@ def test_restored_rows_without_a_network_keep_their_earlier_latency_and_are_list
     assert row_latency.carried_rows(rows) == [carried]
     assert "carried_over" not in earlier  # the cached row's own timing record is not changed
     assert "the run of 2026-12-07 on an unrecorded device: hobs at 0.5 seed 0" in row_latency.carried_note(rows)
+    carried["latency_timing"] = {"carried_over": True, "device": "CPU X (avx2), 2 cores, load 3.10; no GPU"}
+    assert "the run on CPU X (avx2), 2 cores: hobs at 0.5 seed 0" in row_latency.carried_note(rows)
     # a cell with a seed timed in this run averages this run's timings only
     fresh = dict(carried, seed=1, latency_speedup={"xla@1": 1.5}, latency_timing={"out_dir": "now"})
     assert row_latency.latency_mean([carried, fresh]) == {"xla@1": 1.5}

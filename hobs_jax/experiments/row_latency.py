@@ -64,13 +64,15 @@ def carried_note(rows: Sequence[Mapping]) -> str:
     runs: dict[tuple[str, str], list[str]] = {}
     for r in carried_rows(rows):
         t = r["latency_timing"]
-        runs.setdefault((t.get("date", "an unrecorded date"), t.get("device", "an unrecorded device")), []).append(
+        device = str(t.get("device", "an unrecorded device")).split(", load ")[0]  # the load is of that moment
+        runs.setdefault((str(t.get("date", "")), device), []).append(
             f"{r['method']} at {float(r['target_macs_ratio']):g} seed {r['seed']}")
     if not runs:
         return ""
     return ("Latency carried over from an earlier timing run (these rows' networks are not in this workdir; "
             "each speedup is against dense timed in that run): " + "; ".join(
-                f"the run of {date} on {device}: {', '.join(names)}" for (date, device), names in runs.items())
+                f"the run{f' of {date}' if date else ''} on {device}: {', '.join(names)}"
+                for (date, device), names in runs.items())
             + ". A table cell with seeds timed in this run shows only those.")
 
 
