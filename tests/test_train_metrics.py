@@ -26,6 +26,15 @@ def test_disabled_writer_writes_nothing(tmp_path):
     assert not (tmp_path / "other_host").exists()
 
 
-def test_progress_bar_is_off_without_a_terminal():
-    bar = progress(range(3), total=3, desc="x")  # pytest captures stderr: not a TTY
+def test_without_a_terminal_progress_is_logged_as_lines_at_most_every_few_seconds(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("HOBS_JAX_PROGRESS_SECONDS", "0.000001")  # pytest captures stderr: not a TTY
+    with caplog.at_level(logging.INFO, logger="hobs_jax.progress"):
+        assert list(progress(range(3), total=3, desc="search", unit="episode")) == [0, 1, 2]
+    lines = [r.getMessage() for r in caplog.records if r.name == "hobs_jax.progress"]
+    assert lines and all("\r" not in ln for ln in lines) and "search" in lines[-1] and "3/3" in lines[-1]
+    monkeypatch.setenv("HOBS_JAX_PROGRESS_SECONDS", "0")
+    bar = progress(range(3), total=3, desc="x")
     assert bar.disable and list(bar) == [0, 1, 2]
+    assert progress(range(3), total=3, enabled=False).disable

@@ -9,6 +9,7 @@ resumed run continues the same file) and flushed after every record, so it survi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -105,9 +106,37 @@ def fit_seconds(workdir: str) -> float:
     return float(sum(r.get("seconds", 0.0) for r in read_metrics(workdir, "summary")))
 
 
+LOG_PROGRESS_SECONDS = 60.0  # without a terminal: one progress line per this many seconds at most
+
+
+class _LogLines:
+    """A file for tqdm that turns each refresh of the bar into one ``logging`` line (for
+    runs whose stderr goes to a file: nohup, SLURM, a pod's logs), instead of ``\r``
+    redraws a log cannot show."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+
+    def write(self, s: str) -> None:
+        line = s.replace("\r", "").strip()
+        if line:
+            self.logger.info(line)
+
+    def flush(self) -> None:
+        pass
+
+
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
              initial: int = 0, enabled: bool = True, unit: str = "step") -> tqdm:
-    """A tqdm bar (rate and ETA), shown only on host 0 and when stderr is a terminal."""
-    disable = not (enabled and is_main_host() and sys.stderr.isatty())
-    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=disable,
-                unit=unit, dynamic_ncols=True, leave=False)
+    """A tqdm bar (rate and ETA) on host 0. On a terminal it redraws in place; otherwise
+    (stderr redirected to a file) it logs one line through ``logging`` at most every
+    ``HOBS_JAX_PROGRESS_SECONDS`` seconds (default 60; 0 turns it off), so a long run
+    under nohup or a scheduler still shows where it is."""
+    if not (enabled and is_main_host()):
+        return tqdm(iterable, total=total, desc=desc, initial=initial, disable=True, unit=unit)
+    if sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, initial=initial, unit=unit, dynamic_ncols=True, leave=False)
+    every = float(os.environ.get("HOBS_JAX_PROGRESS_SECONDS", LOG_PROGRESS_SECONDS))
+    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=every <= 0, unit=unit, ascii=True,
+                ncols=80, mininterval=max(every, 0.0), maxinterval=max(every, 0.0),
+                file=_LogLines(logging.getLogger("hobs_jax.progress")), leave=False)
