@@ -560,9 +560,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{path}: made with the fine-tuning recipe {row_recipe(cached)}, asked {recipe}; "
                                  "use another --workdir or the same --recipe")
     src = common.source()
-    calib = common.calibration(src, args.calib_images, 0)
-    dense, dvars, _ = hobs_jax.load(args.checkpoint)
-    acc_dense = common.accuracy(dense, dvars, src)
+    start: tuple | None = None  # calibration images, dense network, its accuracy: loaded for the first row made
     if args.restore:
         print(f"restored {restore(args.restore, args.workdir)} rows from {args.restore}")
     rows, missing = [], []
@@ -574,7 +572,10 @@ def main(argv=None) -> None:
         if args.cached_only:
             missing.append(f"{method} at {target:g} seed {seed}")
             continue
-        rec = run_row(args, method, target, seed, src, calib, dense, dvars, acc_dense)
+        if start is None:
+            dense, dvars, _ = hobs_jax.load(args.checkpoint)
+            start = (common.calibration(src, args.calib_images, 0), dense, dvars, common.accuracy(dense, dvars, src))
+        rec = run_row(args, method, target, seed, src, *start)
         rec["command"], rec["recipe"] = command, recipe
         common.write_json(path, rec)
         print(f"{method} {target:g} seed {seed}: final {rec['acc_final']} ({row_seconds(rec):.0f} s)",
