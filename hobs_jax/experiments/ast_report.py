@@ -108,13 +108,18 @@ def _goals(rows: list[dict]) -> tuple[list[tuple[str, bool | None, str]], list[s
                 verdict = ("beats" if a > b else "ties" if a == b else "loses to")
                 notes.append(f"{task}, rate {rate:g}: {_ast_name(score)} {100 * a:.2f}% {verdict} {other} "
                              f"{100 * b:.2f}%")
-    within = [(r["task"], r["score"], r["target_rate"], r["seed"], r["ast"])
-              for r in rows if r["mode"] == "ast" and r.get("ast")]
-    within = [w for w in within if w[4].get("windows_within_2pt") is not None]
+    runs = [(r["task"], r["score"], r["target_rate"], r["seed"], r["ast"])
+            for r in rows if r["mode"] == "ast" and r.get("ast")]
+    within = [w for w in runs if w[4].get("windows_within_2pt") is not None]
+    # a run with a single window (the excluded first one) has nothing to judge: say how many
+    short = [w for w in runs if w[4].get("windows_within_2pt") is None and w[4].get("max_window_deviation") is not None]
     if within:
         bad = [w for w in within if w[4].get("windows_within_2pt") != 1.0]
         goals.append(("rate within +-2 points of the target after warm-up (50-batch windows, the first one "
                       "excluded) in every AST run", not bad, f"{len(within) - len(bad)} of {len(within)} AST runs"
+                      + ("" if not short else
+                         f"; {len(short)} more too short to judge (one window each; deviation at most "
+                         f"{100 * max(w[4]['max_window_deviation'] for w in short):.1f} pt)")
                       + ("" if not bad else "; not in: " + ", ".join(
                           f"{t} {s} {r:g} seed {sd} ({100 * (a['windows_within_2pt'] or 0):.0f}% "
                           f"of windows, max deviation {100 * a['max_window_deviation']:.1f} pt)"
