@@ -563,8 +563,9 @@ def main(argv=None) -> None:
     if runtimes:
         print(f"timed dense and {n} of {len(rows)} rows in {', '.join(runtimes)}", flush=True)
     notes = list(args.note)
-    if carried_note(rows):  # restored rows whose networks this workdir lacks keep their earlier timing
-        notes.append(carried_note(rows))
+    carried = carried_note(rows)  # restored rows whose networks this workdir lacks keep their earlier timing
+    if carried:
+        notes.append(carried)
     if missing:  # a partial grid says which of its rows it lacks
         notes.append(f"Rows of this command's grid not made yet ({len(missing)}): {', '.join(missing)}.")
         print(notes[-1], flush=True)

@@ -55,7 +55,11 @@ def time_rows(rows: list[dict], checkpoint: str, runtimes: Sequence[str], out_di
 def carried_rows(rows: Sequence[Mapping]) -> list[Mapping]:
     """The rows whose ``latency_speedup`` was carried over from an earlier timing run rather
     than measured in the last :func:`time_rows` call."""
-    return [r for r in rows if r.get("latency_speedup") and (r.get("latency_timing") or {}).get("carried_over")]
+    return [r for r in rows if r.get("latency_speedup") and _is_carried(r)]
+
+
+def _is_carried(row: Mapping) -> bool:
+    return bool((row.get("latency_timing") or {}).get("carried_over"))
 
 
 def carried_note(rows: Sequence[Mapping]) -> str:
@@ -80,7 +84,7 @@ def latency_mean(rows: Sequence[Mapping]) -> dict[str, float] | None:
     """Mean ``latency_speedup`` per ``RUNTIME@BATCH`` over the rows (seeds) that have it;
     where some were timed in this run and others carried over from an earlier one, over this
     run's only (one cell never mixes two timing runs)."""
-    fresh = [r for r in rows if r.get("latency_speedup") and not (r.get("latency_timing") or {}).get("carried_over")]
+    fresh = [r for r in rows if r.get("latency_speedup") and not _is_carried(r)]
     rows = fresh or rows
     keys = sorted({k for r in rows for k in (r.get("latency_speedup") or {})})
     if not keys:
